@@ -1,0 +1,25 @@
+"""Sparkle-M: edge telemetry over Kafka into SQL.
+
+Plugin authors need only this module::
+
+    from sparklem_core import hookimpl, Message, PluginResult, InvalidPayload
+"""
+
+import pluggy
+
+from sparklem_core.plugin_api import InvalidPayload, Manifest, Message, PluginResult
+
+__version__ = "0.1.0"
+
+PROJECT_NAME = "sparklem"
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+__all__ = [
+    "PROJECT_NAME",
+    "InvalidPayload",
+    "Manifest",
+    "Message",
+    "PluginResult",
+    "__version__",
+    "hookimpl",
+]

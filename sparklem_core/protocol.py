@@ -1,0 +1,271 @@
+"""PROTOCOL.md version 1: envelope, crypto and plaintext, for both sides.
+
+The processor side parses and checks (``parse_envelope``, ``verify``, ``unwrap_key``,
+``decrypt``, ``parse_plaintext``); the agent side builds (``SessionKey``, ``seal``).
+Every check failure raises :class:`Rejected` with a reason code from PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from Crypto.Cipher import AES, PKCS1_OAEP
+from Crypto.Hash import SHA256
+from Crypto.PublicKey import RSA
+from Crypto.Signature import pss
+
+VERSION = 1
+MIN_RSA_BITS = 2048
+AES_KEY_BYTES = 32
+IV_BYTES = 12
+TAG_BYTES = 16
+PSS_SALT_BYTES = 32
+MAX_SEQ = 2**63
+MAX_JSON_DEPTH = 32
+
+AGENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PLUGIN_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+KID_RE = re.compile(r"[0-9a-f]{16}")
+
+# Reason codes, exactly as PROTOCOL.md spells them.
+MALFORMED = "malformed"
+TOO_LARGE = "too_large"
+UNKNOWN_AGENT = "unknown_agent"
+REVOKED_AGENT = "revoked_agent"
+UNKNOWN_KEY = "unknown_key"
+BAD_SIGNATURE = "bad_signature"
+DECRYPT_FAILED = "decrypt_failed"
+UNKNOWN_PLUGIN = "unknown_plugin"
+CLOCK_SKEW = "clock_skew"
+INVALID_PAYLOAD = "invalid_payload"
+INVALID_READING = "invalid_reading"
+REASONS = (
+    MALFORMED, TOO_LARGE, UNKNOWN_AGENT, REVOKED_AGENT, UNKNOWN_KEY, BAD_SIGNATURE,
+    DECRYPT_FAILED, UNKNOWN_PLUGIN, CLOCK_SKEW, INVALID_PAYLOAD, INVALID_READING,
+)  # fmt: skip
+
+
+class Rejected(Exception):
+    """A message fails the protocol: ``reason`` is a PROTOCOL.md code, ``detail`` for humans."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def key_id(public_key: RSA.RsaKey) -> str:
+    """The ``kid`` of a server key: 16 hex chars of SHA-256 over its DER SubjectPublicKeyInfo."""
+    der = public_key.public_key().export_key(format="DER")
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def aad(agent: str, plugin: str, kid: str) -> bytes:
+    """GCM additional authenticated data."""
+    return f"sparklem/1\n{agent}\n{plugin}\n{kid}".encode("ascii")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    agent: str
+    plugin: str
+    kid: str
+    ek: str  # base64 members stay as sent: the signature covers these exact strings
+    iv: str
+    ct: str
+    tag: str
+    sig: str
+
+    def signed_bytes(self) -> bytes:
+        return "\n".join(
+            ("sparklem/1", self.agent, self.plugin, self.kid, self.ek, self.iv, self.ct, self.tag)
+        ).encode("utf-8")
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"v": VERSION, **self.__dict__}, separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+
+
+def b64decode(value: str, member: str, length: int | None = None) -> bytes:
+    """Strict RFC 4648 base64 (standard alphabet, padding); ``malformed`` otherwise."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise Rejected(MALFORMED, f"'{member}' is not valid base64") from None
+    if length is not None and len(raw) != length:
+        raise Rejected(MALFORMED, f"'{member}' must be {length} bytes, got {len(raw)}")
+    return raw
+
+
+def loads_json(raw: bytes, what: str) -> Any:
+    """Parse JSON, refusing invalid UTF-8 and nesting deeper than MAX_JSON_DEPTH."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(MALFORMED, f"{what} is not UTF-8") from None
+    if _nesting_depth(text) > MAX_JSON_DEPTH:
+        raise Rejected(MALFORMED, f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise Rejected(MALFORMED, f"{what} is not JSON ({str(exc)[:80]})") from None
+
+
+def _nesting_depth(text: str) -> int:
+    """Upper bound of JSON nesting (brackets inside strings count too: safe side)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return 0
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_envelope(value: bytes) -> Envelope:
+    """Check the envelope's shape: members, types, patterns, base64."""
+    doc = loads_json(value, "envelope")
+    if not isinstance(doc, dict):
+        raise Rejected(MALFORMED, "envelope is not a JSON object")
+    version = doc.get("v")
+    if type(version) is not int or version != VERSION:
+        raise Rejected(MALFORMED, f"'v' must be {VERSION}")
+    fields = {}
+    for member in ("agent", "plugin", "kid", "ek", "iv", "ct", "tag", "sig"):
+        item = doc.get(member)
+        if not isinstance(item, str):
+            raise Rejected(MALFORMED, f"'{member}' is missing or not a string")
+        fields[member] = item
+    if not AGENT_ID_RE.fullmatch(fields["agent"]):
+        raise Rejected(MALFORMED, "'agent' is not a valid agent id")
+    if not PLUGIN_NAME_RE.fullmatch(fields["plugin"]):
+        raise Rejected(MALFORMED, "'plugin' is not a valid plugin name")
+    if not KID_RE.fullmatch(fields["kid"]):
+        raise Rejected(MALFORMED, "'kid' must be 16 lowercase hex characters")
+    b64decode(fields["ek"], "ek")
+    b64decode(fields["iv"], "iv", IV_BYTES)
+    b64decode(fields["ct"], "ct")
+    b64decode(fields["tag"], "tag", TAG_BYTES)
+    b64decode(fields["sig"], "sig")
+    return Envelope(**fields)
+
+
+def verify(envelope: Envelope, agent_key: RSA.RsaKey) -> None:
+    """RSA-PSS (SHA-256, MGF1-SHA-256, salt 32) over the signed bytes; ``bad_signature``."""
+    signature = base64.b64decode(envelope.sig)
+    try:
+        pss.new(agent_key, salt_bytes=PSS_SALT_BYTES).verify(
+            SHA256.new(envelope.signed_bytes()), signature
+        )
+    except (ValueError, TypeError):
+        raise Rejected(BAD_SIGNATURE, "signature does not verify with the agent's key") from None
+
+
+_DECRYPT_FAILED = Rejected(DECRYPT_FAILED, "message could not be decrypted")
+
+
+def unwrap_key(ek: str, server_key: RSA.RsaKey) -> bytes:
+    """RSA-OAEP (SHA-256, MGF1-SHA-256) unwrap of the 32-byte session key."""
+    try:
+        key = PKCS1_OAEP.new(server_key, hashAlgo=SHA256).decrypt(base64.b64decode(ek))
+    except (ValueError, TypeError):
+        key = b""
+    if len(key) != AES_KEY_BYTES:
+        # One reason and one detail for every decryption failure: no oracle.
+        raise Rejected(_DECRYPT_FAILED.reason, _DECRYPT_FAILED.detail)
+    return key
+
+
+def decrypt(envelope: Envelope, session_key: bytes) -> bytes:
+    """AES-256-GCM with the protocol's AAD; ``decrypt_failed`` on any failure."""
+    cipher = AES.new(session_key, AES.MODE_GCM, nonce=base64.b64decode(envelope.iv))
+    cipher.update(aad(envelope.agent, envelope.plugin, envelope.kid))
+    try:
+        return cipher.decrypt_and_verify(
+            base64.b64decode(envelope.ct), base64.b64decode(envelope.tag)
+        )
+    except ValueError:
+        raise Rejected(_DECRYPT_FAILED.reason, _DECRYPT_FAILED.detail) from None
+
+
+@dataclass(frozen=True)
+class Plaintext:
+    seq: int
+    ts: int  # milliseconds since the epoch
+    data: dict[str, Any]
+
+
+def parse_plaintext(raw: bytes) -> Plaintext:
+    doc = loads_json(raw, "plaintext")
+    if not isinstance(doc, dict):
+        raise Rejected(MALFORMED, "plaintext is not a JSON object")
+    seq, ts, data = doc.get("seq"), doc.get("ts"), doc.get("data")
+    if type(seq) is not int or not 0 <= seq < MAX_SEQ:
+        raise Rejected(MALFORMED, "plaintext 'seq' must be an integer in [0, 2^63)")
+    if type(ts) is not int or ts < 0:
+        raise Rejected(MALFORMED, "plaintext 'ts' must be a non-negative integer (ms)")
+    if not isinstance(data, dict):
+        raise Rejected(MALFORMED, "plaintext 'data' must be an object")
+    return Plaintext(seq, ts, data)
+
+
+# --- agent side ---------------------------------------------------------------
+
+
+class SessionKey:
+    """An AES key wrapped once for the server key, reused while the protocol allows."""
+
+    MAX_MESSAGES = 2**24
+    MAX_AGE_S = 24 * 3600
+
+    def __init__(self, server_key: RSA.RsaKey, max_age_s: float = MAX_AGE_S) -> None:
+        self.kid = key_id(server_key)
+        self.key = os.urandom(AES_KEY_BYTES)
+        self.ek = base64.b64encode(
+            PKCS1_OAEP.new(server_key.public_key(), hashAlgo=SHA256).encrypt(self.key)
+        ).decode("ascii")
+        self.created = time.monotonic()
+        self.max_age_s = max_age_s
+        self.used = 0
+
+    def expired(self) -> bool:
+        return self.used >= self.MAX_MESSAGES or time.monotonic() - self.created > self.max_age_s
+
+
+def seal(
+    plaintext: dict[str, Any] | bytes,
+    *,
+    agent: str,
+    plugin: str,
+    session: SessionKey,
+    agent_key: RSA.RsaKey,
+) -> Envelope:
+    """Encrypt under the session key, then sign with the agent's key."""
+    raw = (
+        plaintext
+        if isinstance(plaintext, bytes)
+        else json.dumps(plaintext, separators=(",", ":")).encode("utf-8")
+    )
+    iv = os.urandom(IV_BYTES)
+    cipher = AES.new(session.key, AES.MODE_GCM, nonce=iv)
+    cipher.update(aad(agent, plugin, session.kid))
+    ct, tag = cipher.encrypt_and_digest(raw)
+    session.used += 1
+    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+    unsigned = Envelope(agent, plugin, session.kid, session.ek, b64(iv), b64(ct), b64(tag), "")
+    signature = pss.new(agent_key, salt_bytes=PSS_SALT_BYTES).sign(
+        SHA256.new(unsigned.signed_bytes())
+    )
+    return Envelope(**{**unsigned.__dict__, "sig": b64(signature)})
