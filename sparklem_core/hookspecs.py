@@ -74,6 +74,4 @@ def sparklem_collect(settings: Mapping[str, Any]) -> dict[str, Any] | None:
     """
 
 
-ALL_HOOKS: tuple[str, ...] = tuple(
-    name for name in list(globals()) if name.startswith("sparklem_")
-)
+ALL_HOOKS: tuple[str, ...] = tuple(name for name in list(globals()) if name.startswith("sparklem_"))

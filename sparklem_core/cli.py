@@ -1,0 +1,194 @@
+"""``python3 main.py``: the processor's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sparklem_core import __version__
+from sparklem_core.config import Config, ConfigError, load_config, mask_url
+from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.registry import (
+    AgentRegistry,
+    NoServerKey,
+    create_server_key,
+    load_server_keys,
+)
+from sparklem_core.storage import Store
+
+log = logging.getLogger("sparklem")
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class MaskingFormatter(logging.Formatter):
+    """Never lets a database password reach a log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_url(super().format(record))
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+@dataclass
+class Setup:
+    config: Config
+    plugins: PluginHost
+    store: Store
+
+
+def prepare(config: Config) -> Setup:
+    """Load plugins and declare every table (core and plugins) on a Store."""
+    plugins = PluginHost(config.plugins_dir, enabled=config.plugin_enabled)
+    store = Store(config.database_url, config.group_id)
+    plugins.register_tables(store.register_table, store.drop_registrations)
+    return Setup(config, plugins, store)
+
+
+def cmd_init(config: Config, _args: argparse.Namespace) -> int:
+    path, created = create_server_key(config.certificates)
+    (config.certificates / "agents").mkdir(exist_ok=True)
+    (config.certificates / "revoked").mkdir(exist_ok=True)
+    keys = load_server_keys(config.certificates)
+    setup = prepare(config)
+    setup.store.create_schema()
+    setup.store.dispose()
+    print(f"server key: {path} ({'created' if created else 'already there'})")
+    print(f"database:   {mask_url(config.database_url)} (schema up to date)")
+    for kid in keys:
+        print(f"kid:        {kid}")
+    return 0
+
+
+def cmd_plugins(config: Config, _args: argparse.Namespace) -> int:
+    host = PluginHost(config.plugins_dir, enabled=config.plugin_enabled)
+    rows = [("NAME", "VERSION", "TOPIC", "STATUS", "SOURCE")]
+    for info in host.infos:
+        m = info.manifest
+        rows.append(
+            (info.name, m.version if m else "-", m.topic if m else "-", info.status, info.source)
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[4])
+    return 0
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from sparklem_core.consumer import Processor
+    from sparklem_core.pipeline import Pipeline
+
+    try:
+        server_keys = load_server_keys(config.certificates)
+    except NoServerKey as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    setup = prepare(config)
+    loaded = setup.plugins.loaded()
+    for info in setup.plugins.infos:
+        if not info.ok and info.status != "disabled":
+            log.warning("plugin %s not running: %s", info.name, info.status)
+    if not loaded:
+        log.error(
+            "no plugin could be loaded from %s or installed packages; see: python3 main.py plugins",
+            config.plugins_dir,
+        )
+        return EXIT_FAILURE
+    registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
+    pipeline = Pipeline(
+        config.processor, server_keys, registry, setup.plugins, config.plugins, setup.store
+    )
+    topics = sorted({i.manifest.topic for i in loaded.values() if i.manifest})
+    processor = Processor(config, pipeline, setup.store, topics)
+    processor.install_signal_handlers()
+    log.info(
+        "sparklem %s processor starting: plugins=%s topics=%s database=%s kid=%s "
+        "bootstrap=%s group=%s agents=%d config=%s",
+        __version__,
+        ",".join(f"{n} {i.manifest.version}" for n, i in loaded.items() if i.manifest),
+        ",".join(topics),
+        mask_url(config.database_url),
+        ",".join(server_keys),
+        config.bootstrap_servers,
+        config.group_id,
+        len(registry.agents()),
+        config.source,
+    )
+    if not processor.prepare_database():
+        return 0
+    return processor.run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Sparkle-M processor: consumes agents' readings from Kafka, verifies, "
+        "decrypts and stores them with SQLAlchemy.",
+        epilog="Without a command, 'run' is assumed. Environment: SPARKLEM_BOOTSTRAP_SERVERS, "
+        "SPARKLEM_DATABASE_URL, SPARKLEM_CERTIFICATES_DIR, SPARKLEM_GROUP_ID override the file.",
+    )
+    parser.add_argument("--version", action="version", version=f"sparklem {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="FILE", help="YAML config file (default: ./config.yaml when present)"
+    )
+    common.add_argument(
+        "--log-level",
+        default="INFO",
+        metavar="L",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
+        help="DEBUG, INFO (default), WARNING or ERROR",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the processor (the default)",
+        description="Consume, verify, decrypt and store until SIGTERM/SIGINT.",
+    )
+    run.set_defaults(func=cmd_run)
+    init = sub.add_parser(
+        "init",
+        parents=[common],
+        help="create the server key and the database schema",
+        description="Create certificates/server_private.pem (mode 0600) if "
+        "missing, create or upgrade the database schema, print the key id.",
+    )
+    init.set_defaults(func=cmd_init)
+    plugins = sub.add_parser(
+        "plugins",
+        parents=[common],
+        help="list plugins and their status",
+        description="Name, version, topic, status and source of every plugin found.",
+    )
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "run")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+        return args.func(config, args)
+    except ConfigError as exc:
+        print(f"main.py: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NoServerKey as exc:
+        print(f"main.py: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

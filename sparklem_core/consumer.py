@@ -1,0 +1,388 @@
+"""The long-running consumer loop: Kafka batch → pipeline → one transaction → offsets.
+
+Offsets are committed to Kafka only after the batch's transaction has committed;
+the database also records every partition's next offset in that same transaction,
+so a crash at any instant neither loses a record nor stores one twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential_jitter,
+)
+
+from sparklem_core.config import Config, mask_url
+from sparklem_core.pipeline import Pipeline, Record, Stats
+from sparklem_core.storage import Batch, Conflict, Store
+
+log = logging.getLogger(__name__)
+
+# librdkafka properties shared by every client kind (safe to hand to the admin client).
+_CLIENT_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.", "socket.", "broker.")
+# Errors that pass when the database comes back; anything else is a bug to surface.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+_BROKER_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
+
+
+class _OncePerMinute(logging.Filter):
+    """librdkafka repeats a connection failure at every retry: keep one line a minute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)[:60]
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < 60:
+            return False
+        self._last[key] = now
+        return True
+
+
+# librdkafka's own log lines, instead of raw lines on stderr.
+KAFKA_LOG = logging.getLogger("sparklem.librdkafka")
+KAFKA_LOG.addFilter(_OncePerMinute())
+
+
+class Stopping(Exception):
+    """Raised out of a wait when a stop was requested."""
+
+
+class Processor:
+    def __init__(self, config: Config, pipeline: Pipeline, store: Store, topics: list[str]):
+        self.config = config
+        self.settings = config.processor
+        self.pipeline = pipeline
+        self.store = store
+        self.topics = topics
+        self.stats = Stats()
+        self._window = Stats()
+        self._window_start = self._last_stats = time.monotonic()
+        self._stop = threading.Event()
+        self._broker_down_since: float | None = None
+        self._in_hand: list[Record] = []
+        self._carry: list[Record] = []  # records that arrived while waiting for the database
+        self._dead_letters: Producer | None = None
+        self.consumer: Consumer | None = None
+
+    # --- life cycle ----------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to finish the batch in hand and exit (signal-safe)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def prepare_database(self) -> bool:
+        """Create or upgrade the schema, waiting for the database; False if stopped first."""
+        try:
+            for attempt in self._retrying("database unavailable at start", TRANSIENT_DB_ERRORS):
+                with attempt:
+                    self.store.create_schema()
+        except Stopping:
+            return False
+        return True
+
+    def run(self) -> int:
+        try:
+            self._ensure_topics()
+        except Stopping:
+            return 0
+        self.consumer = Consumer(self._consumer_conf())
+        self.consumer.subscribe(
+            self.topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        if self.settings.dead_letter_topic:
+            self._dead_letters = Producer({**self._client_conf(), "enable.idempotence": True})
+        try:
+            while not self._stop.is_set():
+                records = self._carry or self._consume(
+                    self.settings.batch_size, self.settings.poll_timeout_s
+                )
+                self._carry = []
+                if records:
+                    self._handle(records)
+                self._maybe_log_stats()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        self._log_stats(final=True)
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            # close() leaves the group cleanly, but can block while the broker is down.
+            closer = threading.Thread(target=consumer.close, daemon=True)
+            closer.start()
+            closer.join(self.settings.shutdown_timeout_s)
+            if closer.is_alive():
+                log.warning(
+                    "Kafka consumer did not close within %.0f s (broker down?); leaving without it",
+                    self.settings.shutdown_timeout_s,
+                )
+        if self._dead_letters is not None:
+            self._dead_letters.flush(2)
+        self.store.dispose()
+        log.info("processor stopped")
+
+    # --- Kafka ---------------------------------------------------------------------
+
+    def _client_conf(self) -> dict[str, Any]:
+        conf = {k: v for k, v in self.config.kafka.items() if k.startswith(_CLIENT_PREFIXES)}
+        return {**conf, "error_cb": self._on_kafka_error, "logger": KAFKA_LOG}
+
+    def _consumer_conf(self) -> dict[str, Any]:
+        return {
+            "auto.offset.reset": "earliest",  # a new group starts at the oldest reading
+            **self.config.kafka,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "error_cb": self._on_kafka_error,
+            "logger": KAFKA_LOG,
+            "on_commit": self._on_commit,
+        }
+
+    def _ensure_topics(self) -> None:
+        """Create missing topics where the broker allows; wait for the broker if it is down."""
+        admin = AdminClient(self._client_conf())
+        wanted = list(self.topics)
+        if self.settings.dead_letter_topic:
+            wanted.append(self.settings.dead_letter_topic)
+        for attempt in self._retrying("Kafka broker unreachable at start", KafkaException):
+            with attempt:
+                existing = admin.list_topics(timeout=5).topics
+                self._broker_up()
+        missing = [t for t in wanted if t not in existing]
+        if not missing:
+            return
+        futures = admin.create_topics(
+            [NewTopic(t, num_partitions=self.settings.topic_partitions) for t in missing]
+        )
+        for topic, future in futures.items():
+            try:
+                future.result(timeout=15)
+                log.info("created topic %s (%d partitions)", topic, self.settings.topic_partitions)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    log.warning(
+                        "could not create topic %s: %s; waiting for it to appear",
+                        topic,
+                        exc.args[0].str(),
+                    )
+
+    def _consume(self, count: int, timeout: float) -> list[Record]:
+        assert self.consumer is not None
+        records = []
+        for msg in self.consumer.consume(count, timeout):
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("Kafka: %s", err.str())
+                continue
+            records.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.value()))
+        if records:
+            self._broker_up()
+        return records
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.code() in _BROKER_DOWN:
+            if self._broker_down_since is None:
+                self._broker_down_since = time.monotonic()
+                log.warning("Kafka broker unreachable (%s); reconnecting with backoff", err.str())
+        else:
+            log.warning("Kafka error: %s", err.str())
+
+    def _broker_up(self) -> None:
+        if self._broker_down_since is not None:
+            log.info(
+                "Kafka broker reachable again after %.0f s",
+                time.monotonic() - self._broker_down_since,
+            )
+            self._broker_down_since = None
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            # Harmless for correctness: the database holds the offsets too.
+            log.info("Kafka offset commit failed (%s); the database has them", err.str())
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", _describe(partitions))
+        self.pipeline.forget_state()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("revoked %s", _describe(partitions))
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        # Only reachable while a batch waits for the database (callbacks run inside
+        # consume()): records of partitions we no longer own go to their new owner.
+        self._in_hand = [r for r in self._in_hand if (r.topic, r.partition) not in gone]
+        self._carry = [r for r in self._carry if (r.topic, r.partition) not in gone]
+        self.pipeline.forget_state()
+
+    def _high_watermark(self, topic: str, partition: int) -> int | None:
+        assert self.consumer is not None
+        try:
+            _low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), cached=True
+            )
+        except KafkaException:
+            return None
+        return high
+
+    # --- one batch -----------------------------------------------------------------
+
+    def _handle(self, records: list[Record]) -> None:
+        self._in_hand = records
+        try:
+            for attempt in self._retrying(
+                "database unavailable", TRANSIENT_DB_ERRORS, wait=self._wait_polling
+            ):
+                with attempt:
+                    batch, stats = self._store(self._in_hand)
+        except Stopping:
+            if self._in_hand:
+                log.warning(
+                    "stopping with %d records not stored; they will be consumed again",
+                    len(self._in_hand),
+                )
+            return
+        finally:
+            self._in_hand = []
+            if self.consumer is not None:
+                self.consumer.resume(self.consumer.assignment())
+        self._commit_offsets(batch)
+        self._send_dead_letters(batch)
+        self.stats.add(stats)
+        self._window.add(stats)
+
+    def _store(self, records: list[Record]) -> tuple[Batch, Stats]:
+        for _ in range(10):
+            batch, stats = self.pipeline.process(records, self._high_watermark)
+            try:
+                self.store.commit(batch)
+            except Conflict as exc:
+                log.info("another processor moved a mark first (%s); reloading", exc)
+                self.pipeline.forget_state()
+                continue
+            self.pipeline.committed(batch)
+            return batch, stats
+        raise RuntimeError("ten optimistic conflicts in a row: two processors share a stream?")
+
+    def _commit_offsets(self, batch: Batch) -> None:
+        if not batch.offsets or self.consumer is None:
+            return
+        offsets = [TopicPartition(t, p, nxt) for (t, p), (_, nxt) in batch.offsets.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.info("Kafka offset commit failed (%s); the database has them", exc)
+
+    def _send_dead_letters(self, batch: Batch) -> None:
+        if self._dead_letters is None or not batch.rejected:
+            return
+        for row in batch.rejected:
+            self._dead_letters.produce(
+                self.settings.dead_letter_topic,
+                value=row["raw"],
+                key=row["agent_id"],
+                headers={
+                    "reason": row["reason"],
+                    "detail": row["detail"],
+                    "source": f"{row['topic']}[{row['partition']}]@{row['offset']}",
+                },
+            )
+        self._dead_letters.poll(0)
+
+    # --- waiting ---------------------------------------------------------------------
+
+    def _retrying(
+        self,
+        what: str,
+        errors: type[BaseException] | tuple[type[BaseException], ...],
+        wait: Callable[[float], None] | None = None,
+    ) -> Retrying:
+        def before_sleep(state: Any) -> None:
+            exc = state.outcome.exception()
+            log.warning(
+                "%s (%s); retrying in %.1f s",
+                what,
+                mask_url(str(exc).splitlines()[0])[:300],
+                state.next_action.sleep,
+            )
+
+        def sleep(seconds: float) -> None:
+            (wait or self._wait)(seconds)
+
+        return Retrying(
+            retry=retry_if_exception_type(errors),
+            wait=wait_exponential_jitter(initial=0.5, max=15),
+            stop=stop_never,
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def _wait(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise Stopping
+
+    def _wait_polling(self, seconds: float) -> None:
+        """Wait for the database while staying in the consumer group (paused partitions)."""
+        assert self.consumer is not None
+        self.consumer.pause(self.consumer.assignment())
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._stop.is_set():
+                raise Stopping
+            self._carry.extend(self._consume(self.settings.batch_size, 0.2))
+        if not self._in_hand:
+            raise Stopping  # every record in hand went to another processor
+
+    # --- logging -----------------------------------------------------------------------
+
+    def _maybe_log_stats(self) -> None:
+        if time.monotonic() - self._last_stats >= self.settings.stats_interval_s:
+            self._log_stats()
+
+    def _log_stats(self, final: bool = False) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self._window_start, 1e-9)
+        s = self.stats
+        rejected = ", ".join(f"{k}={v}" for k, v in sorted(s.rejected.items())) or "none"
+        log.info(
+            "%s: consumed=%d stored=%d rows=%d rejected=%d (%s) duplicates=%d "
+            "redelivered=%d rate=%.1f msg/s",
+            "final stats" if final else "stats",
+            s.consumed,
+            s.stored,
+            s.rows,
+            sum(s.rejected.values()),
+            rejected,
+            s.duplicates,
+            s.redelivered,
+            self._window.consumed / elapsed,
+        )
+        self._window, self._window_start, self._last_stats = Stats(), now, now
+
+
+def _describe(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"

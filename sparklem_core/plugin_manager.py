@@ -1,0 +1,226 @@
+"""Finding, loading and calling plugins, with pluggy.
+
+Two sources, one mechanism:
+
+* packages in the plugins directory (``plugins/<name>/__init__.py`` + ``manifest.py``,
+  ``server.py``, ``main.py``, ``requirements.txt``);
+* installed distributions declaring entry points in the group ``sparklem`` (the
+  built-in plugins are declared there too, in pyproject.toml).
+
+A plugin found both ways (the built-ins in a checkout) is loaded once. A plugin whose
+requirements are missing, that fails to import, or whose hooks are wrong is reported
+with its reason and skipped; the others run.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+from packaging.requirements import InvalidRequirement, Requirement
+
+from sparklem_core import PROJECT_NAME, hookspecs, protocol
+from sparklem_core.plugin_api import Manifest, Message, PluginResult
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = PROJECT_NAME
+OK = "ok"
+
+
+@dataclass
+class PluginInfo:
+    """One discovered plugin, loaded or not."""
+
+    key: str  # directory or entry point name; the manifest name once loaded
+    source: str  # "directory plugins/temperature" or "installed sparklem 0.1.0"
+    status: str = OK  # ok | disabled | missing requirement X | failed: reason
+    manifest: Manifest | None = None
+    module: ModuleType | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name if self.manifest else self.key
+
+
+class PluginHost:
+    """The pluggy manager plus what the processor and agent need from it."""
+
+    def __init__(self, plugins_dir: Path | None, enabled: Callable[[str], bool] = lambda _: True):
+        self.pm = pluggy.PluginManager(PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: list[PluginInfo] = []
+        self._callers: dict[str, Any] = {}
+        for info in self._discover(plugins_dir):
+            self._load(info, enabled)
+            self.infos.append(info)
+
+    # --- discovery -------------------------------------------------------------
+
+    def _discover(self, plugins_dir: Path | None) -> list[PluginInfo]:
+        found: list[PluginInfo] = []
+        seen_files: set[Path] = set()
+        if plugins_dir is not None and plugins_dir.is_dir():
+            for init in sorted(plugins_dir.glob("*/__init__.py")):
+                seen_files.add(init.resolve())
+                found.append(PluginInfo(init.parent.name, f"directory {init.parent}"))
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            origin = _module_origin(ep.module)
+            if origin is not None and origin in seen_files:
+                continue  # the same package as a directory plugin: load it once
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+            info = PluginInfo(ep.name, f"installed {dist} ({ep.value})")
+            info.module = ep  # type: ignore[assignment]  # loaded in _load
+            found.append(info)
+        return found
+
+    def _load(self, info: PluginInfo, enabled: Callable[[str], bool]) -> None:
+        if not enabled(info.key):
+            info.status = "disabled"
+            return
+        try:
+            if info.source.startswith("directory "):
+                directory = Path(info.source.removeprefix("directory "))
+                missing = _missing_requirement(directory / "requirements.txt")
+                if missing:
+                    info.status = f"missing requirement {missing}"
+                    return
+                module = _import_directory_package(directory)
+            else:
+                module = info.module.load()  # type: ignore[union-attr]
+            info.module = None
+            manifest = self._register(info.key, module)
+        except Exception as exc:  # a broken plugin must not stop the others
+            info.module = None
+            info.status = f"failed: {type(exc).__name__}: {exc}"
+            log.warning("plugin %s (%s) skipped: %s", info.key, info.source, info.status)
+            return
+        duplicate = next((i for i in self.infos if i.ok and i.name == manifest.name), None)
+        if duplicate is not None:
+            self.pm.unregister(module)
+            info.status = f"failed: name {manifest.name!r} already provided by {duplicate.source}"
+            log.warning("plugin %s skipped: %s", info.key, info.status)
+            return
+        info.module, info.manifest, info.key = module, manifest, manifest.name
+
+    def _register(self, key: str, module: ModuleType) -> Manifest:
+        self.pm.register(module, name=f"{key}:{id(module)}")
+        try:
+            self.pm.check_pending()  # a misspelled sparklem_* hook is an error, not a no-op
+            manifest = self._call(module, "sparklem_manifest")
+            if not isinstance(manifest, Manifest):
+                raise TypeError("sparklem_manifest() must return a sparklem_core.Manifest")
+            if not protocol.PLUGIN_NAME_RE.fullmatch(manifest.name):
+                raise ValueError(f"plugin name {manifest.name!r} is not [a-z][a-z0-9_]{{0,63}}")
+        except Exception:
+            self.pm.unregister(module)
+            raise
+        return manifest
+
+    # --- calling ---------------------------------------------------------------
+
+    def _call(self, module: ModuleType, hook: str, **kwargs: Any) -> Any:
+        """Call one hook of one plugin only (pluggy's subset caller, cached)."""
+        caller = self._callers.get((id(module), hook))
+        if caller is None:
+            others = [p for p in self.pm.get_plugins() if p is not module]
+            caller = self.pm.subset_hook_caller(hook, remove_plugins=others)
+            self._callers[(id(module), hook)] = caller
+        return caller(**kwargs)
+
+    def loaded(self) -> dict[str, PluginInfo]:
+        return {i.name: i for i in self.infos if i.ok}
+
+    def register_tables(self, register: Callable[..., Any], forget: Callable[[str], None]) -> None:
+        """Let every loaded plugin declare its tables; a clash fails that plugin only."""
+        for info in self.infos:
+            if not info.ok:
+                continue
+            try:
+                self._call(
+                    info.module,
+                    "sparklem_register_tables",
+                    register=lambda name, *cols, _o=info.name: register(_o, name, *cols),
+                )
+            except Exception as exc:
+                forget(info.name)
+                self._fail(info, f"registering tables: {exc}")
+
+    def process(
+        self, info: PluginInfo, message: Message, settings: Mapping[str, Any]
+    ) -> PluginResult:
+        result = self._call(info.module, "sparklem_process", message=message, settings=settings)
+        if not isinstance(result, PluginResult):
+            raise TypeError(f"sparklem_process returned {type(result).__name__}, not PluginResult")
+        return result
+
+    def collect(self, info: PluginInfo, settings: Mapping[str, Any]) -> dict[str, Any] | None:
+        return self._call(info.module, "sparklem_collect", settings=settings)
+
+    def _fail(self, info: PluginInfo, reason: str) -> None:
+        info.status = f"failed: {reason}"
+        log.warning("plugin %s (%s) skipped: %s", info.name, info.source, reason)
+        if info.module is not None:
+            self.pm.unregister(info.module)
+
+
+def _module_origin(module: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin).resolve() if spec and spec.origin else None
+
+
+def _import_directory_package(directory: Path) -> ModuleType:
+    name = f"sparklem_plugins.{directory.name}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, directory / "__init__.py", submodule_search_locations=[str(directory)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before exec, so the package's relative imports resolve
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _missing_requirement(requirements: Path) -> str | None:
+    """The first requirement in ``requirements.txt`` that is not installed, if any."""
+    if not requirements.exists():
+        return None
+    for line in requirements.read_text(encoding="utf-8").splitlines():
+        line = re.sub(r"\s+#.*", "", line).strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            return f"{line!r} (unparsable requirement)"
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            version = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            return str(req)
+        if req.specifier and not req.specifier.contains(version, prereleases=True):
+            return f"{req} (found {version})"
+    return None

@@ -1,0 +1,261 @@
+"""Everything the processor writes, through SQLAlchemy 2 Core.
+
+One transaction per consumed batch holds the plugins' rows, the rejected records,
+the per-stream ``seq`` high-water marks and the per-partition consumed offsets. Both
+kinds of mark are updated optimistically (``UPDATE ... WHERE value = expected``), so
+two processors that ever handle the same stream or partition at once cannot both
+commit: the loser gets :class:`Conflict`, reloads and tries again.
+
+The core tables are created and upgraded by Alembic (``sparklem_core/migrations``);
+plugin tables are created from what plugins register, when missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    event,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+log = logging.getLogger(__name__)
+
+ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
+CORE_TABLES = ("rejected_messages", "sparklem_streams", "sparklem_offsets")
+
+
+class TableClash(ValueError):
+    pass
+
+
+class Conflict(Exception):
+    """Another processor moved a stream or partition mark first; reload and retry."""
+
+
+def _core_metadata() -> MetaData:
+    metadata = MetaData()
+    Table(
+        "rejected_messages",
+        metadata,
+        Column("id", ID, primary_key=True, autoincrement=True),
+        Column("topic", String(255), nullable=False),
+        Column("partition", Integer, nullable=False),
+        Column("offset", BigInteger, nullable=False),
+        Column("agent_id", String(64)),
+        Column("plugin", String(64)),
+        Column("reason", String(32), nullable=False, index=True),
+        Column("detail", Text, nullable=False),
+        Column("raw", Text),
+        Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    )
+    Table(
+        "sparklem_streams",
+        metadata,
+        Column("agent_id", String(64), primary_key=True),
+        Column("plugin", String(64), primary_key=True),
+        Column("last_seq", BigInteger, nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    )
+    Table(
+        "sparklem_offsets",
+        metadata,
+        Column("group_id", String(255), primary_key=True),
+        Column("topic", String(255), primary_key=True),
+        Column("partition", Integer, primary_key=True),
+        Column("next_offset", BigInteger, nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    )
+    return metadata
+
+
+@dataclass
+class Batch:
+    """What one consumed batch changes in the database."""
+
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    # key -> (value the mark had when the batch began, or None if absent; new value)
+    streams: dict[tuple[str, str], tuple[int | None, int]] = field(default_factory=dict)
+    offsets: dict[tuple[str, int], tuple[int | None, int]] = field(default_factory=dict)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the settings the exactly-once guarantee needs on SQLite."""
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # A committed batch must survive a power cut, or Kafka offsets run ahead of data.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Take the write lock up front: no deadlock-prone upgrade from a read lock.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    def __init__(self, url: str, group_id: str) -> None:
+        self.engine = make_engine(url)
+        self.group_id = group_id
+        self.metadata = _core_metadata()
+        self._owners: dict[str, str] = dict.fromkeys(CORE_TABLES, "sparklem core")
+        self._plugin_tables: dict[str, str] = {}  # table -> plugin
+
+    @property
+    def rejected(self) -> Table:
+        return self.metadata.tables["rejected_messages"]
+
+    @property
+    def streams(self) -> Table:
+        return self.metadata.tables["sparklem_streams"]
+
+    @property
+    def offsets(self) -> Table:
+        return self.metadata.tables["sparklem_offsets"]
+
+    def register_table(self, owner: str, name: str, *columns: Column[Any]) -> Table:
+        """Add a plugin's table; :class:`TableClash` if the name is taken."""
+        if name in self._owners:
+            raise TableClash(f"table {name!r} is already registered by {self._owners[name]}")
+        table = Table(name, self.metadata, *columns)
+        self._owners[name] = owner
+        self._plugin_tables[name] = owner
+        return table
+
+    def drop_registrations(self, owner: str) -> None:
+        """Forget every table ``owner`` registered (after it failed to load)."""
+        for name in [n for n, o in self._plugin_tables.items() if o == owner]:
+            self.metadata.remove(self.metadata.tables[name])
+            del self._owners[name], self._plugin_tables[name]
+
+    def table_owner(self, name: str) -> str | None:
+        return self._plugin_tables.get(name)
+
+    def create_schema(self) -> None:
+        """Upgrade the core tables with Alembic, then create missing plugin tables."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        plugin_tables = [self.metadata.tables[n] for n in self._plugin_tables]
+        self.metadata.create_all(self.engine, tables=plugin_tables, checkfirst=True)
+
+    def load_streams(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        keys = list(keys)
+        if not keys:
+            return {}
+        t = self.streams
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.c.agent_id, t.c.plugin, t.c.last_seq).where(
+                    tuple_(t.c.agent_id, t.c.plugin).in_(keys)
+                )
+            )
+            return {(a, p): seq for a, p, seq in rows}
+
+    def load_offsets(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        keys = list(keys)
+        if not keys:
+            return {}
+        t = self.offsets
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.c.topic, t.c.partition, t.c.next_offset).where(
+                    t.c.group_id == self.group_id,
+                    tuple_(t.c.topic, t.c.partition).in_(keys),
+                )
+            )
+            return {(topic, part): off for topic, part, off in rows}
+
+    def commit(self, batch: Batch) -> None:
+        """Write a whole batch in one transaction, or nothing (:class:`Conflict` or DB error)."""
+        now = datetime.now(UTC)
+        try:
+            with self.engine.begin() as conn:
+                for name, rows in batch.rows.items():
+                    if rows:
+                        conn.execute(insert(self.metadata.tables[name]), rows)
+                if batch.rejected:
+                    conn.execute(insert(self.rejected), batch.rejected)
+                s, o = self.streams, self.offsets
+                for (agent, plugin), (expected, new) in batch.streams.items():
+                    key = and_(s.c.agent_id == agent, s.c.plugin == plugin)
+                    self._move_mark(
+                        conn,
+                        s,
+                        key,
+                        s.c.last_seq,
+                        expected,
+                        {"agent_id": agent, "plugin": plugin, "last_seq": new, "updated_at": now},
+                    )
+                for (topic, part), (expected, new) in batch.offsets.items():
+                    key = and_(
+                        o.c.group_id == self.group_id, o.c.topic == topic, o.c.partition == part
+                    )
+                    self._move_mark(
+                        conn,
+                        o,
+                        key,
+                        o.c.next_offset,
+                        expected,
+                        {
+                            "group_id": self.group_id,
+                            "topic": topic,
+                            "partition": part,
+                            "next_offset": new,
+                            "updated_at": now,
+                        },
+                    )
+        except IntegrityError as exc:
+            raise Conflict(str(exc.orig)[:200]) from None
+
+    @staticmethod
+    def _move_mark(
+        conn: Any, table: Table, key: Any, column: Any, expected: int | None, values: dict[str, Any]
+    ) -> None:
+        if expected is None:
+            conn.execute(insert(table).values(values))  # IntegrityError if someone was first
+            return
+        result = conn.execute(update(table).where(key, column == expected).values(values))
+        if result.rowcount != 1:
+            raise Conflict(f"{table.name} moved by another processor")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
