@@ -1,0 +1,1 @@
+"""Sparkle-M built-in plugins; each subpackage is one plugin (see temperature/ for the layout)."""

@@ -1,0 +1,207 @@
+"""The pu_workload plugin's processor side, through its public hooks."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, MetaData, Table, create_engine, insert, select
+
+import plugins.pu_workload as plugin
+from sparklem_core import InvalidPayload, Message
+
+SENT_AT = datetime(2026, 11, 21, 10, 30, 0, tzinfo=UTC)
+GIB = 1024**3
+CPU = {"percent": 37.5, "per_core": [40.0, 35.0], "load_avg": [0.52, 0.61, 0.70]}
+MEMORY = {"used_bytes": GIB, "total_bytes": 8 * GIB}
+GPU = {
+    "index": 0,
+    "name": "Orin",
+    "util_percent": 12.0,
+    "mem_used_bytes": 100 * 1024**2,
+    "mem_total_bytes": 8 * GIB,
+    "temperature_c": 51.0,
+}
+EXAMPLE = {"cpu": CPU, "memory": MEMORY, "gpus": [GPU]}  # PROTOCOL.md's example
+REQUIRED_COLUMNS = {
+    "agent_id",
+    "unit",
+    "unit_index",
+    "name",
+    "utilization_pct",
+    "mem_used_bytes",
+    "mem_total_bytes",
+    "load_1m",
+    "load_5m",
+    "load_15m",
+    "measured_at",
+}
+
+
+def process(data: Any) -> list[dict[str, Any]]:
+    message = Message("edge-1", "pu_workload", 9, SENT_AT, data)
+    result = plugin.sparklem_process(message=message, settings={})
+    assert result.rejected == []
+    return result.rows["pu_workload_readings"]
+
+
+def units(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(row["unit"], row["unit_index"]) for row in rows]
+
+
+def register_into(metadata: MetaData):
+    def register(name: str, *columns: Column) -> Table:
+        return Table(name, metadata, *columns)
+
+    return register
+
+
+def test_manifest() -> None:
+    manifest = plugin.sparklem_manifest()
+    assert (manifest.name, manifest.topic) == ("pu_workload", "sparklem.pu_workload")
+    assert manifest.agent_defaults["interval"] == 30
+
+
+def test_register_tables_names_and_columns() -> None:
+    metadata = MetaData()
+    plugin.sparklem_register_tables(register=register_into(metadata))
+    assert set(metadata.tables) == {"pu_workload_readings"}
+    table = metadata.tables["pu_workload_readings"]
+    assert REQUIRED_COLUMNS | {"id", "seq", "temperature_c", "received_at"} <= set(table.c.keys())
+    assert table.c.measured_at.type.timezone
+    assert [[c.name for c in ix.columns] for ix in table.indexes] == [["agent_id", "measured_at"]]
+
+
+def test_rows_insert_into_sqlite() -> None:
+    metadata = MetaData()
+    plugin.sparklem_register_tables(register=register_into(metadata))
+    engine = create_engine("sqlite://")
+    metadata.create_all(engine)
+    table = metadata.tables["pu_workload_readings"]
+    with engine.begin() as conn:
+        conn.execute(insert(table), process(EXAMPLE))
+        stored = conn.execute(select(table.c.id, table.c.unit, table.c.name)).all()
+    assert [tuple(r) for r in stored] == [
+        (1, "cpu", None),
+        (2, "core", None),
+        (3, "core", None),
+        (4, "gpu", "Orin"),
+    ]
+
+
+def test_protocol_example_gives_cpu_core_and_gpu_rows() -> None:
+    rows = process(EXAMPLE)
+    assert units(rows) == [("cpu", 0), ("core", 0), ("core", 1), ("gpu", 0)]
+    assert all(set(row) >= REQUIRED_COLUMNS for row in rows)
+    cpu, core0, core1, gpu = rows
+    assert cpu["utilization_pct"] == 37.5
+    assert (cpu["load_1m"], cpu["load_5m"], cpu["load_15m"]) == (0.52, 0.61, 0.70)
+    assert (cpu["mem_used_bytes"], cpu["mem_total_bytes"]) == (GIB, 8 * GIB)
+    assert cpu["name"] is None and cpu["temperature_c"] is None
+    assert (core0["utilization_pct"], core1["utilization_pct"]) == (40.0, 35.0)
+    assert core0["mem_used_bytes"] is None and core0["load_1m"] is None
+    assert gpu["name"] == "Orin" and gpu["utilization_pct"] == 12.0
+    assert (gpu["mem_used_bytes"], gpu["temperature_c"]) == (100 * 1024**2, 51.0)
+    assert gpu["load_1m"] is None
+    for row in rows:
+        assert (row["agent_id"], row["seq"], row["measured_at"]) == ("edge-1", 9, SENT_AT)
+        assert row["received_at"] is rows[0]["received_at"]
+
+
+def test_cpu_only_minimal() -> None:
+    (row,) = process({"cpu": {"percent": 0}})
+    assert units([row]) == [("cpu", 0)]
+    assert row["utilization_pct"] == 0.0
+    assert row["mem_total_bytes"] is None and row["load_15m"] is None
+
+
+def test_cpu_only_with_empty_gpus_and_per_core_indexes() -> None:
+    rows = process({"cpu": {"percent": 100, "per_core": [1, 2, 3, 4]}, "gpus": []})
+    assert units(rows) == [("cpu", 0), ("core", 0), ("core", 1), ("core", 2), ("core", 3)]
+    assert [row["utilization_pct"] for row in rows] == [100.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_gpu_only_keeps_gpu_index_and_optional_temperature() -> None:
+    second = {k: v for k, v in GPU.items() if k != "temperature_c"} | {"index": 3, "name": "T4"}
+    rows = process({"gpus": [GPU, second]})
+    assert units(rows) == [("gpu", 0), ("gpu", 3)]
+    assert [row["name"] for row in rows] == ["Orin", "T4"]
+    assert rows[1]["temperature_c"] is None
+
+
+def test_unknown_members_are_ignored() -> None:
+    data = copy.deepcopy(EXAMPLE)
+    data["disk"] = {"free": 1}
+    data["cpu"]["steal"] = 3.0
+    data["gpus"][0]["fan_percent"] = 30
+    assert len(process(data)) == 4
+
+
+def broken(path: str, value: Any) -> dict[str, Any]:
+    """EXAMPLE with the member at dotted ``path`` set to ``value``, or removed if it is ``...``."""
+    data = copy.deepcopy(EXAMPLE)
+    *parents, last = path.split(".")
+    target: Any = data
+    for key in parents:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    if value is ...:
+        del target[last]
+    else:
+        target[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({}, "at least one"),
+        ({"gpus": []}, "at least one"),
+        ({"memory": MEMORY}, "at least one"),
+        ({"cpu": None}, "cpu"),
+        ({"cpu": [37.5]}, "cpu"),
+        ({"cpu": {"percent": 1}, "gpus": {"index": 0}}, "gpus"),
+        (broken("cpu.percent", 100.5), "cpu.percent"),
+        (broken("cpu.percent", -0.1), "cpu.percent"),
+        (broken("cpu.percent", True), "cpu.percent"),
+        (broken("cpu.percent", "37.5"), "cpu.percent"),
+        (broken("cpu.percent", ...), "cpu.percent"),
+        (broken("cpu.per_core", [40.0, 101]), r"per_core\[1\]"),
+        (broken("cpu.per_core", 40.0), "per_core"),
+        (broken("cpu.load_avg", [0.5, 0.6]), "3 numbers"),
+        (broken("cpu.load_avg", [0.5, 0.6, 0.7, 0.8]), "3 numbers"),
+        (broken("cpu.load_avg", [0.5, -0.6, 0.7]), "load_avg"),
+        (broken("cpu.load_avg", [0.5, False, 0.7]), "load_avg"),
+        (broken("cpu.load_avg", None), "load_avg"),
+        (broken("memory.used_bytes", 9 * GIB), "exceeds"),
+        (broken("memory.used_bytes", -1), "used_bytes"),
+        (broken("memory.used_bytes", 1.0), "used_bytes"),
+        (broken("memory.total_bytes", True), "total_bytes"),
+        (broken("memory.total_bytes", 2**63), "total_bytes"),
+        (broken("memory.total_bytes", ...), "total_bytes"),
+        (broken("memory", "8GiB"), "memory"),
+        (broken("gpus.0.mem_used_bytes", 9 * GIB), "exceeds"),
+        (broken("gpus.0.mem_total_bytes", ...), "mem_total_bytes"),
+        (broken("gpus.0.util_percent", 100.5), "util_percent"),
+        (broken("gpus.0.util_percent", ...), "util_percent"),
+        (broken("gpus.0.index", -1), "index"),
+        (broken("gpus.0.index", True), "index"),
+        (broken("gpus.0.index", "0"), "index"),
+        (broken("gpus.0.name", ""), "name"),
+        (broken("gpus.0.name", ...), "name"),
+        (broken("gpus.0.temperature_c", "51"), "temperature_c"),
+        (broken("gpus.0.temperature_c", None), "temperature_c"),
+        (broken("gpus", ["Orin"]), "gpus"),
+        (broken("gpus", [GPU, GPU]), "twice"),
+    ],
+)
+def test_invalid_payload_refuses_the_whole_message(data: Any, match: str) -> None:
+    with pytest.raises(InvalidPayload, match=match):
+        process(data)
+
+
+def test_memory_is_checked_even_without_cpu() -> None:
+    with pytest.raises(InvalidPayload, match="exceeds"):
+        process({"gpus": [GPU], "memory": {"used_bytes": 2, "total_bytes": 1}})
+    assert units(process({"gpus": [GPU], "memory": MEMORY})) == [("gpu", 0)]
