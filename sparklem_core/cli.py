@@ -191,3 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug, not a user mistake: say so with the traceback, exit non-zero
+        log.exception("sparklem %s failed unexpectedly", args.command or "run")
+        return EXIT_FAILURE

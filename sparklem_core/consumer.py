@@ -14,7 +14,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -79,6 +86,8 @@ class Processor:
         self._carry: list[Record] = []  # records that arrived while waiting for the database
         self._dead_letters: Producer | None = None
         self.consumer: Consumer | None = None
+        self._admin = AdminClient(self._client_conf())
+        self._topic_ids: dict[str, tuple[str | None, float]] = {}  # topic -> (id, asked at)
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -164,7 +173,7 @@ class Processor:
 
     def _ensure_topics(self) -> None:
         """Create missing topics where the broker allows; wait for the broker if it is down."""
-        admin = AdminClient(self._client_conf())
+        admin = self._admin
         wanted = list(self.topics)
         if self.settings.dead_letter_topic:
             wanted.append(self.settings.dead_letter_topic)
@@ -238,15 +247,17 @@ class Processor:
         self._carry = [r for r in self._carry if (r.topic, r.partition) not in gone]
         self.pipeline.forget_state()
 
-    def _high_watermark(self, topic: str, partition: int) -> int | None:
-        assert self.consumer is not None
-        try:
-            _low, high = self.consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), cached=True
-            )
-        except KafkaException:
-            return None
-        return high
+    def _topic_id(self, topic: str, fresh: bool) -> str | None:
+        """The broker's id of ``topic``; ``fresh`` asks the broker again (at most every 2 s)."""
+        known, asked = self._topic_ids.get(topic, (None, -1e9))
+        if (known is None or fresh) and time.monotonic() - asked > 2:
+            try:
+                future = self._admin.describe_topics(TopicCollection([topic]))[topic]
+                known = str(future.result(timeout=5).topic_id)
+            except Exception as exc:  # an old broker without topic ids: detection off
+                log.debug("no topic id for %s: %s", topic, exc)
+            self._topic_ids[topic] = (known, time.monotonic())
+        return known
 
     # --- one batch -----------------------------------------------------------------
 
@@ -276,7 +287,7 @@ class Processor:
 
     def _store(self, records: list[Record]) -> tuple[Batch, Stats]:
         for _ in range(10):
-            batch, stats = self.pipeline.process(records, self._high_watermark)
+            batch, stats = self.pipeline.process(records, self._topic_id)
             try:
                 self.store.commit(batch)
             except Conflict as exc:
@@ -290,7 +301,7 @@ class Processor:
     def _commit_offsets(self, batch: Batch) -> None:
         if not batch.offsets or self.consumer is None:
             return
-        offsets = [TopicPartition(t, p, nxt) for (t, p), (_, nxt) in batch.offsets.items()]
+        offsets = [TopicPartition(t, p, nxt) for (t, p), (_, nxt, _id) in batch.offsets.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:

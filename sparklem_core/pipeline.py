@@ -74,7 +74,8 @@ class Pipeline:
         self.plugin_settings = {n: dict(plugin_settings.get(n) or {}) for n in self.plugins}
         self.store = store
         self._seq: dict[tuple[str, str], int] = {}  # committed high-water marks
-        self._offsets: dict[tuple[str, int], int] = {}  # committed next offsets
+        # committed (next offset, topic id) per partition
+        self._offsets: dict[tuple[str, int], tuple[int, str | None]] = {}
         self.session_key = lru_cache(maxsize=settings.key_cache_size)(self._unwrap)
 
     def forget_state(self) -> None:
@@ -88,13 +89,14 @@ class Pipeline:
     def process(
         self,
         records: Sequence[Record],
-        high_watermark: Callable[[str, int], int | None] = lambda _t, _p: None,
+        topic_id: Callable[[str, bool], str | None] = lambda _topic, _fresh: None,
     ) -> tuple[Batch, Stats]:
         """Turn records into one batch; pure apart from loading marks it has not cached.
 
-        ``high_watermark(topic, partition)`` tells the broker's end offset, where known:
-        a stored offset above it means the topic was deleted and created again (or the
-        broker lost its data), so its offsets start over instead of being skipped.
+        ``topic_id(topic, fresh)`` gives the broker's id of a topic (None if unknown).
+        Offsets are stored with it: a record below the stored offset of a topic whose
+        id changed comes from a topic that was deleted and created again (or a broker
+        that lost its data), so it is new, not a redelivery.
         """
         batch, stats = Batch(), Stats(consumed=len(records))
         now = datetime.now(UTC)
@@ -106,22 +108,25 @@ class Pipeline:
         seq_now: dict[tuple[str, str], int] = {}
         for record, envelope in zip(records, envelopes, strict=True):
             tp = (record.topic, record.partition)
-            committed = self._offsets.get(tp)
-            if committed is not None and record.offset < committed:
-                end = high_watermark(*tp)
-                if end is None or end < 0 or end >= committed:
+            stored_next, stored_id = self._offsets.get(tp, (None, None))
+            if tp in batch.offsets:
+                current_id = batch.offsets[tp][2]
+            elif stored_next is not None and record.offset < stored_next:
+                current_id = topic_id(record.topic, True)  # a redelivery, or a new topic?
+                if current_id is None or stored_id is None or current_id == stored_id:
                     stats.redelivered += 1
                     continue
-                if tp not in batch.offsets:
-                    log.warning(
-                        "%s[%d]: broker's end offset %d is below the stored offset %d: "
-                        "the partition was recreated; consuming it from the start",
-                        *tp,
-                        end,
-                        committed,
-                    )
-            expected, _ = batch.offsets.get(tp, (committed, 0))
-            batch.offsets[tp] = (expected, record.offset + 1)
+                log.warning(
+                    "%s[%d] was recreated (topic id %s, was %s): consuming it from offset %d",
+                    *tp,
+                    current_id,
+                    stored_id,
+                    record.offset,
+                )
+            else:
+                current_id = topic_id(record.topic, False)
+            expected = batch.offsets[tp][0] if tp in batch.offsets else stored_next
+            batch.offsets[tp] = (expected, record.offset + 1, current_id)
             try:
                 if isinstance(envelope, protocol.Rejected):
                     raise envelope
@@ -134,8 +139,8 @@ class Pipeline:
         """Adopt a batch's marks once its transaction has committed."""
         for key, (_, new) in batch.streams.items():
             self._seq[key] = new
-        for key, (_, new) in batch.offsets.items():
-            self._offsets[key] = new
+        for key, (_, new, topic_id) in batch.offsets.items():
+            self._offsets[key] = (new, topic_id)
 
     # --- steps -------------------------------------------------------------------
 

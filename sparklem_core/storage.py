@@ -85,6 +85,7 @@ def _core_metadata() -> MetaData:
         Column("topic", String(255), primary_key=True),
         Column("partition", Integer, primary_key=True),
         Column("next_offset", BigInteger, nullable=False),
+        Column("topic_id", String(32)),  # detects a topic deleted and created again
         Column("updated_at", DateTime(timezone=True), nullable=False),
     )
     return metadata
@@ -98,7 +99,8 @@ class Batch:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     # key -> (value the mark had when the batch began, or None if absent; new value)
     streams: dict[tuple[str, str], tuple[int | None, int]] = field(default_factory=dict)
-    offsets: dict[tuple[str, int], tuple[int | None, int]] = field(default_factory=dict)
+    # (topic, partition) -> (stored next offset or None, new next offset, topic id)
+    offsets: dict[tuple[str, int], tuple[int | None, int, str | None]] = field(default_factory=dict)
 
 
 def make_engine(url: str) -> Engine:
@@ -190,19 +192,22 @@ class Store:
             )
             return {(a, p): seq for a, p, seq in rows}
 
-    def load_offsets(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    def load_offsets(
+        self, keys: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[int, str | None]]:
+        """(next offset, topic id) of each partition this group has committed."""
         keys = list(keys)
         if not keys:
             return {}
         t = self.offsets
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(t.c.topic, t.c.partition, t.c.next_offset).where(
+                select(t.c.topic, t.c.partition, t.c.next_offset, t.c.topic_id).where(
                     t.c.group_id == self.group_id,
                     tuple_(t.c.topic, t.c.partition).in_(keys),
                 )
             )
-            return {(topic, part): off for topic, part, off in rows}
+            return {(topic, part): (off, tid) for topic, part, off, tid in rows}
 
     def commit(self, batch: Batch) -> None:
         """Write a whole batch in one transaction, or nothing (:class:`Conflict` or DB error)."""
@@ -225,7 +230,7 @@ class Store:
                         expected,
                         {"agent_id": agent, "plugin": plugin, "last_seq": new, "updated_at": now},
                     )
-                for (topic, part), (expected, new) in batch.offsets.items():
+                for (topic, part), (expected, new, topic_id) in batch.offsets.items():
                     key = and_(
                         o.c.group_id == self.group_id, o.c.topic == topic, o.c.partition == part
                     )
@@ -240,6 +245,7 @@ class Store:
                             "topic": topic,
                             "partition": part,
                             "next_offset": new,
+                            "topic_id": topic_id,
                             "updated_at": now,
                         },
                     )

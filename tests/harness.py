@@ -64,8 +64,15 @@ class Fleet:
             self.certificates / "revoked" / f"{agent_id}.pem"
         )
 
-    def envelope(self, agent_id: str, plugin: str, data: dict[str, Any], *,
-                 seq: int | None = None, ts: int | None = None) -> bytes:  # fmt: skip
+    def envelope(
+        self,
+        agent_id: str,
+        plugin: str,
+        data: dict[str, Any],
+        *,
+        seq: int | None = None,
+        ts: int | None = None,
+    ) -> bytes:
         """A valid envelope; ``seq`` defaults to the stream's next one."""
         if seq is None:
             seq = self.seq.get((agent_id, plugin), -1) + 1
@@ -75,8 +82,11 @@ class Fleet:
             session = self.sessions[agent_id] = protocol.SessionKey(self.server_public)
         return protocol.seal(
             {"seq": seq, "ts": now_ms() if ts is None else ts, "data": data},
-            agent=agent_id, plugin=plugin, session=session, agent_key=self.keys[agent_id],
-        ).to_json()  # fmt: skip
+            agent=agent_id,
+            plugin=plugin,
+            session=session,
+            agent_key=self.keys[agent_id],
+        ).to_json()
 
     def send(self, value: bytes, plugin: str = "temperature", key: str | None = None) -> None:
         self.producer.produce(self.topics[plugin], value=value, key=key)
@@ -96,8 +106,12 @@ class Fleet:
             "database": {"url": database_url},
             "certificates": str(self.certificates),
             "plugins": {p: {"topic": t} for p, t in self.topics.items()},
-            "processor": {"stats_interval_s": 2, "registry_refresh_s": 1, "topic_partitions": 4,
-                          **processor},  # fmt: skip
+            "processor": {
+                "stats_interval_s": 2,
+                "registry_refresh_s": 1,
+                "topic_partitions": 4,
+                **processor,
+            },
         }
 
 
@@ -116,8 +130,11 @@ class ProcessorProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLEM_")}
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "main.py"), "run", "--config", str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.config_path.parent,
-        )  # fmt: skip
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.config_path.parent,
+        )
         if wait_assigned:
             self.wait_log("assigned t", timeout=60)
         return self
@@ -187,8 +204,11 @@ class Db:
         return {r: n for r, n in rows}
 
     def wait_count(self, table: str, expected: int, timeout: float = 45) -> None:
-        wait_for(lambda: self.count(table) >= expected, timeout,
-                 message=f"{table} did not reach {expected} rows (has {self.count(table)})")  # fmt: skip
+        wait_for(
+            lambda: self.count(table) >= expected,
+            timeout,
+            message=f"{table} did not reach {expected} rows (has {self.count(table)})",
+        )
         # and it must not overshoot once the processor has caught up
         assert self.count(table) == expected, f"{table}: {self.count(table)} != {expected}"
 

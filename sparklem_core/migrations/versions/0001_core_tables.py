@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("topic", sa.String(255), primary_key=True),
         sa.Column("partition", sa.Integer, primary_key=True),
         sa.Column("next_offset", sa.BigInteger, nullable=False),
+        sa.Column("topic_id", sa.String(32)),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
 
