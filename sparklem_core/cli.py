@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,11 @@ class MaskingFormatter(logging.Formatter):
 
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    worker = os.environ.get("SPARKLEM_WORKER")
+    prefix = f"[worker {worker}] " if worker else ""
+    handler.setFormatter(
+        MaskingFormatter(f"%(asctime)s %(levelname)-7s {prefix}%(name)s: %(message)s")
+    )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -86,6 +91,9 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from sparklem_core.consumer import Processor
     from sparklem_core.pipeline import Pipeline
 
+    if args.workers > 1:
+        return run_workers(config, args)
+
     try:
         server_keys = load_server_keys(config.certificates)
     except NoServerKey as exc:
@@ -127,6 +135,26 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     return processor.run()
 
 
+def run_workers(config: Config, args: argparse.Namespace) -> int:
+    from sparklem_core.supervisor import Supervisor
+
+    load_server_keys(config.certificates)  # fail here, once, rather than in every worker
+    if config.database_url.startswith("sqlite"):
+        log.info(
+            "SQLite with %d workers: writes are serialized by SQLite's lock (WAL, "
+            "BEGIN IMMEDIATE, 30 s busy timeout); decryption and plugins run in "
+            "parallel. Use PostgreSQL for parallel writes.",
+            args.workers,
+        )
+    setup = prepare(config)
+    setup.store.create_schema()  # once, before the workers race to do it
+    setup.store.dispose()
+    worker_args = ["--log-level", args.log_level]
+    if args.config:
+        worker_args += ["--config", args.config]
+    return Supervisor(args.workers, worker_args).run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
@@ -154,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the processor (the default)",
         description="Consume, verify, decrypt and store until SIGTERM/SIGINT.",
     )
+    run.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        type=_workers,
+        help="consumer processes in the group: a number or 'auto' (one per core); default 1",
+    )
     run.set_defaults(func=cmd_run)
     init = sub.add_parser(
         "init",
@@ -171,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.set_defaults(func=cmd_plugins)
     return parser
+
+
+def _workers(value: str) -> int:
+    from sparklem_core.supervisor import parse_workers
+
+    try:
+        return parse_workers(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number or 'auto'") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -125,11 +125,18 @@ class ProcessorProcess:
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_assigned: bool = True) -> ProcessorProcess:
+    def start(self, wait_assigned: bool = True, *args: str) -> ProcessorProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLEM_")}
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py"), "run", "--config", str(self.config_path)],
+            [
+                sys.executable,
+                str(ROOT / "main.py"),
+                "run",
+                "--config",
+                str(self.config_path),
+                *args,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

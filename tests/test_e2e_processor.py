@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -349,3 +351,24 @@ def test_database_outage(fleet, db, processors, tmp_path, broker, database_url, 
     _assert_exactly_once(db, 11)
     code, took = proc.stop()
     assert code == 0 and took < 10
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_workers_supervised(fleet, db, processors, tmp_path, broker, database_url):
+    config = fleet.config(broker.bootstrap, database_url, batch_size=50)
+    proc = ProcessorProcess(tmp_path, config)
+    processors.append(proc)
+    proc.start(False, "--workers", "2")
+    proc.wait_log("assigned t", timeout=60, count=2)
+    pids = [int(line.rsplit("pid ", 1)[1].rstrip(")")) for line in proc.log().splitlines()
+            if "started (pid" in line]  # fmt: skip
+    assert len(pids) == 2
+    total = _send_fleet(fleet, agents=20, per_agent=20)
+    wait_for(lambda: db.count("temperature_readings") > 0, 30, message="nothing stored")
+    os.kill(pids[0], signal.SIGKILL)
+    proc.wait_log("exited with code -9; restarting", timeout=15)
+    proc.wait_log("worker 0 started (pid", timeout=15, count=2)
+    _assert_exactly_once(db, total)
+    code, took = proc.stop()
+    assert code == 0 and took < 10
+    assert "all workers stopped" in proc.log()
