@@ -128,7 +128,7 @@ def load_config(
         if key.startswith("kafka."):
             config.kafka[key.removeprefix("kafka.")] = value
         elif key == "database.url":
-            config.database_url = value
+            config.database_url = _check_url(value, var)
         elif key == "certificates":
             config.certificates = Path(value)
     return config
@@ -160,14 +160,17 @@ def _database_url(section: Any) -> str:
     if unknown:
         raise ConfigError(f"database: unknown key(s) {', '.join(unknown)} (known: url)")
     url = section.get("url") or f"sqlite:///{PROJECT_ROOT / 'db.sqlite3'}"
-    url = _string(url, "database.url")
+    return _check_url(_string(url, "database.url"), "database.url")
+
+
+def _check_url(url: str, key: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"database.url: {mask_url(url)!r} is not an SQLAlchemy URL") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ConfigError(f"{key}: {mask_url(url)!r} is not an SQLAlchemy URL") from None
     return url
 
 
@@ -214,7 +217,11 @@ def _string(value: Any, key: str) -> str:
     return value
 
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^/\s]*@")
+# The password runs to the "@" after which the host has no "@" up to "/", blank or end:
+# it may hold "@" and "/" unencoded (SQLAlchemy's own URL parser accepts "/" there).
+_PASSWORD_IN_URL = re.compile(
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)\S*?@(?=[^@/\s]*(?:[/\s]|$))"
+)
 
 
 def mask_url(text: str) -> str:

@@ -23,7 +23,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tenacity import (
     Retrying,
@@ -294,9 +294,34 @@ class Processor:
                 log.info("another processor moved a mark first (%s); reloading", exc)
                 self.pipeline.forget_state()
                 continue
+            except TRANSIENT_DB_ERRORS:
+                raise
+            except SQLAlchemyError as exc:  # the rows themselves are refused: find whose
+                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
+                if len(records) > 1:
+                    log.warning(
+                        "database refused a batch (%s); storing it record by record", reason
+                    )
+                    return self._store_each(records)
+                batch, stats = self.pipeline.refuse(
+                    records[0], batch, f"database refused its rows: {reason}"
+                )
+                self.store.commit(batch)
             self.pipeline.committed(batch)
             return batch, stats
         raise RuntimeError("ten optimistic conflicts in a row: two processors share a stream?")
+
+    def _store_each(self, records: list[Record]) -> tuple[Batch, Stats]:
+        total, stats = Batch(), Stats()
+        for record in records:
+            batch, one = self._store([record])
+            for table, rows in batch.rows.items():
+                total.rows.setdefault(table, []).extend(rows)
+            total.rejected.extend(batch.rejected)
+            total.streams.update(batch.streams)
+            total.offsets.update(batch.offsets)
+            stats.add(one)
+        return total, stats
 
     def _commit_offsets(self, batch: Batch) -> None:
         if not batch.offsets or self.consumer is None:

@@ -135,6 +135,15 @@ class Pipeline:
                 self._reject(batch, stats, record, envelope, rejected, now)
         return batch, stats
 
+    def refuse(self, record: Record, batch: Batch, detail: str) -> tuple[Batch, Stats]:
+        """``batch`` (of this one record) with its rows replaced by an ``invalid_payload``."""
+        envelope = self._envelope(record)
+        refused = Batch(streams=batch.streams, offsets=batch.offsets)
+        stats = Stats(consumed=1)
+        rejected = protocol.Rejected(protocol.INVALID_PAYLOAD, detail)
+        self._reject(refused, stats, record, envelope, rejected, datetime.now(UTC))
+        return refused, stats
+
     def committed(self, batch: Batch) -> None:
         """Adopt a batch's marks once its transaction has committed."""
         for key, (_, new) in batch.streams.items():

@@ -187,10 +187,14 @@ def _module_origin(module: str) -> Path | None:
 
 def _import_directory_package(directory: Path) -> ModuleType:
     name = f"sparklem_plugins.{directory.name}"
-    if name in sys.modules:
-        return sys.modules[name]
+    init = directory / "__init__.py"
+    cached = sys.modules.get(name)
+    if cached is not None:
+        if cached.__file__ and Path(cached.__file__).resolve() == init.resolve():
+            return cached
+        _forget_modules(name)  # same name, another directory: not the code asked for
     spec = importlib.util.spec_from_file_location(
-        name, directory / "__init__.py", submodule_search_locations=[str(directory)]
+        name, init, submodule_search_locations=[str(directory)]
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -198,9 +202,14 @@ def _import_directory_package(directory: Path) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules[name]
+        _forget_modules(name)  # with the submodules it did import: a retry starts afresh
         raise
     return module
+
+
+def _forget_modules(name: str) -> None:
+    for loaded in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+        del sys.modules[loaded]
 
 
 def _missing_requirement(requirements: Path) -> str | None:

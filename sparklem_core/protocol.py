@@ -110,6 +110,8 @@ def b64decode(value: str, member: str, length: int | None = None) -> bytes:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise Rejected(MALFORMED, f"'{member}' is not valid base64") from None
+    if base64.b64encode(raw).decode("ascii") != value:  # b64decode lets "YWJj==" through
+        raise Rejected(MALFORMED, f"'{member}' is not canonical base64 (padding)")
     if length is not None and len(raw) != length:
         raise Rejected(MALFORMED, f"'{member}' must be {length} bytes, got {len(raw)}")
     return raw
@@ -129,16 +131,21 @@ def loads_json(raw: bytes, what: str) -> Any:
         raise Rejected(MALFORMED, f"{what} is not JSON ({str(exc)[:80]})") from None
 
 
+# A JSON string (skipped whole: a "]" inside one must not offset real nesting) or a bracket.
+_JSON_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
+
 def _nesting_depth(text: str) -> int:
-    """Upper bound of JSON nesting (brackets inside strings count too: safe side)."""
+    """JSON nesting depth, brackets inside strings excluded (exact for valid JSON)."""
     if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
         return 0
     depth = deepest = 0
-    for char in text:
-        if char in "[{":
+    for match in _JSON_STRING_OR_BRACKET.finditer(text):
+        token = match.group()
+        if token == "[" or token == "{":
             depth += 1
             deepest = max(deepest, depth)
-        elif char in "]}":
+        elif token == "]" or token == "}":
             depth -= 1
     return deepest
 

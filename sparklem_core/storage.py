@@ -212,52 +212,50 @@ class Store:
     def commit(self, batch: Batch) -> None:
         """Write a whole batch in one transaction, or nothing (:class:`Conflict` or DB error)."""
         now = datetime.now(UTC)
-        try:
-            with self.engine.begin() as conn:
-                for name, rows in batch.rows.items():
-                    if rows:
-                        conn.execute(insert(self.metadata.tables[name]), rows)
-                if batch.rejected:
-                    conn.execute(insert(self.rejected), batch.rejected)
-                s, o = self.streams, self.offsets
-                for (agent, plugin), (expected, new) in batch.streams.items():
-                    key = and_(s.c.agent_id == agent, s.c.plugin == plugin)
-                    self._move_mark(
-                        conn,
-                        s,
-                        key,
-                        s.c.last_seq,
-                        expected,
-                        {"agent_id": agent, "plugin": plugin, "last_seq": new, "updated_at": now},
-                    )
-                for (topic, part), (expected, new, topic_id) in batch.offsets.items():
-                    key = and_(
-                        o.c.group_id == self.group_id, o.c.topic == topic, o.c.partition == part
-                    )
-                    self._move_mark(
-                        conn,
-                        o,
-                        key,
-                        o.c.next_offset,
-                        expected,
-                        {
-                            "group_id": self.group_id,
-                            "topic": topic,
-                            "partition": part,
-                            "next_offset": new,
-                            "topic_id": topic_id,
-                            "updated_at": now,
-                        },
-                    )
-        except IntegrityError as exc:
-            raise Conflict(str(exc.orig)[:200]) from None
+        with self.engine.begin() as conn:
+            for name, rows in batch.rows.items():
+                if rows:
+                    conn.execute(insert(self.metadata.tables[name]), rows)
+            if batch.rejected:
+                conn.execute(insert(self.rejected), batch.rejected)
+            s, o = self.streams, self.offsets
+            for (agent, plugin), (expected, new) in batch.streams.items():
+                key = and_(s.c.agent_id == agent, s.c.plugin == plugin)
+                self._move_mark(
+                    conn,
+                    s,
+                    key,
+                    s.c.last_seq,
+                    expected,
+                    {"agent_id": agent, "plugin": plugin, "last_seq": new, "updated_at": now},
+                )
+            for (topic, part), (expected, new, topic_id) in batch.offsets.items():
+                key = and_(o.c.group_id == self.group_id, o.c.topic == topic, o.c.partition == part)
+                self._move_mark(
+                    conn,
+                    o,
+                    key,
+                    o.c.next_offset,
+                    expected,
+                    {
+                        "group_id": self.group_id,
+                        "topic": topic,
+                        "partition": part,
+                        "next_offset": new,
+                        "topic_id": topic_id,
+                        "updated_at": now,
+                    },
+                )
 
     @staticmethod
     def _move_mark(
         conn: Any, table: Table, key: Any, column: Any, expected: int | None, values: dict[str, Any]
     ) -> None:
         if expected is None:
-            conn.execute(insert(table).values(values))  # IntegrityError if someone was first
+            try:
+                conn.execute(insert(table).values(values))
+            except IntegrityError as exc:  # someone inserted this mark first
+                raise Conflict(str(exc.orig)[:200]) from None
             return
         result = conn.execute(update(table).where(key, column == expected).values(values))
         if result.rowcount != 1:

@@ -372,3 +372,53 @@ def test_workers_supervised(fleet, db, processors, tmp_path, broker, database_ur
     code, took = proc.stop()
     assert code == 0 and took < 10
     assert "all workers stopped" in proc.log()
+
+
+def test_rows_the_database_refuses_and_dead_letters(
+    fleet, db, processors, tmp_path, broker, database_url
+):
+    from confluent_kafka import Consumer
+
+    plugin = tmp_path / "plugins" / "sloppy"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text(
+        "from sqlalchemy import Column, Integer\n"
+        "from sparklem_core import Manifest, PluginResult, hookimpl\n"
+        "@hookimpl\ndef sparklem_manifest():\n    return Manifest(name='sloppy', version='0')\n"
+        "@hookimpl\ndef sparklem_register_tables(register):\n"
+        "    register('sloppy_rows', Column('id', Integer, primary_key=True),\n"
+        "             Column('n', Integer, nullable=False))\n"
+        "@hookimpl\ndef sparklem_process(message, settings):\n"
+        "    result = PluginResult()\n"
+        "    result.add_row('sloppy_rows', {'n': message.data.get('n')})  # None: NOT NULL\n"
+        "    return result\n"
+    )
+    fleet.topics["sloppy"] = fleet.topics["temperature"].replace("temperature", "sloppy")
+    dead = f"{fleet.group}.dead"
+    config = fleet.config(broker.bootstrap, database_url, dead_letter_topic=dead)
+    config["plugins_dir"] = str(tmp_path / "plugins")
+    start(processors, tmp_path, config)
+    for n in (1, None, 3):
+        fleet.send(fleet.envelope("edge-1", "sloppy", {"n": n}), "sloppy", key="edge-1")
+    fleet.send(fleet.envelope("edge-1", "temperature", GOOD), key="edge-1")
+    fleet.flush()
+    db.wait_count("sloppy_rows", 2)
+    db.wait_count("temperature_readings", 1)
+    wait_for(lambda: db.reasons() == {"invalid_payload": 1}, 30, message="not rejected")
+    (detail,) = db.rows("SELECT detail FROM rejected_messages")[0]
+    assert detail.startswith("database refused its rows")
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"{dead}-reader",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([dead])
+    try:
+        msg = wait_for(lambda: consumer.poll(0.5), 30, message="no dead letter")
+    finally:
+        consumer.close()
+    assert dict(msg.headers())["reason"] == b"invalid_payload"
+    assert msg.key() == b"edge-1"
