@@ -413,6 +413,7 @@ def test_rows_the_database_refuses_and_dead_letters(
             "bootstrap.servers": broker.bootstrap,
             "group.id": f"{dead}-reader",
             "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
         }
     )
     consumer.subscribe([dead])
