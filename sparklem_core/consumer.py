@@ -163,6 +163,9 @@ class Processor:
     def _consumer_conf(self) -> dict[str, Any]:
         return {
             "auto.offset.reset": "earliest",  # a new group starts at the oldest reading
+            # Bound the prefetch queue (librdkafka's default is 64 MiB per consumer): a
+            # backlog of millions of records must not become resident memory.
+            "queued.max.messages.kbytes": 16384,
             **self.config.kafka,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
