@@ -273,6 +273,9 @@ class Pipeline:
         raw: str,
         now: datetime,
     ) -> dict[str, Any]:
+        # PostgreSQL text cannot hold NUL; an unauthenticated sender must not be able to
+        # make a rejection unstorable (the batch would then never commit).
+        raw, detail = raw.replace("\x00", "\\u0000"), detail.replace("\x00", "\\u0000")
         limit = self.settings.rejected_raw_max_bytes
         if len(raw) > limit:
             raw = raw[:limit] + f"…[{len(raw) - limit} more characters]"

@@ -118,6 +118,7 @@ class PluginHost:
 
     def _register(self, key: str, module: ModuleType) -> Manifest:
         self.pm.register(module, name=f"{key}:{id(module)}")
+        self._callers.clear()  # a subset caller would also call plugins registered later
         try:
             self.pm.check_pending()  # a misspelled sparklem_* hook is an error, not a no-op
             manifest = self._call(module, "sparklem_manifest")

@@ -66,6 +66,11 @@ def load_server_keys(certificates: Path) -> dict[str, RSA.RsaKey]:
             raise NoServerKey(f"{path} is not an RSA private key: {exc}") from None
         if not key.has_private():
             raise NoServerKey(f"{path} holds no private key")
+        if key.size_in_bits() < protocol.MIN_RSA_BITS:
+            raise NoServerKey(
+                f"{path} is a {key.size_in_bits()}-bit key; at least {protocol.MIN_RSA_BITS} "
+                "bits are required (move it away and run: python3 main.py init)"
+            )
         keys[protocol.key_id(key)] = key
     if not keys:
         raise NoServerKey(

@@ -1,0 +1,158 @@
+"""docs/writing-plugins.md stays in step with sparklem_core.hookspecs, and its example works."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from sparklem_core import Message, hookspecs
+from sparklem_core.config import PROJECT_ROOT
+from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.storage import Store
+
+GUIDE = PROJECT_ROOT / "docs" / "writing-plugins.md"
+
+
+@pytest.fixture(scope="module")
+def guide() -> str:
+    return GUIDE.read_text(encoding="utf-8")
+
+
+def level3_headings(text: str) -> list[str]:
+    """``### x`` headings outside fenced code blocks."""
+    headings, fenced = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (match := re.fullmatch(r"###\s+(.+?)\s*#*\s*", line)):
+            headings.append(match.group(1).strip("`"))
+    return headings
+
+
+def test_all_hooks_lists_every_hookspec() -> None:
+    pm = pluggy.PluginManager("sparklem")
+    pm.add_hookspecs(hookspecs)
+    declared = {name for name in vars(pm.hook) if not name.startswith("_")}
+    assert set(hookspecs.ALL_HOOKS) == declared
+    assert len(hookspecs.ALL_HOOKS) == len(set(hookspecs.ALL_HOOKS)) >= 4
+
+
+def test_every_hook_has_a_heading(guide: str) -> None:
+    headings = level3_headings(guide)
+    missing = [hook for hook in hookspecs.ALL_HOOKS if hook not in headings]
+    assert not missing, f"docs/writing-plugins.md lacks '### <hook>' for {missing}"
+    assert all(headings.count(hook) == 1 for hook in hookspecs.ALL_HOOKS)
+
+
+def test_no_heading_names_a_hook_that_does_not_exist(guide: str) -> None:
+    stale = [
+        h
+        for h in level3_headings(guide)
+        if h.startswith("sparklem_") and h not in hookspecs.ALL_HOOKS
+    ]
+    assert not stale, f"docs/writing-plugins.md documents hooks that no longer exist: {stale}"
+
+
+@pytest.mark.parametrize("hook", hookspecs.ALL_HOOKS)
+def test_hookspec_docstring_says_when_it_is_called(hook: str) -> None:
+    doc = inspect.getdoc(getattr(hookspecs, hook)) or ""
+    assert "Called" in doc, f"{hook}'s docstring must say when it is called ('Called ...')"
+
+
+@pytest.mark.parametrize("hook", hookspecs.ALL_HOOKS)
+def test_documented_signature_matches_the_hookspec(guide: str, hook: str) -> None:
+    line = re.search(rf"^def {hook}\(.*$", guide, re.M)
+    assert line is not None, f"no 'def {hook}(...)' in the guide"
+    (function,) = ast.parse(line.group()).body
+    assert isinstance(function, ast.FunctionDef)
+    documented = [arg.arg for arg in function.args.args]
+    assert documented == list(inspect.signature(getattr(hookspecs, hook)).parameters)
+
+
+def test_guide_covers_layout_types_and_entry_points(guide: str) -> None:
+    for word in (
+        "__init__.py",
+        "manifest.py",
+        "requirements.txt",
+        "server.py",
+        "main.py",
+        "[project.entry-points.sparklem]",
+        "### Manifest",
+        "### Message",
+        "### PluginResult",
+        "### InvalidPayload",
+        "invalid_reading",
+        "invalid_payload",
+        "register(",
+    ):
+        assert word in guide, word
+
+
+# --- the example plugin, extracted from the guide and run ---------------------------------------
+
+
+def example_files(guide: str) -> dict[str, str]:
+    """``#### `plugins/humidity/<file>` `` followed by a fenced block."""
+    pattern = re.compile(r"^#### `plugins/humidity/([^`]+)`\s*\n+```[a-z]*\n(.*?)^```", re.M | re.S)
+    return {name: body for name, body in pattern.findall(guide)}
+
+
+def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
+    files = example_files(guide)
+    assert set(files) == {"__init__.py", "manifest.py", "requirements.txt", "server.py", "main.py"}
+    directory = tmp_path / "plugins" / "humidity"
+    directory.mkdir(parents=True)
+    for name, body in files.items():
+        (directory / name).write_text(body, encoding="utf-8")
+
+    host = PluginHost(tmp_path / "plugins")
+    info = host.loaded()["humidity"]
+    assert info.status == "ok" and info.source == f"directory {directory}"
+    assert info.manifest is not None and info.manifest.topic == "sparklem.humidity"
+
+    store = Store(f"sqlite:///{tmp_path}/db.sqlite3", "docs")
+    host.register_tables(store.register_table, store.drop_registrations)
+    assert store.table_owner("humidity_readings") == "humidity"
+    store.create_schema()
+    store.dispose()
+
+    sent = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    samples = [
+        {"sensor": "iio:device0", "percent": 41.5},
+        {"sensor": "iio:device1", "percent": 140},
+        {"sensor": "", "percent": 3},
+        "nope",
+    ]
+    result = host.process(info, Message("edge-1", "humidity", 3, sent, {"samples": samples}), {})
+    assert result.rows == {
+        "humidity_readings": [
+            {
+                "agent_id": "edge-1",
+                "seq": 3,
+                "sensor": "iio:device0",
+                "percent": 41.5,
+                "measured_at": sent,
+            }
+        ]
+    }
+    assert [r.reading for r in result.rejected] == samples[1:]
+
+    from sparklem_core import InvalidPayload
+
+    with pytest.raises(InvalidPayload):
+        host.process(info, Message("edge-1", "humidity", 4, sent, {"samples": []}), {})
+
+    sensor = tmp_path / "iio:device0" / "in_humidityrelative_input"
+    sensor.parent.mkdir()
+    sensor.write_text("45250\n")
+    settings = {**info.manifest.agent_defaults, "path": str(sensor)}
+    assert host.collect(info, settings) == {
+        "samples": [{"sensor": "iio:device0", "percent": 45.25}]
+    }
+    assert host.collect(info, {"path": str(tmp_path / "absent")}) is None
