@@ -321,15 +321,15 @@ def run_floor(work: Workload) -> Result:
     agent_keys = {agent: registry.lookup(agent) for agent in work.agents}
     server_keys = load_server_keys(work.certificates)
     envelopes = [protocol.parse_envelope(value) for value in work.values]
-    session_keys: dict[tuple[str, str], bytes] = {}
+    session_keys: dict[tuple[str, str], protocol.SessionCipher] = {}
     reset_peak_rss()
     started = time.perf_counter()
     for env in envelopes:
         protocol.verify(env, agent_keys[env.agent])
         key = session_keys.get((env.kid, env.ek))
         if key is None:
-            key = session_keys[(env.kid, env.ek)] = protocol.unwrap_key(
-                env.ek, server_keys[env.kid]
+            key = session_keys[(env.kid, env.ek)] = protocol.session_cipher(
+                protocol.unwrap_key(env.ek, server_keys[env.kid])
             )
         protocol.decrypt(env, key)
     seconds = time.perf_counter() - started

@@ -83,8 +83,8 @@ class Pipeline:
         self._seq.clear()
         self._offsets.clear()
 
-    def _unwrap(self, kid: str, ek: str) -> bytes:
-        return protocol.unwrap_key(ek, self.server_keys[kid])
+    def _unwrap(self, kid: str, ek: str) -> protocol.SessionCipher:
+        return protocol.session_cipher(protocol.unwrap_key(ek, self.server_keys[kid]))
 
     def process(
         self,

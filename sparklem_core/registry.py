@@ -8,6 +8,12 @@ Layout of the certificates directory::
 
 The directory is re-read every few seconds, so enrolment and revocation take effect
 without a restart. Only files whose mtime or size changed are parsed again.
+
+Keys are handed out as pycryptodome ``RSA.RsaKey`` objects; each is also converted to
+its ``cryptography`` (OpenSSL) form when it is loaded (``protocol.openssl_public_key`` /
+``openssl_private_key``), so a key OpenSSL would refuse is refused here, and the
+per-message ``protocol.verify`` / ``unwrap_key`` find the conversion already cached for
+as long as the registry (or the caller) keeps the key object.
 """
 
 from __future__ import annotations
@@ -71,6 +77,10 @@ def load_server_keys(certificates: Path) -> dict[str, RSA.RsaKey]:
                 f"{path} is a {key.size_in_bits()}-bit key; at least {protocol.MIN_RSA_BITS} "
                 "bits are required (move it away and run: python3 main.py init)"
             )
+        try:
+            protocol.openssl_private_key(key)  # once per key object, cached for unwrap_key
+        except (ValueError, TypeError) as exc:
+            raise NoServerKey(f"{path} is refused by OpenSSL: {exc}") from None
         keys[protocol.key_id(key)] = key
     if not keys:
         raise NoServerKey(
@@ -163,4 +173,9 @@ def _read_agent_key(path: Path) -> AgentKey:
             f"key of agent {agent_id!r} has {key.size_in_bits()} bits; "
             f"at least {protocol.MIN_RSA_BITS} are required",
         )
-    return AgentKey(agent_id, key.public_key())
+    public = key.public_key()
+    try:
+        protocol.openssl_public_key(public)  # once per key object, cached for verify
+    except (ValueError, TypeError) as exc:
+        return AgentKey(agent_id, None, f"key of agent {agent_id!r} is refused by OpenSSL: {exc}")
+    return AgentKey(agent_id, public)
