@@ -29,7 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
+    bindparam,
     create_engine,
     event,
     insert,
@@ -212,54 +212,62 @@ class Store:
     def commit(self, batch: Batch) -> None:
         """Write a whole batch in one transaction, or nothing (:class:`Conflict` or DB error)."""
         now = datetime.now(UTC)
+        streams = [
+            ({"agent_id": a, "plugin": p, "last_seq": new, "updated_at": now}, expected)
+            for (a, p), (expected, new) in batch.streams.items()
+        ]
+        offsets = [
+            ({"group_id": self.group_id, "topic": t, "partition": p, "next_offset": new,
+              "topic_id": topic_id, "updated_at": now}, expected)
+            for (t, p), (expected, new, topic_id) in batch.offsets.items()
+        ]  # fmt: skip
         with self.engine.begin() as conn:
             for name, rows in batch.rows.items():
                 if rows:
                     conn.execute(insert(self.metadata.tables[name]), rows)
             if batch.rejected:
                 conn.execute(insert(self.rejected), batch.rejected)
-            s, o = self.streams, self.offsets
-            for (agent, plugin), (expected, new) in batch.streams.items():
-                key = and_(s.c.agent_id == agent, s.c.plugin == plugin)
-                self._move_mark(
-                    conn,
-                    s,
-                    key,
-                    s.c.last_seq,
-                    expected,
-                    {"agent_id": agent, "plugin": plugin, "last_seq": new, "updated_at": now},
-                )
-            for (topic, part), (expected, new, topic_id) in batch.offsets.items():
-                key = and_(o.c.group_id == self.group_id, o.c.topic == topic, o.c.partition == part)
-                self._move_mark(
-                    conn,
-                    o,
-                    key,
-                    o.c.next_offset,
-                    expected,
-                    {
-                        "group_id": self.group_id,
-                        "topic": topic,
-                        "partition": part,
-                        "next_offset": new,
-                        "topic_id": topic_id,
-                        "updated_at": now,
-                    },
-                )
+            self._move_marks(conn, self.streams, ("agent_id", "plugin"), "last_seq", streams)
+            self._move_marks(conn, self.offsets, ("group_id", "topic", "partition"),
+                             "next_offset", offsets)  # fmt: skip
 
     @staticmethod
-    def _move_mark(
-        conn: Any, table: Table, key: Any, column: Any, expected: int | None, values: dict[str, Any]
-    ) -> None:
-        if expected is None:
+    def _move_marks(conn: Any, table: Table, key: tuple[str, ...], mark: str,
+                    moves: list[tuple[dict[str, Any], int | None]]) -> None:  # fmt: skip
+        """Insert new marks and move existing ones from their expected value, all or none.
+
+        One executemany per kind; the UPDATE's row count proves that no other processor
+        moved any of these marks since we read them.
+        """
+        fresh = [values for values, expected in moves if expected is None]
+        moved = [{**values, "expected": expected} for values, expected in moves
+                 if expected is not None]  # fmt: skip
+        if fresh:
             try:
-                conn.execute(insert(table).values(values))
-            except IntegrityError as exc:  # someone inserted this mark first
+                conn.execute(insert(table), fresh)
+            except IntegrityError as exc:  # someone inserted one of these marks first
                 raise Conflict(str(exc.orig)[:200]) from None
-            return
-        result = conn.execute(update(table).where(key, column == expected).values(values))
-        if result.rowcount != 1:
-            raise Conflict(f"{table.name} moved by another processor")
+        if moved:
+            c = table.c
+            statement = (
+                update(table)
+                .where(*(c[k] == bindparam(f"k_{k}") for k in key),
+                       c[mark] == bindparam("expected"))
+                .values({mark: bindparam(f"v_{mark}"), "updated_at": bindparam("v_updated_at"),
+                         **({"topic_id": bindparam("v_topic_id")} if "topic_id" in c else {})})
+            )  # fmt: skip
+            params = [
+                {**{f"k_{k}": m[k] for k in key}, "expected": m["expected"],
+                 f"v_{mark}": m[mark], "v_updated_at": m["updated_at"],
+                 **({"v_topic_id": m["topic_id"]} if "topic_id" in c else {})}
+                for m in moved
+            ]  # fmt: skip
+            if conn.dialect.supports_sane_multi_rowcount:
+                changed = conn.execute(statement, params).rowcount
+            else:  # a driver that cannot count an executemany: one statement per mark
+                changed = sum(conn.execute(statement, p).rowcount for p in params)
+            if changed != len(params):
+                raise Conflict(f"{table.name} moved by another processor")
 
     def dispose(self) -> None:
         self.engine.dispose()
