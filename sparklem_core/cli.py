@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sparklem_core import __version__
 from sparklem_core.config import Config, ConfigError, load_config, mask_url
@@ -155,6 +156,16 @@ def run_workers(config: Config, args: argparse.Namespace) -> int:
     return Supervisor(args.workers, worker_args).run()
 
 
+def cmd_demo(config: Config, args: argparse.Namespace) -> int:
+    from sparklem_core.demo import DemoError, run_demo
+
+    try:
+        return run_demo(Path(args.dir), args.agents, args.seconds)
+    except DemoError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
@@ -205,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Name, version, topic, status and source of every plugin found.",
     )
     plugins.set_defaults(func=cmd_plugins)
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="the whole system on this machine",
+        description="Start a local broker, a processor, a real agent on this "
+        "machine and a simulated fleet; print what was stored. Needs the "
+        "test extra (pip install -e '.[test]').",
+    )
+    demo.add_argument(
+        "--dir", default="demo", help="where keys, database and logs go (default: ./demo)"
+    )
+    demo.add_argument("--agents", type=int, default=20, help="simulated agents (default 20)")
+    demo.add_argument("--seconds", type=float, default=30, help="how long to run (default 30)")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -1,0 +1,579 @@
+"""Agent enrolment and bundles: the logic behind ``gen_config.py`` (and the demo).
+
+Enrolling an agent makes its RSA key pair, stores the public half in
+``<certificates>/agents/<id>.pem`` and packs what the device needs into one
+``config.tar.xz``:
+
+``agent.yaml``
+    agent id, Kafka producer properties, agent settings (``spool_max_rows``,
+    ``stall_timeout_s``), plugins (interval, topic, settings), the server ``kid`` and
+    the agent key's fingerprint. No secrets.
+``server_public.pem``
+    the server public key the agent encrypts for.
+``agent_private.pem``
+    the agent's private key, PKCS#8 encrypted with scrypt and AES-256-CBC under a
+    passphrase (readable by OpenSSL too: ``openssl pkey -in agent_private.pem``).
+
+:func:`open_bundle` reads a bundle back in memory only, refusing anything unexpected.
+Every user-facing problem is an :class:`EnrollmentError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+import os
+import re
+import secrets
+import tarfile
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+from Crypto.PublicKey import RSA
+
+from sparklem_core import protocol
+from sparklem_core.config import Config
+from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.registry import NoServerKey, load_server_keys
+
+BUNDLE_NAME = "config.tar.xz"
+BUNDLE_VERSION = 1
+AGENT_YAML = "agent.yaml"
+SERVER_PUBLIC = "server_public.pem"
+AGENT_PRIVATE = "agent_private.pem"
+MEMBERS = (AGENT_YAML, SERVER_PUBLIC, AGENT_PRIVATE)
+MAX_BUNDLE_BYTES = 1024 * 1024  # the compressed file
+MAX_MEMBER_BYTES = 1024 * 1024
+MAX_TAR_BYTES = 4 * 1024 * 1024  # decompressed: a bigger one is a bomb, not a bundle
+XZ_MAGIC = b"\xfd7zXZ\x00"
+AGENT_KEY_BITS = 3072
+KEY_PROTECTION = "scryptAndAES256-CBC"
+MIN_PASSPHRASE_CHARS = 8
+DEFAULT_SPOOL_MAX_ROWS = 100_000
+BOOTSTRAP_RE = re.compile(r"[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}")
+# Kafka properties that would carry secrets: they never go into agent.yaml.
+SECRET_PROPERTY_RE = re.compile(r"password|secret|^ssl\.key\.pem$|^sasl\.oauthbearer\.config$")
+
+
+class EnrollmentError(Exception):
+    """A user-facing problem (bad id, not enrolled, bad bundle...): one clear line."""
+
+
+class BundleError(EnrollmentError):
+    """A bundle that cannot be opened: corrupt, unexpected content or wrong passphrase."""
+
+
+# --- checks --------------------------------------------------------------------------
+
+
+def check_agent_id(agent_id: str) -> str:
+    if not protocol.AGENT_ID_RE.fullmatch(agent_id or ""):
+        raise EnrollmentError(
+            f"invalid agent id {agent_id!r}: use 1 to 64 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit"
+        )
+    return agent_id
+
+
+def check_bootstrap(bootstrap: str) -> str:
+    servers = [s.strip() for s in (bootstrap or "").split(",") if s.strip()]
+    bad = [s for s in servers if not BOOTSTRAP_RE.fullmatch(s)]
+    if not servers or bad:
+        raise EnrollmentError(
+            f"invalid bootstrap servers {bootstrap!r}: expected HOST:PORT[,HOST:PORT...]"
+        )
+    return ",".join(servers)
+
+
+def check_kafka_property(name: str, value: Any) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9._-]*", name):
+        raise EnrollmentError(f"kafka property {name!r} is not a librdkafka property name")
+    if SECRET_PROPERTY_RE.search(name):
+        raise EnrollmentError(f"kafka property {name!r} is a secret; agent.yaml holds no secrets")
+    if not isinstance(value, str | int | float | bool):
+        raise EnrollmentError(f"kafka property {name!r} must be a string, number or boolean")
+
+
+def read_passphrase_file(path: str | os.PathLike[str]) -> str:
+    """The first line of ``path``; at least MIN_PASSPHRASE_CHARS characters."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EnrollmentError(f"cannot read passphrase file {path}: {_reason(exc)}") from None
+    passphrase = text.splitlines()[0] if text else ""
+    if len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise EnrollmentError(
+            f"passphrase in {path} is shorter than {MIN_PASSPHRASE_CHARS} characters"
+        )
+    return passphrase
+
+
+def new_passphrase() -> str:
+    """A random passphrase: 32 URL-safe characters, 192 bits."""
+    return secrets.token_urlsafe(24)
+
+
+def fingerprint(key: RSA.RsaKey) -> str:
+    """First 16 hex characters of SHA-256 over the DER SubjectPublicKeyInfo (like ``kid``)."""
+    return protocol.key_id(key)
+
+
+# --- the certificates directory -----------------------------------------------------
+
+
+def agent_key_path(certificates: Path, agent_id: str) -> Path:
+    return certificates / "agents" / f"{agent_id}.pem"
+
+
+def revoked_key_path(certificates: Path, agent_id: str) -> Path:
+    return certificates / "revoked" / f"{agent_id}.pem"
+
+
+def server_key(certificates: Path) -> RSA.RsaKey:
+    """The server key new bundles name: the newest file when several are live."""
+    try:
+        keys = load_server_keys(certificates)
+    except NoServerKey as exc:
+        raise EnrollmentError(str(exc)) from None
+    if len(keys) == 1:
+        return next(iter(keys.values()))
+    newest = max(certificates.glob("server_private*.pem"), key=lambda p: p.stat().st_mtime)
+    return RSA.import_key(newest.read_bytes())
+
+
+def check_enrollable(certificates: Path, agent_id: str, force: bool) -> None:
+    """Refuse an agent already enrolled (or revoked) unless ``force`` (re-key)."""
+    check_agent_id(agent_id)
+    if force:
+        return
+    if agent_key_path(certificates, agent_id).exists():
+        raise EnrollmentError(
+            f"agent {agent_id!r} is already enrolled; use --force to issue it a new key "
+            "(its current bundle stops working)"
+        )
+    if revoked_key_path(certificates, agent_id).exists():
+        raise EnrollmentError(
+            f"agent {agent_id!r} was revoked; use --force to enroll it again with a new key"
+        )
+
+
+def enroll(certificates: Path, agent_id: str, public_key: RSA.RsaKey, force: bool) -> Path:
+    """Store the agent's public key; with ``force`` replace it and lift a revocation."""
+    check_enrollable(certificates, agent_id, force)
+    path = agent_key_path(certificates, agent_id)
+    pem = public_key.public_key().export_key(format="PEM")
+    write_atomic(path, pem, 0o644, replace=force)
+    if force:
+        revoked_key_path(certificates, agent_id).unlink(missing_ok=True)
+    return path
+
+
+def revoke(certificates: Path, agent_id: str) -> Path:
+    """Move ``agents/<id>.pem`` to ``revoked/<id>.pem``; returns the new path."""
+    check_agent_id(agent_id)
+    source = agent_key_path(certificates, agent_id)
+    target = revoked_key_path(certificates, agent_id)
+    if not source.exists():
+        if target.exists():
+            raise EnrollmentError(f"agent {agent_id!r} is already revoked ({target})")
+        raise EnrollmentError(f"agent {agent_id!r} is not enrolled (no {source})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+    return target
+
+
+@dataclass(frozen=True)
+class AgentEntry:
+    agent_id: str
+    status: str  # enrolled | revoked
+    fingerprint: str  # "" when the file is not a usable key
+    modified: datetime
+    path: Path
+
+
+def list_agents(certificates: Path) -> list[AgentEntry]:
+    """Enrolled then revoked agents, each sorted by id."""
+    entries = []
+    for status, directory in (("enrolled", "agents"), ("revoked", "revoked")):
+        for path in sorted((certificates / directory).glob("*.pem")):
+            try:
+                fp = fingerprint(RSA.import_key(path.read_bytes()))
+            except (OSError, ValueError, IndexError, TypeError):
+                fp = ""
+            modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            entries.append(AgentEntry(path.stem, status, fp, modified, path))
+    return entries
+
+
+def format_agents(entries: list[AgentEntry]) -> str:
+    rows = [("AGENT", "STATUS", "FINGERPRINT", "MODIFIED (UTC)")]
+    for e in entries:
+        when = e.modified.strftime("%Y-%m-%d %H:%M:%S")
+        rows.append((e.agent_id, e.status, e.fingerprint or "(unreadable key)", when))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
+        for row in rows
+    )
+
+
+# --- building a bundle ----------------------------------------------------------------
+
+
+def plugin_specs(
+    config: Config,
+    names: list[str] | None = None,
+    interval: float | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``agent.yaml``'s plugins: each with its topic (the processor's) and interval.
+
+    ``names`` defaults to every plugin the processor loads; ``interval`` (seconds) to the
+    manifest's; ``settings`` adds agent settings per plugin (``thermal_root``, say).
+    """
+    loaded = PluginHost(config.plugins_dir, enabled=config.plugin_enabled).loaded()
+    names = list(loaded) if names is None else names
+    unknown = [n for n in names if n not in loaded]
+    if unknown:
+        raise EnrollmentError(
+            f"unknown plugin(s) {', '.join(unknown)} (available: {', '.join(loaded) or 'none'})"
+        )
+    if not names:
+        raise EnrollmentError("no plugin selected (and none is available)")
+    if interval is not None and not 0 < interval <= 86400:
+        raise EnrollmentError(f"interval must be between 0 and 86400 seconds, got {interval:g}")
+    specs = {}
+    for name in dict.fromkeys(names):
+        manifest = loaded[name].manifest
+        assert manifest is not None  # loaded plugins have one
+        every = interval if interval is not None else manifest.agent_defaults.get("interval", 30)
+        specs[name] = {
+            "topic": config.plugin_topic(name, manifest.topic),
+            "interval": int(every) if float(every).is_integer() else float(every),
+            **dict((settings or {}).get(name, {})),
+        }
+    return specs
+
+
+def agent_document(
+    agent_id: str,
+    *,
+    bootstrap: str,
+    plugins: Mapping[str, Mapping[str, Any]],
+    server_public: RSA.RsaKey,
+    agent_key: RSA.RsaKey,
+    kafka: Mapping[str, Any] | None = None,
+    agent: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The content of ``agent.yaml``; ``plugins`` maps a name to its topic, interval, settings,
+    ``agent`` adds agent settings (``spool_max_rows``, ``stall_timeout_s``)."""
+    props: dict[str, Any] = {
+        "bootstrap.servers": check_bootstrap(bootstrap),
+        "client.id": f"sparklem-agent-{agent_id}",
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 50,
+    }
+    for name, value in (kafka or {}).items():
+        check_kafka_property(name, value)
+        props[name] = value
+    if not plugins:
+        raise EnrollmentError("no plugin selected")
+    return {
+        "version": BUNDLE_VERSION,
+        "agent_id": check_agent_id(agent_id),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "kid": protocol.key_id(server_public),
+        "agent_key_fingerprint": fingerprint(agent_key),
+        "kafka": props,
+        "agent": {"spool_max_rows": DEFAULT_SPOOL_MAX_ROWS, **dict(agent or {})},
+        "plugins": {name: dict(spec) for name, spec in plugins.items()},
+    }
+
+
+def build_bundle(
+    document: Mapping[str, Any],
+    server_public: RSA.RsaKey,
+    agent_key: RSA.RsaKey,
+    passphrase: str,
+) -> bytes:
+    """The bytes of ``config.tar.xz``."""
+    private = agent_key.export_key(
+        format="PEM", pkcs=8, passphrase=passphrase, protection=KEY_PROTECTION
+    )
+    files = {
+        AGENT_YAML: (yaml.safe_dump(dict(document), sort_keys=False).encode("utf-8"), 0o644),
+        SERVER_PUBLIC: (server_public.public_key().export_key(format="PEM"), 0o644),
+        AGENT_PRIVATE: (private, 0o600),
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    agent_id: str
+    key_path: Path
+    bundle_path: Path
+    passphrase: str
+    passphrase_generated: bool
+    fingerprint: str
+    kid: str
+    document: dict[str, Any]
+
+
+def create_agent(
+    certificates: Path,
+    agent_id: str,
+    *,
+    bootstrap: str,
+    plugins: Mapping[str, Mapping[str, Any]],
+    out_dir: Path,
+    passphrase: str | None = None,
+    force: bool = False,
+    bits: int = AGENT_KEY_BITS,
+    kafka: Mapping[str, Any] | None = None,
+    agent: Mapping[str, Any] | None = None,
+) -> Enrollment:
+    """Check, make the key pair, write ``out_dir/config.tar.xz``, then enroll the key.
+
+    Everything that can be refused is checked before anything is written; a bundle whose
+    enrolment then fails is removed again.
+    """
+    check_enrollable(certificates, agent_id, force)
+    if bits < protocol.MIN_RSA_BITS:
+        raise EnrollmentError(f"agent keys need at least {protocol.MIN_RSA_BITS} bits")
+    if passphrase is not None and len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise EnrollmentError(f"passphrase is shorter than {MIN_PASSPHRASE_CHARS} characters")
+    server = server_key(certificates)
+    agent_key = RSA.generate(bits)
+    document = agent_document(
+        agent_id,
+        bootstrap=bootstrap,
+        plugins=plugins,
+        server_public=server,
+        agent_key=agent_key,
+        kafka=kafka,
+        agent=agent,
+    )
+    generated = passphrase is None
+    passphrase = new_passphrase() if passphrase is None else passphrase
+    data = build_bundle(document, server, agent_key, passphrase)
+    bundle_path = out_dir / BUNDLE_NAME
+    write_atomic(bundle_path, data, 0o600)
+    try:
+        key_path = enroll(certificates, agent_id, agent_key, force)
+    except BaseException:
+        bundle_path.unlink(missing_ok=True)
+        raise
+    return Enrollment(
+        agent_id,
+        key_path,
+        bundle_path,
+        passphrase,
+        generated,
+        document["agent_key_fingerprint"],
+        document["kid"],
+        document,
+    )
+
+
+# --- opening a bundle -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bundle:
+    agent_id: str
+    document: dict[str, Any]  # agent.yaml, checked
+    agent_key: RSA.RsaKey
+    server_key: RSA.RsaKey
+
+    @property
+    def kid(self) -> str:
+        return str(self.document["kid"])
+
+    @property
+    def kafka(self) -> dict[str, Any]:
+        return dict(self.document["kafka"])
+
+    @property
+    def plugins(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(spec) for name, spec in self.document["plugins"].items()}
+
+    @property
+    def agent_settings(self) -> dict[str, Any]:
+        return dict(self.document.get("agent") or {})
+
+
+def load_bundle(path: Path, passphrase: str) -> Bundle:
+    """Read and open the bundle file at ``path``."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_BUNDLE_BYTES + 1)
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle {path}: {_reason(exc)}") from None
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise BundleError(f"bundle {path} is larger than {MAX_BUNDLE_BYTES} bytes")
+    return open_bundle(data, passphrase)
+
+
+def open_bundle(data: bytes, passphrase: str) -> Bundle:
+    """Check and decrypt a bundle held in memory."""
+    members = read_members(data)
+    document = parse_agent_yaml(members[AGENT_YAML])
+    try:
+        server = RSA.import_key(members[SERVER_PUBLIC])
+    except (ValueError, IndexError, TypeError):
+        raise BundleError(f"{SERVER_PUBLIC} in the bundle is not an RSA public key") from None
+    if protocol.key_id(server) != document["kid"]:
+        raise BundleError(f"{SERVER_PUBLIC} does not match the kid in {AGENT_YAML}")
+    if not members[AGENT_PRIVATE].startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----"):
+        raise BundleError(f"{AGENT_PRIVATE} in the bundle is not an encrypted PKCS#8 key")
+    try:
+        agent_key = RSA.import_key(members[AGENT_PRIVATE], passphrase=passphrase)
+    except (ValueError, IndexError, TypeError):
+        raise BundleError("wrong passphrase (or a corrupt agent key in the bundle)") from None
+    if not agent_key.has_private() or fingerprint(agent_key) != document["agent_key_fingerprint"]:
+        raise BundleError(f"the agent key does not match the fingerprint in {AGENT_YAML}")
+    for name, key in ((SERVER_PUBLIC, server), (AGENT_PRIVATE, agent_key)):
+        if key.size_in_bits() < protocol.MIN_RSA_BITS:
+            raise BundleError(f"{name}: key has fewer than {protocol.MIN_RSA_BITS} bits")
+    return Bundle(document["agent_id"], document, agent_key, server.public_key())
+
+
+def read_members(data: bytes) -> dict[str, bytes]:
+    """The bundle's three files, read into memory; anything unexpected is refused."""
+    if not data.startswith(XZ_MAGIC):
+        raise BundleError("bundle is not an xz file")
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    try:
+        raw = decompressor.decompress(data, max_length=MAX_TAR_BYTES)
+    except lzma.LZMAError as exc:
+        raise BundleError(f"bundle is corrupt ({exc})") from None
+    if not decompressor.eof:
+        if decompressor.needs_input:
+            raise BundleError("bundle is truncated")
+        raise BundleError(f"bundle unpacks to more than {MAX_TAR_BYTES} bytes")
+    if decompressor.unused_data.strip(b"\0"):
+        raise BundleError("bundle has trailing data after the xz stream")
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+            for member in tar:
+                _check_member(member, members)
+                extracted = tar.extractfile(member)
+                assert extracted is not None  # a regular file, checked above
+                members[member.name] = extracted.read()
+    except tarfile.TarError as exc:
+        raise BundleError(f"bundle is not a valid tar archive ({exc})") from None
+    missing = [name for name in MEMBERS if name not in members]
+    if missing:
+        raise BundleError(f"bundle lacks {', '.join(missing)}")
+    return members
+
+
+def _check_member(member: tarfile.TarInfo, seen: Mapping[str, bytes]) -> None:
+    name = member.name
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("\\") or re.match(r"[A-Za-z]:", name):
+        raise BundleError(f"bundle member {name!r} has an absolute path")
+    if ".." in path.parts or ".." in name.split("\\"):
+        raise BundleError(f"bundle member {name!r} points outside the bundle ('..')")
+    if not member.isreg():
+        kind = (
+            "a symbolic link"
+            if member.issym()
+            else "a hard link"
+            if member.islnk()
+            else "a directory"
+            if member.isdir()
+            else "a device or special file"
+        )
+        raise BundleError(f"bundle member {name!r} is {kind}, not a regular file")
+    if name not in MEMBERS:
+        raise BundleError(f"unexpected bundle member {name!r} (expected {', '.join(MEMBERS)})")
+    if name in seen:
+        raise BundleError(f"bundle member {name!r} appears twice")
+    if member.size > MAX_MEMBER_BYTES:
+        raise BundleError(f"bundle member {name!r} is larger than {MAX_MEMBER_BYTES} bytes")
+
+
+def parse_agent_yaml(raw: bytes) -> dict[str, Any]:
+    """``agent.yaml``, checked: a bundle that passes this can configure an agent."""
+    try:
+        doc = yaml.safe_load(raw.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        raise BundleError(f"{AGENT_YAML} in the bundle is not valid YAML") from None
+    if not isinstance(doc, dict):
+        raise BundleError(f"{AGENT_YAML} in the bundle is not a mapping")
+    if doc.get("version") != BUNDLE_VERSION:
+        raise BundleError(f"{AGENT_YAML}: unsupported version {doc.get('version')!r}")
+    try:
+        check_agent_id(str(doc.get("agent_id", "")))
+    except EnrollmentError as exc:
+        raise BundleError(f"{AGENT_YAML}: {exc}") from None
+    for key in ("kid", "agent_key_fingerprint"):
+        if not isinstance(doc.get(key), str) or not protocol.KID_RE.fullmatch(doc[key]):
+            raise BundleError(f"{AGENT_YAML}: {key} must be 16 lowercase hex characters")
+    kafka = doc.get("kafka")
+    if not isinstance(kafka, dict) or not isinstance(kafka.get("bootstrap.servers"), str):
+        raise BundleError(f"{AGENT_YAML}: kafka.bootstrap.servers is missing")
+    if not isinstance(doc.get("agent", {}), dict):
+        raise BundleError(f"{AGENT_YAML}: agent must be a mapping")
+    plugins = doc.get("plugins")
+    if not isinstance(plugins, dict) or not plugins:
+        raise BundleError(f"{AGENT_YAML}: plugins must name at least one plugin")
+    for name, spec in plugins.items():
+        if not isinstance(name, str) or not protocol.PLUGIN_NAME_RE.fullmatch(name):
+            raise BundleError(f"{AGENT_YAML}: {name!r} is not a plugin name")
+        if not isinstance(spec, dict) or not isinstance(spec.get("topic"), str):
+            raise BundleError(f"{AGENT_YAML}: plugins.{name}.topic is missing")
+        interval = spec.get("interval")
+        if type(interval) not in (int, float) or not 0 < interval <= 86400:
+            raise BundleError(f"{AGENT_YAML}: plugins.{name}.interval must be 0 < s <= 86400")
+    return doc
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, data: bytes, mode: int, *, replace: bool = True) -> None:
+    """Write through a temporary file and fsync; ``replace=False`` refuses an existing file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fchmod(out.fileno(), mode)
+            os.fsync(out.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic create-if-absent: two enrolments cannot race
+            except FileExistsError:
+                raise EnrollmentError(f"{path} already exists") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -1,0 +1,457 @@
+"""The edge agent: seq state, spool, command line, and end to end against a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from Crypto.PublicKey import RSA
+from waiting import wait_for
+
+from sparklem_core import agent, enrollment, protocol
+from sparklem_core.local_servers import TansuBroker, free_port
+from sparklem_core.registry import create_server_key, load_server_keys
+from sparklem_core.spool import Sender, Spool
+
+PASSPHRASE = "agent passphrase for tests"
+# Tansu auto-creates a topic a producer asks for with 4 partitions. Creating ours with as
+# many keeps an agent on one partition whoever wins the race after a broker restart.
+TANSU_AUTO_PARTITIONS = 4
+AGENT_ID = "edge-test"
+
+
+# --- seq state ------------------------------------------------------------------------
+
+
+def test_seq_rises_across_restarts_from_the_state_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    state = agent.SeqState(path, AGENT_ID, block=3, floor=lambda: 0)
+    first = [state.next("temperature") for _ in range(4)] + [state.next("pu_workload")]
+    assert first == [0, 1, 2, 3, 0]
+    # Reserved before use: the file already covers every seq handed out.
+    reserved = json.loads(path.read_text())["reserved"]
+    assert reserved == {"temperature": 6, "pu_workload": 3}
+
+    restarted = agent.SeqState(path, AGENT_ID, block=3, floor=lambda: 0)  # a crash, say
+    assert restarted.next("temperature") == 6 > max(first)
+    assert restarted.next("pu_workload") == 3
+
+
+def test_seq_never_starts_below_the_clock(tmp_path: Path) -> None:
+    state = agent.SeqState(tmp_path / "state.json", AGENT_ID)
+    seq = state.next("temperature")
+    assert seq >= agent.clock_floor() - 60_000_000  # microseconds
+    (tmp_path / "state.json").unlink()  # state lost: still above what was sent
+    assert agent.SeqState(tmp_path / "state.json", AGENT_ID).next("temperature") > seq
+
+
+def test_seq_state_of_another_agent_is_refused(tmp_path: Path) -> None:
+    agent.SeqState(tmp_path / "state.json", "other").next("temperature")
+    with pytest.raises(agent.AgentError, match="belongs to agent 'other'"):
+        agent.SeqState(tmp_path / "state.json", AGENT_ID)
+
+
+def test_corrupt_seq_state_falls_back_to_the_clock(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("{not json")
+    state = agent.SeqState(tmp_path / "state.json", AGENT_ID, floor=lambda: 12345)
+    assert state.next("temperature") == 12345
+
+
+def test_default_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in (agent.STATE_DIR_ENV, "STATE_DIRECTORY", "XDG_STATE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home = tmp_path / ".local" / "state" / "sparklem-agent" / "a1"
+    assert agent.default_state_dir("a1") == home
+    monkeypatch.setenv("XDG_STATE_HOME", "/xdg")
+    assert agent.default_state_dir("a1") == Path("/xdg/sparklem-agent/a1")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/sparklem-agent")
+    assert agent.default_state_dir("a1") == Path("/var/lib/sparklem-agent/a1")
+    monkeypatch.setenv(agent.STATE_DIR_ENV, "/explicit")
+    assert agent.default_state_dir("a1") == Path("/explicit")
+
+
+# --- spool ------------------------------------------------------------------------------
+
+
+def test_spool_keeps_order_and_survives_reopening(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite3")
+    ids = [spool.put("t", b"k", f"v{i}".encode()) for i in range(10)]
+    assert ids == sorted(ids) and len(spool) == 10
+    assert [e.value for e in spool.pending(limit=3)] == [b"v0", b"v1", b"v2"]
+    assert [e.value for e in spool.pending(after=ids[7])] == [b"v8", b"v9"]
+    spool.delete([ids[0], ids[1], 999_999])
+    spool.close()
+
+    reopened = Spool(tmp_path / "spool.sqlite3")
+    assert len(reopened) == 8
+    assert [e.value for e in reopened.pending()] == [f"v{i}".encode() for i in range(2, 10)]
+    reopened.delete(e.id for e in reopened.pending())
+    assert reopened.put("t", b"k", b"new") > ids[-1]  # ids never repeat
+    reopened.close()
+
+
+def test_spool_is_bounded_and_drops_the_oldest(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite3", max_rows=5)
+    for i in range(12):
+        spool.put("t", b"k", str(i).encode())
+    assert len(spool) == 5 and spool.dropped == 7
+    assert [e.value for e in spool.pending()] == [b"7", b"8", b"9", b"10", b"11"]
+    spool.close()
+    smaller = Spool(tmp_path / "spool.sqlite3", max_rows=2)  # a lower bound applies at once
+    assert [e.value for e in smaller.pending()] == [b"10", b"11"] and smaller.dropped == 3
+    smaller.close()
+
+
+def test_unusable_spool_is_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    spool = Spool(path)
+    assert len(spool) == 0 and spool.put("t", b"k", b"v") >= 1
+    assert len(list(tmp_path.glob("spool.sqlite3.corrupt-*"))) == 1
+    spool.close()
+
+
+# --- sender and agent, in process -----------------------------------------------------
+
+
+def test_sender_keeps_its_ordering_properties(tmp_path: Path, caplog) -> None:
+    spool = Spool(tmp_path / "spool.sqlite3")
+    kafka = {"bootstrap.servers": "127.0.0.1:9", "acks": "1", "delivery.timeout.ms": 5000,
+             "enable.idempotence": True, "linger.ms": 7}  # fmt: skip
+    with caplog.at_level("WARNING", logger="sparklem.agent"):
+        sender = Sender(spool, kafka)
+    assert "ignored" in caplog.text and "'acks': '1'" in caplog.text
+    assert "enable.idempotence" not in caplog.text.split("ignored")[1]  # it agreed
+    assert sender.conf["acks"] == "all" and sender.conf["enable.idempotence"] is True
+    assert sender.conf["message.timeout.ms"] == 0 and "delivery.timeout.ms" not in sender.conf
+    assert sender.conf["linger.ms"] == 7
+    spool.close()
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_pem(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path, _ = create_server_key(tmp_path_factory.mktemp("server"), bits=2048)
+    return path.read_bytes()
+
+
+class Setup:
+    """A certificates directory and helpers to make bundles and run the agent."""
+
+    def __init__(self, root: Path, server_pem: bytes) -> None:
+        self.root = root
+        self.certs = root / "certificates"
+        self.certs.mkdir(parents=True)
+        (self.certs / "server_private.pem").write_bytes(server_pem)
+        (self.certs / "empty").mkdir()
+        thermal = root / "thermal" / "thermal_zone0"
+        thermal.mkdir(parents=True)
+        (thermal / "type").write_text("cpu-thermal\n")
+        (thermal / "temp").write_text("48300\n")
+        self.topics = {p: f"t{uuid.uuid4().hex[:10]}.{p}" for p in ("temperature", "pu_workload")}
+        self.state = root / "state"
+        self._sessions: dict[tuple[str, str], bytes] = {}
+
+    def bundle(self, bootstrap: str, interval: float = 30, stall_s: float = 60) -> Path:
+        plugins = {
+            "temperature": {
+                "topic": self.topics["temperature"],
+                "interval": interval,
+                "thermal_root": str(self.root / "thermal"),
+                "hwmon_root": str(self.certs / "empty"),
+            },
+            "pu_workload": {
+                "topic": self.topics["pu_workload"],
+                "interval": interval,
+                "nvidia_smi": str(self.root / "no-nvidia-smi"),
+            },
+        }
+        made = enrollment.create_agent(
+            self.certs,
+            AGENT_ID,
+            bootstrap=bootstrap,
+            plugins=plugins,
+            out_dir=self.root / "out",
+            passphrase=PASSPHRASE,
+            force=True,
+            bits=2048,
+            agent={"stall_timeout_s": stall_s},
+        )
+        return made.bundle_path
+
+    def command(self, bundle: Path, *args: str) -> list[str]:
+        return [sys.executable, "-m", "sparklem_core.agent", "--bundle", str(bundle),
+                "--state-dir", str(self.state), *args]  # fmt: skip
+
+    def run(self, bundle: Path, *args: str, env: dict[str, str] | None = None):
+        return subprocess.run(
+            self.command(bundle, *args),
+            env={**os.environ, agent.PASSPHRASE_ENV: PASSPHRASE, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def open(self, value: bytes) -> tuple[protocol.Envelope, protocol.Plaintext]:
+        """Verify and decrypt like the processor does (session keys cached like it does)."""
+        envelope = protocol.parse_envelope(value)
+        agent_key = RSA.import_key((self.certs / "agents" / f"{envelope.agent}.pem").read_bytes())
+        protocol.verify(envelope, agent_key)
+        session = self._sessions.get((envelope.kid, envelope.ek))
+        if session is None:
+            server_key = load_server_keys(self.certs)[envelope.kid]
+            session = protocol.unwrap_key(envelope.ek, server_key)
+            self._sessions[(envelope.kid, envelope.ek)] = session
+        raw = protocol.decrypt(envelope, session)
+        return envelope, protocol.parse_plaintext(raw)
+
+    def spooled_seqs(self, topic: str | None = None) -> list[int]:
+        """The seqs waiting in the agent's spool, oldest first (of one topic, if given)."""
+        path = self.state / "spool.sqlite3"
+        if not path.exists():
+            return []
+        db = sqlite3.connect(path)
+        try:
+            rows = db.execute("SELECT topic, value FROM spool ORDER BY id").fetchall()
+        finally:
+            db.close()
+        return [self.open(bytes(v))[1].seq for t, v in rows if topic in (None, t)]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, server_pem: bytes) -> Setup:
+    return Setup(tmp_path, server_pem)
+
+
+def test_cli_refuses_bad_bundles_and_passphrases_in_one_line(setup: Setup) -> None:
+    bundle = setup.bundle("127.0.0.1:9")
+    tampered = setup.root / "tampered.tar.xz"
+    data = bytearray(bundle.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    truncated = setup.root / "truncated.tar.xz"
+    truncated.write_bytes(bundle.read_bytes()[:300])
+    cases = [
+        (bundle, {agent.PASSPHRASE_ENV: "wrong passphrase!"}, "wrong passphrase"),
+        (tampered, {}, "bundle is corrupt"),
+        (truncated, {}, "truncated"),
+        (setup.root / "missing.tar.xz", {}, "cannot read bundle"),
+        (bundle, {agent.PASSPHRASE_ENV: ""}, "no passphrase"),
+    ]
+    for path, env, expected in cases:
+        done = setup.run(path, "--once", env=env)
+        assert done.returncode == 2, (expected, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert expected in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
+
+
+def test_cli_passphrase_file_and_default_bundle_name(setup: Setup) -> None:
+    bundle = setup.bundle("127.0.0.1:9")
+    (setup.root / "config.tar.xz").write_bytes(bundle.read_bytes())
+    (setup.root / "pass").write_text("not it at all\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "sparklem_core.agent", "--passphrase-file", "pass", "--once"],
+        cwd=setup.root,
+        env={**os.environ, agent.PASSPHRASE_ENV: PASSPHRASE},  # the file wins
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "wrong passphrase" in done.stderr
+
+
+def test_help() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sparklem_core.agent", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    for option in ("--bundle", "--passphrase-file", "--once", "--state-dir", "--log-level"):
+        assert option in done.stdout
+
+
+# --- against a broker --------------------------------------------------------------------
+
+
+def read_records(
+    bootstrap: str,
+    topics: list[str],
+    count: int = 0,
+    timeout: float = 30,
+    quiet_s: float = 0.0,
+) -> list[Any]:
+    """Records of ``topics`` (every partition, from the beginning): at least ``count``, and
+    with ``quiet_s``, until none has come for that long (Tansu's watermarks count batches,
+    not records, so they cannot say how many there are)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"g{uuid.uuid4().hex}", "log_level": 0}
+    )
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        consumer.assign([
+            TopicPartition(topic, partition, OFFSET_BEGINNING)
+            for topic in topics
+            for partition in metadata.topics[topic].partitions
+        ])  # fmt: skip
+        records: list[Any] = []
+        last = [time.monotonic()]
+
+        def enough() -> bool:
+            for message in consumer.consume(500, timeout=0.2):
+                if message.error() is None:
+                    records.append(message)
+                    last[0] = time.monotonic()
+            return len(records) >= count and time.monotonic() - last[0] >= quiet_s
+
+        wait_for(
+            enough, timeout=timeout, interval=0, message=f"fewer than {count} records in {topics}"
+        )
+        return records
+    finally:
+        consumer.close()
+
+
+@pytest.mark.e2e
+def test_once_sends_envelopes_the_processor_can_open(setup: Setup, broker: TansuBroker) -> None:
+    broker.create_topics(setup.topics.values())
+    bundle = setup.bundle(broker.bootstrap)
+
+    done = setup.run(bundle, "--once")
+    assert done.returncode == 0, done.stderr
+    assert "2 sent, 0 left in the spool" in done.stderr
+
+    records = read_records(broker.bootstrap, list(setup.topics.values()), 2)
+    first: dict[str, int] = {}
+    for record in records:
+        envelope, plaintext = setup.open(record.value())
+        assert record.key() == AGENT_ID.encode()
+        assert envelope.agent == AGENT_ID
+        assert record.topic() == setup.topics[envelope.plugin]
+        first[envelope.plugin] = plaintext.seq
+        if envelope.plugin == "temperature":
+            assert plaintext.data == {
+                "readings": [{"sensor": "cpu-thermal", "value": 48.3, "unit": "C"}]
+            }
+        else:
+            assert 0 <= plaintext.data["cpu"]["percent"] <= 100
+    assert set(first) == {"temperature", "pu_workload"}
+    assert setup.spooled_seqs() == []
+
+    again = setup.run(bundle, "--once")  # a restart: seq keeps rising
+    assert again.returncode == 0, again.stderr
+    records = read_records(broker.bootstrap, list(setup.topics.values()), 4)
+    seqs: dict[str, list[int]] = {}
+    for record in records:
+        envelope, plaintext = setup.open(record.value())
+        seqs.setdefault(envelope.plugin, []).append(plaintext.seq)
+    for plugin, values in seqs.items():
+        assert len(values) == 2 and values[0] == first[plugin] < values[1], plugin
+
+
+@pytest.mark.e2e
+def test_once_with_broker_down_keeps_the_spool_for_the_next_start(
+    setup: Setup, tmp_path: Path
+) -> None:
+    port = free_port()
+    bundle = setup.bundle(f"127.0.0.1:{port}")
+    down = setup.run(bundle, "--once", "--flush-timeout", "2")
+    assert down.returncode == 1
+    assert "2 entries left in the spool" in down.stderr
+    assert "Traceback" not in down.stderr
+    waiting = setup.spooled_seqs()
+    assert len(waiting) == 2
+
+    with TansuBroker(port=port, log_path=tmp_path / "tansu.log") as own:
+        own.create_topics(setup.topics.values())
+        up = setup.run(bundle, "--once")
+        assert up.returncode == 0, up.stderr
+        records = read_records(own.bootstrap, list(setup.topics.values()), 4)
+    by_plugin: dict[str, list[int]] = {}
+    for record in records:
+        envelope, plaintext = setup.open(record.value())
+        by_plugin.setdefault(envelope.plugin, []).append(plaintext.seq)
+    assert sorted(s for seqs in by_plugin.values() for s in seqs[:1]) == sorted(waiting)
+    for seqs in by_plugin.values():
+        assert len(seqs) == 2 and seqs[0] < seqs[1]  # the spooled one first, then the new one
+    assert setup.spooled_seqs() == []
+
+
+@pytest.mark.e2e
+def test_spool_drains_in_order_after_a_broker_restart(setup: Setup, tmp_path: Path) -> None:
+    topics = list(setup.topics.values())
+    with TansuBroker(log_path=tmp_path / "tansu.log") as own:
+        own.create_topics(topics, partitions=TANSU_AUTO_PARTITIONS)
+        bundle = setup.bundle(own.bootstrap, interval=0.1, stall_s=2)
+        log_path = tmp_path / "agent.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                setup.command(bundle),
+                env={**os.environ, agent.PASSPHRASE_ENV: PASSPHRASE},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            read_records(own.bootstrap, topics, 6)  # it works before the outage
+
+            own.stop(kill=True)
+            wait_for(
+                lambda: all(len(setup.spooled_seqs(t)) >= 10 for t in topics),
+                timeout=60,
+                message="the agent did not spool while the broker was down",
+            )
+            spooled = {t: setup.spooled_seqs(t) for t in topics}
+            assert proc.poll() is None, log_path.read_text()
+
+            own.start()
+            own.create_topics(topics, partitions=TANSU_AUTO_PARTITIONS)
+            wait_for(
+                lambda: all(set(spooled[t]).isdisjoint(setup.spooled_seqs(t)) for t in topics),
+                timeout=60,
+                message="the spool did not drain after the broker came back",
+            )
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, log_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert setup.spooled_seqs() == []  # SIGTERM flushed the rest
+        expected = sum(len(seqs) for seqs in spooled.values())
+        records = read_records(own.bootstrap, topics, expected, timeout=60, quiet_s=2)
+
+    for topic in topics:
+        assert len({r.partition() for r in records if r.topic() == topic}) == 1, topic
+        seqs = [setup.open(r.value())[1].seq for r in records if r.topic() == topic]
+        assert seqs == sorted(seqs), f"{topic}: out of order"
+        assert len(seqs) == len(set(seqs)), f"{topic}: doubled"
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{topic}: a gap"
+        # Everything not delivered when the broker went away came through, exactly once.
+        assert seqs[0] == spooled[topic][0] and set(spooled[topic]) <= set(seqs), topic
+    text = log_path.read_text()
+    assert "readings are spooled" in text and "works again" in text
+    assert "Traceback" not in text
+
+
+def test_agent_refuses_a_bundle_whose_plugins_are_all_missing(setup: Setup) -> None:
+    made = enrollment.create_agent(
+        setup.certs, "lonely", bootstrap="127.0.0.1:9", out_dir=setup.root / "lonely",
+        plugins={"nope": {"topic": "t.nope", "interval": 5}}, passphrase=PASSPHRASE, bits=2048,
+    )  # fmt: skip
+    bundle = enrollment.load_bundle(made.bundle_path, PASSPHRASE)
+    with pytest.raises(agent.AgentError, match=r"none of the bundle's plugins \(nope\)"):
+        agent.Agent(bundle, setup.root / "state-lonely")

@@ -1,0 +1,29 @@
+"""``python3 main.py demo`` runs to its summary from any working directory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_runs_to_its_summary(tmp_path: Path, broker) -> None:  # broker: marks it e2e
+    demo_dir = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "demo", "--dir", str(demo_dir),
+         "--seconds", "8", "--agents", "3"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "=== Sparkle-M demo summary ===" in out
+    assert "demo-host" in out and "sim-000" in out
+    assert f"sqlite3 {demo_dir / 'db.sqlite3'}" in out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stored"]["temperature_readings"] > 0
+    assert summary["stored"]["pu_workload_readings"] > 0
+    assert {"bad_signature", "malformed"} <= set(summary["rejected"])
+    assert (demo_dir / "processor.log").exists() and (demo_dir / "agent.log").exists()
