@@ -24,7 +24,8 @@ import re
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any, TypeVar
 
 from Crypto.Cipher import AES, PKCS1_OAEP
@@ -107,25 +108,50 @@ class Envelope:
     tag: str
     sig: str
 
+    # Each base64 member decoded once (``malformed`` if it is not strict base64): parsing
+    # checks them, verify and decrypt reuse them. A copy made with dataclasses.replace
+    # starts without them, so a changed member is never paired with old bytes.
+    @cached_property
+    def iv_bytes(self) -> bytes:
+        return b64decode(self.iv, "iv", IV_BYTES)
+
+    @cached_property
+    def ct_bytes(self) -> bytes:
+        return b64decode(self.ct, "ct")
+
+    @cached_property
+    def tag_bytes(self) -> bytes:
+        return b64decode(self.tag, "tag", TAG_BYTES)
+
+    @cached_property
+    def sig_bytes(self) -> bytes:
+        return b64decode(self.sig, "sig")
+
     def signed_bytes(self) -> bytes:
         return "\n".join(
             ("sparklem/1", self.agent, self.plugin, self.kid, self.ek, self.iv, self.ct, self.tag)
         ).encode("utf-8")
 
+    def members(self) -> dict[str, str]:
+        """The envelope's JSON members, ``v`` apart."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
     def to_json(self) -> bytes:
         return json.dumps(
-            {"v": VERSION, **self.__dict__}, separators=(",", ":"), ensure_ascii=False
+            {"v": VERSION, **self.members()}, separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
 
 
 def b64decode(value: str, member: str, length: int | None = None) -> bytes:
     """Strict RFC 4648 base64 (standard alphabet, padding); ``malformed`` otherwise."""
     try:
-        raw = base64.b64decode(value, validate=True)
+        raw = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         raise Rejected(MALFORMED, f"'{member}' is not valid base64") from None
-    if base64.b64encode(raw).decode("ascii") != value:  # b64decode lets "YWJj==" through
-        raise Rejected(MALFORMED, f"'{member}' is not canonical base64 (padding)")
+    # strict_mode still accepts nonzero bits in the last character ("YWI=" vs "YWJ="), and
+    # the same bytes must have one spelling: the signature covers the text.
+    if binascii.b2a_base64(raw, newline=False) != value.encode("ascii"):
+        raise Rejected(MALFORMED, f"'{member}' is not canonical base64")
     if length is not None and len(raw) != length:
         raise Rejected(MALFORMED, f"'{member}' must be {length} bytes, got {len(raw)}")
     return raw
@@ -185,11 +211,9 @@ def parse_envelope(value: bytes) -> Envelope:
     if not KID_RE.fullmatch(fields["kid"]):
         raise Rejected(MALFORMED, "'kid' must be 16 lowercase hex characters")
     b64decode(fields["ek"], "ek")
-    b64decode(fields["iv"], "iv", IV_BYTES)
-    b64decode(fields["ct"], "ct")
-    b64decode(fields["tag"], "tag", TAG_BYTES)
-    b64decode(fields["sig"], "sig")
-    return Envelope(**fields)
+    envelope = Envelope(**fields)
+    envelope.iv_bytes, envelope.ct_bytes, envelope.tag_bytes, envelope.sig_bytes  # noqa: B018
+    return envelope
 
 
 # --- processor side: cryptography (OpenSSL) ----------------------------------------------
@@ -281,8 +305,8 @@ def verify(envelope: Envelope, agent_key: AgentPublicKey) -> None:
     else:
         public = openssl_public_key(agent_key)
     try:
-        public.verify(base64.b64decode(envelope.sig), envelope.signed_bytes(), _PSS, _SHA256)
-    except (InvalidSignature, ValueError, TypeError):
+        public.verify(envelope.sig_bytes, envelope.signed_bytes(), _PSS, _SHA256)
+    except (InvalidSignature, ValueError, TypeError, Rejected):
         raise Rejected(BAD_SIGNATURE, "signature does not verify with the agent's key") from None
 
 
@@ -316,16 +340,14 @@ def decrypt(envelope: Envelope, session_key: bytes | SessionCipher) -> bytes:
         if isinstance(session_key, bytes | bytearray | memoryview)
         else session_key
     )
-    tag = base64.b64decode(envelope.tag)
     try:
-        if len(tag) != TAG_BYTES:  # checked by parse_envelope too; AESGCM takes ct + tag
-            raise InvalidTag
+        # AESGCM takes ct + tag; the tag's length (16) was checked when it was decoded
         return cipher.decrypt(
-            base64.b64decode(envelope.iv),
-            base64.b64decode(envelope.ct) + tag,
+            envelope.iv_bytes,
+            envelope.ct_bytes + envelope.tag_bytes,
             aad(envelope.agent, envelope.plugin, envelope.kid),
         )
-    except (InvalidTag, ValueError, OverflowError):
+    except (InvalidTag, ValueError, OverflowError, Rejected):
         raise Rejected(_DECRYPT_FAILED.reason, _DECRYPT_FAILED.detail) from None
 
 
@@ -397,4 +419,4 @@ def seal(
     signature = pss.new(agent_key, salt_bytes=PSS_SALT_BYTES).sign(
         SHA256.new(unsigned.signed_bytes())
     )
-    return Envelope(**{**unsigned.__dict__, "sig": b64(signature)})
+    return Envelope(**{**unsigned.members(), "sig": b64(signature)})
