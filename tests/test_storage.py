@@ -1,0 +1,111 @@
+"""Store: plugin rows are written exactly as SQLAlchemy's own INSERT would write them."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    Numeric,
+    String,
+    insert,
+    select,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from sparklem_core.storage import Batch, Store
+
+WHEN = datetime(2026, 11, 23, 14, 5, 6, 789012, tzinfo=UTC)
+
+
+def columns() -> list[Column]:
+    return [
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+        Column("name", String(64), nullable=False),
+        Column("value", Float),
+        Column("amount", Numeric(10, 3)),
+        Column("flag", Boolean),
+        Column("day", Date),
+        Column("at", DateTime(timezone=True)),
+    ]
+
+
+@pytest.fixture
+def stores(database_url: str):
+    """Two stores on one database, each with its own table of the same shape."""
+    ours, theirs = Store(database_url, "g"), Store(database_url, "g")
+    ours.register_table("p", "ours", *columns())
+    theirs.register_table("p", "reference", *columns())
+    ours.create_schema()
+    theirs.create_schema()
+    yield ours, theirs
+    ours.dispose()
+    theirs.dispose()
+
+
+def stored(store: Store, table: str) -> list[tuple]:
+    t = store.metadata.tables[table]
+    with store.engine.connect() as conn:
+        return [tuple(r)[1:] for r in conn.execute(select(t).order_by(t.c.id))]
+
+
+ROWS = [
+    {"name": "a", "value": 1.5, "amount": "2.25", "flag": True, "day": date(2026, 1, 2),
+     "at": WHEN},
+    {"name": "b", "value": 3, "amount": 7, "flag": False, "day": None, "at": WHEN},
+    {"name": "c", "value": None, "amount": None, "flag": None, "day": None,
+     "at": WHEN + timedelta(microseconds=1)},
+    # the same instant in another zone: equal to WHEN, yet stored with its own fields
+    {"name": "d", "value": -0.0, "amount": 1, "flag": True, "day": date(1, 1, 1),
+     "at": WHEN.astimezone(timezone(timedelta(hours=5)))},
+    {"name": "e", "value": 1e300, "amount": 0, "flag": False, "day": None,
+     "at": datetime(1999, 12, 31, 23, 59, 59)},  # naive
+]  # fmt: skip
+
+
+def test_rows_stored_as_sqlalchemy_insert_stores_them(stores) -> None:
+    ours, theirs = stores
+    ours.commit(Batch(rows={"ours": [dict(r) for r in ROWS]}))
+    with theirs.engine.begin() as conn:
+        conn.execute(insert(theirs.metadata.tables["reference"]), [dict(r) for r in ROWS])
+    assert stored(ours, "ours") == stored(theirs, "reference")
+    assert [r[0] for r in stored(ours, "ours")] == ["a", "b", "c", "d", "e"]
+
+
+def test_rows_with_different_columns_in_one_batch(stores) -> None:
+    ours, _ = stores
+    rows = [{"name": "x"}, {"name": "y", "value": 2.0}, {"value": 3.0, "name": "z"}]
+    ours.commit(Batch(rows={"ours": rows}))
+    assert [(r[0], r[1]) for r in stored(ours, "ours")] == [("x", None), ("y", 2.0), ("z", 3.0)]
+
+
+def test_repeated_batches_reuse_the_prepared_insert(stores) -> None:
+    ours, _ = stores
+    for n in range(3):
+        ours.commit(Batch(rows={"ours": [{"name": f"n{n}", "at": WHEN}]}))
+    assert [r[0] for r in stored(ours, "ours")] == ["n0", "n1", "n2"]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"name": "x", "nonexistent": 1},  # no such column
+        {"name": "x", "at": "not a date"},  # a string where a datetime belongs
+        {"name": "x", "at": ["unhashable"]},
+        {"name": None},  # NOT NULL
+        {"name": {"a": 1}},  # a type no driver binds
+    ],
+)
+def test_rows_the_database_refuses_raise_sqlalchemy_errors(stores, row) -> None:
+    """The consumer turns SQLAlchemyError into a per-record ``invalid_payload``."""
+    ours, _ = stores
+    with pytest.raises(SQLAlchemyError):
+        ours.commit(Batch(rows={"ours": [{"name": "fine"}, row]}))
+    assert stored(ours, "ours") == []  # all or nothing
