@@ -35,7 +35,7 @@ class Message:
     plugin: str
     seq: int
     sent_at: datetime  # the plaintext's ``ts``, UTC
-    data: Mapping[str, Any]  # the plugin's payload, as the agent sent it
+    data: dict[str, Any]  # the plugin's payload, a parsed JSON object as the agent sent it
 
 
 @dataclass(frozen=True)

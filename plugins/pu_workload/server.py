@@ -136,8 +136,8 @@ def _row(common: Mapping[str, Any], unit: str, index: int, utilization: float) -
     }
 
 
-def _object(value: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):  # JSON objects arrive as dicts
         raise InvalidPayload(f"'{what}' must be an object")
     return value
 

@@ -57,7 +57,7 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
     ``settings``: ``min_celsius`` (default -90) and ``max_celsius`` (default 200),
     the plausible range, bounds included; a reading outside it is rejected on its own.
     """
-    readings = message.data.get("readings") if isinstance(message.data, Mapping) else None
+    readings = message.data.get("readings") if isinstance(message.data, dict) else None
     if not isinstance(readings, list):
         raise InvalidPayload("'readings' must be a list")
     if not 1 <= len(readings) <= MAX_READINGS:
@@ -87,7 +87,7 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
 
 def _parse_reading(reading: Any, low: float, high: float) -> tuple[str, float, datetime | None]:
     """Return (sensor, celsius, measured_at or None for the message's ts), or raise ValueError."""
-    if not isinstance(reading, Mapping):
+    if not isinstance(reading, dict):  # JSON objects arrive as dicts
         raise ValueError("a reading must be an object")
     sensor = reading.get("sensor")
     if not isinstance(sensor, str) or not 1 <= len(sensor) <= MAX_SENSOR_CHARS:
