@@ -342,9 +342,11 @@ class LocalPostgres:
         dbname: str = "sparklem",
         bindir: str | os.PathLike[str] | None = None,
         start_timeout: float = 60.0,
+        durable: bool = False,
     ) -> None:
         self.port = port
         self.dbname = dbname
+        self.durable = durable  # False: fsync=off, fast for tests; True: as in production
         self.start_timeout = start_timeout
         self._bindir = Path(bindir) if bindir is not None else None
         self.base_dir: Path | None = None
@@ -460,7 +462,9 @@ class LocalPostgres:
         if not self._initialized:
             self._init_cluster()
         port = str(self.port)
-        options = f"-p {port} -k {self.base_dir} -c listen_addresses={LOCALHOST} -c fsync=off"
+        options = f"-p {port} -k {self.base_dir} -c listen_addresses={LOCALHOST}"
+        if not self.durable:
+            options += " -c fsync=off"
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",
