@@ -1,17 +1,22 @@
 """Throughput of the processor, from the cryptographic floor to the whole Kafka round trip.
 
-``python3 -m benchmarks.pipeline [--messages N] [--agents A] [--readings R] [--db URL]
-[--workers W] [--skip-e2e] [--profile]``
+``python3 -m benchmarks.pipeline [--messages N] [--agents A] [--readings R] [--jobs J]
+[--sealer {sparklem,independent}] [--phases LIST] [--db URL] [--workers W] [--backlog]
+[--skip-e2e] [--profile]``
 
 It builds realistic PROTOCOL.md messages once (2048-bit agent and server keys in a
 temporary certificates directory; one session key per agent, reused as agents do; half
-``temperature`` with R readings, half ``pu_workload`` with a 4-core CPU), then measures
-on those same messages:
+``temperature`` with R readings, half ``pu_workload`` with a 4-core CPU). The agents are
+spread over J processes that seal their messages, merged back into one sending order.
+``--sealer independent`` seals with ``tests/independent_agent.py`` (an agent written apart
+from ``sparklem_core``) instead of this project's protocol code. Then it measures, on
+those same messages, the phases named by ``--phases`` (default all):
 
 floor
     a bare loop that only verifies each signature and decrypts (``protocol.verify`` +
     ``protocol.decrypt``, base64 decoding included); the session key is unwrapped once
-    per ``(kid, ek)`` as the protocol allows. Envelopes are parsed before the clock starts.
+    per ``(kid, ek)`` as the protocol allows. Envelopes are parsed outside the clock,
+    10,000 at a time.
 engine
     the processor's whole per-message path without Kafka: ``Pipeline.process`` on batches
     of 500 records fed from memory, ``Store.commit`` and ``Pipeline.committed``
@@ -20,7 +25,10 @@ end-to-end
     a Tansu broker, ``python3 main.py run`` as a subprocess (joined to its group before
     anything is produced), then the time from the first record produced until the
     database holds every message; ``bare consume`` is a plain confluent-kafka consumer
-    reading the same records, for comparison.
+    reading the same records, for comparison. With ``--backlog`` every message is
+    produced first and the processor then works through the backlog, timed from its
+    first commit seen in the database. Its peak RSS is VmHWM summed over its process
+    tree, cross-checked by sampling VmRSS every 0.5 s.
 naive
     what a first version would do, on fewer messages: RSA-unwrap the session key of every
     message and insert and commit each message on its own (a separate SQLite file).
@@ -36,8 +44,11 @@ import base64
 import contextlib
 import cProfile
 import dataclasses
+import functools
+import importlib.util
 import io
 import json
+import multiprocessing
 import os
 import pstats
 import random
@@ -56,10 +67,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
 from Crypto.Cipher import AES
+from Crypto.PublicKey import RSA
 from sqlalchemy import create_engine, insert, text
 
 from sparklem_core import protocol
@@ -215,53 +228,148 @@ def pu_workload_payload(rng: random.Random, cores: int) -> dict[str, Any]:
     }
 
 
+SEALERS = ("sparklem", "independent")
+INDEPENDENT_AGENT = ROOT / "tests" / "independent_agent.py"
+SealMessage = Callable[[dict[str, Any], str, str], bytes]  # (plaintext, agent, plugin)
+
+
+@functools.cache
+def independent_agent() -> ModuleType:
+    """``tests/independent_agent.py`` (an agent written apart from ``sparklem_core``), by path."""
+    if not INDEPENDENT_AGENT.is_file():
+        raise BenchError(f"--sealer independent needs {INDEPENDENT_AGENT}, which is missing")
+    spec = importlib.util.spec_from_file_location("independent_agent", INDEPENDENT_AGENT)
+    if spec is None or spec.loader is None:
+        raise BenchError(f"cannot import {INDEPENDENT_AGENT}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def new_agent(sealer: str, server_public_pem: bytes) -> tuple[bytes, SealMessage]:
+    """A fresh agent key and session key: (public PEM to enrol, function sealing a message)."""
+    if sealer == "independent":
+        agent_side = independent_agent()
+        private = agent_side.generate_key(KEY_BITS)
+        server = agent_side.as_public(server_public_pem)
+        session = agent_side.Session(server)
+
+        def seal_independent(plaintext: dict[str, Any], agent: str, plugin: str) -> bytes:
+            return agent_side.seal(plaintext, agent, plugin, server, private, session)
+
+        return agent_side.public_pem(private), seal_independent
+    pem, sign = _agent_key()
+    session = protocol.SessionKey(RSA.import_key(server_public_pem))
+    return pem, lambda plaintext, agent, plugin: seal(plaintext, agent, plugin, session, sign)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to build. Message ``n`` comes from agent ``n % A``; each agent alternates plugins."""
+
+    messages: int
+    agents: tuple[str, ...]
+    readings: int
+    cores: int
+    seed: int
+    now_ms: int
+    sealer: str
+    server_public_pem: bytes
+
+    def plugin(self, n: int) -> str:
+        return PLUGINS[(n // len(self.agents)) % 2]
+
+    def ts(self, n: int) -> int:
+        return self.now_ms - (self.messages - n)  # in the past, increasing
+
+    def rows(self, plugin: str) -> int:
+        return self.readings if plugin == "temperature" else 1 + self.cores
+
+
+def seal_agent(plan: Plan, index: int) -> tuple[int, bytes, list[bytes]]:
+    """Enrol agent ``index`` and seal its messages ``index, index + A, ...`` in order.
+
+    Returns (index, public PEM, sealed values). Runs in a worker process when ``jobs > 1``;
+    the payloads depend only on the seed and the agent, not on how agents are spread.
+    """
+    agent = plan.agents[index]
+    pem, seal_message = new_agent(plan.sealer, plan.server_public_pem)
+    rng = random.Random(f"{plan.seed}:{index}")
+    seq: Counter[str] = Counter()
+    values = []
+    for n in range(index, plan.messages, len(plan.agents)):
+        plugin, ts = plan.plugin(n), plan.ts(n)
+        if plugin == "temperature":
+            data = temperature_payload(rng, plan.readings, ts)
+        else:
+            data = pu_workload_payload(rng, plan.cores)
+        values.append(seal_message({"seq": seq[plugin], "ts": ts, "data": data}, agent, plugin))
+        seq[plugin] += 1
+    return index, pem, values
+
+
 def build_workload(
-    root: Path, messages: int, agents: int, readings: int, cores: int = 4, seed: int = 1
+    root: Path,
+    messages: int,
+    agents: int,
+    readings: int,
+    cores: int = 4,
+    seed: int = 1,
+    *,
+    jobs: int = 1,
+    sealer: str = "sparklem",
 ) -> Workload:
+    """Server key, agent keys and sealed messages; agents are spread over ``jobs`` processes."""
     started = time.perf_counter()
     certificates = root / "certificates"
     create_server_key(certificates, bits=KEY_BITS)
     (certificates / "agents").mkdir(exist_ok=True)
     (certificates / "revoked").mkdir(exist_ok=True)
     ((_kid, server_key),) = load_server_keys(certificates).items()
-    server_public = server_key.public_key()
     suffix = uuid.uuid4().hex[:8]
-    ids = [f"bench-{suffix}-{n:03d}" for n in range(agents)]
-    progress(f"generating {agents} agent keys ({KEY_BITS} bits)")
-    signers: dict[str, Signer] = {}
-    for agent in ids:
-        pem, signers[agent] = _agent_key()
-        (certificates / "agents" / f"{agent}.pem").write_bytes(pem)
-    sessions = {agent: protocol.SessionKey(server_public) for agent in ids}
+    plan = Plan(
+        messages=messages,
+        agents=tuple(f"bench-{suffix}-{n:03d}" for n in range(agents)),
+        readings=readings,
+        cores=cores,
+        seed=seed,
+        now_ms=int(time.time() * 1000),
+        sealer=sealer,
+        server_public_pem=server_key.public_key().export_key(),
+    )
+    plugins = [plan.plugin(n) for n in range(messages)]
     work = Workload(
         root=root,
         certificates=certificates,
         suffix=suffix,
-        agents=ids,
+        agents=list(plan.agents),
         topics={p: f"bench{suffix}.{p}" for p in PLUGINS},
-        values=[],
-        senders=[],
-        plugins=[],
-        rows=[],
+        values=[b""] * messages,
+        senders=[plan.agents[n % agents] for n in range(messages)],
+        plugins=plugins,
+        rows=[plan.rows(p) for p in plugins],
     )
-    progress(f"sealing {messages} messages")
-    rng = random.Random(seed)
-    seq: Counter[tuple[str, str]] = Counter()
-    now_ms = int(time.time() * 1000)
-    for n in range(messages):
-        agent = ids[n % agents]
-        plugin = PLUGINS[(n // agents) % 2]  # each agent sends both, in turn
-        ts = now_ms - (messages - n)  # in the past, increasing
-        if plugin == "temperature":
-            data, rows = temperature_payload(rng, readings, ts), readings
+    jobs = min(jobs, agents)
+    progress(
+        f"sealing {messages} messages of {agents} agents ({KEY_BITS}-bit keys, sealer "
+        f"{sealer}) in {jobs} process{'es' if jobs > 1 else ''}"
+    )
+    task = functools.partial(seal_agent, plan)
+    tenth, sealed = max(1, messages // 10), 0
+    with contextlib.ExitStack() as stack:
+        if jobs > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(jobs))
+            done: Iterator[tuple[int, bytes, list[bytes]]] = pool.imap_unordered(
+                task, range(agents)
+            )
         else:
-            data, rows = pu_workload_payload(rng, cores), 1 + cores
-        plaintext = {"seq": seq[(agent, plugin)], "ts": ts, "data": data}
-        seq[(agent, plugin)] += 1
-        work.values.append(seal(plaintext, agent, plugin, sessions[agent], signers[agent]))
-        work.senders.append(agent)
-        work.plugins.append(plugin)
-        work.rows.append(rows)
+            done = map(task, range(agents))
+        for index, pem, values in done:
+            (certificates / "agents" / f"{plan.agents[index]}.pem").write_bytes(pem)
+            work.values[index::agents] = values
+            if (sealed + len(values)) // tenth > sealed // tenth:
+                progress(f"  {sealed + len(values)}/{messages} sealed")
+            sealed += len(values)
     work.build_s = time.perf_counter() - started
     size = sum(map(len, work.values)) / messages
     progress(f"built {messages} messages in {work.build_s:.1f}s (mean {size:.0f} bytes)")
@@ -316,26 +424,31 @@ def _config(work: Workload, url: str, group: str) -> Config:
     return config
 
 
+FLOOR_CHUNK = 10_000  # envelopes parsed ahead of the clock at a time
+
+
 def run_floor(work: Workload) -> Result:
     registry = AgentRegistry(work.certificates, refresh_s=3600)
     agent_keys = {agent: registry.lookup(agent) for agent in work.agents}
     server_keys = load_server_keys(work.certificates)
-    envelopes = [protocol.parse_envelope(value) for value in work.values]
     session_keys: dict[tuple[str, str], protocol.SessionCipher] = {}
+    seconds = 0.0
     reset_peak_rss()
-    started = time.perf_counter()
-    for env in envelopes:
-        protocol.verify(env, agent_keys[env.agent])
-        key = session_keys.get((env.kid, env.ek))
-        if key is None:
-            key = session_keys[(env.kid, env.ek)] = protocol.session_cipher(
-                protocol.unwrap_key(env.ek, server_keys[env.kid])
-            )
-        protocol.decrypt(env, key)
-    seconds = time.perf_counter() - started
+    for start in range(0, len(work.values), FLOOR_CHUNK):
+        envelopes = [protocol.parse_envelope(v) for v in work.values[start : start + FLOOR_CHUNK]]
+        started = time.perf_counter()
+        for env in envelopes:
+            protocol.verify(env, agent_keys[env.agent])
+            key = session_keys.get((env.kid, env.ek))
+            if key is None:
+                key = session_keys[(env.kid, env.ek)] = protocol.session_cipher(
+                    protocol.unwrap_key(env.ek, server_keys[env.kid])
+                )
+            protocol.decrypt(env, key)
+        seconds += time.perf_counter() - started
     return Result(
         "floor",
-        len(envelopes),
+        len(work.values),
         work.total_rows,
         seconds,
         peak_rss_mib(),
@@ -578,10 +691,98 @@ def _stored_rows(url: str, prefix: str) -> int:
         engine.dispose()
 
 
+def _produce(bootstrap: str, work: Workload) -> float:
+    """Send every message, keyed by its agent, and wait for delivery; returns the seconds.
+
+    librdkafka copies each value until the broker acknowledges it; its queue is capped at
+    32 MiB so the producer never holds a second copy of the whole workload.
+    """
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "queue.buffering.max.kbytes": 32 * 1024,
+            "log.connection.close": False,
+        }
+    )
+    count, tenth = len(work.values), max(1, len(work.values) // 10)
+    started = time.perf_counter()
+    for n, (value, agent, plugin) in enumerate(
+        zip(work.values, work.senders, work.plugins, strict=True), 1
+    ):
+        while True:
+            try:
+                producer.produce(work.topics[plugin], value=value, key=agent.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        if n % tenth == 0:
+            progress(f"  {n}/{count} produced")
+    if producer.flush(60) != 0:
+        raise BenchError("records not delivered to the broker within 60 s")
+    return time.perf_counter() - started
+
+
+class ProcessorWatch:
+    """Polls the database for the processor's progress and samples its tree's VmRSS."""
+
+    SAMPLE_S = 0.5
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, url: str, group: str) -> None:
+        self.proc, self.log, self.group = proc, log, group
+        self.engine = create_engine(url)
+        self.stored = 0
+        self.rss_max_kib = 0
+        self._next_sample = 0.0
+
+    def sample(self) -> None:
+        if time.monotonic() >= self._next_sample:
+            self._next_sample = time.monotonic() + self.SAMPLE_S
+            tree_kib = sum(_status_kib(pid, "VmRSS") for pid in _process_tree(self.proc.pid))
+            self.rss_max_kib = max(self.rss_max_kib, tree_kib)
+
+    def until(self, target: int, timeout: float) -> float:
+        """Wait until ``target`` messages are stored; returns the perf_counter time it saw it."""
+        deadline = time.monotonic() + timeout
+        next_note = time.monotonic() + 5
+        while True:
+            self.sample()
+            self.stored = _stored_messages(self.engine, self.group)
+            if self.stored >= target:
+                return time.perf_counter()
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"processor exited with {self.proc.returncode}:\n"
+                    f"{self.log.read_text(errors='replace')[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise BenchError(f"only {self.stored}/{target} messages stored after {timeout}s")
+            if time.monotonic() > next_note:
+                progress(f"  {self.stored}/{target} stored")
+                next_note += 5
+            time.sleep(0.05)
+
+
 def run_e2e(
-    work: Workload, url: str, workers: int | None, timeout: float
+    work: Workload,
+    url: str,
+    workers: int | None,
+    timeout: float,
+    *,
+    backlog: bool = False,
+    keep_values: int = 0,
 ) -> tuple[Result, Result, dict[str, Any]]:
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+    """``main.py run`` against a Tansu broker, then a bare consumer on the same records.
+
+    Live (default): the processor joins its group, then the messages are produced; timed
+    from the first produce. ``backlog``: every message is produced first, then the
+    processor starts; timed from the first commit seen in the database. Afterwards
+    ``work.values`` keeps only its first ``keep_values`` messages (for later phases).
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     from sparklem_core.local_servers import TansuBroker
 
@@ -612,56 +813,52 @@ def run_e2e(
         if workers is not None and workers != 1:
             command += ["--workers", str(workers)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLEM_")}
+
+        def produce() -> None:
+            progress(f"producing {count} messages")
+            extra["e2e_produce_s"] = round(_produce(broker.bootstrap, work), 3)
+            del work.values[keep_values:]
+            progress(f"produced in {extra['e2e_produce_s']:.1f}s")
+
+        if backlog:
+            produce()
         progress(f"starting: {' '.join(command[1:])}")
+        launched = time.perf_counter()
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root
             )
         try:
-            _wait_joined(proc, log_path, workers or 1, timeout=90)
-            progress(f"processor joined its group; producing {count} messages")
-            producer = Producer(
-                {
-                    "bootstrap.servers": broker.bootstrap,
-                    "linger.ms": 5,
-                    "log.connection.close": False,
-                }
-            )
-            poller = create_engine(url)
-            started = time.perf_counter()
-            for value, agent, plugin in zip(work.values, work.senders, work.plugins, strict=True):
-                while True:
-                    try:
-                        producer.produce(work.topics[plugin], value=value, key=agent.encode())
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-                producer.poll(0)
-            if producer.flush(60) != 0:
-                raise BenchError("records not delivered to the broker within 60 s")
-            extra["e2e_produce_s"] = round(time.perf_counter() - started, 3)
-            del producer
-            progress(f"produced in {extra['e2e_produce_s']:.1f}s; waiting for the database")
-            deadline = time.monotonic() + timeout
-            next_note = time.monotonic() + 5
-            while (stored := _stored_messages(poller, group)) < count:
-                if proc.poll() is not None:
-                    raise BenchError(
-                        f"processor exited with {proc.returncode}:\n"
-                        f"{log_path.read_text(errors='replace')[-3000:]}"
-                    )
-                if time.monotonic() > deadline:
-                    raise BenchError(f"only {stored}/{count} messages stored after {timeout}s")
-                if time.monotonic() > next_note:
-                    progress(f"  {stored}/{count} stored")
-                    next_note += 5
-                time.sleep(0.05)
-            seconds = time.perf_counter() - started
+            watch = ProcessorWatch(proc, log_path, url, group)
+            if backlog:
+                first = watch.until(1, timeout)
+                already = watch.stored
+                progress(f"first commit: {already} messages; waiting for the rest")
+                ended = watch.until(count, timeout)
+                extra["e2e_start_to_first_commit_s"] = round(first - launched, 3)
+                extra["e2e_from_start_s"] = round(ended - launched, 3)
+                if already < count:
+                    messages, seconds = count - already, ended - first
+                    timed = f"backlog, from the first commit seen ({already} stored then, "
+                    timed += f"{first - launched:.1f}s after start incl. group join)"
+                else:
+                    messages, seconds = count, ended - launched
+                    timed = "backlog stored in one commit: from processor start"
+            else:
+                _wait_joined(proc, log_path, workers or 1, timeout=90)
+                progress("processor joined its group")
+                started = time.perf_counter()
+                produce()
+                progress("waiting for the database")
+                messages, seconds = count, watch.until(count, timeout) - started
+                timed = "live, from the first produce"
             tree = _process_tree(proc.pid)
             hwm_kib = sum(_status_kib(pid, "VmHWM") for pid in tree)
+            watch.sample()
+            extra["e2e_sampled_rss_max_mib"] = round(watch.rss_max_kib / 1024, 1)
             extra["e2e_processor_cpu_s"] = round(sum(_cpu_seconds(pid) for pid in tree), 2)
             extra["e2e_processes"] = len(tree)
-            poller.dispose()
+            watch.engine.dispose()
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -676,11 +873,12 @@ def run_e2e(
         processes = f"{len(tree)} processes" if len(tree) > 1 else "1 process"
         e2e = Result(
             "end-to-end",
-            count,
-            rows,
+            messages,
+            round(rows * messages / count),
             seconds,
             hwm_kib / 1024,
-            f"main.py run ({processes}; VmHWM)",
+            f"main.py run ({processes}); {timed}; RSS: VmHWM, "
+            f"sampled VmRSS max {watch.rss_max_kib / 1024:.0f} MiB",
         )
 
         progress("bare consume: a plain consumer reads the same records")
@@ -744,7 +942,7 @@ def purge(url: str, work: Workload) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def print_table(results: list[Result], floor: Result, per_phase_rss: bool) -> None:
+def print_table(results: list[Result], floor: Result | None, per_phase_rss: bool) -> None:
     header = ("phase", "messages", "seconds", "msgs/s", "readings/s", "vs floor", "peak RSS")
     lines = [header]
     for r in results:
@@ -755,7 +953,7 @@ def print_table(results: list[Result], floor: Result, per_phase_rss: bool) -> No
                 f"{r.seconds:.2f}",
                 f"{r.msgs_s:,.0f}",
                 f"{r.readings_s:,.0f}",
-                f"{r.msgs_s / floor.msgs_s:.1%}" if floor.msgs_s else "-",
+                f"{r.msgs_s / floor.msgs_s:.1%}" if floor and floor.msgs_s else "-",
                 f"{r.rss_mib:.0f} MiB" if r.rss_mib is not None else "-",
             )
         )
@@ -776,7 +974,7 @@ def print_table(results: list[Result], floor: Result, per_phase_rss: bool) -> No
     )
 
 
-def figures(results: dict[str, Result], floor: Result) -> dict[str, Any]:
+def figures(results: dict[str, Result], floor: Result | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, r in results.items():
         out[f"{key}_msgs_s"] = round(r.msgs_s, 1)
@@ -784,7 +982,8 @@ def figures(results: dict[str, Result], floor: Result) -> dict[str, Any]:
         out[f"{key}_seconds"] = round(r.seconds, 3)
         out[f"{key}_messages"] = r.messages
         if r is not floor:
-            out[f"{key}_vs_floor"] = round(r.msgs_s / floor.msgs_s, 4) if floor.msgs_s else None
+            vs_floor = r.msgs_s / floor.msgs_s if floor and floor.msgs_s else None
+            out[f"{key}_vs_floor"] = None if vs_floor is None else round(vs_floor, 4)
         if r.rss_mib is not None:
             out[f"{key}_peak_rss_mib"] = round(r.rss_mib, 1)
     return out
@@ -873,6 +1072,9 @@ def profile(work: Workload, batch_size: int, top: int = 15) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
+PHASES = ("floor", "engine", "e2e", "naive")
+
+
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -880,13 +1082,23 @@ def _positive(value: str) -> int:
     return number
 
 
+def _phases(value: str) -> list[str]:
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    if not names or names - set(PHASES):
+        raise argparse.ArgumentTypeError(f"{value!r}: a comma list among {','.join(PHASES)}")
+    return [phase for phase in PHASES if phase in names]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python3 -m benchmarks.pipeline",
         description="Processor throughput on realistic PROTOCOL.md messages: crypto floor, "
         "engine (pipeline + SQL), end to end through Kafka and main.py, and a naive baseline.",
-        epilog="Prints a table, then one JSON line with every figure. Progress on stderr.",
+        epilog="Prints a table, then one JSON line with every figure. Progress on stderr. "
+        "Memory: this process holds every sealed message (about 1.4 KB each, so some 1.4 GB "
+        "for 1,000,000), and the Tansu broker keeps them in memory too.",
     )
+    cores = os.cpu_count() or 1
     options: list[tuple[str, dict[str, Any], str]] = [
         ("--messages", {"type": _positive, "default": 20_000, "metavar": "N"},
          "messages to build and process (default 20000)"),
@@ -896,20 +1108,32 @@ def build_parser() -> argparse.ArgumentParser:
          "readings per temperature message (default 8, at most 1000)"),
         ("--cores", {"type": _positive, "default": 4, "metavar": "C"},
          "per-core entries in pu_workload messages (default 4)"),
+        ("--jobs", {"type": _positive, "default": cores, "metavar": "J"},
+         f"processes sealing the messages, agents split among them (default: the number "
+         f"of cores, {cores})"),
+        ("--sealer", {"choices": SEALERS, "default": "sparklem"},
+         "who seals the messages: this project's protocol code (default) or "
+         "tests/independent_agent.py, an agent written apart from it"),
+        ("--phases", {"type": _phases, "default": list(PHASES), "metavar": "LIST"},
+         f"comma list of phases to run among {','.join(PHASES)} (default: all)"),
         ("--db", {"metavar": "URL"},
          "SQLAlchemy URL for the engine and end-to-end phases (default: SQLite files in "
          "a temporary directory); the rows this run writes are removed afterwards"),
         ("--workers", {"type": _positive, "metavar": "W"},
          "pass 'run --workers W' to the processor (end-to-end phase)"),
+        ("--backlog", {"action": "store_true"},
+         "end-to-end: produce every message first, then start the processor on the backlog "
+         "(timed from its first commit)"),
         ("--batch-size", {"type": _positive, "default": 500, "metavar": "B"},
          "records per Pipeline.process call in the engine phase (default 500)"),
         ("--naive-messages", {"type": _positive, "default": 300, "metavar": "M"},
          "messages for the naive phase (default 300)"),
-        ("--skip-e2e", {"action": "store_true"}, "skip the broker and subprocess phases"),
+        ("--skip-e2e", {"action": "store_true"},
+         "skip the broker and subprocess phases (e2e removed from --phases)"),
         ("--profile", {"action": "store_true"},
          "only profile the engine: per-stage timers, then cProfile's top 15"),
         ("--timeout", {"type": _positive, "default": 300, "metavar": "S"},
-         "seconds to wait for the end-to-end phase (default 300)"),
+         "seconds to wait for each wait of the end-to-end phase (default 300)"),
     ]  # fmt: skip
     for flag, kwargs, help_text in options:
         parser.add_argument(flag, help=help_text, **kwargs)
@@ -921,51 +1145,84 @@ def main(argv: list[str] | None = None) -> int:
     if args.readings > 1000:
         print("--readings: at most 1000 (PROTOCOL.md)", file=sys.stderr)
         return 2
+    phases = [p for p in args.phases if not (args.skip_e2e and p == "e2e")]
+    jobs = min(args.jobs, args.agents)
     root = Path(tempfile.mkdtemp(prefix="sparklem-bench-"))
     work: Workload | None = None
     try:
-        work = build_workload(root, args.messages, args.agents, args.readings, args.cores)
+        if args.sealer == "independent":
+            independent_agent()  # a missing file fails here, before any key is made
+        work = build_workload(
+            root,
+            args.messages,
+            args.agents,
+            args.readings,
+            args.cores,
+            jobs=jobs,
+            sealer=args.sealer,
+        )
         if args.profile:
             report = profile(work, args.batch_size)
             print(json.dumps(report))
             return 0
         per_phase_rss = reset_peak_rss()
-        progress("floor: verify + decrypt")
-        floor = run_floor(work)
-        progress(f"floor: {floor.msgs_s:,.0f} msgs/s")
-        engine_url = args.db or f"sqlite:///{root / 'engine.db'}"
-        progress(f"engine: Pipeline.process + Store.commit, batches of {args.batch_size}")
-        engine = run_engine(work, engine_url, f"bench{work.suffix}-engine", args.batch_size)
-        progress(f"engine: {engine.msgs_s:,.0f} msgs/s")
-        results = {"floor": floor, "engine": engine}
+        total_rows = work.total_rows
+        results: dict[str, Result] = {}
         extra: dict[str, Any] = {}
-        if not args.skip_e2e:
+        floor: Result | None = None
+        if "floor" in phases:
+            progress("floor: verify + decrypt")
+            results["floor"] = floor = run_floor(work)
+            progress(f"floor: {floor.msgs_s:,.0f} msgs/s")
+        if "engine" in phases:
+            engine_url = args.db or f"sqlite:///{root / 'engine.db'}"
+            progress(f"engine: Pipeline.process + Store.commit, batches of {args.batch_size}")
+            engine = run_engine(work, engine_url, f"bench{work.suffix}-engine", args.batch_size)
+            progress(f"engine: {engine.msgs_s:,.0f} msgs/s")
+            results["engine"] = engine
+        naive_count = min(args.naive_messages, args.messages)
+        if "e2e" in phases:
             if args.db:
                 purge(args.db, work)  # the engine's seq marks would make every message a dup
             e2e_url = args.db or f"sqlite:///{root / 'e2e.db'}"
-            e2e, bare, extra = run_e2e(work, e2e_url, args.workers, args.timeout)
+            e2e, bare, extra = run_e2e(
+                work,
+                e2e_url,
+                args.workers,
+                args.timeout,
+                backlog=args.backlog,
+                keep_values=naive_count if "naive" in phases else 0,
+            )
             progress(f"end-to-end: {e2e.msgs_s:,.0f} msgs/s; bare consume {bare.msgs_s:,.0f}")
             results["e2e"], results["bare_consume"] = e2e, bare
-        naive_count = min(args.naive_messages, args.messages)
-        progress(f"naive: {naive_count} messages, unwrap + commit each")
-        results["naive"] = run_naive(work, root, naive_count)
-        progress(f"naive: {results['naive'].msgs_s:,.0f} msgs/s")
+        if "naive" in phases:
+            progress(f"naive: {naive_count} messages, unwrap + commit each")
+            results["naive"] = run_naive(work, root, naive_count)
+            progress(f"naive: {results['naive'].msgs_s:,.0f} msgs/s")
 
         print(
             f"{args.messages} messages from {args.agents} agents (half temperature with "
             f"{args.readings} readings, half pu_workload with {args.cores} cores; "
-            f"{work.total_rows / args.messages:.1f} rows/message), built in {work.build_s:.1f}s"
+            f"{total_rows / args.messages:.1f} rows/message), sealed by {args.sealer} in "
+            f"{work.build_s:.1f}s with {jobs} job{'s' if jobs > 1 else ''}"
         )
         print_table(list(results.values()), floor, per_phase_rss)
         report = {
             "messages": args.messages,
             "agents": args.agents,
-            "readings_per_message": round(work.total_rows / args.messages, 2),
+            "readings_per_message": round(total_rows / args.messages, 2),
             "workers": args.workers,
             "db": "sqlite (temporary)" if not args.db else args.db.split(":", 1)[0],
+            "sealer": args.sealer,
+            "jobs": jobs,
+            "phases": phases,
+            "backlog": args.backlog,
             "build_s": round(work.build_s, 2),
-            **{f"e2e_{k}": None for k in ("msgs_s", "readings_s")},
-            **{f"bare_consume_{k}": None for k in ("msgs_s", "readings_s")},
+            **{
+                f"{phase}_{figure}": None
+                for phase in ("floor", "engine", "e2e", "bare_consume", "naive")
+                for figure in ("msgs_s", "readings_s")
+            },
             **figures(results, floor),
             **extra,
         }

@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from sparklem_core import protocol
+from sparklem_core.registry import AgentRegistry, load_server_keys
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -74,3 +77,77 @@ def test_pipeline_benchmark_help() -> None:
     )
     assert result.returncode == 0
     assert "--skip-e2e" in result.stdout and "--workers" in result.stdout
+    for flag in ("--jobs", "--backlog", "--phases", "--sealer"):
+        assert flag in result.stdout, flag
+
+
+def _sent(work: Any) -> list[tuple[str, str, int, int]]:
+    """(agent, plugin, seq, ts) of every message, opened with the processor's own checks."""
+    registry = AgentRegistry(work.certificates, refresh_s=3600)
+    server_keys = load_server_keys(work.certificates)
+    sent = []
+    for value in work.values:
+        env = protocol.parse_envelope(value)
+        protocol.verify(env, registry.lookup(env.agent))
+        plain = protocol.parse_plaintext(
+            protocol.decrypt(env, protocol.unwrap_key(env.ek, server_keys[env.kid]))
+        )
+        sent.append((env.agent, env.plugin, plain.seq, plain.ts))
+    return sent
+
+
+def test_parallel_build_same_workload_stored_fully(tmp_path: Path) -> None:
+    from benchmarks import pipeline
+
+    serial = pipeline.build_workload(tmp_path / "serial", 60, 6, 8, jobs=1)
+    parallel = pipeline.build_workload(tmp_path / "parallel", 60, 6, 8, jobs=2)
+    assert parallel.rows == serial.rows
+    assert parallel.plugins == serial.plugins
+    assert [a.rsplit("-", 1)[1] for a in parallel.senders] == [
+        a.rsplit("-", 1)[1] for a in serial.senders
+    ]
+    sent = _sent(parallel)  # every signature checks against the enrolled PEMs
+    assert [(agent, plugin) for agent, plugin, _, _ in sent] == list(
+        zip(parallel.senders, parallel.plugins, strict=True)
+    )
+    assert [ts for *_, ts in sent] == sorted(ts for *_, ts in sent)
+    for agent in parallel.agents:
+        for plugin in pipeline.PLUGINS:
+            seqs = [seq for a, p, seq, _ in sent if (a, p) == (agent, plugin)]
+            assert seqs == list(range(len(seqs)))
+    # run_engine raises unless every message is stored, none rejected, every row there
+    result = pipeline.run_engine(
+        parallel, f"sqlite:///{tmp_path / 'engine.db'}", "bench-test-engine"
+    )
+    assert result.messages == 60
+    assert result.rows == parallel.total_rows == 30 * 8 + 30 * 5
+
+
+def test_independent_sealer_accepted(tmp_path: Path) -> None:
+    from benchmarks import pipeline
+
+    work = pipeline.build_workload(tmp_path, 40, 4, 8, jobs=2, sealer="independent")
+    assert len(_sent(work)) == 40
+    assert pipeline.run_engine(work, f"sqlite:///{tmp_path / 'e.db'}", "bench-ind").messages == 40
+    report = run_module(
+        "benchmarks.pipeline",
+        *("--messages", "60", "--agents", "4", "--sealer", "independent"),
+        *("--phases", "floor,engine"),
+    )
+    assert report["sealer"] == "independent"
+    assert report["engine_messages"] == 60
+    assert report["e2e_msgs_s"] is None and report["naive_msgs_s"] is None
+
+
+@pytest.mark.e2e
+def test_backlog_end_to_end() -> None:
+    report = run_module(
+        "benchmarks.pipeline",
+        *("--messages", "120", "--agents", "4", "--jobs", "2"),
+        *("--phases", "floor,e2e", "--backlog", "--timeout", "120"),
+    )
+    assert report["backlog"] is True and report["phases"] == ["floor", "e2e"]
+    assert report["e2e_msgs_s"] > 0 and report["floor_msgs_s"] > 0
+    assert report["engine_msgs_s"] is None and report["naive_msgs_s"] is None
+    assert report["e2e_peak_rss_mib"] > 0 and report["e2e_sampled_rss_max_mib"] > 0
+    assert report["e2e_from_start_s"] >= report["e2e_start_to_first_commit_s"] > 0
