@@ -374,6 +374,20 @@ def test_tampered_ciphertext_members(
     )
 
 
+@pytest.mark.parametrize("member", ["iv", "ct", "tag", "sig"])
+def test_copy_of_a_parsed_envelope_uses_its_own_members(
+    envelope: Envelope, agent_key: RSA.RsaKey, server_key: RSA.RsaKey, member: str
+) -> None:
+    """Parsing keeps each member's decoded bytes; a changed copy must not reuse them."""
+    parsed = protocol.parse_envelope(envelope.to_json())
+    changed = replace(parsed, **{member: _flip_b64(getattr(parsed, member))})
+    assert_bad_signature(changed, agent_key)
+    if member != "sig":
+        session_key = protocol.unwrap_key(parsed.ek, server_key)
+        assert reason(lambda: protocol.decrypt(changed, session_key)).reason == "decrypt_failed"
+    assert protocol.decrypt(parsed, protocol.unwrap_key(parsed.ek, server_key))  # unharmed
+
+
 def test_ct_with_appended_byte(envelope: Envelope, agent_key: RSA.RsaKey) -> None:
     ct = b64(base64.b64decode(envelope.ct) + b"\x00")
     assert_bad_signature(replace(envelope, ct=ct), agent_key)
