@@ -33,7 +33,7 @@ from types import FrameType
 from typing import IO, Any
 
 from sparklem_core import __version__, protocol
-from sparklem_core.cli import setup_logging
+from sparklem_core.cli import add_log_level_argument, setup_logging
 from sparklem_core.config import PROJECT_ROOT
 from sparklem_core.enrollment import (
     BUNDLE_NAME,
@@ -382,13 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"--once: seconds to wait for delivery (default {DEFAULT_FLUSH_TIMEOUT_S:g})",
     )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        metavar="L",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
-        help="DEBUG, INFO (default), WARNING or ERROR",
-    )
+    add_log_level_argument(parser)
     return parser
 
 

@@ -34,6 +34,18 @@ class MaskingFormatter(logging.Formatter):
         return mask_url(super().format(record))
 
 
+def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
+    """``--log-level``, the same for every command of the project."""
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        metavar="L",
+        choices=levels + [level.lower() for level in levels],
+        help="DEBUG, INFO (default), WARNING or ERROR",
+    )
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler()
     worker = os.environ.get("SPARKLEM_WORKER")
@@ -179,13 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--config", metavar="FILE", help="YAML config file (default: ./config.yaml when present)"
     )
-    common.add_argument(
-        "--log-level",
-        default="INFO",
-        metavar="L",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
-        help="DEBUG, INFO (default), WARNING or ERROR",
-    )
+    add_log_level_argument(common)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser(
         "run",
