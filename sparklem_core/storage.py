@@ -137,7 +137,7 @@ class Store:
         self.metadata = _core_metadata()
         self._owners: dict[str, str] = dict.fromkeys(CORE_TABLES, "sparklem core")
         self._plugin_tables: dict[str, str] = {}  # table -> plugin
-        self._inserts: dict[tuple[str, tuple[str, ...]], RowInsert] = {}
+        self._inserts: dict[tuple[Table, tuple[str, ...]], RowInsert] = {}
 
     @property
     def rejected(self) -> Table:
@@ -239,7 +239,7 @@ class Store:
         for row in rows:
             groups.setdefault(tuple(row), []).append(row)
         for columns, group in groups.items():
-            key = (table.name, columns)
+            key = (table, columns)  # the Table itself: a name can be registered again
             if key not in self._inserts:
                 self._inserts[key] = RowInsert(table, columns, self.engine.dialect)
             self._inserts[key].execute(conn, group)
