@@ -7,7 +7,14 @@ Plugin authors need only this module::
 
 import pluggy
 
-from sparklem_core.plugin_api import InvalidPayload, Manifest, Message, PluginResult
+from sparklem_core.plugin_api import (
+    InvalidPayload,
+    Manifest,
+    Message,
+    PluginResult,
+    check_text,
+    text_problem,
+)
 
 __version__ = "0.1.0"
 
@@ -21,5 +28,7 @@ __all__ = [
     "Message",
     "PluginResult",
     "__version__",
+    "check_text",
     "hookimpl",
+    "text_problem",
 ]

@@ -124,10 +124,17 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
+    plugin_topics = {n: config.plugin_topic(n, i.manifest.topic) for n, i in loaded.items()}
     pipeline = Pipeline(
-        config.processor, server_keys, registry, setup.plugins, config.plugins, setup.store
+        config.processor,
+        server_keys,
+        registry,
+        setup.plugins,
+        config.plugins,
+        setup.store,
+        topics=plugin_topics,
     )
-    topics = sorted({config.plugin_topic(n, i.manifest.topic) for n, i in loaded.items()})
+    topics = sorted(set(plugin_topics.values()))
     processor = Processor(config, pipeline, setup.store, topics)
     processor.install_signal_handlers()
     log.info(

@@ -37,6 +37,7 @@ class ConfigError(ValueError):
 @dataclass
 class ProcessorSettings:
     batch_size: int = 500  # records per consume() call, and per database transaction
+    batch_max_bytes: int = 8 * 1024 * 1024  # record bytes per database transaction
     poll_timeout_s: float = 0.2
     stats_interval_s: float = 30.0
     max_message_bytes: int = 1024 * 1024

@@ -23,7 +23,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tenacity import (
     Retrying,
@@ -34,13 +34,15 @@ from tenacity import (
 
 from sparklem_core.config import Config, mask_url
 from sparklem_core.pipeline import Pipeline, Record, Stats
-from sparklem_core.storage import Batch, Conflict, Store
+from sparklem_core.storage import Batch, Store
+from sparklem_core.writer import BatchWriter, Unavailable
 
 log = logging.getLogger(__name__)
 
 # librdkafka properties shared by every client kind (safe to hand to the admin client).
 _CLIENT_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.", "socket.", "broker.")
-# Errors that pass when the database comes back; anything else is a bug to surface.
+# Errors that pass when the database comes back, while the schema is prepared at start
+# (batches are judged by sparklem_core.db_errors instead).
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 _BROKER_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
 
@@ -70,19 +72,25 @@ class Stopping(Exception):
     """Raised out of a wait when a stop was requested."""
 
 
+class _NothingInHand(Exception):
+    """Raised out of a wait when a rebalance took every record being stored."""
+
+
 class Processor:
     def __init__(self, config: Config, pipeline: Pipeline, store: Store, topics: list[str]):
         self.config = config
         self.settings = config.processor
         self.pipeline = pipeline
         self.store = store
+        self.writer = BatchWriter(pipeline, store)
         self.topics = topics
         self.stats = Stats()
         self._window = Stats()
         self._window_start = self._last_stats = time.monotonic()
         self._stop = threading.Event()
         self._broker_down_since: float | None = None
-        self._in_hand: list[Record] = []
+        self._in_hand: list[Record] = []  # the records being stored now
+        self._pending: list[Record] = []  # consumed, to be stored after those in hand
         self._carry: list[Record] = []  # records that arrived while waiting for the database
         self._dead_letters: Producer | None = None
         self.consumer: Consumer | None = None
@@ -247,6 +255,7 @@ class Processor:
         # Only reachable while a batch waits for the database (callbacks run inside
         # consume()): records of partitions we no longer own go to their new owner.
         self._in_hand = [r for r in self._in_hand if (r.topic, r.partition) not in gone]
+        self._pending = [r for r in self._pending if (r.topic, r.partition) not in gone]
         self._carry = [r for r in self._carry if (r.topic, r.partition) not in gone]
         self.pipeline.forget_state()
 
@@ -265,20 +274,29 @@ class Processor:
     # --- one batch -----------------------------------------------------------------
 
     def _handle(self, records: list[Record]) -> None:
-        self._in_hand = records
-        try:
-            for attempt in self._retrying(
-                "database unavailable", TRANSIENT_DB_ERRORS, wait=self._wait_polling
-            ):
-                with attempt:
-                    batch, stats = self._store(self._in_hand)
-        except Stopping:
-            if self._in_hand:
+        """Store consumed records, one transaction per ``batch_max_bytes`` at most."""
+        self._pending = records
+        while self._pending:
+            if self._stop.is_set():
                 log.warning(
                     "stopping with %d records not stored; they will be consumed again",
-                    len(self._in_hand),
+                    len(self._pending),
                 )
-            return
+                self._pending = []
+                return
+            count = _fitting(self._pending, self.settings.batch_max_bytes)
+            self._in_hand, self._pending = self._pending[:count], self._pending[count:]
+            self._store_in_hand()
+
+    def _store_in_hand(self) -> None:
+        try:
+            for attempt in self._retrying(
+                "database unavailable", Unavailable, wait=self._wait_polling
+            ):
+                with attempt:
+                    batch, stats = self.writer.write(self._in_hand, self._topic_id)
+        except (Stopping, _NothingInHand):
+            return  # _handle says what was left when stopping
         finally:
             self._in_hand = []
             if self.consumer is not None:
@@ -287,44 +305,6 @@ class Processor:
         self._send_dead_letters(batch)
         self.stats.add(stats)
         self._window.add(stats)
-
-    def _store(self, records: list[Record]) -> tuple[Batch, Stats]:
-        for _ in range(10):
-            batch, stats = self.pipeline.process(records, self._topic_id)
-            try:
-                self.store.commit(batch)
-            except Conflict as exc:
-                log.info("another processor moved a mark first (%s); reloading", exc)
-                self.pipeline.forget_state()
-                continue
-            except TRANSIENT_DB_ERRORS:
-                raise
-            except SQLAlchemyError as exc:  # the rows themselves are refused: find whose
-                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
-                if len(records) > 1:
-                    log.warning(
-                        "database refused a batch (%s); storing it record by record", reason
-                    )
-                    return self._store_each(records)
-                batch, stats = self.pipeline.refuse(
-                    records[0], batch, f"database refused its rows: {reason}"
-                )
-                self.store.commit(batch)
-            self.pipeline.committed(batch)
-            return batch, stats
-        raise RuntimeError("ten optimistic conflicts in a row: two processors share a stream?")
-
-    def _store_each(self, records: list[Record]) -> tuple[Batch, Stats]:
-        total, stats = Batch(), Stats()
-        for record in records:
-            batch, one = self._store([record])
-            for table, rows in batch.rows.items():
-                total.rows.setdefault(table, []).extend(rows)
-            total.rejected.extend(batch.rejected)
-            total.streams.update(batch.streams)
-            total.offsets.update(batch.offsets)
-            stats.add(one)
-        return total, stats
 
     def _commit_offsets(self, batch: Batch) -> None:
         if not batch.offsets or self.consumer is None:
@@ -394,7 +374,7 @@ class Processor:
                 raise Stopping
             self._carry.extend(self._consume(self.settings.batch_size, 0.2))
         if not self._in_hand:
-            raise Stopping  # every record in hand went to another processor
+            raise _NothingInHand  # every record in hand went to another processor
 
     # --- logging -----------------------------------------------------------------------
 
@@ -421,6 +401,16 @@ class Processor:
             self._window.consumed / elapsed,
         )
         self._window, self._window_start, self._last_stats = Stats(), now, now
+
+
+def _fitting(records: list[Record], max_bytes: int) -> int:
+    """How many of the first records fit in ``max_bytes`` (always at least one)."""
+    total = 0
+    for count, record in enumerate(records):
+        total += len(record.value or b"")
+        if total > max_bytes and count > 0:
+            return count
+    return len(records)
 
 
 def _describe(partitions: list[TopicPartition]) -> str:

@@ -57,8 +57,10 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
 
     Returns a :class:`~sparklem_core.PluginResult`: rows per registered table, and the
     single readings refused (stored as ``invalid_reading``). Raise
-    :class:`~sparklem_core.InvalidPayload` to refuse the whole message; any other
-    exception is also recorded as ``invalid_payload`` with its text.
+    :class:`~sparklem_core.InvalidPayload` (or any ``ValueError``) to refuse the whole
+    message (``invalid_payload``); any other exception is recorded as
+    ``processing_error`` with its type and text. Rows holding text that some database
+    refuses (control characters, lone surrogates) are refused by the core, one by one.
     """
 
 

@@ -1,14 +1,18 @@
 """The per-record path, from Kafka record to a database batch, without Kafka or I/O.
 
-record → size → envelope → agent key → signature → server key → plugin known →
-session key (LRU by (kid, ek)) → AES-GCM → plaintext → clock skew → duplicate →
-plugin → rows. Any failure becomes a ``rejected_messages`` row with its reason.
+record → size → envelope → agent key → signature → server key → plugin known on this
+topic → session key (LRU by (kid, ek)) → AES-GCM → plaintext → clock skew → duplicate →
+plugin → rows → storable text. Any failure becomes a ``rejected_messages`` row with its
+reason, and the record's bytes a ``rejected_records`` row (whole once the signature
+verified, cut to ``rejected_raw_max_bytes`` before); an exception of any other kind
+becomes ``processing_error``. Nothing a record holds can raise out of :meth:`process`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +24,7 @@ from Crypto.PublicKey import RSA
 
 from sparklem_core import protocol
 from sparklem_core.config import ProcessorSettings
-from sparklem_core.plugin_api import Message
+from sparklem_core.plugin_api import Message, text_problem
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.registry import AgentRegistry
 from sparklem_core.storage import Batch, Store
@@ -65,13 +69,20 @@ class Pipeline:
         plugins: PluginHost,
         plugin_settings: Mapping[str, Mapping[str, Any]],
         store: Store,
+        topics: Mapping[str, str] | None = None,
     ) -> None:
+        """``topics``: each plugin's configured topic (default: its manifest's)."""
         self.settings = settings
         self.server_keys = dict(server_keys)
         self.registry = registry
         self.plugins = plugins.loaded()
         self.host = plugins
         self.plugin_settings = {n: dict(plugin_settings.get(n) or {}) for n in self.plugins}
+        self.topics = {
+            name: (topics or {}).get(name) or info.manifest.topic
+            for name, info in self.plugins.items()
+            if info.manifest is not None
+        }
         self.store = store
         self._seq: dict[tuple[str, str], int] = {}  # committed high-water marks
         # committed (next offset, topic id) per partition
@@ -127,12 +138,27 @@ class Pipeline:
                 current_id = topic_id(record.topic, False)
             expected = batch.offsets[tp][0] if tp in batch.offsets else stored_next
             batch.offsets[tp] = (expected, record.offset + 1, current_id)
+            authenticated = False
             try:
                 if isinstance(envelope, protocol.Rejected):
                     raise envelope
+                protocol.verify(envelope, self.registry.lookup(envelope.agent))
+                authenticated = True
                 self._message(record, envelope, batch, stats, seq_now, now)
             except protocol.Rejected as rejected:
-                self._reject(batch, stats, record, envelope, rejected, now)
+                self._reject(batch, stats, record, envelope, rejected, now, authenticated)
+            except Exception as exc:  # a bug met on this record: quarantine it, carry on
+                log.warning(
+                    "%s[%d]@%d: %s while processing it; stored as %s",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    type(exc).__name__,
+                    protocol.PROCESSING_ERROR,
+                    exc_info=True,
+                )
+                error = protocol.Rejected(protocol.PROCESSING_ERROR, _describe(exc))
+                self._reject(batch, stats, record, envelope, error, now, authenticated)
         return batch, stats
 
     def refuse(self, record: Record, batch: Batch, detail: str) -> tuple[Batch, Stats]:
@@ -141,7 +167,8 @@ class Pipeline:
         refused = Batch(streams=batch.streams, offsets=batch.offsets)
         stats = Stats(consumed=1)
         rejected = protocol.Rejected(protocol.INVALID_PAYLOAD, detail)
-        self._reject(refused, stats, record, envelope, rejected, datetime.now(UTC))
+        # Its rows reached the database, so it passed every check: signed by its agent.
+        self._reject(refused, stats, record, envelope, rejected, datetime.now(UTC), True)
         return refused, stats
 
     def committed(self, batch: Batch) -> None:
@@ -166,6 +193,8 @@ class Pipeline:
             return protocol.parse_envelope(value)
         except protocol.Rejected as rejected:
             return rejected
+        except Exception as exc:  # pragma: no cover - parse_envelope refuses what it cannot read
+            return protocol.Rejected(protocol.PROCESSING_ERROR, _describe(exc))
 
     def _message(
         self,
@@ -176,13 +205,20 @@ class Pipeline:
         seq_now: dict[tuple[str, str], int],
         now: datetime,
     ) -> None:
-        protocol.verify(env, self.registry.lookup(env.agent))
+        """An authenticated record: the rest of the checks, then its plugin's rows."""
         if env.kid not in self.server_keys:
             raise protocol.Rejected(protocol.UNKNOWN_KEY, f"no server key with kid {env.kid}")
         info = self.plugins.get(env.plugin)
         if info is None:
             raise protocol.Rejected(
                 protocol.UNKNOWN_PLUGIN, f"no enabled plugin named {env.plugin!r}"
+            )
+        if record.topic != self.topics[env.plugin]:
+            # Per-topic produce rights (Kafka ACLs) must decide which plugin a record reaches.
+            raise protocol.Rejected(
+                protocol.UNKNOWN_PLUGIN,
+                f"plugin {env.plugin!r} is not configured for topic {record.topic!r} "
+                f"(its topic is {self.topics[env.plugin]!r})",
             )
         plain = protocol.parse_plaintext(protocol.decrypt(env, self.session_key(env.kid, env.ek)))
         skew_ms = plain.ts - now.timestamp() * 1000
@@ -208,17 +244,25 @@ class Pipeline:
         )
         try:
             result = self.host.process(info, message, self.plugin_settings[env.plugin])
-            for table in result.rows:
-                if self.store.table_owner(table) != env.plugin:
-                    raise ValueError(f"plugin wrote to table {table!r}, which it did not register")
-        except Exception as exc:
-            detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            raise protocol.Rejected(protocol.INVALID_PAYLOAD, detail) from None
-        for table, rows in result.rows.items():
-            batch.rows.setdefault(table, []).extend(rows)
-            stats.rows += len(rows)
+        except ValueError as exc:  # InvalidPayload included: the plugin refuses the payload
+            raise protocol.Rejected(protocol.INVALID_PAYLOAD, str(exc)) from None
+        for table in result.rows:
+            if self.store.table_owner(table) != env.plugin:
+                raise protocol.Rejected(
+                    protocol.PROCESSING_ERROR,
+                    f"plugin wrote to table {table!r}, which it did not register",
+                )
         for refused in result.rejected:
             self._reject_reading(batch, stats, record, env, refused.detail, refused.reading, now)
+        for table, rows in result.rows.items():
+            stored = batch.rows.setdefault(table, [])
+            for row in rows:
+                problem = _row_problem(row)
+                if problem is None:
+                    stored.append(row)
+                    stats.rows += 1
+                else:
+                    self._reject_reading(batch, stats, record, env, f"{table}: {problem}", row, now)
         stats.stored += 1
 
     def _reject(
@@ -229,20 +273,19 @@ class Pipeline:
         env: Any,
         rejected: protocol.Rejected,
         now: datetime,
+        authenticated: bool,
     ) -> None:
         known = isinstance(env, protocol.Envelope)
         raw = record.value or b""
+        text = raw[: self.settings.rejected_raw_max_bytes].decode("utf-8", "replace")
+        if len(raw) > self.settings.rejected_raw_max_bytes:
+            text += f"…[{len(raw) - self.settings.rejected_raw_max_bytes} more bytes]"
+        agent = env.agent if known else None
+        plugin = env.plugin if known else None
         batch.rejected.append(
-            self._rejection(
-                record,
-                env.agent if known else None,
-                env.plugin if known else None,
-                rejected.reason,
-                rejected.detail,
-                raw.decode("utf-8", "replace"),
-                now,
-            )
+            self._rejection(record, agent, plugin, rejected.reason, rejected.detail, text, now)
         )
+        self._keep_record(batch, record, agent, plugin, authenticated, now)
         stats.rejected[rejected.reason] += 1
 
     def _reject_reading(
@@ -255,13 +298,48 @@ class Pipeline:
         reading: Any,
         now: datetime,
     ) -> None:
-        raw = json.dumps(reading, default=str, separators=(",", ":"))
+        try:
+            raw = json.dumps(reading, default=str, separators=(",", ":"))
+        except (ValueError, TypeError, RecursionError) as exc:  # a plugin's odd object
+            raw = f"(not JSON: {_describe(exc)})"
+        limit = self.settings.rejected_raw_max_bytes
+        if len(raw) > limit:
+            raw = raw[:limit] + f"…[{len(raw) - limit} more characters]"
         batch.rejected.append(
             self._rejection(
                 record, env.agent, env.plugin, protocol.INVALID_READING, detail, raw, now
             )
         )
+        self._keep_record(batch, record, env.agent, env.plugin, True, now)
         stats.rejected[protocol.INVALID_READING] += 1
+
+    def _keep_record(
+        self,
+        batch: Batch,
+        record: Record,
+        agent: str | None,
+        plugin: str | None,
+        authenticated: bool,
+        now: datetime,
+    ) -> None:
+        """The record's bytes, once per record: whole when signed, else cut to the limit."""
+        key = (record.topic, record.partition, record.offset)
+        if key in batch.records:
+            return
+        value = record.value or b""
+        limit = len(value) if authenticated else self.settings.rejected_raw_max_bytes
+        batch.records[key] = {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "agent_id": agent,
+            "plugin": plugin,
+            "authenticated": authenticated,
+            "size": len(value),
+            "truncated": len(value) > limit,
+            "value": value[:limit],
+            "received_at": now,
+        }
 
     def _rejection(
         self,
@@ -273,12 +351,6 @@ class Pipeline:
         raw: str,
         now: datetime,
     ) -> dict[str, Any]:
-        # PostgreSQL text cannot hold NUL; an unauthenticated sender must not be able to
-        # make a rejection unstorable (the batch would then never commit).
-        raw, detail = raw.replace("\x00", "\\u0000"), detail.replace("\x00", "\\u0000")
-        limit = self.settings.rejected_raw_max_bytes
-        if len(raw) > limit:
-            raw = raw[:limit] + f"…[{len(raw) - limit} more characters]"
         return {
             "topic": record.topic,
             "partition": record.partition,
@@ -286,8 +358,8 @@ class Pipeline:
             "agent_id": agent,
             "plugin": plugin,
             "reason": reason,
-            "detail": detail[:1000],
-            "raw": raw,
+            "detail": storable_text(detail[:1000]),
+            "raw": storable_text(raw),
             "received_at": now,
         }
 
@@ -301,3 +373,31 @@ class Pipeline:
         missing = keys - self._seq.keys()
         if missing:
             self._seq.update(self.store.load_streams(missing))
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what some database refuses escaped: NUL, lone surrogates.
+
+    Rejection rows carry text from the sender; it must never make them unstorable (the
+    batch would then never commit).
+    """
+    if _UNSTORABLE.search(text) is None:
+        return text
+    return text.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _row_problem(row: Mapping[str, Any]) -> str | None:
+    """Why a plugin's row cannot be stored alike on every database, or None."""
+    for column, value in row.items():
+        if type(value) is str:
+            problem = text_problem(value)
+            if problem is not None:
+                return f"column {column!r} {problem}"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]

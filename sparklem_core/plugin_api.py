@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,3 +63,39 @@ class PluginResult:
 
 class InvalidPayload(ValueError):
     """Raised by a plugin when a whole payload is unusable (reason ``invalid_payload``)."""
+
+
+# Characters some database refuses or mangles in text: C0 and C1 controls (NUL among them,
+# which PostgreSQL cannot store at all), DEL, and lone surrogates (not encodable as UTF-8).
+_UNSTORABLE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text alike on every database, or None.
+
+    The core runs this over every string of every row a plugin returns and refuses the
+    row (``invalid_reading``) when it finds a problem; plugins may call it (or
+    :func:`check_text`) to refuse the reading as sent instead.
+    """
+    found = _UNSTORABLE_TEXT.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    if char == "\x00":
+        return "holds a NUL character"
+    if "\ud800" <= char <= "\udfff":
+        return f"holds a lone surrogate (U+{ord(char):04X})"
+    return f"holds the control character U+{ord(char):04X}"
+
+
+def check_text(value: object, what: str, max_chars: int) -> str:
+    """``value`` if it is a storable string of 1 to ``max_chars`` characters.
+
+    Raises :class:`InvalidPayload` (a ``ValueError``) naming ``what`` otherwise.
+    """
+    if not isinstance(value, str) or not 1 <= len(value) <= max_chars:
+        raise InvalidPayload(f"'{what}' must be a string of 1 to {max_chars} characters")
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidPayload(f"'{what}' {problem}")
+    return value

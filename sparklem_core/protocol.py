@@ -44,6 +44,7 @@ IV_BYTES = 12
 TAG_BYTES = 16
 PSS_SALT_BYTES = 32
 MAX_SEQ = 2**63
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime holds
 MAX_JSON_DEPTH = 32
 
 AGENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -62,6 +63,7 @@ UNKNOWN_PLUGIN = "unknown_plugin"
 CLOCK_SKEW = "clock_skew"
 INVALID_PAYLOAD = "invalid_payload"
 INVALID_READING = "invalid_reading"
+PROCESSING_ERROR = "processing_error"  # ours, not the agent's: a bug met while handling it
 REASONS = (
     MALFORMED,
     TOO_LARGE,
@@ -74,6 +76,7 @@ REASONS = (
     CLOCK_SKEW,
     INVALID_PAYLOAD,
     INVALID_READING,
+    PROCESSING_ERROR,
 )
 
 
@@ -158,36 +161,46 @@ def b64decode(value: str, member: str, length: int | None = None) -> bytes:
 
 
 def loads_json(raw: bytes, what: str) -> Any:
-    """Parse JSON, refusing invalid UTF-8 and nesting deeper than MAX_JSON_DEPTH."""
+    """Strict JSON (RFC 8259) in linear time, ``malformed`` otherwise.
+
+    Refuses invalid UTF-8, ``NaN``/``Infinity`` (not JSON), integers of more than 4300
+    digits (Python's own limit, which keeps int parsing linear) and nesting deeper than
+    MAX_JSON_DEPTH. The C parser itself stops at Python's recursion limit; the depth is
+    then measured on the parsed value, iteratively, only when the text holds enough
+    brackets to exceed it.
+    """
     try:
         text = raw.decode("utf-8")
+        doc = json.loads(text, parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise Rejected(MALFORMED, f"{what} is not UTF-8") from None
-    if _nesting_depth(text) > MAX_JSON_DEPTH:
-        raise Rejected(MALFORMED, f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise Rejected(MALFORMED, f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
         raise Rejected(MALFORMED, f"{what} is not JSON ({str(exc)[:80]})") from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(doc):
+        raise Rejected(MALFORMED, f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    return doc
 
 
-# A JSON string (skipped whole: a "]" inside one must not offset real nesting) or a bracket.
-_JSON_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
-def _nesting_depth(text: str) -> int:
-    """JSON nesting depth, brackets inside strings excluded (exact for valid JSON)."""
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return 0
-    depth = deepest = 0
-    for match in _JSON_STRING_OR_BRACKET.finditer(text):
-        token = match.group()
-        if token == "[" or token == "{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif token == "]" or token == "}":
-            depth -= 1
-    return deepest
+def _too_deep(doc: Any) -> bool:
+    """Whether a parsed JSON value nests deeper than MAX_JSON_DEPTH (one pass, no recursion)."""
+    level: list[Any] = [doc]
+    for _ in range(MAX_JSON_DEPTH):
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                below.extend(v for v in item.values() if isinstance(v, dict | list))
+            elif isinstance(item, list):
+                below.extend(v for v in item if isinstance(v, dict | list))
+        if not below:
+            return False
+        level = below
+    return True
 
 
 def parse_envelope(value: bytes) -> Envelope:
@@ -371,8 +384,10 @@ def parse_plaintext(raw: bytes) -> Plaintext:
     seq, ts, data = doc.get("seq"), doc.get("ts"), doc.get("data")
     if type(seq) is not int or not 0 <= seq < MAX_SEQ:
         raise Rejected(MALFORMED, "plaintext 'seq' must be an integer in [0, 2^63)")
-    if type(ts) is not int or ts < 0:
-        raise Rejected(MALFORMED, "plaintext 'ts' must be a non-negative integer (ms)")
+    if type(ts) is not int or not 0 <= ts <= MAX_TS_MS:
+        raise Rejected(
+            MALFORMED, f"plaintext 'ts' must be an integer count of ms in [0, {MAX_TS_MS}]"
+        )
     if not isinstance(data, dict):
         raise Rejected(MALFORMED, "plaintext 'data' must be an object")
     return Plaintext(seq, ts, data)

@@ -21,11 +21,14 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
     Engine,
+    Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -39,13 +42,17 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
 log = logging.getLogger(__name__)
 
 ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
 
-CORE_TABLES = ("rejected_messages", "sparklem_streams", "sparklem_offsets")
+CORE_TABLES = ("rejected_messages", "rejected_records", "sparklem_streams", "sparklem_offsets")
+# A whole record of max_message_bytes (1 MiB by default) on every database: MySQL's BLOB
+# stops at 64 KiB.
+RECORD_BYTES = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 
 
 class TableClash(ValueError):
@@ -71,6 +78,25 @@ def _core_metadata() -> MetaData:
         Column("detail", Text, nullable=False),
         Column("raw", Text),
         Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    )
+    # The bytes of each rejected record, once per record however many of its readings
+    # were refused: whole once its signature verified (what redrive needs), else cut to
+    # rejected_raw_max_bytes (a flood of unsigned records must not fill the disk).
+    Table(
+        "rejected_records",
+        metadata,
+        Column("id", ID, primary_key=True, autoincrement=True),
+        Column("topic", String(255), nullable=False),
+        Column("partition", Integer, nullable=False),
+        Column("offset", BigInteger, nullable=False),
+        Column("agent_id", String(64)),
+        Column("plugin", String(64)),
+        Column("authenticated", Boolean, nullable=False),
+        Column("size", Integer, nullable=False),  # of the record as it arrived
+        Column("truncated", Boolean, nullable=False),  # value holds fewer than size bytes
+        Column("value", RECORD_BYTES, nullable=False),
+        Column("received_at", DateTime(timezone=True), nullable=False),
+        Index("ix_rejected_records_position", "topic", "partition", "offset"),
     )
     Table(
         "sparklem_streams",
@@ -99,6 +125,8 @@ class Batch:
 
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    # (topic, partition, offset) -> rejected_records row: the bytes of a rejected record
+    records: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
     # key -> (value the mark had when the batch began, or None if absent; new value)
     streams: dict[tuple[str, str], tuple[int | None, int]] = field(default_factory=dict)
     # (topic, partition) -> (stored next offset or None, new next offset, topic id)
@@ -142,6 +170,10 @@ class Store:
     @property
     def rejected(self) -> Table:
         return self.metadata.tables["rejected_messages"]
+
+    @property
+    def records(self) -> Table:
+        return self.metadata.tables["rejected_records"]
 
     @property
     def streams(self) -> Table:
@@ -229,6 +261,8 @@ class Store:
                 self._insert_rows(conn, self.metadata.tables[name], rows)
             if batch.rejected:
                 conn.execute(insert(self.rejected), batch.rejected)
+            if batch.records:
+                conn.execute(insert(self.records), list(batch.records.values()))
             self._move_marks(conn, self.streams, ("agent_id", "plugin"), "last_seq", streams)
             self._move_marks(conn, self.offsets, ("group_id", "topic", "partition"),
                              "next_offset", offsets)  # fmt: skip
@@ -281,6 +315,22 @@ class Store:
                 changed = sum(conn.execute(statement, p).rowcount for p in params)
             if changed != len(params):
                 raise Conflict(f"{table.name} moved by another processor")
+
+    def probe(self) -> bool:
+        """Whether the database answers a query on a fresh connection (not the pool's)."""
+        dialect = self.engine.dialect
+        try:
+            cargs, cparams = dialect.create_connect_args(self.engine.url)
+            connection = dialect.connect(*cargs, **cparams)
+            try:
+                cursor = connection.cursor()
+                cursor.execute("SELECT 1")
+                cursor.fetchall()
+            finally:
+                connection.close()
+        except Exception:  # whatever the driver raises: the database is not answering
+            return False
+        return True
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -282,7 +282,7 @@ def test_plugin_that_raises(fleet, db, processors, tmp_path, broker, database_ur
     fleet.send(fleet.envelope("edge-1", "temperature", GOOD), key="edge-1")
     fleet.flush()
     db.wait_count("temperature_readings", 1)
-    wait_for(lambda: db.reasons() == {"invalid_payload": 1}, 30, message="not rejected")
+    wait_for(lambda: db.reasons() == {"processing_error": 1}, 30, message="not rejected")
     (detail,) = db.rows("SELECT detail FROM rejected_messages")[0]
     assert "RuntimeError: boom 0" in detail
 

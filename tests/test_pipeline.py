@@ -283,7 +283,10 @@ def test_streams_are_per_agent_and_plugin(env: Env) -> None:
     records = [
         env.record(env.envelope(temperature(), seq=1, agent="edge-1")),
         env.record(env.envelope(temperature(), seq=1, agent="edge-2")),
-        env.record(env.envelope({"cpu": {"percent": 1.0}}, seq=1, plugin="pu_workload")),
+        env.record(
+            env.envelope({"cpu": {"percent": 1.0}}, seq=1, plugin="pu_workload"),
+            topic="sparklem.pu_workload",
+        ),
     ]
     stats = run(env.pipeline(), records)
     assert (stats.stored, stats.duplicates) == (3, 0)
@@ -364,10 +367,10 @@ def test_plugin_that_raises(env: Env) -> None:
     good = env.record(env.envelope(temperature(), seq=1))
     boom = env.record(env.envelope({"x": 1}, seq=7, plugin="exploder"), topic="sparklem.exploder")
     stats = run(env.pipeline(), [boom, good])
-    assert rejected_reasons(stats) == {"invalid_payload": 1}
+    assert rejected_reasons(stats) == {"processing_error": 1}  # a plugin bug, not bad data
     assert stats.stored == 1
     row = only_rejection(env)
-    assert row["reason"] == "invalid_payload" and row["plugin"] == "exploder"
+    assert row["reason"] == "processing_error" and row["plugin"] == "exploder"
     assert "RuntimeError: boom 7" in row["detail"]
     assert env.count("temperature_readings") == 1
 
@@ -375,7 +378,7 @@ def test_plugin_that_raises(env: Env) -> None:
 def test_plugin_writing_another_plugins_table(env: Env) -> None:
     value = env.envelope({"steal": True}, seq=1, plugin="exploder")
     stats = run(env.pipeline(), [env.record(value, topic="sparklem.exploder")])
-    assert rejected_reasons(stats) == {"invalid_payload": 1}
+    assert rejected_reasons(stats) == {"processing_error": 1}
     assert "temperature_readings" in only_rejection(env)["detail"]
     assert env.count("temperature_readings") == 0
 

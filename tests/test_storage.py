@@ -109,3 +109,26 @@ def test_rows_the_database_refuses_raise_sqlalchemy_errors(stores, row) -> None:
     with pytest.raises(SQLAlchemyError):
         ours.commit(Batch(rows={"ours": [{"name": "fine"}, row]}))
     assert stored(ours, "ours") == []  # all or nothing
+
+
+def test_migrations_build_exactly_the_declared_core_schema(database_url: str) -> None:
+    """The Alembic migrations and the core tables in storage.py describe one schema."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    store = Store(database_url, "g")
+    try:
+        store.create_schema()
+        with store.engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "version_table": "sparklem_alembic_version"}
+            )
+            differences = [
+                d
+                for d in compare_metadata(context, store.metadata)
+                # only the core tables are ours to compare: nothing else lives here
+                if not (d[0] == "remove_table" and d[1].name == "sparklem_alembic_version")
+            ]
+        assert differences == []
+    finally:
+        store.dispose()

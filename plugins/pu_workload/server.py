@@ -8,9 +8,11 @@ Payload (PROTOCOL.md): at least one of ``cpu`` and a non-empty ``gpus``::
 
 The payload is checked whole: any invalid member raises :class:`InvalidPayload` and
 nothing of the message is stored (there is no per-reading rejection here). Optional
-members may be left out; ``null`` is not accepted in their place. Unknown members are
-ignored, as the envelope's are. ``memory`` is stored on the ``cpu`` row, so without
-``cpu`` it is checked but not stored.
+members may be left out; ``null`` is not accepted in their place. Lists are capped
+(``per_core`` MAX_CORES items, ``gpus`` MAX_GPUS), so one message makes a bounded number
+of rows; text (GPU names) must be storable (:func:`sparklem_core.check_text`).
+Unknown members are ignored, as the envelope's are. ``memory`` is stored on the ``cpu``
+row, so without ``cpu`` it is checked but not stored.
 
 Rows, one per processing unit: ``cpu`` (index 0), ``core`` (index = position in
 ``per_core``) and ``gpu`` (index = the GPU's ``index``); columns that do not apply are NULL.
@@ -25,13 +27,15 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, Float, Index, Integer, String
 
-from sparklem_core import InvalidPayload, Manifest, Message, PluginResult, hookimpl
+from sparklem_core import InvalidPayload, Manifest, Message, PluginResult, check_text, hookimpl
 from sparklem_core.hookspecs import RegisterTable
 
 from .manifest import MANIFEST
 
 TABLE = "pu_workload_readings"
 MAX_NAME_CHARS = 128
+MAX_CORES = 1024  # per_core items: generous for any CPU, and a bound on rows per message
+MAX_GPUS = 64
 MAX_BYTES = 2**63 - 1  # what a BIGINT holds
 MAX_INDEX = 2**31 - 1  # what an INTEGER holds
 
@@ -72,7 +76,7 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
     data = _object(message.data, "data")
     cpu = _object(data["cpu"], "cpu") if "cpu" in data else None
     memory = _object(data["memory"], "memory") if "memory" in data else None
-    gpus = _list(data["gpus"], "gpus") if "gpus" in data else []
+    gpus = _list(data["gpus"], "gpus", MAX_GPUS) if "gpus" in data else []
     if cpu is None and not gpus:
         raise InvalidPayload("at least one of 'cpu' and a non-empty 'gpus' is required")
 
@@ -90,7 +94,7 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
         if "load_avg" in cpu:
             row["load_1m"], row["load_5m"], row["load_15m"] = _load_avg(cpu["load_avg"])
         rows.append(row)
-        per_core = _list(cpu["per_core"], "cpu.per_core") if "per_core" in cpu else []
+        per_core = _list(cpu["per_core"], "cpu.per_core", MAX_CORES) if "per_core" in cpu else []
         for i, pct in enumerate(per_core):
             rows.append(_row(common, "core", i, _percent(pct, f"cpu.per_core[{i}]")))
 
@@ -104,9 +108,7 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
         if index in seen:
             raise InvalidPayload(f"'{where}.index' {index} appears twice")
         seen.add(index)
-        name = gpu.get("name")
-        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
-            raise InvalidPayload(f"'{where}.name' must be a string of 1 to {MAX_NAME_CHARS} chars")
+        name = check_text(gpu.get("name"), f"{where}.name", MAX_NAME_CHARS)
         row = _row(common, "gpu", index, _percent(gpu.get("util_percent"), f"{where}.util_percent"))
         row["name"] = name
         row["mem_used_bytes"], row["mem_total_bytes"] = _used_total(
@@ -142,9 +144,11 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _list(value: Any, what: str) -> list[Any]:
+def _list(value: Any, what: str, max_items: int) -> list[Any]:
     if not isinstance(value, list):
         raise InvalidPayload(f"'{what}' must be a list")
+    if len(value) > max_items:
+        raise InvalidPayload(f"'{what}' must hold at most {max_items} items, not {len(value)}")
     return value
 
 
@@ -181,8 +185,8 @@ def _used_total(
 
 
 def _load_avg(value: Any) -> tuple[float, float, float]:
-    loads = _list(value, "cpu.load_avg")
-    if len(loads) != 3:
-        raise InvalidPayload(f"'cpu.load_avg' must hold 3 numbers, not {len(loads)}")
+    if not isinstance(value, list) or len(value) != 3:
+        raise InvalidPayload("'cpu.load_avg' must be a list of 3 numbers")
+    loads = value
     one, five, fifteen = (_number(x, "cpu.load_avg[]", low=0.0) for x in loads)
     return one, five, fifteen

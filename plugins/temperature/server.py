@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, Float, Index, Integer, String
 
-from sparklem_core import InvalidPayload, Manifest, Message, PluginResult, hookimpl
+from sparklem_core import InvalidPayload, Manifest, Message, PluginResult, check_text, hookimpl
 from sparklem_core.hookspecs import RegisterTable
 
 from .manifest import MANIFEST
@@ -89,9 +89,7 @@ def _parse_reading(reading: Any, low: float, high: float) -> tuple[str, float, d
     """Return (sensor, celsius, measured_at or None for the message's ts), or raise ValueError."""
     if not isinstance(reading, dict):  # JSON objects arrive as dicts
         raise ValueError("a reading must be an object")
-    sensor = reading.get("sensor")
-    if not isinstance(sensor, str) or not 1 <= len(sensor) <= MAX_SENSOR_CHARS:
-        raise ValueError(f"'sensor' must be a string of 1 to {MAX_SENSOR_CHARS} characters")
+    sensor = check_text(reading.get("sensor"), "sensor", MAX_SENSOR_CHARS)
     value = reading.get("value")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("'value' must be a number")

@@ -1,0 +1,123 @@
+"""Storing consumed records: one transaction per batch, record by record when refused.
+
+The step between the pipeline (records → :class:`~sparklem_core.storage.Batch`) and
+the Kafka offset commit, without Kafka: the consumer loop, the fuzz tests and the
+benchmarks all store through :class:`BatchWriter`.
+
+What can happen to a batch:
+
+* it commits: its marks are adopted and its offsets may be committed to Kafka;
+* another processor moved a mark first (:class:`~sparklem_core.storage.Conflict`): the
+  batch is processed again from fresh marks;
+* the database is unavailable (:mod:`~sparklem_core.db_errors` says so): nothing is
+  stored and :class:`Unavailable` asks the caller to retry the same records later;
+* the database refuses the data: the batch is stored record by record, and a record
+  whose own rows are refused becomes an ``invalid_payload`` rejection.
+
+Whatever the records hold, the result is rows or rejections, or :class:`Unavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from sparklem_core.db_errors import Verdict, classify
+from sparklem_core.pipeline import Pipeline, Record, Stats
+from sparklem_core.storage import Batch, Conflict, Store
+
+log = logging.getLogger(__name__)
+
+TopicId = Callable[[str, bool], "str | None"]
+MAX_CONFLICTS = 10
+
+
+class Unavailable(Exception):
+    """The database cannot store the batch now; retry the same records later."""
+
+
+class BatchWriter:
+    def __init__(self, pipeline: Pipeline, store: Store) -> None:
+        self.pipeline = pipeline
+        self.store = store
+
+    def write(
+        self, records: Sequence[Record], topic_id: TopicId = lambda _t, _f: None
+    ) -> tuple[Batch, Stats]:
+        """Store ``records``; returns what was committed. Raises :class:`Unavailable`."""
+        for _ in range(MAX_CONFLICTS):
+            batch, stats = self._process(records, topic_id)
+            try:
+                try:
+                    self.store.commit(batch)
+                except Conflict:
+                    raise
+                except Exception as exc:
+                    if self._verdict(exc) is Verdict.TRANSIENT:
+                        raise Unavailable(_first_line(exc)) from exc
+                    if len(records) > 1:
+                        log.warning(
+                            "database refused a batch (%s); storing it record by record",
+                            _first_line(exc),
+                        )
+                        return self._write_each(records, topic_id)
+                    batch, stats = self._refuse(records[0], batch, exc)
+            except Conflict as exc:
+                log.info("another processor moved a mark first (%s); reloading", exc)
+                self.pipeline.forget_state()
+                continue
+            self.pipeline.committed(batch)
+            return batch, stats
+        self.pipeline.forget_state()
+        raise Unavailable(f"{MAX_CONFLICTS} optimistic conflicts in a row")
+
+    def _process(self, records: Sequence[Record], topic_id: TopicId) -> tuple[Batch, Stats]:
+        try:
+            return self.pipeline.process(records, topic_id)
+        except SQLAlchemyError as exc:  # loading marks: no record's data is involved
+            raise Unavailable(_first_line(exc)) from exc
+
+    def _write_each(self, records: Sequence[Record], topic_id: TopicId) -> tuple[Batch, Stats]:
+        total, stats = Batch(), Stats()
+        for record in records:
+            batch, one = self.write([record], topic_id)
+            for table, rows in batch.rows.items():
+                total.rows.setdefault(table, []).extend(rows)
+            total.rejected.extend(batch.rejected)
+            total.records.update(batch.records)
+            total.streams.update(batch.streams)
+            total.offsets.update(batch.offsets)
+            stats.add(one)
+        return total, stats
+
+    def _refuse(self, record: Record, batch: Batch, exc: BaseException) -> tuple[Batch, Stats]:
+        """Commit ``record`` as a rejection in place of the rows the database refused."""
+        reason = _first_line(exc)
+        log.warning(
+            "%s[%d]@%d: the database refused its rows (%s); stored as invalid_payload",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+        )
+        refused, stats = self.pipeline.refuse(record, batch, f"database refused its rows: {reason}")
+        try:
+            self.store.commit(refused)
+        except Conflict:
+            raise
+        except Exception as again:
+            # A rejection row holds only checked, escaped values: the database itself fails.
+            raise Unavailable(_first_line(again)) from again
+        return refused, stats
+
+    def _verdict(self, exc: BaseException) -> Verdict:
+        verdict = classify(exc, self.store.probe)
+        log.debug("database error classified %s: %r", verdict.value, exc)
+        return verdict
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    return text.splitlines()[0][:300]
