@@ -5,6 +5,7 @@ Sections (add new fixtures to the matching section, or open a new one below):
 1. Markers        -- tests using a real broker or PostgreSQL are marked ``e2e``.
 2. Kafka broker   -- ``broker``: one Tansu broker for the whole session.
 3. SQL databases  -- ``pg_server`` (session) and ``database_url`` (per test, sqlite + postgresql).
+4. End to end     -- ``fleet`` (enrolled agents), ``db`` (queries), ``processors`` (stopped after).
 
 Polling helper for tests: ``from waiting import wait_for`` (tests/waiting.py).
 """
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import Db, Fleet, ProcessorProcess
 
 from sparklem_core.local_servers import LocalPostgres, TansuBroker
 
@@ -90,3 +92,32 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if not server.is_running():
         server.start()
     server.drop_database(name)  # WITH (FORCE): also ends connections the test left open
+
+
+# ======================================================================================
+# 4. End to end (tests/harness.py)
+# ======================================================================================
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, broker: TansuBroker) -> Iterator[Fleet]:
+    """Agents speaking the protocol, with ``edge-1`` enrolled, on per-test topics."""
+    fleet = Fleet(tmp_path, broker.bootstrap)
+    fleet.enroll("edge-1")
+    yield fleet
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Db]:
+    db = Db(database_url)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def processors() -> Iterator[list[ProcessorProcess]]:
+    """Processors started with ``harness.start``; any still running are killed after."""
+    started: list[ProcessorProcess] = []
+    yield started
+    for proc in started:
+        proc.close()

@@ -34,6 +34,9 @@ def temperature(*readings: tuple[str, float, str]) -> dict[str, Any]:
     return {"readings": [{"sensor": s, "value": v, "unit": u} for s, v, u in readings]}
 
 
+GOOD = temperature(("cpu", 50.0, "C"))
+
+
 class Fleet:
     """Enrolled agents with their keys, sending to per-test topics."""
 
@@ -225,3 +228,16 @@ class Db:
 
 def reading_json(rows: list[Any]) -> list[dict[str, Any]]:
     return [json.loads(r) for r in rows]
+
+
+def start(
+    processors: list[ProcessorProcess],
+    tmp_path: Path,
+    config: dict[str, Any],
+    name: str = "processor",
+    **kwargs: Any,
+) -> ProcessorProcess:
+    """Start a processor that the ``processors`` fixture stops after the test."""
+    proc = ProcessorProcess(tmp_path, config, name)
+    processors.append(proc)
+    return proc.start(**kwargs)

@@ -7,54 +7,16 @@ import base64
 import json
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from Crypto.Hash import SHA256
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
-from harness import Db, Fleet, ProcessorProcess, now_ms, temperature
+from harness import GOOD, Db, Fleet, ProcessorProcess, now_ms, start, temperature
 from waiting import wait_for
 
 from sparklem_core import protocol
 from sparklem_core.local_servers import TansuBroker
-
-GOOD = temperature(("cpu", 50.0, "C"))
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, broker: TansuBroker) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path, broker.bootstrap)
-    fleet.enroll("edge-1")
-    yield fleet
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Db]:
-    db = Db(database_url)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def processors(tmp_path: Path) -> Iterator[list[ProcessorProcess]]:
-    started: list[ProcessorProcess] = []
-    yield started
-    for proc in started:
-        proc.close()
-
-
-def start(
-    processors: list[ProcessorProcess],
-    tmp_path: Path,
-    config: dict,
-    name: str = "processor",
-    **kwargs,
-) -> ProcessorProcess:
-    proc = ProcessorProcess(tmp_path, config, name)
-    processors.append(proc)
-    return proc.start(**kwargs)
 
 
 def _resign(fleet: Fleet, env: dict, agent: str) -> dict:

@@ -339,6 +339,60 @@ def test_unknown_plugin(env: Env) -> None:
     assert "no_such_plugin" in row["detail"]
 
 
+def test_a_plugin_on_another_plugins_topic_is_unknown_there(env: Env) -> None:
+    """Per-topic produce rights decide which plugin a record can reach."""
+    value = env.envelope({"cpu": {"percent": 1.0}}, seq=1, plugin="pu_workload")
+    stats = run(env.pipeline(), [env.record(value, topic=TOPIC)])
+    assert rejected_reasons(stats) == {"unknown_plugin": 1}
+    assert "not configured for topic 'sparklem.temperature'" in only_rejection(env)["detail"]
+    assert env.count("pu_workload_readings") == 0
+
+
+def test_a_plugin_topic_can_be_configured(env: Env) -> None:
+    pipeline = env.pipeline()
+    pipeline.topics["temperature"] = "site-a.temps"
+    stats = run(pipeline, [env.record(env.envelope(temperature(), seq=1), topic="site-a.temps")])
+    assert stats.stored == 1
+
+
+def rejected_records(env: Env) -> list[dict[str, Any]]:
+    with env.store.engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM rejected_records ORDER BY id"))
+        return [dict(row._mapping) for row in rows]
+
+
+def test_a_signed_message_is_kept_whole_once_however_many_readings_are_refused(env: Env) -> None:
+    bad = [reading(f"s{i}", -300.0, pad="p" * 3000) for i in range(3)]
+    value = env.envelope(temperature(reading("ok", 40.0), *bad), seq=1)
+    assert len(value) > 9000
+    stats = run(env.pipeline(rejected_raw_max_bytes=100), [env.record(value)])
+    assert rejected_reasons(stats) == {"invalid_reading": 3}
+    (kept,) = rejected_records(env)  # one record, three refused readings
+    assert bytes(kept["value"]) == value and kept["size"] == len(value)
+    assert (kept["authenticated"], kept["truncated"]) == (True, False)
+    assert [r["offset"] for r in env.rejected()] == [kept["offset"]] * 3
+
+
+def test_an_unsigned_record_is_kept_up_to_the_limit_and_flagged(env: Env) -> None:
+    forged = json.loads(env.envelope(temperature(), seq=1))
+    forged["ct"] = forged["ct"][:-4] + "AAA="  # the signature no longer verifies
+    value = json.dumps({**forged, "pad": "x" * 5000}).encode()
+    stats = run(env.pipeline(rejected_raw_max_bytes=1000), [env.record(value)])
+    assert rejected_reasons(stats) == {"bad_signature": 1}
+    (kept,) = rejected_records(env)
+    assert bytes(kept["value"]) == value[:1000] and kept["size"] == len(value)
+    assert (kept["authenticated"], kept["truncated"]) == (False, True)
+
+
+def test_a_signed_message_refused_after_verification_is_kept_whole(env: Env) -> None:
+    value = env.envelope({"readings": "hot", "pad": "y" * 5000}, seq=1)
+    stats = run(env.pipeline(rejected_raw_max_bytes=100), [env.record(value)])
+    assert rejected_reasons(stats) == {"invalid_payload": 1}
+    (kept,) = rejected_records(env)
+    assert bytes(kept["value"]) == value and not kept["truncated"]
+    assert len(only_rejection(env)["raw"]) < 200  # the human-readable copy stays short
+
+
 def test_unknown_key(env: Env) -> None:
     value = env.envelope(temperature(), seq=1, server=env.keys.other_server)
     stats = run(env.pipeline(), [env.record(value)])
