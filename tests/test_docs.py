@@ -11,7 +11,7 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from sparklem_core import Message, hookspecs
+from sparklem_core import Message, hookspecs, protocol
 from sparklem_core.config import PROJECT_ROOT
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.storage import Store
@@ -156,3 +156,10 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
         "samples": [{"sensor": "iio:device0", "percent": 45.25}]
     }
     assert host.collect(info, {"path": str(tmp_path / "absent")}) is None
+
+
+def test_every_rejection_reason_is_documented() -> None:
+    for page in (PROJECT_ROOT / "README.md", PROJECT_ROOT / "docs" / "protocol.md"):
+        text = page.read_text(encoding="utf-8")
+        missing = [reason for reason in protocol.REASONS if f"`{reason}`" not in text]
+        assert not missing, f"{page.name} does not document {missing}"
