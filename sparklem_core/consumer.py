@@ -284,7 +284,7 @@ class Processor:
                 )
                 self._pending = []
                 return
-            count = _fitting(self._pending, self.settings.batch_max_bytes)
+            count = records_that_fit(self._pending, self.settings.batch_max_bytes)
             self._in_hand, self._pending = self._pending[:count], self._pending[count:]
             self._store_in_hand()
 
@@ -403,7 +403,7 @@ class Processor:
         self._window, self._window_start, self._last_stats = Stats(), now, now
 
 
-def _fitting(records: list[Record], max_bytes: int) -> int:
+def records_that_fit(records: list[Record], max_bytes: int) -> int:
     """How many of the first records fit in ``max_bytes`` (always at least one)."""
     total = 0
     for count, record in enumerate(records):
