@@ -35,7 +35,7 @@ from tenacity import (
 from sparklem_core.config import Config, mask_url
 from sparklem_core.pipeline import Pipeline, Record, Stats
 from sparklem_core.storage import Batch, Store
-from sparklem_core.writer import BatchWriter, Unavailable
+from sparklem_core.writer import BatchWriter, Interrupted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,12 @@ class Processor:
         self.settings = config.processor
         self.pipeline = pipeline
         self.store = store
-        self.writer = BatchWriter(pipeline, store)
         self.topics = topics
         self.stats = Stats()
         self._window = Stats()
         self._window_start = self._last_stats = time.monotonic()
         self._stop = threading.Event()
+        self.writer = BatchWriter(pipeline, store, stopping=self._stop.is_set)
         self._broker_down_since: float | None = None
         self._in_hand: list[Record] = []  # the records being stored now
         self._pending: list[Record] = []  # consumed, to be stored after those in hand
@@ -295,6 +295,9 @@ class Processor:
             ):
                 with attempt:
                     batch, stats = self.writer.write(self._in_hand, self._topic_id)
+        except Interrupted as exc:
+            log.warning("stopping with %s; they will be consumed again", exc)
+            return
         except (Stopping, _NothingInHand):
             return  # _handle says what was left when stopping
         finally:

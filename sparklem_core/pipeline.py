@@ -88,6 +88,7 @@ class Pipeline:
         # committed (next offset, topic id) per partition
         self._offsets: dict[tuple[str, int], tuple[int, str | None]] = {}
         self.session_key = lru_cache(maxsize=settings.key_cache_size)(self._unwrap)
+        self._tracebacks_logged: set[tuple[type[BaseException], str]] = set()
 
     def forget_state(self) -> None:
         """Drop cached marks (after a rebalance or a conflict): reread from the database."""
@@ -148,14 +149,17 @@ class Pipeline:
             except protocol.Rejected as rejected:
                 self._reject(batch, stats, record, envelope, rejected, now, authenticated)
             except Exception as exc:  # a bug met on this record: quarantine it, carry on
+                where = envelope.plugin if isinstance(envelope, protocol.Envelope) else ""
+                first = (type(exc), where) not in self._tracebacks_logged
+                self._tracebacks_logged.add((type(exc), where))
                 log.warning(
                     "%s[%d]@%d: %s while processing it; stored as %s",
                     record.topic,
                     record.partition,
                     record.offset,
-                    type(exc).__name__,
+                    _describe(exc)[:300],
                     protocol.PROCESSING_ERROR,
-                    exc_info=True,
+                    exc_info=first,  # the traceback once per kind, not once per record
                 )
                 error = protocol.Rejected(protocol.PROCESSING_ERROR, _describe(exc))
                 self._reject(batch, stats, record, envelope, error, now, authenticated)

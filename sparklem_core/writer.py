@@ -38,15 +38,26 @@ class Unavailable(Exception):
     """The database cannot store the batch now; retry the same records later."""
 
 
+class Interrupted(Exception):
+    """A stop was requested while storing record by record; the rest were not stored."""
+
+
 class BatchWriter:
-    def __init__(self, pipeline: Pipeline, store: Store) -> None:
+    def __init__(
+        self, pipeline: Pipeline, store: Store, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
+        """``stopping()`` is asked between records when a batch is stored one by one."""
         self.pipeline = pipeline
         self.store = store
+        self.stopping = stopping
 
     def write(
         self, records: Sequence[Record], topic_id: TopicId = lambda _t, _f: None
     ) -> tuple[Batch, Stats]:
-        """Store ``records``; returns what was committed. Raises :class:`Unavailable`."""
+        """Store ``records``; returns what was committed.
+
+        Raises :class:`Unavailable` (nothing stored) or :class:`Interrupted`.
+        """
         for _ in range(MAX_CONFLICTS):
             batch, stats = self._process(records, topic_id)
             try:
@@ -82,6 +93,9 @@ class BatchWriter:
     def _write_each(self, records: Sequence[Record], topic_id: TopicId) -> tuple[Batch, Stats]:
         total, stats = Batch(), Stats()
         for record in records:
+            if self.stopping():
+                # What was stored is committed with its offsets: the rest comes again.
+                raise Interrupted(f"{len(records) - stats.consumed} records not stored")
             batch, one = self.write([record], topic_id)
             for table, rows in batch.rows.items():
                 total.rows.setdefault(table, []).extend(rows)

@@ -27,7 +27,7 @@ from sparklem_core.pipeline import Pipeline, Record
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.registry import AgentRegistry
 from sparklem_core.storage import Batch, Store
-from sparklem_core.writer import BatchWriter, Unavailable
+from sparklem_core.writer import BatchWriter, Interrupted, Unavailable
 
 # A plugin that trusts its payload: whatever rows it is sent go to a table with limits.
 LOOSE = """\
@@ -290,3 +290,16 @@ def test_rejection_rows_hold_only_storable_text(world: World) -> None:
     ]
     kept = world.query("SELECT value FROM rejected_records ORDER BY id")
     assert [bytes(value) for (value,) in kept] == [nasty, raw_bytes]
+
+
+def test_a_stop_interrupts_storing_record_by_record(world: World) -> None:
+    answers = iter([False, True])  # stop once the first record is stored
+    world.writer.stopping = lambda: next(answers, True)
+    records = [world.good(), world.record("loose", {"rows": [{"n": None}]}), world.good()]
+    with pytest.raises(Interrupted, match="2 records not stored"):
+        world.writer.write(records)
+    assert world.query("SELECT COUNT(*) FROM temperature_readings") == [(1,)]
+    # the rest comes again (as Kafka redelivers it) and is stored once
+    batch, stats = BatchWriter(world.pipeline, world.store).write(records)
+    assert (stats.stored, stats.redelivered, dict(stats.rejected)) == (1, 1, {"invalid_payload": 1})
+    assert world.query("SELECT COUNT(*) FROM temperature_readings") == [(2,)]
