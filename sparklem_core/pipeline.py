@@ -171,8 +171,10 @@ class Pipeline:
         refused = Batch(streams=batch.streams, offsets=batch.offsets)
         stats = Stats(consumed=1)
         rejected = protocol.Rejected(protocol.INVALID_PAYLOAD, detail)
-        # Its rows reached the database, so it passed every check: signed by its agent.
-        self._reject(refused, stats, record, envelope, rejected, datetime.now(UTC), True)
+        kept = batch.records.get((record.topic, record.partition, record.offset))
+        # Rows are only made of messages whose signature verified.
+        authenticated = kept["authenticated"] if kept is not None else bool(batch.rows)
+        self._reject(refused, stats, record, envelope, rejected, datetime.now(UTC), authenticated)
         return refused, stats
 
     def committed(self, batch: Batch) -> None:
