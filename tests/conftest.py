@@ -4,7 +4,8 @@ Sections (add new fixtures to the matching section, or open a new one below):
 
 1. Markers        -- tests using a real broker or PostgreSQL are marked ``e2e``.
 2. Kafka broker   -- ``broker``: one Tansu broker for the whole session.
-3. SQL databases  -- ``pg_server`` (session) and ``database_url`` (per test, sqlite + postgresql).
+3. SQL databases  -- ``pg_server`` (session) and ``database_url`` (per test, sqlite + postgresql);
+                     ``mariadb_server`` (session) and ``mysql_url`` (per test, MariaDB only).
 4. End to end     -- ``fleet`` (enrolled agents), ``db`` (queries), ``processors`` (stopped after).
 
 Polling helper for tests: ``from waiting import wait_for`` (tests/waiting.py).
@@ -12,6 +13,7 @@ Polling helper for tests: ``from waiting import wait_for`` (tests/waiting.py).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +21,14 @@ from pathlib import Path
 import pytest
 from harness import Db, Fleet, ProcessorProcess
 
-from sparklem_core.local_servers import LocalPostgres, TansuBroker
+from sparklem_core.local_servers import LocalMariaDB, LocalPostgres, TansuBroker
 
 # ======================================================================================
 # 1. Markers
 # ======================================================================================
 
 #: Tests that request any of these fixtures talk to a real server: mark them ``e2e``.
-E2E_FIXTURES = frozenset({"broker", "pg_server"})
+E2E_FIXTURES = frozenset({"broker", "pg_server", "mariadb_server"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -58,6 +60,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
 # ======================================================================================
 
 
+def _skip_unless_available(reason: str | None) -> None:
+    """Skip when a database server cannot run here; fail instead where CI installs them."""
+    if reason is None:
+        return
+    if os.environ.get("SPARKLEM_TEST_REQUIRE_SERVERS"):
+        pytest.fail(f"SPARKLEM_TEST_REQUIRE_SERVERS is set, but: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[LocalPostgres]:
     """A local PostgreSQL server for the session; skips when the binaries are absent.
@@ -65,9 +76,7 @@ def pg_server() -> Iterator[LocalPostgres]:
     Tests may ``stop()`` it to simulate an outage; they must ``start()`` it again (the
     ``database_url`` fixture also restarts it if a test left it stopped).
     """
-    reason = LocalPostgres.available()
-    if reason is not None:
-        pytest.skip(reason)
+    _skip_unless_available(LocalPostgres.available())
     with LocalPostgres() as server:
         yield server
 
@@ -92,6 +101,29 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if not server.is_running():
         server.start()
     server.drop_database(name)  # WITH (FORCE): also ends connections the test left open
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[LocalMariaDB]:
+    """A local MariaDB server for the session; skips when the binaries are absent.
+
+    Not part of ``database_url``: full MariaDB support comes later. Tests that need every
+    database parametrize over fixture names (``database_url`` and ``mysql_url``).
+    """
+    _skip_unless_available(LocalMariaDB.available())
+    with LocalMariaDB() as server:
+        yield server
+
+
+@pytest.fixture
+def mysql_url(mariadb_server: LocalMariaDB) -> Iterator[str]:
+    """SQLAlchemy URL (``mysql+pymysql``) of a fresh, empty MariaDB database, dropped after."""
+    mariadb_server.start()  # no-op when running; recovers from a test that left it stopped
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = mariadb_server.create_database(name)
+    yield url
+    mariadb_server.start()
+    mariadb_server.drop_database(name)
 
 
 # ======================================================================================

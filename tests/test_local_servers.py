@@ -1,4 +1,5 @@
-"""Smoke tests for the local Kafka broker and PostgreSQL helpers (sparklem_core.local_servers)."""
+"""Smoke tests for the local Kafka broker, PostgreSQL and MariaDB helpers
+(sparklem_core.local_servers)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from waiting import wait_for
 
-from sparklem_core.local_servers import LocalPostgres, TansuBroker, free_port
+from sparklem_core.local_servers import (
+    LocalMariaDB,
+    LocalPostgres,
+    LocalServerError,
+    TansuBroker,
+    free_port,
+)
 
 
 def _unique(prefix: str) -> str:
@@ -118,3 +125,50 @@ def test_database_url_is_empty_and_usable(database_url: str) -> None:
             assert conn.execute(sa.text("SELECT x FROM t")).scalar() == 42
     finally:
         engine.dispose()
+
+
+def test_mariadb_outage_and_recovery(mariadb_server: LocalMariaDB) -> None:
+    engine = sa.create_engine(mariadb_server.url, pool_pre_ping=True)
+    table = f"outage_{uuid.uuid4().hex[:8]}"
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE TABLE {table} (id integer PRIMARY KEY)"))
+            conn.execute(sa.text(f"INSERT INTO {table} VALUES (1)"))
+
+        mariadb_server.stop()
+        try:
+            with pytest.raises(sa.exc.OperationalError):
+                engine.connect().close()
+        finally:
+            mariadb_server.start()
+
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_mysql_url_is_empty_and_dropped_with_connections_open(
+    mariadb_server: LocalMariaDB,
+) -> None:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(mariadb_server.create_database(name))
+    try:
+        assert sa.inspect(engine).get_table_names() == []
+        conn = engine.connect()
+        conn.execute(sa.text("CREATE TABLE t (x integer)"))
+        conn.execute(sa.text("INSERT INTO t VALUES (42)"))  # transaction left open
+        mariadb_server.drop_database(name)  # ends that connection instead of waiting on it
+        with pytest.raises(sa.exc.OperationalError):
+            conn.execute(sa.text("SELECT 1"))
+        with pytest.raises(sa.exc.OperationalError, match="Unknown database"):
+            engine.connect()
+    finally:
+        engine.dispose()
+
+
+def test_mariadb_refuses_a_database_name_it_would_have_to_quote(
+    mariadb_server: LocalMariaDB,
+) -> None:
+    with pytest.raises(LocalServerError, match="letters, digits and _"):
+        mariadb_server.create_database("x`; DROP DATABASE mysql; --")
