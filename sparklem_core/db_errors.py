@@ -87,6 +87,15 @@ def classify(exc: BaseException, probe: Callable[[], bool]) -> Verdict:
 
 
 def _by_code(error: BaseException) -> Verdict | None:
+    # MySQL drivers also carry an SQLSTATE, but a coarse one (HY000 for most errors):
+    # the error number is what says it.
+    if type(error).__module__.startswith(("pymysql", "MySQLdb")) and error.args:
+        number = error.args[0]
+        if number in _MYSQL_TRANSIENT:
+            return Verdict.TRANSIENT
+        if number in _MYSQL_DATA:
+            return Verdict.DATA
+        return None
     sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
     if isinstance(sqlstate, str) and len(sqlstate) == 5:
         if sqlstate[:2] in _SQLSTATE_TRANSIENT:
@@ -100,12 +109,5 @@ def _by_code(error: BaseException) -> Verdict | None:
         if primary in _SQLITE_TRANSIENT:
             return Verdict.TRANSIENT
         if primary in _SQLITE_DATA:
-            return Verdict.DATA
-        return None
-    if type(error).__module__.startswith(("pymysql", "MySQLdb")) and error.args:
-        number = error.args[0]
-        if number in _MYSQL_TRANSIENT:
-            return Verdict.TRANSIENT
-        if number in _MYSQL_DATA:
             return Verdict.DATA
     return None

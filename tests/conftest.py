@@ -4,8 +4,9 @@ Sections (add new fixtures to the matching section, or open a new one below):
 
 1. Markers        -- tests using a real broker or PostgreSQL are marked ``e2e``.
 2. Kafka broker   -- ``broker``: one Tansu broker for the whole session.
-3. SQL databases  -- ``pg_server`` (session) and ``database_url`` (per test, sqlite + postgresql);
-                     ``mariadb_server`` (session) and ``mysql_url`` (per test, MariaDB only).
+3. SQL databases  -- servers ``pg_server``, ``mariadb_server`` (session); fresh databases
+                     ``pg_url``, ``mysql_url``, ``database_url`` (sqlite + postgresql) and
+                     ``any_database_url`` (sqlite + postgresql + mariadb), per test.
 4. End to end     -- ``fleet`` (enrolled agents), ``db`` (queries), ``processors`` (stopped after).
 
 Polling helper for tests: ``from waiting import wait_for`` (tests/waiting.py).
@@ -28,7 +29,7 @@ from sparklem_core.local_servers import LocalMariaDB, LocalPostgres, TansuBroker
 # ======================================================================================
 
 #: Tests that request any of these fixtures talk to a real server: mark them ``e2e``.
-E2E_FIXTURES = frozenset({"broker", "pg_server", "mariadb_server"})
+E2E_FIXTURES = frozenset({"broker", "pg_server", "pg_url", "mariadb_server", "mysql_url"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -81,26 +82,42 @@ def pg_server() -> Iterator[LocalPostgres]:
         yield server
 
 
+@pytest.fixture
+def pg_url(pg_server: LocalPostgres) -> Iterator[str]:
+    """SQLAlchemy URL of a fresh, empty PostgreSQL database on ``pg_server``, dropped after
+    (so tests never see each other's rows)."""
+    pg_server.start()  # no-op when running; recovers from a test that left it stopped
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = pg_server.create_database(name)
+    yield url
+    if not pg_server.is_running():
+        pg_server.start()
+    pg_server.drop_database(name)  # WITH (FORCE): also ends connections the test left open
+
+
 @pytest.fixture(
     params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)],
 )
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """SQLAlchemy URL of an empty database, once for SQLite and once for PostgreSQL.
-
-    PostgreSQL: a fresh database per test on ``pg_server`` (dropped afterwards), so tests
-    never see each other's rows.
-    """
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLAlchemy URL of an empty database, once for SQLite and once for PostgreSQL."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/db.sqlite3"
-        return
-    server: LocalPostgres = request.getfixturevalue("pg_server")
-    server.start()  # no-op when running; recovers from a test that left it stopped
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    url = server.create_database(name)
-    yield url
-    if not server.is_running():
-        server.start()
-    server.drop_database(name)  # WITH (FORCE): also ends connections the test left open
+        return f"sqlite:///{tmp_path}/db.sqlite3"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.e2e),
+        pytest.param("mysql", marks=pytest.mark.e2e),
+    ],
+)
+def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Like ``database_url``, and once more on MariaDB: for what must hold on every
+    supported database already (error handling, schema creation)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/db.sqlite3"
+    return request.getfixturevalue("pg_url" if request.param == "postgresql" else "mysql_url")
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,7 @@ def sparklem_register_tables(register):
         Column("big", Text),
         Column("at", DateTime(timezone=True)),
         Column("n", Integer, nullable=False),
-        Index("ix_loose_big", "big"),
+        Index("ix_loose_big", "big", mysql_length=255),
     )
 
 
@@ -98,6 +98,37 @@ def test_postgresql_errors_are_judged_by_sqlstate(pg_server: Any, code: str) -> 
                 )
             )
         assert classify(error, no_probe) is PG_CODES[code]
+    finally:
+        store.dispose()
+
+
+MYSQL_NUMBERS = {
+    1205: Verdict.TRANSIENT,  # lock wait timeout
+    1213: Verdict.TRANSIENT,  # deadlock
+    1021: Verdict.TRANSIENT,  # disk full
+    2013: Verdict.TRANSIENT,  # lost connection
+    1146: Verdict.TRANSIENT,  # no such table: the operator's
+    1406: Verdict.DATA,  # data too long
+    1292: Verdict.DATA,  # incorrect datetime value
+    1366: Verdict.DATA,  # incorrect string value
+    1048: Verdict.DATA,  # column cannot be null
+}
+
+
+@pytest.mark.parametrize("number", sorted(MYSQL_NUMBERS))
+def test_mariadb_errors_are_judged_by_error_number(mariadb_server: Any, number: int) -> None:
+    """SIGNAL raises a real server error with the number asked for (PyMySQL maps some of
+    them to OperationalError and the rest to InternalError: the class says nothing)."""
+    store = Store(mariadb_server.url_for("mysql"), "g")
+    try:
+        with store.engine.connect() as conn:
+            error = raised(
+                lambda: conn.exec_driver_sql(
+                    f"SIGNAL SQLSTATE '45000' SET MYSQL_ERRNO = {number}, MESSAGE_TEXT = 'x'"
+                )
+            )
+        assert getattr(error, "orig", None) is not None and error.orig.args[0] == number
+        assert classify(error, no_probe) is MYSQL_NUMBERS[number]
     finally:
         store.dispose()
 
@@ -193,8 +224,8 @@ def rsa_keys() -> tuple[RSA.RsaKey, RSA.RsaKey]:
 
 
 @pytest.fixture
-def world(tmp_path: Path, database_url: str, rsa_keys: Any) -> Iterator[World]:
-    made = World(tmp_path, database_url, *rsa_keys)
+def world(tmp_path: Path, any_database_url: str, rsa_keys: Any) -> Iterator[World]:
+    made = World(tmp_path, any_database_url, *rsa_keys)
     yield made
     made.store.dispose()
 
@@ -219,6 +250,12 @@ REFUSED = {
         "value too long": {"n": 1, "short": "123456789"},
         "incorrect datetime": {"n": 1, "at": "not a date"},
         "index row too large": {"n": 1, "big": incompressible(12000)},
+    },
+    "mysql": {
+        "not null": {"n": None},
+        "integer out of range": {"n": 2**40},
+        "value too long": {"n": 1, "short": "123456789"},
+        "incorrect datetime": {"n": 1, "at": "not a date"},
     },
 }
 
@@ -303,3 +340,13 @@ def test_a_stop_interrupts_storing_record_by_record(world: World) -> None:
     batch, stats = BatchWriter(world.pipeline, world.store).write(records)
     assert (stats.stored, stats.redelivered, dict(stats.rejected)) == (1, 1, {"invalid_payload": 1})
     assert world.query("SELECT COUNT(*) FROM temperature_readings") == [(2,)]
+
+
+def test_a_signed_record_near_the_size_limit_is_kept_whole(world: World) -> None:
+    """rejected_records.value holds max_message_bytes everywhere (MySQL BLOB: 64 KiB)."""
+    big = world.record("temperature", {"readings": "hot", "pad": incompressible(770_000)})
+    assert 1_000_000 < len(big.value) <= ProcessorSettings().max_message_bytes
+    batch, stats = world.writer.write([big])
+    assert stats.rejected == {"invalid_payload": 1}
+    ((value, size, truncated),) = world.query("SELECT value, size, truncated FROM rejected_records")
+    assert (bytes(value), size, bool(truncated)) == (big.value, len(big.value), False)
