@@ -45,7 +45,18 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from sparklem_core import protocol
 from sparklem_core.config import Config
 from sparklem_core.plugin_manager import PluginHost
-from sparklem_core.registry import NoServerKey, load_server_keys
+from sparklem_core.registry import (
+    AGENTS_DIR,
+    KEY_PARSE_ERRORS,
+    MISPLACED_SECRET,
+    REVOKED_DIR,
+    SERVER_KEY_GLOB,
+    NoServerKey,
+    load_server_keys,
+    one_line,
+    read_agent_key,
+    read_key_file,
+)
 
 BUNDLE_NAME = "config.tar.xz"
 BUNDLE_VERSION = 1
@@ -146,11 +157,11 @@ def fingerprint(key: RSA.RsaKey) -> str:
 
 
 def agent_key_path(certificates: Path, agent_id: str) -> Path:
-    return certificates / "agents" / f"{agent_id}.pem"
+    return certificates / AGENTS_DIR / f"{agent_id}.pem"
 
 
 def revoked_key_path(certificates: Path, agent_id: str) -> Path:
-    return certificates / "revoked" / f"{agent_id}.pem"
+    return certificates / REVOKED_DIR / f"{agent_id}.pem"
 
 
 def server_key(certificates: Path) -> RSA.RsaKey:
@@ -161,8 +172,11 @@ def server_key(certificates: Path) -> RSA.RsaKey:
         raise EnrollmentError(str(exc)) from None
     if len(keys) == 1:
         return next(iter(keys.values()))
-    newest = max(certificates.glob("server_private*.pem"), key=lambda p: p.stat().st_mtime)
-    return RSA.import_key(newest.read_bytes())
+    newest = max(certificates.glob(SERVER_KEY_GLOB), key=lambda p: p.lstat().st_mtime)
+    try:
+        return RSA.import_key(read_key_file(newest))  # load_server_keys has just checked it
+    except KEY_PARSE_ERRORS as exc:
+        raise EnrollmentError(f"{newest} changed while it was read: {exc}") from None
 
 
 def check_enrollable(certificates: Path, agent_id: str, force: bool) -> None:
@@ -213,19 +227,32 @@ class AgentEntry:
     fingerprint: str  # "" when the file is not a usable key
     modified: datetime
     path: Path
+    problem: str = ""  # why the file is not a usable key
 
 
 def list_agents(certificates: Path) -> list[AgentEntry]:
-    """Enrolled then revoked agents, each sorted by id."""
+    """Enrolled then revoked agents, each sorted by id; files are read like the registry
+    reads them (regular files only, bounded)."""
     entries = []
-    for status, directory in (("enrolled", "agents"), ("revoked", "revoked")):
-        for path in sorted((certificates / directory).glob("*.pem")):
+    for status, directory in (("enrolled", AGENTS_DIR), ("revoked", REVOKED_DIR)):
+        try:
+            names = sorted(n for n in os.listdir(certificates / directory) if n.endswith(".pem"))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise EnrollmentError(
+                f"cannot list {certificates / directory}: {_reason(exc)}"
+            ) from None
+        for name in names:
+            path = certificates / directory / name
             try:
-                fp = fingerprint(RSA.import_key(path.read_bytes()))
-            except (OSError, ValueError, IndexError, TypeError):
-                fp = ""
-            modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-            entries.append(AgentEntry(path.stem, status, fp, modified, path))
+                modified = datetime.fromtimestamp(path.lstat().st_mtime, UTC)
+            except OSError:  # removed since the listing
+                continue
+            agent = read_agent_key(path, one_line(f"{directory}/{name}"))
+            entries.append(
+                AgentEntry(agent.agent_id, status, agent.fingerprint, modified, path, agent.problem)
+            )
     return entries
 
 
@@ -233,7 +260,11 @@ def format_agents(entries: list[AgentEntry]) -> str:
     rows = [("AGENT", "STATUS", "FINGERPRINT", "MODIFIED (UTC)")]
     for e in entries:
         when = e.modified.strftime("%Y-%m-%d %H:%M:%S")
-        rows.append((e.agent_id, e.status, e.fingerprint or "(unreadable key)", when))
+        misplaced = e.problem.startswith(MISPLACED_SECRET)
+        usable = e.fingerprint or (
+            "(private key: move it away)" if misplaced else "(unreadable key)"
+        )
+        rows.append((one_line(e.agent_id), e.status, usable, when))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]

@@ -8,6 +8,7 @@ import io
 import lzma
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -595,3 +596,19 @@ def test_cli_interactive(certs: Path, monkeypatch: pytest.MonkeyPatch, capsys) -
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_cli_list_with_odd_files(certs: Path) -> None:
+    env = {"SPARKLEM_CERTIFICATES_DIR": str(certs)}
+    make(certs, "alpha")
+    os.mkfifo(certs / "agents" / "fifo.pem")
+    (certs / "agents" / "loop.pem").symlink_to("loop.pem")
+    listed = run_gen_config("--list", cwd=certs.parent, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"alpha\s+enrolled\s+[0-9a-f]{16}", listed.stdout)
+    assert re.search(r"fifo\s+enrolled\s+\(unreadable key\)", listed.stdout)
+    shutil.rmtree(certs / "agents")
+    (certs / "agents").write_text("not a directory")
+    broken = run_gen_config("--list", cwd=certs.parent, env=env)
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert "cannot list" in broken.stderr and broken.stderr.strip().count("\n") == 0
