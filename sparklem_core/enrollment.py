@@ -52,10 +52,11 @@ from sparklem_core.registry import (
     REVOKED_DIR,
     SERVER_KEY_GLOB,
     NoServerKey,
+    UnusableFile,
     load_server_keys,
     one_line,
     read_agent_key,
-    read_key_file,
+    read_regular_file,
 )
 
 BUNDLE_NAME = "config.tar.xz"
@@ -174,7 +175,7 @@ def server_key(certificates: Path) -> RSA.RsaKey:
         return next(iter(keys.values()))
     newest = max(certificates.glob(SERVER_KEY_GLOB), key=lambda p: p.lstat().st_mtime)
     try:
-        return RSA.import_key(read_key_file(newest))  # load_server_keys has just checked it
+        return RSA.import_key(read_regular_file(newest))  # load_server_keys has just checked it
     except KEY_PARSE_ERRORS as exc:
         raise EnrollmentError(f"{newest} changed while it was read: {exc}") from None
 
@@ -512,14 +513,11 @@ class Bundle:
 
 
 def load_bundle(path: Path, passphrase: str) -> Bundle:
-    """Read and open the bundle file at ``path``."""
+    """Read and open the bundle file at ``path`` (a regular file, or a link to one)."""
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_BUNDLE_BYTES + 1)
-    except OSError as exc:
-        raise BundleError(f"cannot read bundle {path}: {_reason(exc)}") from None
-    if len(data) > MAX_BUNDLE_BYTES:
-        raise BundleError(f"bundle {path} is larger than {MAX_BUNDLE_BYTES} bytes")
+        data = read_regular_file(path, MAX_BUNDLE_BYTES, follow_links=True)
+    except UnusableFile as exc:
+        raise BundleError(f"bundle {path} {exc}") from None
     return open_bundle(data, passphrase)
 
 

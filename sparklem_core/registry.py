@@ -10,7 +10,7 @@ The directory is re-read every few seconds, so enrolment and revocation take eff
 without a restart. Only files that changed are read again.
 
 Every byte here is treated as hostile: key files are read only when they are regular
-files of at most ``MAX_KEY_FILE_BYTES`` (:func:`read_key_file`: no link followed, no
+files of at most ``MAX_KEY_FILE_BYTES`` (:func:`read_regular_file`: no link followed, no
 FIFO or device opened). An unusable file makes that one agent unknown and is logged
 once per version of the file; a directory that cannot be listed is logged once and
 never raises. A file in ``revoked/`` counts by its name alone, readable or not.
@@ -54,8 +54,9 @@ class NoServerKey(RuntimeError):
     pass
 
 
-class KeyFileError(ValueError):
-    """A key file that is not a regular file of bounded size; the text says why."""
+class UnusableFile(ValueError):
+    """A file that is not a readable regular file of bounded size; the text says why,
+    written to follow the file's name ("is a FIFO, not a regular file")."""
 
 
 @dataclass(frozen=True)
@@ -82,37 +83,42 @@ def create_server_key(certificates: Path, bits: int = 3072) -> tuple[Path, bool]
     return path, True
 
 
-def read_key_file(path: Path, limit: int = MAX_KEY_FILE_BYTES) -> bytes:
+def read_regular_file(
+    path: Path, limit: int = MAX_KEY_FILE_BYTES, *, follow_links: bool = False
+) -> bytes:
     """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
 
-    Never follows a symbolic link and never blocks on a FIFO; :class:`KeyFileError` else.
+    Never blocks on a FIFO or opens a device, and follows a symbolic link only with
+    ``follow_links`` (for a path the operator names); :class:`UnusableFile` else.
     """
     try:
-        kind = _kind(os.lstat(path).st_mode)  # refuse specials before opening them at all
+        st = os.stat(path) if follow_links else os.lstat(path)
     except OSError as exc:
-        raise KeyFileError(f"cannot be read: {_strerror(exc)}") from None
+        raise UnusableFile(f"cannot be read: {_strerror(exc)}") from None
+    kind = _kind(st.st_mode)  # refuse specials before opening them at all
     if kind:
-        raise KeyFileError(f"is {kind}, not a regular file")
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        raise UnusableFile(f"is {kind}, not a regular file")
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    flags |= 0 if follow_links else os.O_NOFOLLOW
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # replaced by a link since the lstat
-            raise KeyFileError("is a symbolic link, not a regular file") from None
-        raise KeyFileError(f"cannot be read: {_strerror(exc)}") from None
+        if exc.errno == errno.ELOOP and not follow_links:  # a link since the lstat
+            raise UnusableFile("is a symbolic link, not a regular file") from None
+        raise UnusableFile(f"cannot be read: {_strerror(exc)}") from None
     try:
         kind = _kind(os.fstat(fd).st_mode)
         if kind:
-            raise KeyFileError(f"is {kind}, not a regular file")
+            raise UnusableFile(f"is {kind}, not a regular file")
         chunks, size = [], 0
         while chunk := os.read(fd, limit + 1 - size):
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
-                raise KeyFileError(f"is larger than {limit} bytes; a key file is a few KiB")
+                raise UnusableFile(f"is larger than {limit} bytes")
         return b"".join(chunks)
     except OSError as exc:
-        raise KeyFileError(f"cannot be read: {_strerror(exc)}") from None
+        raise UnusableFile(f"cannot be read: {_strerror(exc)}") from None
     finally:
         os.close(fd)
 
@@ -122,8 +128,8 @@ def load_server_keys(certificates: Path) -> dict[str, RSA.RsaKey]:
     keys = {}
     for path in sorted(certificates.glob(SERVER_KEY_GLOB)):
         try:
-            key = RSA.import_key(read_key_file(path))
-        except KeyFileError as exc:
+            key = RSA.import_key(read_regular_file(path))
+        except UnusableFile as exc:
             raise NoServerKey(f"{path} {exc}") from None
         except KEY_PARSE_ERRORS as exc:
             raise NoServerKey(f"{path} is not an RSA private key: {exc}") from None
@@ -237,8 +243,8 @@ def read_agent_key(path: Path, shown: str) -> AgentKey:
     """The agent key in ``path`` (named ``shown`` in messages), or why it is unusable."""
     agent_id = path.name.removesuffix(".pem")
     try:
-        data = read_key_file(path)
-    except KeyFileError as exc:
+        data = read_regular_file(path)
+    except UnusableFile as exc:
         return AgentKey(agent_id, None, f"key file {shown} {exc}")
     misplaced = (
         f"{MISPLACED_SECRET}: {shown} holds a private key; move it away and keep only the "

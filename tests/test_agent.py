@@ -259,7 +259,8 @@ def test_cli_refuses_bad_bundles_and_passphrases_in_one_line(setup: Setup) -> No
         (old, {}, "older gen_config.py; re-issue it"),
         (empty, {}, "empty"),
         (huge, {}, "larger than"),
-        (setup.root / "missing.tar.xz", {}, "cannot read bundle"),
+        (setup.root / "missing.tar.xz", {}, "cannot be read: No such file"),
+        (setup.root, {}, "is a directory, not a regular file"),
         (bundle, {agent.PASSPHRASE_ENV: ""}, "no passphrase"),
     ]
     for path, env, expected in cases:

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import yaml
 from Crypto.PublicKey import RSA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from waiting import wait_for
 
 from sparklem_core import enrollment, protocol
 from sparklem_core.config import PROJECT_ROOT
@@ -200,8 +202,30 @@ def test_huge_bundle_file_is_refused_unread(tmp_path: Path) -> None:
 
 
 def test_missing_bundle_file_gives_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="cannot read bundle"):
+    with pytest.raises(BundleError, match="nope.tar.xz cannot be read: No such file"):
         enrollment.load_bundle(tmp_path / "nope.tar.xz", PASSPHRASE)
+
+
+def test_bundle_path_to_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.tar.xz")  # nothing ever writes to it: opening would block
+    refused: list[str] = []
+
+    def load() -> None:
+        try:
+            enrollment.load_bundle(tmp_path / "fifo.tar.xz", PASSPHRASE)
+        except BundleError as exc:
+            refused.append(str(exc))
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    wait_for(lambda: not worker.is_alive(), timeout=20, message="load_bundle blocked")
+    assert refused and refused[0].endswith("fifo.tar.xz is a FIFO, not a regular file")
+
+
+def test_bundle_path_may_be_a_link_to_the_bundle(sample: bytes, tmp_path: Path) -> None:
+    (tmp_path / "real.tar.xz").write_bytes(sample)
+    (tmp_path / "config.tar.xz").symlink_to(tmp_path / "real.tar.xz")
+    assert enrollment.load_bundle(tmp_path / "config.tar.xz", PASSPHRASE).agent_id == "edge-1"
 
 
 def _members(sample: bytes) -> dict[str, bytes]:
