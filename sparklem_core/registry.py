@@ -229,7 +229,12 @@ class AgentRegistry:
             problem = f"{self.certificates / directory} cannot be listed: {_strerror(exc)}"
         if problem != self._unlistable.get(directory, ""):
             if problem:
-                log.error("agent registry: %s; treating it as empty", problem)
+                meaning = (
+                    "no agent is accepted"
+                    if directory == AGENTS_DIR
+                    else "the revocations already known stay"
+                )
+                log.error("agent registry: %s; %s until it is fixed", problem, meaning)
             self._unlistable[directory] = problem
         return names
 
