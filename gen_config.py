@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Enroll an agent (make its RSA key pair, store the public key in "
-        "certificates/agents/ID.pem) and write its encrypted bundle DIR/config.tar.xz "
-        "(agent.yaml, server_public.pem, agent_private.pem under a passphrase). Also "
+        "certificates/agents/ID.pem) and write its bundle DIR/config.tar.xz (agent.yaml, "
+        "server_public.pem, agent_private.pem, encrypted and authenticated whole under a "
+        "passphrase). Also "
         "revokes agents and lists them. Without arguments in a terminal, asks.",
         epilog="The certificates directory comes from the processor's config "
         "(certificates:, or SPARKLEM_CERTIFICATES_DIR); the default bootstrap servers from "
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--passphrase-file",
         metavar="FILE",
-        help="passphrase for the agent key (first line); default: a random one, printed once",
+        help="passphrase that seals the bundle (first line); default: a random one, printed once",
     )
     parser.add_argument(
         "--force", action="store_true", help="re-key an agent already enrolled (or revoked)"

@@ -1,8 +1,9 @@
 """Agent enrolment and bundles: the logic behind ``gen_config.py`` (and the demo).
 
 Enrolling an agent makes its RSA key pair, stores the public half in
-``<certificates>/agents/<id>.pem`` and packs what the device needs into one
-``config.tar.xz``:
+``<certificates>/agents/<id>.pem`` and packs what the device needs into a tar.xz archive,
+sealed whole under a passphrase into one ``config.tar.xz`` (format: :func:`seal`, and
+"Bundle format" in docs/deployment.md):
 
 ``agent.yaml``
     agent id, Kafka producer properties, agent settings (``spool_max_rows``,
@@ -11,10 +12,10 @@ Enrolling an agent makes its RSA key pair, stores the public half in
 ``server_public.pem``
     the server public key the agent encrypts for.
 ``agent_private.pem``
-    the agent's private key, PKCS#8 encrypted with scrypt and AES-256-CBC under a
-    passphrase (readable by OpenSSL too: ``openssl pkey -in agent_private.pem``).
+    the agent's private key (PKCS#8; the seal around the archive protects it).
 
-:func:`open_bundle` reads a bundle back in memory only, refusing anything unexpected.
+:func:`open_bundle` authenticates and decrypts the whole file before it parses a byte of
+the archive, in memory only, refusing anything unexpected.
 Every user-facing problem is an :class:`EnrollmentError` with a one-line message.
 """
 
@@ -25,6 +26,7 @@ import lzma
 import os
 import re
 import secrets
+import struct
 import tarfile
 import tempfile
 import time
@@ -36,11 +38,26 @@ from typing import Any
 
 import yaml
 from Crypto.PublicKey import RSA
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from sparklem_core import protocol
 from sparklem_core.config import Config
 from sparklem_core.plugin_manager import PluginHost
-from sparklem_core.registry import NoServerKey, load_server_keys
+from sparklem_core.registry import (
+    AGENTS_DIR,
+    KEY_PARSE_ERRORS,
+    MISPLACED_SECRET,
+    REVOKED_DIR,
+    SERVER_KEY_GLOB,
+    NoServerKey,
+    UnusableFile,
+    load_server_keys,
+    one_line,
+    read_agent_key,
+    read_regular_file,
+)
 
 BUNDLE_NAME = "config.tar.xz"
 BUNDLE_VERSION = 1
@@ -48,12 +65,25 @@ AGENT_YAML = "agent.yaml"
 SERVER_PUBLIC = "server_public.pem"
 AGENT_PRIVATE = "agent_private.pem"
 MEMBERS = (AGENT_YAML, SERVER_PUBLIC, AGENT_PRIVATE)
-MAX_BUNDLE_BYTES = 1024 * 1024  # the compressed file
+MAX_BUNDLE_BYTES = 1024 * 1024  # the sealed file
 MAX_MEMBER_BYTES = 1024 * 1024
 MAX_TAR_BYTES = 4 * 1024 * 1024  # decompressed: a bigger one is a bomb, not a bundle
-XZ_MAGIC = b"\xfd7zXZ\x00"
+XZ_MAGIC = b"\xfd7zXZ\x00"  # also how a bundle from before the seal starts
+# The seal: header = magic, format, scrypt log2(n), r, p, salt, nonce; then AES-256-GCM of
+# the tar.xz with the header as associated data (the 16-byte tag at the end).
+BUNDLE_MAGIC = b"SPARKLEM-BUNDLE\x00"
+BUNDLE_FORMAT = 1
+SEAL_HEADER = struct.Struct(">16sBBBB16s12s")
+SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P = 15, 8, 1  # 32 MiB and about 0.1 s per open
+# A header may only ask for these: a forged one cannot make scrypt take more than 128 MiB.
+ALLOWED_SCRYPT_LOG2_N = range(15, 18)
+GCM_TAG_BYTES = 16
+UNOPENABLE = "cannot open bundle: wrong passphrase or the file was modified"
+OLD_FORMAT = (
+    "this bundle was made by an older gen_config.py; re-issue it: "
+    "python3 gen_config.py --agent-id ID --force, and copy the new bundle to the device"
+)
 AGENT_KEY_BITS = 3072
-KEY_PROTECTION = "scryptAndAES256-CBC"
 MIN_PASSPHRASE_CHARS = 8
 DEFAULT_SPOOL_MAX_ROWS = 100_000
 BOOTSTRAP_RE = re.compile(r"[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}")
@@ -128,11 +158,11 @@ def fingerprint(key: RSA.RsaKey) -> str:
 
 
 def agent_key_path(certificates: Path, agent_id: str) -> Path:
-    return certificates / "agents" / f"{agent_id}.pem"
+    return certificates / AGENTS_DIR / f"{agent_id}.pem"
 
 
 def revoked_key_path(certificates: Path, agent_id: str) -> Path:
-    return certificates / "revoked" / f"{agent_id}.pem"
+    return certificates / REVOKED_DIR / f"{agent_id}.pem"
 
 
 def server_key(certificates: Path) -> RSA.RsaKey:
@@ -143,8 +173,11 @@ def server_key(certificates: Path) -> RSA.RsaKey:
         raise EnrollmentError(str(exc)) from None
     if len(keys) == 1:
         return next(iter(keys.values()))
-    newest = max(certificates.glob("server_private*.pem"), key=lambda p: p.stat().st_mtime)
-    return RSA.import_key(newest.read_bytes())
+    newest = max(certificates.glob(SERVER_KEY_GLOB), key=lambda p: p.lstat().st_mtime)
+    try:
+        return RSA.import_key(read_regular_file(newest))  # load_server_keys has just checked it
+    except KEY_PARSE_ERRORS as exc:
+        raise EnrollmentError(f"{newest} changed while it was read: {exc}") from None
 
 
 def check_enrollable(certificates: Path, agent_id: str, force: bool) -> None:
@@ -195,19 +228,32 @@ class AgentEntry:
     fingerprint: str  # "" when the file is not a usable key
     modified: datetime
     path: Path
+    problem: str = ""  # why the file is not a usable key
 
 
 def list_agents(certificates: Path) -> list[AgentEntry]:
-    """Enrolled then revoked agents, each sorted by id."""
+    """Enrolled then revoked agents, each sorted by id; files are read like the registry
+    reads them (regular files only, bounded)."""
     entries = []
-    for status, directory in (("enrolled", "agents"), ("revoked", "revoked")):
-        for path in sorted((certificates / directory).glob("*.pem")):
+    for status, directory in (("enrolled", AGENTS_DIR), ("revoked", REVOKED_DIR)):
+        try:
+            names = sorted(n for n in os.listdir(certificates / directory) if n.endswith(".pem"))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise EnrollmentError(
+                f"cannot list {certificates / directory}: {_reason(exc)}"
+            ) from None
+        for name in names:
+            path = certificates / directory / name
             try:
-                fp = fingerprint(RSA.import_key(path.read_bytes()))
-            except (OSError, ValueError, IndexError, TypeError):
-                fp = ""
-            modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-            entries.append(AgentEntry(path.stem, status, fp, modified, path))
+                modified = datetime.fromtimestamp(path.lstat().st_mtime, UTC)
+            except OSError:  # removed since the listing
+                continue
+            agent = read_agent_key(path, one_line(f"{directory}/{name}"))
+            entries.append(
+                AgentEntry(agent.agent_id, status, agent.fingerprint, modified, path, agent.problem)
+            )
     return entries
 
 
@@ -215,7 +261,11 @@ def format_agents(entries: list[AgentEntry]) -> str:
     rows = [("AGENT", "STATUS", "FINGERPRINT", "MODIFIED (UTC)")]
     for e in entries:
         when = e.modified.strftime("%Y-%m-%d %H:%M:%S")
-        rows.append((e.agent_id, e.status, e.fingerprint or "(unreadable key)", when))
+        misplaced = e.problem.startswith(MISPLACED_SECRET)
+        usable = e.fingerprint or (
+            "(private key: move it away)" if misplaced else "(unreadable key)"
+        )
+        rows.append((one_line(e.agent_id), e.status, usable, when))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
@@ -303,14 +353,11 @@ def build_bundle(
     agent_key: RSA.RsaKey,
     passphrase: str,
 ) -> bytes:
-    """The bytes of ``config.tar.xz``."""
-    private = agent_key.export_key(
-        format="PEM", pkcs=8, passphrase=passphrase, protection=KEY_PROTECTION
-    )
+    """The bytes of ``config.tar.xz``: the members' tar.xz, sealed under ``passphrase``."""
     files = {
         AGENT_YAML: (yaml.safe_dump(dict(document), sort_keys=False).encode("utf-8"), 0o644),
         SERVER_PUBLIC: (server_public.public_key().export_key(format="PEM"), 0o644),
-        AGENT_PRIVATE: (private, 0o600),
+        AGENT_PRIVATE: (agent_key.export_key(format="PEM", pkcs=8), 0o600),
     }
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
@@ -318,7 +365,56 @@ def build_bundle(
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), mode, int(time.time())
             tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return seal(buffer.getvalue(), passphrase)
+
+
+def seal(archive: bytes, passphrase: str) -> bytes:
+    """Encrypt and authenticate ``archive`` whole: header, then AES-256-GCM ciphertext and tag.
+
+    The key is scrypt(passphrase, salt); the header is the associated data, so no byte of
+    the file can change without the tag failing.
+    """
+    salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
+    header = SEAL_HEADER.pack(
+        BUNDLE_MAGIC, BUNDLE_FORMAT, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, salt, nonce
+    )
+    key = _seal_key(passphrase, salt, SCRYPT_LOG2_N)
+    return header + AESGCM(key).encrypt(nonce, archive, header)
+
+
+def unseal(data: bytes, passphrase: str) -> bytes:
+    """The archive inside a sealed bundle, once its tag is verified; :class:`BundleError` else."""
+    if not data:
+        raise BundleError("the bundle file is empty")
+    if data.startswith(XZ_MAGIC):
+        raise BundleError(OLD_FORMAT)
+    if not data.startswith(BUNDLE_MAGIC[: len(data)]):
+        raise BundleError("not a Sparkle-M bundle (gen_config.py makes them)")
+    if len(data) < SEAL_HEADER.size + GCM_TAG_BYTES:
+        raise BundleError("cannot open bundle: the file is truncated")
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise BundleError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+    _magic, version, log2_n, r, p, salt, nonce = SEAL_HEADER.unpack_from(data)
+    if version != BUNDLE_FORMAT:
+        raise BundleError(
+            f"bundle format {version} is not supported by this agent (it reads format "
+            f"{BUNDLE_FORMAT}); re-issue the bundle or update the agent"
+        )
+    if log2_n not in ALLOWED_SCRYPT_LOG2_N or (r, p) != (SCRYPT_R, SCRYPT_P):
+        raise BundleError(UNOPENABLE)  # never made by gen_config.py: a forged header
+    header = data[: SEAL_HEADER.size]
+    try:
+        return AESGCM(_seal_key(passphrase, salt, log2_n)).decrypt(
+            nonce, data[SEAL_HEADER.size :], header
+        )
+    except InvalidTag:
+        raise BundleError(UNOPENABLE) from None
+
+
+def _seal_key(passphrase: str, salt: bytes, log2_n: int) -> bytes:
+    # surrogateescape: a passphrase from the environment may hold any bytes
+    secret = passphrase.encode("utf-8", "surrogateescape")
+    return Scrypt(salt=salt, length=32, n=1 << log2_n, r=SCRYPT_R, p=SCRYPT_P).derive(secret)
 
 
 @dataclass(frozen=True)
@@ -417,20 +513,17 @@ class Bundle:
 
 
 def load_bundle(path: Path, passphrase: str) -> Bundle:
-    """Read and open the bundle file at ``path``."""
+    """Read and open the bundle file at ``path`` (a regular file, or a link to one)."""
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_BUNDLE_BYTES + 1)
-    except OSError as exc:
-        raise BundleError(f"cannot read bundle {path}: {_reason(exc)}") from None
-    if len(data) > MAX_BUNDLE_BYTES:
-        raise BundleError(f"bundle {path} is larger than {MAX_BUNDLE_BYTES} bytes")
+        data = read_regular_file(path, MAX_BUNDLE_BYTES, follow_links=True)
+    except UnusableFile as exc:
+        raise BundleError(f"bundle {path} {exc}") from None
     return open_bundle(data, passphrase)
 
 
 def open_bundle(data: bytes, passphrase: str) -> Bundle:
-    """Check and decrypt a bundle held in memory."""
-    members = read_members(data)
+    """Authenticate and decrypt a bundle held in memory, then check what it holds."""
+    members = read_members(unseal(data, passphrase))
     document = parse_agent_yaml(members[AGENT_YAML])
     try:
         server = RSA.import_key(members[SERVER_PUBLIC])
@@ -438,12 +531,12 @@ def open_bundle(data: bytes, passphrase: str) -> Bundle:
         raise BundleError(f"{SERVER_PUBLIC} in the bundle is not an RSA public key") from None
     if protocol.key_id(server) != document["kid"]:
         raise BundleError(f"{SERVER_PUBLIC} does not match the kid in {AGENT_YAML}")
-    if not members[AGENT_PRIVATE].startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----"):
-        raise BundleError(f"{AGENT_PRIVATE} in the bundle is not an encrypted PKCS#8 key")
+    if not members[AGENT_PRIVATE].startswith(b"-----BEGIN PRIVATE KEY-----"):
+        raise BundleError(f"{AGENT_PRIVATE} in the bundle is not a PKCS#8 private key")
     try:
-        agent_key = RSA.import_key(members[AGENT_PRIVATE], passphrase=passphrase)
+        agent_key = RSA.import_key(members[AGENT_PRIVATE])
     except (ValueError, IndexError, TypeError):
-        raise BundleError("wrong passphrase (or a corrupt agent key in the bundle)") from None
+        raise BundleError(f"{AGENT_PRIVATE} in the bundle is not an RSA private key") from None
     if not agent_key.has_private() or fingerprint(agent_key) != document["agent_key_fingerprint"]:
         raise BundleError(f"the agent key does not match the fingerprint in {AGENT_YAML}")
     for name, key in ((SERVER_PUBLIC, server), (AGENT_PRIVATE, agent_key)):
@@ -453,9 +546,10 @@ def open_bundle(data: bytes, passphrase: str) -> Bundle:
 
 
 def read_members(data: bytes) -> dict[str, bytes]:
-    """The bundle's three files, read into memory; anything unexpected is refused."""
+    """The three files of an unsealed archive, read into memory; anything unexpected is
+    refused (the seal already vouches for the bytes: this is the second line of defence)."""
     if not data.startswith(XZ_MAGIC):
-        raise BundleError("bundle is not an xz file")
+        raise BundleError("bundle archive is not an xz file")
     decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
     try:
         raw = decompressor.decompress(data, max_length=MAX_TAR_BYTES)

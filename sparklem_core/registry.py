@@ -7,7 +7,13 @@ Layout of the certificates directory::
     revoked/<agent_id>.pem   revoked agents (moved here by ``gen_config.py --revoke``)
 
 The directory is re-read every few seconds, so enrolment and revocation take effect
-without a restart. Only files whose mtime or size changed are parsed again.
+without a restart. Only files that changed are read again.
+
+Every byte here is treated as hostile: key files are read only when they are regular
+files of at most ``MAX_KEY_FILE_BYTES`` (:func:`read_regular_file`: no link followed, no
+FIFO or device opened). An unusable file makes that one agent unknown and is logged
+once per version of the file; a directory that cannot be listed is logged once and
+never raises. A file in ``revoked/`` counts by its name alone, readable or not.
 
 Keys are handed out as pycryptodome ``RSA.RsaKey`` objects; each is also converted to
 its ``cryptography`` (OpenSSL) form when it is loaded (``protocol.openssl_public_key`` /
@@ -18,8 +24,12 @@ as long as the registry (or the caller) keeps the key object.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import stat
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +42,21 @@ log = logging.getLogger(__name__)
 
 SERVER_KEY_GLOB = "server_private*.pem"
 DEFAULT_SERVER_KEY = "server_private.pem"
+AGENTS_DIR, REVOKED_DIR = "agents", "revoked"
+MAX_KEY_FILE_BYTES = 64 * 1024  # an RSA key PEM is a few KiB
+PRIVATE_KEY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+MISPLACED_SECRET = "misplaced secret"
+# What pycryptodome raises on malformed key bytes.
+KEY_PARSE_ERRORS = (ValueError, IndexError, TypeError, KeyError, struct.error)
 
 
 class NoServerKey(RuntimeError):
     pass
+
+
+class UnusableFile(ValueError):
+    """A file that is not a readable regular file of bounded size; the text says why,
+    written to follow the file's name ("is a FIFO, not a regular file")."""
 
 
 @dataclass(frozen=True)
@@ -62,13 +83,55 @@ def create_server_key(certificates: Path, bits: int = 3072) -> tuple[Path, bool]
     return path, True
 
 
+def read_regular_file(
+    path: Path, limit: int = MAX_KEY_FILE_BYTES, *, follow_links: bool = False
+) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
+
+    Never blocks on a FIFO or opens a device, and follows a symbolic link only with
+    ``follow_links`` (for a path the operator names); :class:`UnusableFile` else.
+    """
+    try:
+        st = os.stat(path) if follow_links else os.lstat(path)
+    except OSError as exc:
+        raise UnusableFile(f"cannot be read: {_strerror(exc)}") from None
+    kind = _kind(st.st_mode)  # refuse specials before opening them at all
+    if kind:
+        raise UnusableFile(f"is {kind}, not a regular file")
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    flags |= 0 if follow_links else os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:  # a link since the lstat
+            raise UnusableFile("is a symbolic link, not a regular file") from None
+        raise UnusableFile(f"cannot be read: {_strerror(exc)}") from None
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+        if kind:
+            raise UnusableFile(f"is {kind}, not a regular file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, limit + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise UnusableFile(f"is larger than {limit} bytes")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise UnusableFile(f"cannot be read: {_strerror(exc)}") from None
+    finally:
+        os.close(fd)
+
+
 def load_server_keys(certificates: Path) -> dict[str, RSA.RsaKey]:
     """Every live server key by kid; :class:`NoServerKey` when there is none."""
     keys = {}
     for path in sorted(certificates.glob(SERVER_KEY_GLOB)):
         try:
-            key = RSA.import_key(path.read_bytes())
-        except (ValueError, IndexError, TypeError) as exc:
+            key = RSA.import_key(read_regular_file(path))
+        except UnusableFile as exc:
+            raise NoServerKey(f"{path} {exc}") from None
+        except KEY_PARSE_ERRORS as exc:
             raise NoServerKey(f"{path} is not an RSA private key: {exc}") from None
         if not key.has_private():
             raise NoServerKey(f"{path} holds no private key")
@@ -98,7 +161,8 @@ class AgentRegistry:
         self.refresh_s = refresh_s
         self._enrolled: dict[str, AgentKey] = {}
         self._revoked: set[str] = set()
-        self._seen: dict[Path, tuple[int, int]] = {}
+        self._seen: dict[str, tuple[int, ...]] = {}  # agents/ file name -> its version
+        self._unlistable: dict[str, str] = {}  # directory -> why it cannot be listed
         self._next_refresh = 0.0
         self.refresh()
 
@@ -119,21 +183,29 @@ class AgentRegistry:
         return dict(self._enrolled)
 
     def refresh(self) -> None:
-        enrolled = {}
-        for path in _pem_files(self.certificates / "agents"):
-            agent_id = path.stem
-            old = self._enrolled.get(agent_id)
-            stamp = _stamp(path)
-            if old is not None and self._seen.get(path) == stamp:
-                enrolled[agent_id] = old
+        enrolled, seen = {}, {}
+        for name in self._list(AGENTS_DIR) or []:
+            path = self.certificates / AGENTS_DIR / name
+            version = _version(path) if name.endswith(".pem") else None
+            if version is None:  # another file, or one removed since the listing
                 continue
-            enrolled[agent_id] = _read_agent_key(path)
-            if stamp is not None:
-                self._seen[path] = stamp
-            if enrolled[agent_id].problem:
-                log.warning("agent key %s refused: %s", path, enrolled[agent_id].problem)
+            agent_id = name.removesuffix(".pem")
+            old = self._enrolled.get(agent_id)
+            if old is not None and self._seen.get(name) == version:
+                enrolled[agent_id] = old
+            else:
+                enrolled[agent_id] = read_agent_key(path, one_line(f"{AGENTS_DIR}/{name}"))
+                if enrolled[agent_id].problem:
+                    log.warning("agent key refused: %s", enrolled[agent_id].problem)
+            seen[name] = version
+        listed = self._list(REVOKED_DIR)
+        # A revoked/ that cannot be listed keeps the revocations already known.
+        revoked = (
+            self._revoked
+            if listed is None
+            else {n.removesuffix(".pem") for n in listed if n.endswith(".pem")}
+        )
         added = enrolled.keys() - self._enrolled.keys()
-        revoked = {p.stem for p in _pem_files(self.certificates / "revoked")}
         if added or revoked != self._revoked:
             log.info(
                 "agent registry: %d enrolled (+%d), %d revoked",
@@ -141,31 +213,56 @@ class AgentRegistry:
                 len(added),
                 len(revoked),
             )
-        self._enrolled, self._revoked = enrolled, revoked
+        self._enrolled, self._revoked, self._seen = enrolled, revoked, seen
         self._next_refresh = time.monotonic() + self.refresh_s
 
+    def _list(self, directory: str) -> list[str] | None:
+        """The names in ``certificates/directory`` (none when it is absent); ``None`` when it
+        cannot be listed, logged once until that changes."""
+        problem, names = "", None
+        try:
+            with os.scandir(self.certificates / directory) as entries:
+                names = [entry.name for entry in entries]
+        except FileNotFoundError:
+            names = []
+        except OSError as exc:
+            problem = f"{self.certificates / directory} cannot be listed: {_strerror(exc)}"
+        if problem != self._unlistable.get(directory, ""):
+            if problem:
+                meaning = (
+                    "no agent is accepted"
+                    if directory == AGENTS_DIR
+                    else "the revocations already known stay"
+                )
+                log.error("agent registry: %s; %s until it is fixed", problem, meaning)
+            self._unlistable[directory] = problem
+        return names
 
-def _pem_files(directory: Path) -> list[Path]:
+
+def one_line(text: str) -> str:
+    """``text`` (a file name, say) fit for one log line, whatever characters it holds."""
+    return text if text.isprintable() and text.isascii() else ascii(text)
+
+
+def read_agent_key(path: Path, shown: str) -> AgentKey:
+    """The agent key in ``path`` (named ``shown`` in messages), or why it is unusable."""
+    agent_id = path.name.removesuffix(".pem")
     try:
-        return [Path(e.path) for e in os.scandir(directory) if e.name.endswith(".pem")]
-    except FileNotFoundError:
-        return []
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
+        data = read_regular_file(path)
+    except UnusableFile as exc:
+        return AgentKey(agent_id, None, f"key file {shown} {exc}")
+    misplaced = (
+        f"{MISPLACED_SECRET}: {shown} holds a private key; move it away and keep only the "
+        "public key"
+    )
+    if PRIVATE_KEY_PEM.search(data):
+        return AgentKey(agent_id, None, misplaced)
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def _read_agent_key(path: Path) -> AgentKey:
-    agent_id = path.stem
-    try:
-        key = RSA.import_key(path.read_bytes())
-    except (OSError, ValueError, IndexError, TypeError) as exc:
-        return AgentKey(agent_id, None, f"key file of agent {agent_id!r} is unreadable: {exc}")
+        key = RSA.import_key(data)
+    except KEY_PARSE_ERRORS as exc:
+        return AgentKey(agent_id, None, f"key file {shown} is unreadable: {exc}")
+    if key.has_private():  # a DER private key, say
+        return AgentKey(agent_id, None, misplaced)
     if key.size_in_bits() < protocol.MIN_RSA_BITS:
         return AgentKey(
             agent_id,
@@ -173,9 +270,34 @@ def _read_agent_key(path: Path) -> AgentKey:
             f"key of agent {agent_id!r} has {key.size_in_bits()} bits; "
             f"at least {protocol.MIN_RSA_BITS} are required",
         )
-    public = key.public_key()
     try:
-        protocol.openssl_public_key(public)  # once per key object, cached for verify
+        protocol.openssl_public_key(key)  # once per key object, cached for verify
     except (ValueError, TypeError) as exc:
         return AgentKey(agent_id, None, f"key of agent {agent_id!r} is refused by OpenSSL: {exc}")
-    return AgentKey(agent_id, public)
+    return AgentKey(agent_id, key)
+
+
+def _version(path: Path) -> tuple[int, ...] | None:
+    """What changes when the directory entry is replaced or written; None once it is gone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is ("" for a regular file)."""
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a device or socket"
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import signal
 import sqlite3
@@ -245,11 +246,21 @@ def test_cli_refuses_bad_bundles_and_passphrases_in_one_line(setup: Setup) -> No
     tampered.write_bytes(bytes(data))
     truncated = setup.root / "truncated.tar.xz"
     truncated.write_bytes(bundle.read_bytes()[:300])
+    old = setup.root / "old.tar.xz"
+    old.write_bytes(lzma.compress(b"a tar from before the seal", format=lzma.FORMAT_XZ))
+    empty = setup.root / "empty.tar.xz"
+    empty.write_bytes(b"")
+    huge = setup.root / "huge.tar.xz"
+    huge.write_bytes(bundle.read_bytes() * (enrollment.MAX_BUNDLE_BYTES // 1000))
     cases = [
-        (bundle, {agent.PASSPHRASE_ENV: "wrong passphrase!"}, "wrong passphrase"),
-        (tampered, {}, "bundle is corrupt"),
-        (truncated, {}, "truncated"),
-        (setup.root / "missing.tar.xz", {}, "cannot read bundle"),
+        (bundle, {agent.PASSPHRASE_ENV: "wrong passphrase!"}, enrollment.UNOPENABLE),
+        (tampered, {}, enrollment.UNOPENABLE),
+        (truncated, {}, enrollment.UNOPENABLE),
+        (old, {}, "older gen_config.py; re-issue it"),
+        (empty, {}, "empty"),
+        (huge, {}, "larger than"),
+        (setup.root / "missing.tar.xz", {}, "cannot be read: No such file"),
+        (setup.root, {}, "is a directory, not a regular file"),
         (bundle, {agent.PASSPHRASE_ENV: ""}, "no passphrase"),
     ]
     for path, env, expected in cases:

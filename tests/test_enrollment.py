@@ -12,11 +12,16 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from Crypto.PublicKey import RSA
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from waiting import wait_for
 
 from sparklem_core import enrollment, protocol
 from sparklem_core.config import PROJECT_ROOT
@@ -91,19 +96,22 @@ def test_bundle_round_trip(certs: Path) -> None:
     assert stat_mode(made.bundle_path) == 0o600
 
 
-def test_bundle_is_a_real_xz_tar_without_secrets_in_clear(certs: Path) -> None:
+def test_bundle_is_sealed_whole_with_nothing_in_clear(certs: Path) -> None:
     made = make(certs)
-    with tarfile.open(made.bundle_path, "r:xz") as tar:
+    data = made.bundle_path.read_bytes()
+    assert data.startswith(enrollment.BUNDLE_MAGIC)
+    for clear in (b"agent.yaml", b"BEGIN", b"kafka.example", b"edge-1", b"\xfd7zXZ"):
+        assert clear not in data
+    archive = enrollment.unseal(data, PASSPHRASE)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:xz") as tar:
         assert tar.getnames() == ["agent.yaml", "server_public.pem", "agent_private.pem"]
+        assert tar.getmember("agent_private.pem").mode == 0o600
         doc = yaml.safe_load(tar.extractfile("agent.yaml").read())  # type: ignore[union-attr]
-        private = tar.extractfile("agent_private.pem").read()  # type: ignore[union-attr]
     assert set(doc) >= {"agent_id", "kafka", "plugins", "kid", "agent_key_fingerprint"}
-    assert private.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
-    if shutil.which("tar"):
-        listing = subprocess.run(
-            ["tar", "-tJf", str(made.bundle_path)], capture_output=True, text=True, check=True
-        )
-        assert listing.stdout.split() == ["agent.yaml", "server_public.pem", "agent_private.pem"]
+    opened = enrollment.load_bundle(made.bundle_path, PASSPHRASE)
+    again = enrollment.build_bundle(made.document, opened.server_key, opened.agent_key, PASSPHRASE)
+    assert again[16:20] == data[16:20]  # same format and cost...
+    assert again[20:48] != data[20:48]  # ...fresh salt and nonce every time
 
 
 def test_generated_passphrase_opens_the_bundle(certs: Path) -> None:
@@ -114,41 +122,120 @@ def test_generated_passphrase_opens_the_bundle(certs: Path) -> None:
 
 def test_wrong_passphrase_is_refused(certs: Path) -> None:
     made = make(certs)
-    with pytest.raises(BundleError, match="wrong passphrase"):
+    with pytest.raises(BundleError) as caught:
         enrollment.load_bundle(made.bundle_path, "not the passphrase")
+    assert str(caught.value) == enrollment.UNOPENABLE
 
 
-@pytest.mark.parametrize("where", [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.999])
-def test_tampered_bundle_is_refused(sample: bytes, where: float) -> None:
+HEADER = enrollment.SEAL_HEADER.size
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (0, "not a Sparkle-M bundle"),  # magic
+        (15, "not a Sparkle-M bundle"),
+        (16, "bundle format"),  # format version
+        (17, enrollment.UNOPENABLE),  # scrypt log2(n)
+        (18, enrollment.UNOPENABLE),  # r
+        (19, enrollment.UNOPENABLE),  # p
+        (20, enrollment.UNOPENABLE),  # salt
+        (35, enrollment.UNOPENABLE),
+        (36, enrollment.UNOPENABLE),  # nonce
+        (47, enrollment.UNOPENABLE),
+        (HEADER, enrollment.UNOPENABLE),  # ciphertext
+        (0.5, enrollment.UNOPENABLE),
+        (-17, enrollment.UNOPENABLE),  # its last byte
+        (-16, enrollment.UNOPENABLE),  # tag
+        (-1, enrollment.UNOPENABLE),
+    ],
+)
+def test_any_changed_byte_is_refused(sample: bytes, where: float, message: str) -> None:
     data = bytearray(sample)
-    data[int(len(data) * where)] ^= 0x5A
-    with pytest.raises(BundleError):
-        enrollment.open_bundle(bytes(data), PASSPHRASE)
+    position = int(len(data) * where) if isinstance(where, float) else where
+    for flip in (0x01, 0x80, 0xFF):
+        data[position] ^= flip
+        with pytest.raises(BundleError) as caught:
+            enrollment.open_bundle(bytes(data), PASSPHRASE)
+        assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+        data[position] ^= flip
+    assert enrollment.open_bundle(bytes(data), PASSPHRASE).agent_id == "edge-1"
 
 
 @pytest.mark.parametrize("keep", [0.2, 0.5, 0.99])
-def test_truncated_bundle_is_refused(sample: bytes, keep: float) -> None:
-    data = sample
-    with pytest.raises(BundleError, match="truncated|corrupt"):
-        enrollment.open_bundle(data[: int(len(data) * keep)], PASSPHRASE)
+def test_truncated_or_extended_bundle_is_refused(sample: bytes, keep: float) -> None:
+    with pytest.raises(BundleError, match=enrollment.UNOPENABLE):
+        enrollment.open_bundle(sample[: int(len(sample) * keep)], PASSPHRASE)
+    with pytest.raises(BundleError, match=enrollment.UNOPENABLE):
+        enrollment.open_bundle(sample + b"\0", PASSPHRASE)
 
 
-def test_not_an_xz_file_is_refused() -> None:
-    with pytest.raises(BundleError, match="not an xz file"):
-        enrollment.open_bundle(b"PK\x03\x04 a zip, say", PASSPHRASE)
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "the bundle file is empty"),
+        (b"SPARKLEM", "truncated"),
+        (enrollment.BUNDLE_MAGIC + b"\x01" * 40, "truncated"),
+        (b"PK\x03\x04 a zip, say", "not a Sparkle-M bundle"),
+        (enrollment.BUNDLE_MAGIC + b"\0" * enrollment.MAX_BUNDLE_BYTES, "larger than"),
+    ],
+)
+def test_empty_short_foreign_and_huge_files_are_refused(data: bytes, message: str) -> None:
+    with pytest.raises(BundleError, match=message):
+        enrollment.open_bundle(data, PASSPHRASE)
+
+
+def test_forged_header_cannot_ask_for_a_costly_key_derivation(sample: bytes) -> None:
+    for log2_n, r, p in [(40, 8, 1), (14, 8, 1), (15, 255, 1), (15, 8, 255)]:
+        forged = bytearray(sample)
+        forged[17:20] = bytes([log2_n, r, p])
+        with pytest.raises(BundleError, match=enrollment.UNOPENABLE):
+            enrollment.open_bundle(bytes(forged), PASSPHRASE)
+
+
+def test_huge_bundle_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "config.tar.xz"
+    with open(path, "wb") as out:
+        out.truncate(10 * enrollment.MAX_BUNDLE_BYTES)
+    with pytest.raises(BundleError, match="larger than"):
+        enrollment.load_bundle(path, PASSPHRASE)
 
 
 def test_missing_bundle_file_gives_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="cannot read bundle"):
+    with pytest.raises(BundleError, match="nope.tar.xz cannot be read: No such file"):
         enrollment.load_bundle(tmp_path / "nope.tar.xz", PASSPHRASE)
 
 
+def test_bundle_path_to_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.tar.xz")  # nothing ever writes to it: opening would block
+    refused: list[str] = []
+
+    def load() -> None:
+        try:
+            enrollment.load_bundle(tmp_path / "fifo.tar.xz", PASSPHRASE)
+        except BundleError as exc:
+            refused.append(str(exc))
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    wait_for(lambda: not worker.is_alive(), timeout=20, message="load_bundle blocked")
+    assert refused and refused[0].endswith("fifo.tar.xz is a FIFO, not a regular file")
+
+
+def test_bundle_path_may_be_a_link_to_the_bundle(sample: bytes, tmp_path: Path) -> None:
+    (tmp_path / "real.tar.xz").write_bytes(sample)
+    (tmp_path / "config.tar.xz").symlink_to(tmp_path / "real.tar.xz")
+    assert enrollment.load_bundle(tmp_path / "config.tar.xz", PASSPHRASE).agent_id == "edge-1"
+
+
 def _members(sample: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(sample), mode="r:xz") as tar:
+    archive = enrollment.unseal(sample, PASSPHRASE)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:xz") as tar:
         return {m.name: tar.extractfile(m).read() for m in tar}  # type: ignore[union-attr]
 
 
 def _pack(*entries: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    """A tar.xz archive as gen_config.py made them before the seal (and as anyone can)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
         for info, data in entries:
@@ -156,6 +243,11 @@ def _pack(*entries: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
                 info.size = len(data)
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return buffer.getvalue()
+
+
+def _sealed(*entries: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    """An archive sealed with the real passphrase: what only gen_config.py can make."""
+    return enrollment.seal(_pack(*entries), PASSPHRASE)
 
 
 def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
@@ -166,6 +258,52 @@ def _special(name: str, kind: bytes, target: str = "") -> tuple[tarfile.TarInfo,
     info = tarfile.TarInfo(name)
     info.type, info.linkname = kind, target
     return info, None
+
+
+def test_bundle_from_before_the_seal_says_reissue(sample: bytes) -> None:
+    old = _pack(*(_file(n, d) for n, d in _members(sample).items()))
+    with pytest.raises(BundleError) as caught:
+        enrollment.open_bundle(old, PASSPHRASE)
+    message = str(caught.value)
+    assert message == enrollment.OLD_FORMAT and "\n" not in message
+    assert "re-issue" in message and "gen_config.py --agent-id ID --force" in message
+
+
+def _attacks(members: dict[str, bytes]) -> dict[str, list[tuple[str, bytes]]]:
+    """Archives an attacker would like the agent to open, one per kind of change."""
+    doc = yaml.safe_load(members["agent.yaml"])
+    doc["plugins"]["pu_workload"] = {"topic": "t", "interval": 1, "nvidia_smi": "/tmp/evil"}
+    doc["kafka"]["bootstrap.servers"] = "attacker.example:9092"
+    other = RSA.generate(2048)
+    changed = {**members, "agent.yaml": yaml.safe_dump(doc).encode()}
+    forged_server = {**members, "server_public.pem": other.public_key().export_key()}
+    items = list(members.items())
+    return {
+        "modified agent.yaml": list(changed.items()),
+        "replaced server key": list(forged_server.items()),
+        "added member": [*items, ("notes.txt", b"x")],
+        "removed member": items[:-1],
+        "reordered members": items[::-1],
+    }
+
+
+ATTACKS = ["modified agent.yaml", "replaced server key", "added member", "removed member",
+           "reordered members"]  # fmt: skip
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_repacked_bundle_is_refused(sample: bytes, attack: str) -> None:
+    """Without the passphrase an attacker can pack the archive in the old format, seal it
+    under a passphrase of their own, or splice it under the real header: all refused."""
+    archive = _pack(*(_file(n, d) for n, d in _attacks(_members(sample))[attack]))
+    with pytest.raises(BundleError, match="re-issue"):
+        enrollment.open_bundle(archive, PASSPHRASE)
+    with pytest.raises(BundleError, match=enrollment.UNOPENABLE):
+        enrollment.open_bundle(enrollment.seal(archive, "the attacker's own"), PASSPHRASE)
+    own = enrollment.seal(archive, "the attacker's own")
+    spliced = sample[:HEADER] + own[HEADER:]
+    with pytest.raises(BundleError, match=enrollment.UNOPENABLE):
+        enrollment.open_bundle(spliced, PASSPHRASE)
 
 
 @pytest.mark.parametrize(
@@ -181,16 +319,16 @@ def _special(name: str, kind: bytes, target: str = "") -> tuple[tarfile.TarInfo,
         (_file("agent.yaml", b"again"), "appears twice"),
     ],
 )
-def test_bundle_with_a_bad_member_is_refused(sample: bytes, extra, message: str) -> None:
+def test_sealed_bundle_with_a_bad_member_is_refused(sample: bytes, extra, message: str) -> None:
     members = _members(sample)
-    data = _pack(*(_file(n, d) for n, d in members.items()), extra)
+    data = _sealed(*(_file(n, d) for n, d in members.items()), extra)
     with pytest.raises(BundleError, match=message):
         enrollment.open_bundle(data, PASSPHRASE)
 
 
 def test_symlink_in_place_of_a_member_is_refused(sample: bytes) -> None:
     members = _members(sample)
-    data = _pack(
+    data = _sealed(
         _special("agent.yaml", tarfile.SYMTYPE, "/etc/passwd"),
         *(_file(n, d) for n, d in members.items() if n != "agent.yaml"),
     )
@@ -200,11 +338,11 @@ def test_symlink_in_place_of_a_member_is_refused(sample: bytes) -> None:
 
 def test_oversized_member_and_missing_member_are_refused(sample: bytes) -> None:
     members = _members(sample)
-    big = _pack(*(_file(n, d) for n, d in members.items() if n != "agent.yaml"),
-                _file("agent.yaml", b"#" * (enrollment.MAX_MEMBER_BYTES + 1)))  # fmt: skip
+    big = _sealed(*(_file(n, d) for n, d in members.items() if n != "agent.yaml"),
+                  _file("agent.yaml", b"#" * (enrollment.MAX_MEMBER_BYTES + 1)))  # fmt: skip
     with pytest.raises(BundleError, match="larger than"):
         enrollment.open_bundle(big, PASSPHRASE)
-    missing = _pack(*(_file(n, d) for n, d in members.items() if n != "server_public.pem"))
+    missing = _sealed(*(_file(n, d) for n, d in members.items() if n != "server_public.pem"))
     with pytest.raises(BundleError, match="lacks server_public.pem"):
         enrollment.open_bundle(missing, PASSPHRASE)
 
@@ -212,18 +350,19 @@ def test_oversized_member_and_missing_member_are_refused(sample: bytes) -> None:
 def test_decompression_bomb_is_refused() -> None:
     bomb = lzma.compress(b"\0" * (enrollment.MAX_TAR_BYTES + 1024), format=lzma.FORMAT_XZ)
     with pytest.raises(BundleError, match="unpacks to more than"):
-        enrollment.open_bundle(bomb, PASSPHRASE)
+        enrollment.open_bundle(enrollment.seal(bomb, PASSPHRASE), PASSPHRASE)
 
 
-def test_swapped_server_key_and_plain_agent_key_are_refused(sample: bytes) -> None:
+def test_swapped_server_key_and_encrypted_agent_key_are_refused(sample: bytes) -> None:
     members = _members(sample)
     other = RSA.generate(2048)
     swapped = {**members, "server_public.pem": other.public_key().export_key()}
     with pytest.raises(BundleError, match="does not match the kid"):
-        enrollment.open_bundle(_pack(*(_file(n, d) for n, d in swapped.items())), PASSPHRASE)
-    plain = {**members, "agent_private.pem": other.export_key(pkcs=8)}
-    with pytest.raises(BundleError, match="not an encrypted PKCS#8 key"):
-        enrollment.open_bundle(_pack(*(_file(n, d) for n, d in plain.items())), PASSPHRASE)
+        enrollment.open_bundle(_sealed(*(_file(n, d) for n, d in swapped.items())), PASSPHRASE)
+    locked = other.export_key(pkcs=8, passphrase=PASSPHRASE, protection="scryptAndAES256-CBC")
+    encrypted = {**members, "agent_private.pem": locked}
+    with pytest.raises(BundleError, match="not a PKCS#8 private key"):
+        enrollment.open_bundle(_sealed(*(_file(n, d) for n, d in encrypted.items())), PASSPHRASE)
 
 
 def test_agent_yaml_is_checked(sample: bytes) -> None:
@@ -232,7 +371,50 @@ def test_agent_yaml_is_checked(sample: bytes) -> None:
     doc["plugins"]["temperature"]["interval"] = -1
     bad = {**members, "agent.yaml": yaml.safe_dump(doc).encode()}
     with pytest.raises(BundleError, match=r"plugins\.temperature\.interval"):
-        enrollment.open_bundle(_pack(*(_file(n, d) for n, d in bad.items())), PASSPHRASE)
+        enrollment.open_bundle(_sealed(*(_file(n, d) for n, d in bad.items())), PASSPHRASE)
+
+
+_MUTATION = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(1, 255)),
+    st.tuples(st.just("cut"), st.integers(0, 10**6), st.integers(1, 64)),
+    st.tuples(st.just("insert"), st.integers(0, 10**6), st.binary(min_size=1, max_size=8)),
+)
+
+
+def _mutate(data: bytes, mutations: list[tuple[str, int, Any]]) -> bytes:
+    out = bytearray(data)
+    for kind, at, arg in mutations:
+        at %= len(out) + 1
+        if kind == "flip" and at < len(out):
+            out[at] ^= arg
+        elif kind == "cut":
+            del out[at : at + arg]
+        elif kind == "insert":
+            out[at:at] = arg
+    return bytes(out)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutations=st.lists(_MUTATION, min_size=1, max_size=4))
+def test_mutated_bundles_open_only_when_unchanged(sample: bytes, mutations) -> None:
+    data = _mutate(sample, mutations)
+    try:
+        bundle = enrollment.open_bundle(data, PASSPHRASE)
+    except BundleError as exc:
+        assert data != sample and str(exc) and "\n" not in str(exc)
+    else:
+        assert data == sample and bundle.agent_id == "edge-1"
+
+
+_JUNK = st.binary(max_size=512)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.one_of(_JUNK, _JUNK.map(lambda b: enrollment.BUNDLE_MAGIC + b)))
+def test_random_bytes_are_refused_in_one_line(data: bytes) -> None:
+    with pytest.raises(BundleError) as caught:
+        enrollment.open_bundle(data, PASSPHRASE)
+    assert str(caught.value) and "\n" not in str(caught.value)
 
 
 # --- enrolment rules -------------------------------------------------------------------
@@ -438,3 +620,19 @@ def test_cli_interactive(certs: Path, monkeypatch: pytest.MonkeyPatch, capsys) -
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_cli_list_with_odd_files(certs: Path) -> None:
+    env = {"SPARKLEM_CERTIFICATES_DIR": str(certs)}
+    make(certs, "alpha")
+    os.mkfifo(certs / "agents" / "fifo.pem")
+    (certs / "agents" / "loop.pem").symlink_to("loop.pem")
+    listed = run_gen_config("--list", cwd=certs.parent, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"alpha\s+enrolled\s+[0-9a-f]{16}", listed.stdout)
+    assert re.search(r"fifo\s+enrolled\s+\(unreadable key\)", listed.stdout)
+    shutil.rmtree(certs / "agents")
+    (certs / "agents").write_text("not a directory")
+    broken = run_gen_config("--list", cwd=certs.parent, env=env)
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert "cannot list" in broken.stderr and broken.stderr.strip().count("\n") == 0
