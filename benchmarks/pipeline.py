@@ -76,7 +76,7 @@ from Crypto.PublicKey import RSA
 from sqlalchemy import create_engine, insert, text
 
 from sparklem_core import protocol
-from sparklem_core.cli import prepare
+from sparklem_core.cli import plugin_topics, prepare
 from sparklem_core.config import Config
 from sparklem_core.pipeline import Pipeline, Record, Stats
 from sparklem_core.plugin_api import Message
@@ -516,6 +516,7 @@ def run_engine(
         setup.plugins,
         config.plugins,
         setup.store,
+        topics=plugin_topics(config, setup.plugins),
     )
     records = work.records()
     store = setup.store

@@ -72,6 +72,15 @@ def prepare(config: Config) -> Setup:
     return Setup(config, plugins, store)
 
 
+def plugin_topics(config: Config, plugins: PluginHost) -> dict[str, str]:
+    """Each loaded plugin's topic: ``plugins.NAME.topic`` when set, else its manifest's."""
+    return {
+        name: config.plugin_topic(name, info.manifest.topic)
+        for name, info in plugins.loaded().items()
+        if info.manifest is not None
+    }
+
+
 def cmd_init(config: Config, _args: argparse.Namespace) -> int:
     path, created = create_server_key(config.certificates)
     (config.certificates / "agents").mkdir(exist_ok=True)
@@ -124,7 +133,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
-    plugin_topics = {n: config.plugin_topic(n, i.manifest.topic) for n, i in loaded.items()}
+    topics_by_plugin = plugin_topics(config, setup.plugins)
     pipeline = Pipeline(
         config.processor,
         server_keys,
@@ -132,9 +141,9 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         setup.plugins,
         config.plugins,
         setup.store,
-        topics=plugin_topics,
+        topics=topics_by_plugin,
     )
-    topics = sorted(set(plugin_topics.values()))
+    topics = sorted(set(topics_by_plugin.values()))
     processor = Processor(config, pipeline, setup.store, topics)
     processor.install_signal_handlers()
     log.info(
