@@ -63,17 +63,24 @@ class Conflict(Exception):
     """Another processor moved a stream or partition mark first; reload and retry."""
 
 
-def _core_metadata() -> MetaData:
-    metadata = MetaData()
-    Table(
-        "rejected_messages",
-        metadata,
+def _rejected_record_columns() -> list[Column[Any]]:
+    """Where a rejected record came from, and who sent it when that is known."""
+    return [
         Column("id", ID, primary_key=True, autoincrement=True),
         Column("topic", String(255), nullable=False),
         Column("partition", Integer, nullable=False),
         Column("offset", BigInteger, nullable=False),
         Column("agent_id", String(64)),
         Column("plugin", String(64)),
+    ]
+
+
+def _core_metadata() -> MetaData:
+    metadata = MetaData()
+    Table(
+        "rejected_messages",
+        metadata,
+        *_rejected_record_columns(),
         Column("reason", String(32), nullable=False, index=True),
         Column("detail", Text, nullable=False),
         Column("raw", Text),
@@ -85,12 +92,7 @@ def _core_metadata() -> MetaData:
     Table(
         "rejected_records",
         metadata,
-        Column("id", ID, primary_key=True, autoincrement=True),
-        Column("topic", String(255), nullable=False),
-        Column("partition", Integer, nullable=False),
-        Column("offset", BigInteger, nullable=False),
-        Column("agent_id", String(64)),
-        Column("plugin", String(64)),
+        *_rejected_record_columns(),
         Column("authenticated", Boolean, nullable=False),
         Column("size", Integer, nullable=False),  # of the record as it arrived
         Column("truncated", Boolean, nullable=False),  # value holds fewer than size bytes
