@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sparklem_core.config import Config, ConfigError, load_config
+from sparklem_core.config import Config, ConfigError, load_config, mask_secrets, remember_secret
 from sparklem_core.enrollment import (
     AGENT_KEY_BITS,
     BUNDLE_NAME,
@@ -98,6 +98,7 @@ def cmd_enroll(config: Config, args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.plugins.split(",") if n.strip()] if args.plugins else None
     plugins = plugin_specs(config, names, args.interval)
     passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
+    remember_secret(passphrase)
     result = create_agent(
         config.certificates,
         agent_id,
@@ -192,13 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(config, args)
         return cmd_enroll(config, args)
     except ConfigError as exc:
-        print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+        print(f"{PROG}: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except EnrollmentError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
-        print(f"{PROG}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        reason = mask_secrets(f"{exc.filename or ''}: {exc.strerror or exc}")
+        print(f"{PROG}: error: {reason}", file=sys.stderr)
         return EXIT_FAILURE
     except EOFError:
         print(f"\n{PROG}: aborted (end of input)", file=sys.stderr)

@@ -2,12 +2,12 @@
 
 Plugin authors need only this module::
 
-    from sparklem_core import hookimpl, Message, PluginResult, InvalidPayload
+    from sparklem_core import hookimpl, Manifest, Setting, Message, PluginResult, InvalidPayload
 """
 
 import pluggy
 
-from sparklem_core.plugin_api import InvalidPayload, Manifest, Message, PluginResult
+from sparklem_core.plugin_api import InvalidPayload, Manifest, Message, PluginResult, Setting
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "Manifest",
     "Message",
     "PluginResult",
+    "Setting",
     "__version__",
     "hookimpl",
 ]

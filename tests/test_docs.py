@@ -14,6 +14,7 @@ import pytest
 from sparklem_core import Message, hookspecs
 from sparklem_core.config import PROJECT_ROOT
 from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.schema import plugin_settings
 from sparklem_core.storage import Store
 
 GUIDE = PROJECT_ROOT / "docs" / "writing-plugins.md"
@@ -84,6 +85,7 @@ def test_guide_covers_layout_types_and_entry_points(guide: str) -> None:
         "main.py",
         "[project.entry-points.sparklem]",
         "### Manifest",
+        "### Setting",
         "### Message",
         "### PluginResult",
         "### InvalidPayload",
@@ -129,7 +131,10 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
         {"sensor": "", "percent": 3},
         "nope",
     ]
-    result = host.process(info, Message("edge-1", "humidity", 3, sent, {"samples": samples}), {})
+    settings = plugin_settings(info.manifest, {})
+    result = host.process(
+        info, Message("edge-1", "humidity", 3, sent, {"samples": samples}), settings
+    )
     assert result.rows == {
         "humidity_readings": [
             {
@@ -146,13 +151,12 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
     from sparklem_core import InvalidPayload
 
     with pytest.raises(InvalidPayload):
-        host.process(info, Message("edge-1", "humidity", 4, sent, {"samples": []}), {})
+        host.process(info, Message("edge-1", "humidity", 4, sent, {"samples": []}), settings)
 
     sensor = tmp_path / "iio:device0" / "in_humidityrelative_input"
     sensor.parent.mkdir()
     sensor.write_text("45250\n")
-    settings = {**info.manifest.agent_defaults, "path": str(sensor)}
-    assert host.collect(info, settings) == {
-        "samples": [{"sensor": "iio:device0", "percent": 45.25}]
-    }
+    collect = plugin_settings(info.manifest, {"topic": "t", "path": str(sensor)}, "agent")
+    assert collect["interval"] == 60
+    assert host.collect(info, collect) == {"samples": [{"sensor": "iio:device0", "percent": 45.25}]}
     assert host.collect(info, {"path": str(tmp_path / "absent")}) is None
