@@ -7,12 +7,13 @@ import inspect
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pluggy
 import pytest
 
 from sparklem_core import Message, hookspecs
-from sparklem_core.config import PROJECT_ROOT
+from sparklem_core.config import PROJECT_ROOT, ProcessorSettings
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.schema import plugin_settings
 from sparklem_core.storage import Store
@@ -160,3 +161,66 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
     assert collect["interval"] == 60
     assert host.collect(info, collect) == {"samples": [{"sensor": "iio:device0", "percent": 45.25}]}
     assert host.collect(info, {"path": str(tmp_path / "absent")}) is None
+
+
+# --- documented settings match their declarations ------------------------------------------
+
+README = PROJECT_ROOT / "README.md"
+
+
+def documented_settings(text: str) -> dict[str, tuple[str, str]]:
+    """``| `key` | <side or environment> | <default> | ...`` rows: key -> (second, default)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and re.fullmatch(r"`(processor|plugins)\.[a-z_]+\.?[a-z_]*`", cells[0]):
+            rows[cells[0].strip("`")] = (cells[1], cells[2].strip("`"))
+    return rows
+
+
+def same_default(documented: str, declared: Any) -> bool:
+    if declared is None:
+        return documented == "none"
+    if isinstance(declared, bool) or not isinstance(declared, int | float):
+        return documented == str(declared)
+    try:
+        return float(documented) == float(declared)
+    except ValueError:
+        return False
+
+
+def declared_settings() -> dict[str, tuple[str, Any]]:
+    """Every setting the project declares: key -> (side, default)."""
+    declared: dict[str, tuple[str, Any]] = {
+        f"processor.{name}": ("", info.default)
+        for name, info in ProcessorSettings.model_fields.items()
+    }
+    for name, info in PluginHost(PROJECT_ROOT / "plugins").loaded().items():
+        assert info.manifest is not None
+        for setting in info.manifest.settings:
+            declared[f"plugins.{name}.{setting.name}"] = (setting.side, setting.default)
+    return declared
+
+
+def test_readme_settings_match_their_declarations() -> None:
+    documented = documented_settings(README.read_text(encoding="utf-8"))
+    declared = declared_settings()
+    assert sorted(set(declared) - set(documented)) == [], "declared but not in README.md"
+    assert sorted(set(documented) - set(declared)) == [], "in README.md but not declared"
+    wrong = {
+        key: (documented[key], declared[key])
+        for key in declared
+        if not same_default(documented[key][1], declared[key][1])
+        or (declared[key][0] and documented[key][0] != declared[key][0])
+    }
+    assert wrong == {}, "README.md and the declarations disagree (documented, declared)"
+
+
+def test_documented_settings_detector_sees_a_disagreement() -> None:
+    text = "| `processor.batch_size` | | 50 | x |\n| `plugins.a.b` | agent | `/x` | y |\n"
+    assert documented_settings(text) == {
+        "processor.batch_size": ("", "50"),
+        "plugins.a.b": ("agent", "/x"),
+    }
+    assert not same_default("50", 500) and same_default("0.2", 0.2)
+    assert same_default("none", None) and same_default("/x", "/x")
