@@ -137,7 +137,10 @@ def plugin_settings(
         misplaced = sorted(k for k in values if k in other and isinstance(k, str))
         if misplaced:
             home = "the agent's bundle (gen_config.py)" if side == "processor" else "config.yaml"
-            raise SchemaError(f"{where}.{misplaced[0]}: not a {side} setting; it belongs in {home}")
+            article = "an" if side == "agent" else "a"
+            raise SchemaError(
+                f"{where}.{misplaced[0]}: not {article} {side} setting; it belongs in {home}"
+            )
     settings = validate(plugin_model(manifest, side), values, where).model_dump()
     if side == "processor" and manifest.check is not None:
         try:
@@ -230,9 +233,15 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
 
 
 def _field(model: type[BaseModel], loc: Sequence[Any]) -> FieldInfo | None:
+    """The field at ``loc``, through models and the values of dicts of models."""
     current: Any = model
     info = None
-    for part in loc:
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        if get_origin(current) is dict:  # ``part`` is a key: on to the value type
+            current = _unwrap(get_args(current)[1])[0]
+            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         info = current.model_fields.get(part) if isinstance(part, str) else None
@@ -260,8 +269,13 @@ def _join(where: str, loc: Sequence[Any], text: str, labels: Mapping[str, str]) 
 
 
 def _short(value: Any) -> str:
+    """A key as the user wrote it, up to its first blank or symbol: a key such as
+    ``sasl.password S3cret`` (a missing colon) must not print what follows."""
     text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    name = re.match(r"[A-Za-z0-9_.-]{0,40}", text).group()  # type: ignore[union-attr]
+    if name == text:
+        return name
+    return f"{name}..." if name else "(a key of blanks or symbols)"
 
 
 def _got(value: Any) -> str:
