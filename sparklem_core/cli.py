@@ -123,12 +123,12 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     if args.workers > 1:
         return run_workers(config, args)
 
+    setup = prepare(config)  # first: every configuration mistake before anything else
     try:
         server_keys = load_server_keys(config.certificates)
     except NoServerKey as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
-    setup = prepare(config)
     loaded = setup.plugins.loaded()
     for info in setup.plugins.infos:
         if not info.ok and info.status != "disabled":
