@@ -224,3 +224,52 @@ def test_documented_settings_detector_sees_a_disagreement() -> None:
     }
     assert not same_default("50", 500) and same_default("0.2", 0.2)
     assert same_default("none", None) and same_default("/x", "/x")
+
+
+# --- no secret on a command line ------------------------------------------------------------
+
+COMMAND_LINE_SECRET = re.compile(
+    r"PASSPHRASE=['\"]?[^\s'\"$]"  # a passphrase assigned on the command line
+    r"|--passphrase(?!-file)\b"
+    r"|://[^:/\s]+:(?!\$\{)[^@\s]+@"  # a URL with a password (not ${VAR}) in an argument
+)
+
+
+def shell_lines(path: Path) -> list[str]:
+    """Lines of ```sh blocks (of Markdown) or the comments of a Dockerfile."""
+    text = path.read_text(encoding="utf-8")
+    if path.name == "Dockerfile":
+        return [line for line in text.splitlines() if line.startswith("#")]
+    return [
+        line
+        for block in re.findall(r"^```(?:sh|bash|shell|console)\n(.*?)^```", text, re.M | re.S)
+        for line in block.splitlines()
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [README, GUIDE, PROJECT_ROOT / "docs" / "deployment.md", PROJECT_ROOT / "Dockerfile"],
+    ids=lambda p: p.name,
+)
+def test_docs_never_put_a_secret_on_a_command_line(path: Path) -> None:
+    lines = shell_lines(path)
+    assert lines or path == GUIDE
+    offending = [line for line in lines if COMMAND_LINE_SECRET.search(line)]
+    assert offending == [], f"{path.name}: use a file or the environment (ps shows arguments)"
+
+
+def test_the_command_line_secret_detector() -> None:
+    for line in [
+        "SPARKLEM_AGENT_PASSPHRASE='abc' sparklem-agent",
+        "-e SPARKLEM_DATABASE_URL='postgresql+psycopg://u:SECRET@db/x' \\",
+        "gen_config.py --passphrase hunter2",
+    ]:
+        assert COMMAND_LINE_SECRET.search(line), line
+    for line in [
+        "read -rs SPARKLEM_AGENT_PASSPHRASE && export SPARKLEM_AGENT_PASSPHRASE",
+        "-e SPARKLEM_AGENT_PASSPHRASE \\",
+        "sparklem-agent --passphrase-file /etc/sparklem/passphrase",
+        "URL=postgresql://sparklem:${POSTGRES_PASSWORD}@db/x",
+    ]:
+        assert not COMMAND_LINE_SECRET.search(line), line
