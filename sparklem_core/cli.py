@@ -76,11 +76,11 @@ def prepare(config: Config) -> Setup:
 
 
 def cmd_init(config: Config, _args: argparse.Namespace) -> int:
+    setup = prepare(config)  # first: every configuration mistake before anything is written
     path, created = create_server_key(config.certificates)
     (config.certificates / "agents").mkdir(exist_ok=True)
     (config.certificates / "revoked").mkdir(exist_ok=True)
     keys = load_server_keys(config.certificates)
-    setup = prepare(config)
     setup.store.create_schema()
     setup.store.dispose()
     print(f"server key: {path} ({'created' if created else 'already there'})")
@@ -167,7 +167,8 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 def run_workers(config: Config, args: argparse.Namespace) -> int:
     from sparklem_core.supervisor import Supervisor
 
-    load_server_keys(config.certificates)  # fail here, once, rather than in every worker
+    setup = prepare(config)  # fail here, once, rather than in every worker
+    load_server_keys(config.certificates)
     if config.database_url.startswith("sqlite"):
         log.info(
             "SQLite with %d workers: writes are serialized by SQLite's lock (WAL, "
@@ -175,7 +176,6 @@ def run_workers(config: Config, args: argparse.Namespace) -> int:
             "parallel. Use PostgreSQL for parallel writes.",
             args.workers,
         )
-    setup = prepare(config)
     setup.store.create_schema()  # once, before the workers race to do it
     setup.store.dispose()
     worker_args = ["--log-level", args.log_level]

@@ -460,7 +460,7 @@ class AgentDocument(BaseModel):
     agent_id: Annotated[str, StringConstraints(pattern=_pattern(protocol.AGENT_ID_RE))]
     created: str = Field("", description="when gen_config.py wrote it, UTC")
     kid: KeyId = Field(description="the server key the agent encrypts for")
-    agent_key_fingerprint: KeyId
+    agent_key_fingerprint: KeyId = Field(description="the agent key's, like a kid")
     kafka: dict[KafkaName, KafkaValue] = Field(description="librdkafka producer properties")
     agent: AgentSettings = Field(default_factory=AgentSettings)
     plugins: dict[
