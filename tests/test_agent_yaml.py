@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 from Crypto.PublicKey import RSA
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sparklem_core import agent, enrollment
 from sparklem_core.config import PROJECT_ROOT, load_config
@@ -206,3 +208,55 @@ def test_agent_command_with_an_integer_agent_id_says_so_in_one_line(
     assert result.stderr.strip().splitlines() == [
         "sparklem-agent: error: agent.yaml: agent_id: must be a string (got an integer)"
     ]
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(),
+    st.text(max_size=10),
+)
+yaml_keys = st.one_of(
+    st.sampled_from(
+        [
+            "version",
+            "agent_id",
+            "kid",
+            "agent_key_fingerprint",
+            "kafka",
+            "agent",
+            "plugins",
+            "temperature",
+            "topic",
+            "interval",
+            "spool_max_rows",
+            "bootstrap.servers",
+        ]
+    ),  # fmt: skip
+    st.text(max_size=6),
+    st.integers(),
+)
+values = st.recursive(
+    scalars, lambda inner: st.dictionaries(yaml_keys, inner, max_size=4), max_leaves=10
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(changes=st.dictionaries(yaml_keys, values, max_size=4))
+def test_any_agent_yaml_opens_or_is_one_bundle_error(changes: dict[Any, Any]) -> None:
+    base = {
+        "version": 1,
+        "agent_id": "edge-1",
+        "kid": "0123456789abcdef",
+        "agent_key_fingerprint": "0123456789abcdef",
+        "kafka": {"bootstrap.servers": "localhost:9092"},
+        "plugins": copy.deepcopy(PLUGINS),
+    }
+    try:
+        doc = parse({**base, **changes})
+    except BundleError as exc:
+        assert "\n" not in str(exc)
+    else:
+        checked = enrollment.AgentDocument.model_validate(doc)
+        assert isinstance(checked.agent_id, str) and checked.plugins
