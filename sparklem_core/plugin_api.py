@@ -49,6 +49,16 @@ class Setting:
             default_ok = True
         if not default_ok:
             raise TypeError(f"setting {self.name}: default must be a {self.type.__name__}")
+        outside = (
+            self.default is not None
+            and numeric
+            and not (
+                (self.ge is None or self.default >= self.ge)
+                and (self.le is None or self.default <= self.le)
+            )
+        )
+        if outside:
+            raise ValueError(f"setting {self.name}: default {self.default} is outside ge/le")
 
 
 @dataclass(frozen=True)

@@ -499,6 +499,8 @@ def test_a_disabled_plugin_keeps_its_section(tmp_path: Path) -> None:
         ("Setting('topic', str, 't', 'd')", "topic is a core setting"),
         ("Setting('interval', str, 'a', 'd', side='agent')", "interval is an agent-side number"),
         ("Setting('x', str, 'a', 'd', ge=1)", "ge/le bound numbers only"),
+        ("Setting('x', int, 0, 'd', ge=1)", "default 0 is outside ge/le"),
+        ("Setting('x', float, 5, 'd', le=1)", "default 5 is outside ge/le"),
     ],
 )
 def test_bad_declarations_fail_the_plugin(setting: str, reason: str) -> None:
