@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from sparklem_core.config import Config, ConfigError, load_config, mask_secrets, remember_secret
 from sparklem_core.enrollment import (
     AGENT_KEY_BITS,
@@ -80,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra librdkafka producer property for the agent, repeatable (no secrets)",
     )
     parser.add_argument(
+        "--plugin-setting",
+        action="append",
+        default=[],
+        metavar="PLUGIN.NAME=VALUE",
+        help="an agent-side plugin setting (a YAML value), repeatable; "
+        "python3 main.py plugins lists them",
+    )
+    parser.add_argument(
         "--key-bits",
         type=int,
         default=AGENT_KEY_BITS,
@@ -96,7 +106,7 @@ def cmd_enroll(config: Config, args: argparse.Namespace) -> int:
     agent_id = check_agent_id(args.agent_id)
     bootstrap = check_bootstrap(args.bootstrap or config.bootstrap_servers)
     names = [n.strip() for n in args.plugins.split(",") if n.strip()] if args.plugins else None
-    plugins = plugin_specs(config, names, args.interval)
+    plugins = plugin_specs(config, names, args.interval, _plugin_settings(args.plugin_setting))
     passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
     remember_secret(passphrase)
     result = create_agent(
@@ -160,6 +170,22 @@ def _prompt(label: str, default: str | None, check: Any) -> str:
             return str(check(answer))
         except EnrollmentError as exc:
             print(f"  {exc}", file=sys.stderr)
+
+
+def _plugin_settings(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``PLUGIN.NAME=VALUE`` items; the value is read as YAML (``5``, ``true``, ``/x``)."""
+    settings: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        plugin, dot, name = key.strip().partition(".")
+        if not sep or not dot or not plugin or not name:
+            raise EnrollmentError(f"--plugin-setting {key!r}: expected PLUGIN.NAME=VALUE")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise EnrollmentError(f"--plugin-setting {key}: the value is not valid YAML") from None
+        settings.setdefault(plugin, {})[name] = value
+    return settings
 
 
 def _kafka_properties(items: list[str]) -> dict[str, str]:

@@ -258,6 +258,9 @@ def plugin_specs(
         )
     if not names:
         raise EnrollmentError("no plugin selected (and none is available)")
+    unselected = sorted(set(settings or {}) - set(names))
+    if unselected:
+        raise EnrollmentError(f"settings for plugin(s) not selected: {', '.join(unselected)}")
     if interval is not None and not 0 < interval <= MAX_INTERVAL_S:
         raise EnrollmentError(
             f"interval must be between 0 and {MAX_INTERVAL_S} seconds, got {interval:g}"

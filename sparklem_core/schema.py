@@ -136,7 +136,11 @@ def plugin_settings(
     if isinstance(values, Mapping):
         misplaced = sorted(k for k in values if k in other and isinstance(k, str))
         if misplaced:
-            home = "the agent's bundle (gen_config.py)" if side == "processor" else "config.yaml"
+            home = (
+                "the agent's bundle (gen_config.py --plugin-setting)"
+                if side == "processor"
+                else "config.yaml"
+            )
             article = "an" if side == "agent" else "a"
             raise SchemaError(
                 f"{where}.{misplaced[0]}: not {article} {side} setting; it belongs in {home}"

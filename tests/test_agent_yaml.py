@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from sparklem_core import agent, enrollment
 from sparklem_core.config import PROJECT_ROOT, load_config
 from sparklem_core.enrollment import BundleError, EnrollmentError
+from sparklem_core.registry import create_server_key
 
 PASSPHRASE = "correct horse battery staple"
 PLUGINS = {"temperature": {"topic": "sparklem.temperature", "interval": 30}}
@@ -260,3 +262,52 @@ def test_any_agent_yaml_opens_or_is_one_bundle_error(changes: dict[Any, Any]) ->
     else:
         checked = enrollment.AgentDocument.model_validate(doc)
         assert isinstance(checked.agent_id, str) and checked.plugins
+
+
+def gen_config(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLEM_")}
+    env["SPARKLEM_CERTIFICATES_DIR"] = str(tmp_path / "certs")
+    (tmp_path / "passphrase").write_text(PASSPHRASE + "\n")
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "gen_config.py"), "--agent-id", "edge-1",
+         "--out", str(tmp_path / "out"), "--passphrase-file", str(tmp_path / "passphrase"),
+         "--key-bits", "2048", "--plugins", "temperature", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_gen_config_writes_checked_plugin_settings(tmp_path: Path) -> None:
+    create_server_key(tmp_path / "certs")
+    done = gen_config(
+        tmp_path,
+        "--plugin-setting", "temperature.thermal_root=/srv/thermal",
+        "--plugin-setting", "temperature.interval=5",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    bundle = enrollment.load_bundle(tmp_path / "out" / "config.tar.xz", PASSPHRASE)
+    assert bundle.plugins == {
+        "temperature": {
+            "topic": "sparklem.temperature",
+            "interval": 5,
+            "thermal_root": "/srv/thermal",
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("temperature.thermal_root=5", "plugins.temperature.thermal_root: must be a string"),
+        ("temperature.interval=fast", "plugins.temperature.interval: must be a finite number"),
+        ("temperature.min_celsius=5", "plugins.temperature.min_celsius: not an agent setting"),
+        ("pu_workload.proc_root=/p", "settings for plugin(s) not selected: pu_workload"),
+        ("temperature=5", "expected PLUGIN.NAME=VALUE"),
+        ("temperature.x=[", "the value is not valid YAML"),
+    ],
+)
+def test_gen_config_refuses_bad_plugin_settings(tmp_path: Path, setting: str, message: str) -> None:
+    create_server_key(tmp_path / "certs")
+    done = gen_config(tmp_path, "--plugin-setting", setting)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and message in done.stderr, done.stderr
+    assert not (tmp_path / "out" / "config.tar.xz").exists()
