@@ -3,8 +3,9 @@
 # Processor (the default):
 #   docker build -t sparklem .
 #   docker run --rm -e SPARKLEM_BOOTSTRAP_SERVERS=kafka:19092 \
-#       -e SPARKLEM_DATABASE_URL=postgresql+psycopg://USER:PASSWORD@HOST/sparklem \
+#       --env-file processor.env \
 #       -v "$PWD/certificates:/app/certificates:ro" sparklem            # = main.py run
+#   (processor.env, mode 0600: SPARKLEM_DATABASE_URL=...; no password on a command line)
 #   docker run --rm ... sparklem init | plugins | run --workers auto
 #
 # Agent, from the same image (the bundle and its passphrase come from outside, never baked in):

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sparklem_core.config import Config, ConfigError, load_config
+import yaml
+
+from sparklem_core.config import Config, ConfigError, load_config, mask_secrets, remember_secret
 from sparklem_core.enrollment import (
     AGENT_KEY_BITS,
     BUNDLE_NAME,
@@ -81,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra librdkafka producer property for the agent, repeatable (no secrets)",
     )
     parser.add_argument(
+        "--plugin-setting",
+        action="append",
+        default=[],
+        metavar="PLUGIN.NAME=VALUE",
+        help="an agent-side plugin setting (a YAML value), repeatable; "
+        "python3 main.py plugins lists them",
+    )
+    parser.add_argument(
         "--key-bits",
         type=int,
         default=AGENT_KEY_BITS,
@@ -97,8 +107,9 @@ def cmd_enroll(config: Config, args: argparse.Namespace) -> int:
     agent_id = check_agent_id(args.agent_id)
     bootstrap = check_bootstrap(args.bootstrap or config.bootstrap_servers)
     names = [n.strip() for n in args.plugins.split(",") if n.strip()] if args.plugins else None
-    plugins = plugin_specs(config, names, args.interval)
+    plugins = plugin_specs(config, names, args.interval, _plugin_settings(args.plugin_setting))
     passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
+    remember_secret(passphrase)
     result = create_agent(
         config.certificates,
         agent_id,
@@ -162,6 +173,22 @@ def _prompt(label: str, default: str | None, check: Any) -> str:
             print(f"  {exc}", file=sys.stderr)
 
 
+def _plugin_settings(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``PLUGIN.NAME=VALUE`` items; the value is read as YAML (``5``, ``true``, ``/x``)."""
+    settings: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        plugin, dot, name = key.strip().partition(".")
+        if not sep or not dot or not plugin or not name:
+            raise EnrollmentError(f"--plugin-setting {key!r}: expected PLUGIN.NAME=VALUE")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise EnrollmentError(f"--plugin-setting {key}: the value is not valid YAML") from None
+        settings.setdefault(plugin, {})[name] = value
+    return settings
+
+
 def _kafka_properties(items: list[str]) -> dict[str, str]:
     props = {}
     for item in items:
@@ -193,13 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(config, args)
         return cmd_enroll(config, args)
     except ConfigError as exc:
-        print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+        print(f"{PROG}: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except EnrollmentError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
-        print(f"{PROG}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        reason = mask_secrets(f"{exc.filename or ''}: {exc.strerror or exc}")
+        print(f"{PROG}: error: {reason}", file=sys.stderr)
         return EXIT_FAILURE
     except EOFError:
         print(f"\n{PROG}: aborted (end of input)", file=sys.stderr)

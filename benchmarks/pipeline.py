@@ -592,7 +592,8 @@ def run_naive(work: Workload, root: Path, count: int) -> Result:
         plain = protocol.parse_plaintext(protocol.decrypt(env, key))
         sent_at = datetime.fromtimestamp(plain.ts / 1000, UTC)
         message = Message(env.agent, env.plugin, plain.seq, sent_at, plain.data)
-        result = setup.plugins.process(plugins[env.plugin], message, {})
+        settings = setup.config.plugins[env.plugin]
+        result = setup.plugins.process(plugins[env.plugin], message, settings)
         with engine.begin() as conn:
             for table, table_rows in result.rows.items():
                 conn.execute(insert(tables[table]), table_rows)

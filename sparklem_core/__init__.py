@@ -2,7 +2,7 @@
 
 Plugin authors need only this module::
 
-    from sparklem_core import hookimpl, Message, PluginResult, InvalidPayload
+    from sparklem_core import hookimpl, Manifest, Setting, Message, PluginResult, InvalidPayload
 """
 
 import pluggy
@@ -12,6 +12,7 @@ from sparklem_core.plugin_api import (
     Manifest,
     Message,
     PluginResult,
+    Setting,
     check_text,
     text_problem,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "Manifest",
     "Message",
     "PluginResult",
+    "Setting",
     "__version__",
     "check_text",
     "hookimpl",

@@ -34,8 +34,9 @@ from typing import IO, Any
 
 from sparklem_core import __version__, protocol
 from sparklem_core.cli import add_log_level_argument, setup_logging
-from sparklem_core.config import PROJECT_ROOT
+from sparklem_core.config import PROJECT_ROOT, mask_secrets, remember_secret
 from sparklem_core.enrollment import (
+    AGENT_YAML,
     BUNDLE_NAME,
     Bundle,
     EnrollmentError,
@@ -44,7 +45,8 @@ from sparklem_core.enrollment import (
     write_atomic,
 )
 from sparklem_core.plugin_manager import PluginHost, PluginInfo
-from sparklem_core.spool import DEFAULT_STALL_TIMEOUT_S, Sender, Spool
+from sparklem_core.schema import SchemaError, plugin_settings
+from sparklem_core.spool import Sender, Spool
 
 log = logging.getLogger("sparklem.agent")
 
@@ -52,7 +54,6 @@ PASSPHRASE_ENV = "SPARKLEM_AGENT_PASSPHRASE"
 STATE_DIR_ENV = "SPARKLEM_AGENT_STATE_DIR"
 SEQ_BLOCK = 1000  # seq numbers reserved on disk at a time
 MAX_ENVELOPE_BYTES = 1024 * 1024
-DEFAULT_SPOOL_MAX_ROWS = 100_000
 DEFAULT_FLUSH_TIMEOUT_S = 30.0
 STOP_FLUSH_TIMEOUT_S = 10.0  # on SIGTERM/SIGINT
 DROP_LOG_INTERVAL_S = 60.0
@@ -161,22 +162,16 @@ class Agent:
         self.agent_id = bundle.agent_id
         self.state_dir = state_dir
         self.stop = threading.Event()
-        settings = bundle.agent_settings
-        max_rows = settings.get("spool_max_rows", DEFAULT_SPOOL_MAX_ROWS)
-        if type(max_rows) is not int or max_rows < 1:
-            raise AgentError("agent.spool_max_rows in the bundle must be a positive integer")
-        stall_s = settings.get("stall_timeout_s", DEFAULT_STALL_TIMEOUT_S)
-        if type(stall_s) not in (int, float) or stall_s <= 0:
-            raise AgentError("agent.stall_timeout_s in the bundle must be a positive number")
+        settings = bundle.agent_settings  # checked when the bundle was opened
         self._lock = _lock_state_dir(state_dir)
         spool = None
         try:
             self.seq = SeqState(state_dir / "state.json", self.agent_id)
             self.host = PluginHost(plugins_dir, enabled=lambda key: key in bundle.plugins)
             self.collectors = self._collectors()
-            self.spool = spool = Spool(state_dir / "spool.sqlite3", max_rows)
+            self.spool = spool = Spool(state_dir / "spool.sqlite3", settings.spool_max_rows)
             try:
-                self.sender = Sender(spool, bundle.kafka, float(stall_s))
+                self.sender = Sender(spool, bundle.kafka, settings.stall_timeout_s)
             except ValueError as exc:  # the bundle's Kafka properties
                 raise AgentError(str(exc)) from None
         except BaseException:
@@ -196,8 +191,11 @@ class Agent:
                 status = next((i.status for i in self.host.infos if i.name == name), "not found")
                 log.warning("plugin %s from the bundle is not available here: %s", name, status)
                 continue
-            settings = {**info.manifest.agent_defaults, **spec}
-            collectors[name] = Collector(info, spec["topic"], float(spec["interval"]), settings)
+            try:
+                settings = plugin_settings(info.manifest, spec, "agent", f"plugins.{name}")
+            except SchemaError as exc:
+                raise AgentError(f"{AGENT_YAML} in the bundle: {exc}") from None
+            collectors[name] = Collector(info, settings["topic"], settings["interval"], settings)
         if not collectors:
             raise AgentError(
                 f"none of the bundle's plugins ({', '.join(self.bundle.plugins)}) can be "
@@ -329,6 +327,13 @@ def _lock_state_dir(state_dir: Path) -> IO[bytes]:
 
 
 def passphrase(args: argparse.Namespace) -> str:
+    """From --passphrase-file, the environment or a prompt; masked in logs from now on."""
+    secret = _passphrase(args)
+    remember_secret(secret)
+    return secret
+
+
+def _passphrase(args: argparse.Namespace) -> str:
     if args.passphrase_file:
         return read_passphrase_file(args.passphrase_file)
     if os.environ.get(PASSPHRASE_ENV):
@@ -392,13 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             bundle, args.state_dir or default_state_dir(bundle.agent_id), args.plugins_dir
         )
     except (AgentError, EnrollmentError) as exc:
-        print(f"sparklem-agent: error: {exc}", file=sys.stderr)
+        print(f"sparklem-agent: error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     agent.install_signal_handlers()
     try:
         return agent.run(once=args.once, flush_timeout_s=args.flush_timeout)
     except AgentError as exc:
-        print(f"sparklem-agent: error: {exc}", file=sys.stderr)
+        print(f"sparklem-agent: error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         agent.close()

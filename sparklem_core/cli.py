@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparklem_core import __version__
-from sparklem_core.config import Config, ConfigError, load_config, mask_url
+from sparklem_core.config import (
+    Config,
+    ConfigError,
+    SecretFilter,
+    load_config,
+    load_plugins,
+    mask_secrets,
+)
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.registry import (
     AgentRegistry,
@@ -19,19 +26,13 @@ from sparklem_core.registry import (
     create_server_key,
     load_server_keys,
 )
+from sparklem_core.schema import describe_settings
 from sparklem_core.storage import Store
 
 log = logging.getLogger("sparklem")
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-
-
-class MaskingFormatter(logging.Formatter):
-    """Never lets a database password reach a log line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return mask_url(super().format(record))
 
 
 def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
@@ -47,12 +48,14 @@ def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_logging(level: str) -> None:
+    """Log to stderr at ``level``, with every secret of the configuration masked."""
     handler = logging.StreamHandler()
     worker = os.environ.get("SPARKLEM_WORKER")
     prefix = f"[worker {worker}] " if worker else ""
     handler.setFormatter(
-        MaskingFormatter(f"%(asctime)s %(levelname)-7s {prefix}%(name)s: %(message)s")
+        logging.Formatter(f"%(asctime)s %(levelname)-7s {prefix}%(name)s: %(message)s")
     )
+    handler.addFilter(SecretFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -65,8 +68,8 @@ class Setup:
 
 
 def prepare(config: Config) -> Setup:
-    """Load plugins and declare every table (core and plugins) on a Store."""
-    plugins = PluginHost(config.plugins_dir, enabled=config.plugin_enabled)
+    """Load plugins, check their settings, declare every table (core and plugins) on a Store."""
+    plugins = load_plugins(config)
     store = Store(config.database_url, config.group_id)
     plugins.register_tables(store.register_table, store.drop_registrations)
     return Setup(config, plugins, store)
@@ -82,31 +85,44 @@ def plugin_topics(config: Config, plugins: PluginHost) -> dict[str, str]:
 
 
 def cmd_init(config: Config, _args: argparse.Namespace) -> int:
+    setup = prepare(config)  # first: every configuration mistake before anything is written
     path, created = create_server_key(config.certificates)
     (config.certificates / "agents").mkdir(exist_ok=True)
     (config.certificates / "revoked").mkdir(exist_ok=True)
     keys = load_server_keys(config.certificates)
-    setup = prepare(config)
     setup.store.create_schema()
     setup.store.dispose()
     print(f"server key: {path} ({'created' if created else 'already there'})")
-    print(f"database:   {mask_url(config.database_url)} (schema up to date)")
+    print(f"database:   {mask_secrets(config.database_url)} (schema up to date)")
     for kid in keys:
         print(f"kid:        {kid}")
     return 0
 
 
 def cmd_plugins(config: Config, _args: argparse.Namespace) -> int:
-    host = PluginHost(config.plugins_dir, enabled=config.plugin_enabled)
+    host = load_plugins(config)
     rows = [("NAME", "VERSION", "TOPIC", "STATUS", "SOURCE")]
     for info in host.infos:
         m = info.manifest
         topic = config.plugin_topic(info.name, m.topic) if m else "-"
         rows.append((info.name, m.version if m else "-", topic, info.status, info.source))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[4])
+    print_table(rows)
+    for info in host.infos:
+        if info.manifest is not None:
+            print(f"\nsettings of {info.name} (plugins.{info.name}.*):")
+            print_table(
+                [("SIDE", "NAME", "TYPE", "DEFAULT", "MEANING")] + describe_settings(info.manifest),
+                indent="  ",
+            )
     return 0
+
+
+def print_table(rows: Sequence[Sequence[str]], indent: str = "") -> None:
+    """Columns padded to their widest cell; the last one is not."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
+        print(indent + "  ".join([*cells, row[-1]]).rstrip())
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
@@ -116,12 +132,12 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     if args.workers > 1:
         return run_workers(config, args)
 
+    setup = prepare(config)  # first: every configuration mistake before anything else
     try:
         server_keys = load_server_keys(config.certificates)
     except NoServerKey as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
-    setup = prepare(config)
     loaded = setup.plugins.loaded()
     for info in setup.plugins.infos:
         if not info.ok and info.status != "disabled":
@@ -152,7 +168,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         __version__,
         ",".join(f"{n} {i.manifest.version}" for n, i in loaded.items() if i.manifest),
         ",".join(topics),
-        mask_url(config.database_url),
+        mask_secrets(config.database_url),
         ",".join(server_keys),
         config.bootstrap_servers,
         config.group_id,
@@ -167,7 +183,8 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 def run_workers(config: Config, args: argparse.Namespace) -> int:
     from sparklem_core.supervisor import Supervisor
 
-    load_server_keys(config.certificates)  # fail here, once, rather than in every worker
+    setup = prepare(config)  # fail here, once, rather than in every worker
+    load_server_keys(config.certificates)
     if config.database_url.startswith("sqlite"):
         log.info(
             "SQLite with %d workers: writes are serialized by SQLite's lock (WAL, "
@@ -175,7 +192,6 @@ def run_workers(config: Config, args: argparse.Namespace) -> int:
             "parallel. Use PostgreSQL for parallel writes.",
             args.workers,
         )
-    setup = prepare(config)
     setup.store.create_schema()  # once, before the workers race to do it
     setup.store.dispose()
     worker_args = ["--log-level", args.log_level]
@@ -275,10 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         return args.func(config, args)
     except ConfigError as exc:
-        print(f"main.py: configuration error: {exc}", file=sys.stderr)
+        print(f"main.py: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except NoServerKey as exc:
-        print(f"main.py: {exc}", file=sys.stderr)
+        print(f"main.py: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -1,19 +1,40 @@
-"""Processor configuration: YAML file, then environment variables, then checks.
+"""Processor configuration: YAML file, then environment variables, then the schema.
 
-Every problem is reported by key name through :class:`ConfigError`, never as a
-stack trace from deep inside the processor.
+The file's layout is declared once (:class:`ConfigFile`, :class:`ProcessorSettings`)
+and validated strictly by :mod:`sparklem_core.schema`; the environment's values go
+through the same checks. Every problem is one :class:`ConfigError` line naming the key,
+never a stack trace and never a secret. Secrets the configuration holds are masked in
+every log line by :class:`SecretFilter`.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
+
+from sparklem_core.masking import (  # noqa: F401  # re-exported: part of this module's API
+    SECRET_NAME_RE,
+    SecretFilter,
+    mask_secrets,
+    mask_url,
+    remember_secret,
+)
+from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.schema import (
+    STRICT,
+    TOPIC_PATTERN,
+    SchemaError,
+    describe_yaml_error,
+    plugin_settings,
+    validate,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = Path("config.yaml")
@@ -25,6 +46,7 @@ ENV_VARS = {
     "SPARKLEM_GROUP_ID": "kafka.group.id",
 }
 
+KAFKA_DEFAULTS = {"bootstrap.servers": "localhost:9092", "group.id": "sparklem-processor"}
 # librdkafka properties the processor owns: a config that sets them would break
 # the exactly-once guarantee, so it is refused rather than silently overridden.
 RESERVED_KAFKA_PROPERTIES = ("enable.auto.commit", "enable.auto.offset.store")
@@ -34,20 +56,126 @@ class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message."""
 
 
-@dataclass
-class ProcessorSettings:
-    batch_size: int = 500  # records per consume() call, and per database transaction
-    batch_max_bytes: int = 8 * 1024 * 1024  # record bytes per database transaction
-    poll_timeout_s: float = 0.2
-    stats_interval_s: float = 30.0
-    max_message_bytes: int = 1024 * 1024
-    clock_skew_s: float = 300.0
-    key_cache_size: int = 10_000  # unwrapped session keys kept, LRU by (kid, ek)
-    registry_refresh_s: float = 5.0
-    rejected_raw_max_bytes: int = 16 * 1024
-    dead_letter_topic: str | None = None
-    shutdown_timeout_s: float = 8.0
-    topic_partitions: int = 6  # for topics the processor creates
+def _kafka_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if not isinstance(value, str | int | float | bool):
+        raise ValueError("must be a string, number or boolean")
+    return value
+
+
+def _path(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _database_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        # The URL itself is not repeated: it may hold a password.
+        raise ValueError(
+            "not an SQLAlchemy URL (dialect[+driver]://user:password@host[:port]/database)"
+        ) from None
+    return url
+
+
+KafkaName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9._-]*$")]
+KafkaValue = Annotated[Any, AfterValidator(_kafka_value)]
+PathText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_path)]
+TopicName = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
+
+
+class ProcessorSettings(BaseModel):
+    """``processor:`` in config.yaml."""
+
+    model_config = STRICT
+
+    batch_size: int = Field(
+        500, gt=0, le=100_000, description="records per consume() call and per transaction"
+    )
+    batch_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        gt=0,
+        le=1024 * 1024 * 1024,
+        description="record bytes per transaction (at least one record)",
+    )
+    poll_timeout_s: float = Field(0.2, gt=0, le=60, description="longest wait of one consume()")
+    stats_interval_s: float = Field(
+        30.0, gt=0, le=86400, description="seconds between stats log lines"
+    )
+    max_message_bytes: int = Field(
+        1024 * 1024, gt=0, le=64 * 1024 * 1024, description="larger records: too_large"
+    )
+    clock_skew_s: float = Field(
+        300.0, gt=0, le=366 * 86400, description="a ts further in the future: clock_skew"
+    )
+    key_cache_size: int = Field(
+        10_000, gt=0, le=10_000_000, description="unwrapped session keys kept, LRU by (kid, ek)"
+    )
+    registry_refresh_s: float = Field(
+        5.0, gt=0, le=3600, description="how often enrolments and revocations are re-read"
+    )
+    rejected_raw_max_bytes: int = Field(
+        16 * 1024, gt=0, le=64 * 1024 * 1024, description="rejected_messages.raw is cut beyond"
+    )
+    dead_letter_topic: TopicName | None = Field(
+        None, description="also publish every rejected record there"
+    )
+    shutdown_timeout_s: float = Field(
+        8.0, gt=0, le=3600, description="longest wait for the Kafka consumer to close"
+    )
+    topic_partitions: int = Field(
+        6, gt=0, le=100_000, description="partitions of topics the processor creates"
+    )
+
+
+class DatabaseSection(BaseModel):
+    """``database:`` in config.yaml."""
+
+    model_config = STRICT
+
+    url: Annotated[PathText, AfterValidator(_database_url)] | None = Field(
+        None, description="any SQLAlchemy URL; default: db.sqlite3 next to main.py"
+    )
+
+
+class PluginSection(BaseModel):
+    """``plugins.NAME``: the core keys here; the plugin's own once it is loaded."""
+
+    model_config = {**STRICT, "extra": "allow"}
+
+    enabled: bool = Field(True, description="false: the plugin is not loaded")
+    topic: TopicName | None = Field(None, description="its Kafka topic (default sparklem.NAME)")
+
+
+class ConfigFile(BaseModel):
+    """The processor's config.yaml."""
+
+    model_config = STRICT
+
+    kafka: dict[KafkaName, KafkaValue] | None = Field(
+        None, description="librdkafka consumer properties, passed through"
+    )
+    database: DatabaseSection | None = None
+    certificates: PathText = Field("certificates", description="server keys, agents/, revoked/")
+    plugins_dir: PathText | None = Field(None, description="directory plugins are loaded from")
+    plugins: dict[str, PluginSection | None] | None = Field(None, description="per plugin")
+    processor: ProcessorSettings | None = None
+
+    @model_validator(mode="after")
+    def _reserved(self) -> ConfigFile:
+        for name in RESERVED_KAFKA_PROPERTIES:
+            if name in (self.kafka or {}):
+                raise ValueError(
+                    f"kafka.{name}: the processor manages this itself (offsets are committed "
+                    "only after the database transaction); remove it"
+                )
+        return self
 
 
 @dataclass
@@ -79,9 +207,6 @@ class Config:
         return self.plugin_settings(name).get("enabled", True) is not False
 
 
-TOP_LEVEL_KEYS = {"kafka", "database", "certificates", "plugins", "plugins_dir", "processor"}
-
-
 def load_config(
     path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Config:
@@ -90,141 +215,106 @@ def load_config(
     A ``path`` given explicitly must exist.
     """
     env = os.environ if env is None else env
-    doc: dict[str, Any] = {}
+    doc: dict[Any, Any] = {}
     source = "defaults"
     if path is not None or DEFAULT_CONFIG_FILE.exists():
         file = Path(path) if path is not None else DEFAULT_CONFIG_FILE
-        try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {file} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {file} must hold a mapping at the top level")
-        doc = loaded or {}
+        doc = _read(file)
         source = str(file)
-
-    unknown = sorted(set(doc) - TOP_LEVEL_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in config: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(TOP_LEVEL_KEYS))})"
-        )
-
-    config = Config(source=source)
-    config.kafka = _kafka(doc.get("kafka"))
-    config.database_url = _database_url(doc.get("database"))
-    if "certificates" in doc:
-        config.certificates = Path(_string(doc["certificates"], "certificates"))
-    if "plugins_dir" in doc:
-        config.plugins_dir = Path(_string(doc["plugins_dir"], "plugins_dir"))
-    config.plugins = _plugins(doc.get("plugins"))
-    config.processor = _processor(doc.get("processor"))
-
+    labels = {}
     for var, key in ENV_VARS.items():
         value = env.get(var)
-        if not value:
-            continue
-        if key.startswith("kafka."):
-            config.kafka[key.removeprefix("kafka.")] = value
-        elif key == "database.url":
-            config.database_url = _check_url(value, var)
-        elif key == "certificates":
-            config.certificates = Path(value)
+        if value:
+            _override(doc, key, value)
+            labels[key] = var
+    try:
+        parsed = validate(ConfigFile, doc, labels=labels)
+    except SchemaError as exc:
+        raise ConfigError(str(exc)) from None
+    database_url = (parsed.database.url if parsed.database else None) or (
+        f"sqlite:///{PROJECT_ROOT / 'db.sqlite3'}"
+    )
+    config = Config(
+        kafka={**KAFKA_DEFAULTS, **(parsed.kafka or {})},
+        database_url=database_url,
+        certificates=Path(parsed.certificates),
+        plugins_dir=Path(parsed.plugins_dir) if parsed.plugins_dir else PROJECT_ROOT / "plugins",
+        plugins={str(n): dict(s or {}) for n, s in (doc.get("plugins") or {}).items()},
+        processor=parsed.processor or ProcessorSettings(),
+        source=source,
+    )
+    remember_secrets(config)
     return config
 
 
-def _kafka(section: Any) -> dict[str, Any]:
-    section = _mapping(section, "kafka")
-    props: dict[str, Any] = {
-        "bootstrap.servers": "localhost:9092",
-        "group.id": "sparklem-processor",
-    }
-    for key, value in section.items():
-        if not isinstance(key, str) or not re.fullmatch(r"[a-z][a-z0-9._-]*", key):
-            raise ConfigError(f"kafka: {key!r} is not a librdkafka property name")
-        if key in RESERVED_KAFKA_PROPERTIES:
-            raise ConfigError(
-                f"kafka.{key}: the processor manages this itself (offsets are committed "
-                "only after the database transaction); remove it"
-            )
-        if not isinstance(value, str | int | float | bool):
-            raise ConfigError(f"kafka.{key}: must be a string, number or boolean")
-        props[key] = value
-    return props
+def load_plugins(config: Config) -> PluginHost:
+    """Load the plugins and check every ``plugins.NAME`` against its declaration.
 
-
-def _database_url(section: Any) -> str:
-    section = _mapping(section, "database")
-    unknown = sorted(set(section) - {"url"})
+    A section for a plugin that is not installed is refused. Afterwards
+    ``config.plugins`` holds each loaded plugin's settings with their defaults.
+    """
+    host = PluginHost(config.plugins_dir, enabled=config.plugin_enabled)
+    found = {info.name for info in host.infos} | {info.key for info in host.infos}
+    unknown = sorted(set(config.plugins) - found)
     if unknown:
-        raise ConfigError(f"database: unknown key(s) {', '.join(unknown)} (known: url)")
-    url = section.get("url") or f"sqlite:///{PROJECT_ROOT / 'db.sqlite3'}"
-    return _check_url(_string(url, "database.url"), "database.url")
+        raise ConfigError(
+            f"plugins.{unknown[0]}: no such plugin is installed (found: "
+            f"{', '.join(sorted(found)) or 'none'}); see python3 main.py plugins"
+        )
+    for name, info in host.loaded().items():
+        assert info.manifest is not None  # loaded plugins have one
+        try:
+            config.plugins[name] = plugin_settings(info.manifest, config.plugins.get(name) or {})
+        except SchemaError as exc:
+            raise ConfigError(str(exc)) from None
+    return host
 
 
-def _check_url(url: str, key: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
+def _read(file: Path) -> dict[Any, Any]:
     try:
-        make_url(url)
-    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        raise ConfigError(f"{key}: {mask_url(url)!r} is not an SQLAlchemy URL") from None
-    return url
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {file} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {file} {describe_yaml_error(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {file} is nested too deeply") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {file} must hold a mapping at the top level")
+    return loaded or {}
 
 
-def _plugins(section: Any) -> dict[str, dict[str, Any]]:
-    section = _mapping(section, "plugins")
-    result = {}
-    for name, settings in section.items():
-        result[str(name)] = _mapping(settings, f"plugins.{name}")
-    return result
+def _override(doc: dict[Any, Any], key: str, value: str) -> None:
+    """Put an environment variable's ``value`` at dotted ``key`` (section.name) in ``doc``."""
+    section, _, name = key.partition(".")
+    if not name:
+        doc[section] = value
+        return
+    current = doc.get(section)
+    if current is None or isinstance(current, dict):
+        doc[section] = {**(current or {}), name: value}
+    # else: a section that is not a mapping; validation reports it by name
 
 
-def _processor(section: Any) -> ProcessorSettings:
-    section = _mapping(section, "processor")
-    settings = ProcessorSettings()
-    known = settings.__dataclass_fields__
-    for key, value in section.items():
-        if key not in known:
-            raise ConfigError(f"processor: unknown key {key!r} (known: {', '.join(sorted(known))})")
-        default = getattr(settings, key)
-        if key == "dead_letter_topic":
-            if value is not None and not isinstance(value, str):
-                raise ConfigError("processor.dead_letter_topic: must be a topic name")
-        elif isinstance(default, int) and (type(value) is not int or value <= 0):
-            raise ConfigError(f"processor.{key}: must be a positive integer, got {value!r}")
-        elif isinstance(default, float):
-            if type(value) not in (int, float) or value <= 0:
-                raise ConfigError(f"processor.{key}: must be a positive number, got {value!r}")
-            value = float(value)
-        setattr(settings, key, value)
-    return settings
+# --- secrets --------------------------------------------------------------------------
 
 
-def _mapping(value: Any, key: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: must be a mapping, got {type(value).__name__}")
-    return value
+def remember_secrets(config: Config) -> None:
+    """Every secret ``config`` holds: the database password, secret Kafka properties."""
+    from sqlalchemy.engine import make_url
 
-
-def _string(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: must be a non-empty string")
-    return value
-
-
-# The password runs to the "@" after which the host has no "@" up to "/", blank or end:
-# it may hold "@" and "/" unencoded (SQLAlchemy's own URL parser accepts "/" there).
-_PASSWORD_IN_URL = re.compile(
-    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)\S*?@(?=[^@/\s]*(?:[/\s]|$))"
-)
-
-
-def mask_url(text: str) -> str:
-    """Replace the password of every URL in ``text`` with ``***``."""
-    return _PASSWORD_IN_URL.sub(r"\g<head>***@", text)
+    url = make_url(config.database_url)  # checked by load_config
+    remember_secret(url.password)
+    for name, value in url.query.items():
+        if SECRET_NAME_RE.search(name):
+            for item in (value,) if isinstance(value, str) else value:
+                remember_secret(item)
+    for name, value in config.kafka.items():
+        if SECRET_NAME_RE.search(name):
+            remember_secret(str(value))

@@ -33,18 +33,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from Crypto.PublicKey import RSA
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from sparklem_core import protocol
-from sparklem_core.config import Config
-from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.config import SECRET_NAME_RE, Config, KafkaName, KafkaValue, load_plugins
 from sparklem_core.registry import (
     AGENTS_DIR,
     KEY_PARSE_ERRORS,
@@ -58,6 +59,16 @@ from sparklem_core.registry import (
     read_agent_key,
     read_regular_file,
 )
+from sparklem_core.schema import (
+    MAX_INTERVAL_S,
+    STRICT,
+    TOPIC_PATTERN,
+    SchemaError,
+    describe_yaml_error,
+    plugin_settings,
+    validate,
+)
+from sparklem_core.spool import DEFAULT_STALL_TIMEOUT_S
 
 BUNDLE_NAME = "config.tar.xz"
 BUNDLE_VERSION = 1
@@ -88,7 +99,7 @@ MIN_PASSPHRASE_CHARS = 8
 DEFAULT_SPOOL_MAX_ROWS = 100_000
 BOOTSTRAP_RE = re.compile(r"[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}")
 # Kafka properties that would carry secrets: they never go into agent.yaml.
-SECRET_PROPERTY_RE = re.compile(r"password|secret|^ssl\.key\.pem$|^sasl\.oauthbearer\.config$")
+SECRET_PROPERTY_RE = SECRET_NAME_RE
 
 
 class EnrollmentError(Exception):
@@ -285,9 +296,10 @@ def plugin_specs(
     """``agent.yaml``'s plugins: each with its topic (the processor's) and interval.
 
     ``names`` defaults to every plugin the processor loads; ``interval`` (seconds) to the
-    manifest's; ``settings`` adds agent settings per plugin (``thermal_root``, say).
+    plugin's declared default; ``settings`` adds agent settings per plugin
+    (``thermal_root``, say), checked against the plugin's agent-side declaration.
     """
-    loaded = PluginHost(config.plugins_dir, enabled=config.plugin_enabled).loaded()
+    loaded = load_plugins(config).loaded()
     names = list(loaded) if names is None else names
     unknown = [n for n in names if n not in loaded]
     if unknown:
@@ -296,18 +308,28 @@ def plugin_specs(
         )
     if not names:
         raise EnrollmentError("no plugin selected (and none is available)")
-    if interval is not None and not 0 < interval <= 86400:
-        raise EnrollmentError(f"interval must be between 0 and 86400 seconds, got {interval:g}")
+    unselected = sorted(set(settings or {}) - set(names))
+    if unselected:
+        raise EnrollmentError(f"settings for plugin(s) not selected: {', '.join(unselected)}")
+    if interval is not None and not 0 < interval <= MAX_INTERVAL_S:
+        raise EnrollmentError(
+            f"interval must be between 0 and {MAX_INTERVAL_S} seconds, got {interval:g}"
+        )
     specs = {}
     for name in dict.fromkeys(names):
         manifest = loaded[name].manifest
         assert manifest is not None  # loaded plugins have one
-        every = interval if interval is not None else manifest.agent_defaults.get("interval", 30)
-        specs[name] = {
+        every = interval if interval is not None else manifest.agent_defaults["interval"]
+        spec = {
             "topic": config.plugin_topic(name, manifest.topic),
             "interval": int(every) if float(every).is_integer() else float(every),
             **dict((settings or {}).get(name, {})),
         }
+        try:  # only to refuse a bad value now: the agent fills in the defaults itself
+            plugin_settings(manifest, spec, "agent")
+        except SchemaError as exc:
+            raise EnrollmentError(str(exc)) from None
+        specs[name] = spec
     return specs
 
 
@@ -335,7 +357,7 @@ def agent_document(
         props[name] = value
     if not plugins:
         raise EnrollmentError("no plugin selected")
-    return {
+    document = {
         "version": BUNDLE_VERSION,
         "agent_id": check_agent_id(agent_id),
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -345,6 +367,11 @@ def agent_document(
         "agent": {"spool_max_rows": DEFAULT_SPOOL_MAX_ROWS, **dict(agent or {})},
         "plugins": {name: dict(spec) for name, spec in plugins.items()},
     }
+    try:
+        validate(AgentDocument, document)
+    except SchemaError as exc:
+        raise EnrollmentError(f"{AGENT_YAML}: {exc}") from None
+    return document
 
 
 def build_bundle(
@@ -488,28 +515,94 @@ def create_agent(
 # --- opening a bundle -------------------------------------------------------------------
 
 
+def _pattern(regex: re.Pattern[str]) -> str:
+    return f"^(?:{regex.pattern})$"
+
+
+KeyId = Annotated[str, StringConstraints(pattern=_pattern(protocol.KID_RE))]
+
+
+class AgentSettings(BaseModel):
+    """``agent:`` in agent.yaml."""
+
+    model_config = STRICT
+
+    spool_max_rows: int = Field(
+        DEFAULT_SPOOL_MAX_ROWS,
+        gt=0,
+        le=100_000_000,
+        description="envelopes kept on disk while the broker is unreachable (oldest dropped)",
+    )
+    stall_timeout_s: float = Field(
+        DEFAULT_STALL_TIMEOUT_S,
+        gt=0,
+        le=86400,
+        description="seconds without a delivery report before the producer is recreated",
+    )
+
+
+class PluginSpec(BaseModel):
+    """``plugins.NAME`` in agent.yaml: topic and interval here, the rest per the plugin."""
+
+    model_config = {**STRICT, "extra": "allow"}
+
+    topic: Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
+    interval: float = Field(gt=0, le=MAX_INTERVAL_S, description="seconds between collections")
+
+
+class AgentDocument(BaseModel):
+    """agent.yaml: everything a bundle tells its agent, no secrets."""
+
+    model_config = STRICT
+
+    version: Literal[BUNDLE_VERSION] = Field(description="the bundle format")
+    agent_id: Annotated[str, StringConstraints(pattern=_pattern(protocol.AGENT_ID_RE))]
+    created: str = Field("", description="when gen_config.py wrote it, UTC")
+    kid: KeyId = Field(description="the server key the agent encrypts for")
+    agent_key_fingerprint: KeyId = Field(description="the agent key's, like a kid")
+    kafka: dict[KafkaName, KafkaValue] = Field(description="librdkafka producer properties")
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    plugins: dict[
+        Annotated[str, StringConstraints(pattern=_pattern(protocol.PLUGIN_NAME_RE))], PluginSpec
+    ] = Field(min_length=1, description="the plugins the agent runs")
+
+    @model_validator(mode="after")
+    def _kafka(self) -> AgentDocument:
+        if not isinstance(self.kafka.get("bootstrap.servers"), str):
+            raise ValueError("kafka.bootstrap.servers is missing")
+        secret = next((name for name in self.kafka if SECRET_PROPERTY_RE.search(name)), None)
+        if secret:
+            raise ValueError(f"kafka.{secret}: a secret; agent.yaml holds no secrets")
+        return self
+
+
 @dataclass(frozen=True)
 class Bundle:
     agent_id: str
-    document: dict[str, Any]  # agent.yaml, checked
+    document: dict[str, Any]  # agent.yaml, checked by parse_agent_yaml
     agent_key: RSA.RsaKey
     server_key: RSA.RsaKey
 
+    @cached_property
+    def _checked(self) -> AgentDocument:
+        return validate(AgentDocument, self.document)
+
     @property
     def kid(self) -> str:
-        return str(self.document["kid"])
+        return self._checked.kid
 
     @property
     def kafka(self) -> dict[str, Any]:
-        return dict(self.document["kafka"])
+        return dict(self._checked.kafka)
 
     @property
     def plugins(self) -> dict[str, dict[str, Any]]:
-        return {name: dict(spec) for name, spec in self.document["plugins"].items()}
+        """Each plugin's topic, interval and settings (the agent checks them per plugin)."""
+        return {name: spec.model_dump() for name, spec in self._checked.plugins.items()}
 
     @property
-    def agent_settings(self) -> dict[str, Any]:
-        return dict(self.document.get("agent") or {})
+    def agent_settings(self) -> AgentSettings:
+        return self._checked.agent
 
 
 def load_bundle(path: Path, passphrase: str) -> Bundle:
@@ -604,38 +697,22 @@ def _check_member(member: tarfile.TarInfo, seen: Mapping[str, bytes]) -> None:
 
 
 def parse_agent_yaml(raw: bytes) -> dict[str, Any]:
-    """``agent.yaml``, checked: a bundle that passes this can configure an agent."""
+    """``agent.yaml``, checked against :class:`AgentDocument`: a bundle that passes this
+    can configure an agent."""
     try:
         doc = yaml.safe_load(raw.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError):
-        raise BundleError(f"{AGENT_YAML} in the bundle is not valid YAML") from None
+    except UnicodeDecodeError:
+        raise BundleError(f"{AGENT_YAML} in the bundle is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise BundleError(f"{AGENT_YAML} in the bundle {describe_yaml_error(exc)}") from None
+    except RecursionError:
+        raise BundleError(f"{AGENT_YAML} in the bundle is nested too deeply") from None
     if not isinstance(doc, dict):
         raise BundleError(f"{AGENT_YAML} in the bundle is not a mapping")
-    if doc.get("version") != BUNDLE_VERSION:
-        raise BundleError(f"{AGENT_YAML}: unsupported version {doc.get('version')!r}")
     try:
-        check_agent_id(str(doc.get("agent_id", "")))
-    except EnrollmentError as exc:
+        validate(AgentDocument, doc)
+    except SchemaError as exc:
         raise BundleError(f"{AGENT_YAML}: {exc}") from None
-    for key in ("kid", "agent_key_fingerprint"):
-        if not isinstance(doc.get(key), str) or not protocol.KID_RE.fullmatch(doc[key]):
-            raise BundleError(f"{AGENT_YAML}: {key} must be 16 lowercase hex characters")
-    kafka = doc.get("kafka")
-    if not isinstance(kafka, dict) or not isinstance(kafka.get("bootstrap.servers"), str):
-        raise BundleError(f"{AGENT_YAML}: kafka.bootstrap.servers is missing")
-    if not isinstance(doc.get("agent", {}), dict):
-        raise BundleError(f"{AGENT_YAML}: agent must be a mapping")
-    plugins = doc.get("plugins")
-    if not isinstance(plugins, dict) or not plugins:
-        raise BundleError(f"{AGENT_YAML}: plugins must name at least one plugin")
-    for name, spec in plugins.items():
-        if not isinstance(name, str) or not protocol.PLUGIN_NAME_RE.fullmatch(name):
-            raise BundleError(f"{AGENT_YAML}: {name!r} is not a plugin name")
-        if not isinstance(spec, dict) or not isinstance(spec.get("topic"), str):
-            raise BundleError(f"{AGENT_YAML}: plugins.{name}.topic is missing")
-        interval = spec.get("interval")
-        if type(interval) not in (int, float) or not 0 < interval <= 86400:
-            raise BundleError(f"{AGENT_YAML}: plugins.{name}.interval must be 0 < s <= 86400")
     return doc
 
 

@@ -53,7 +53,8 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
     message whose ``plugin`` member names this plugin, in stream order.
 
     ``message`` carries the agent id, ``seq``, the send time and the payload;
-    ``settings`` is the plugin's mapping from the processor config (``plugins.NAME``).
+    ``settings`` holds the plugin's processor-side settings from the processor config
+    (``plugins.NAME``), checked against the manifest's declaration, defaults filled in.
 
     Returns a :class:`~sparklem_core.PluginResult`: rows per registered table, and the
     single readings refused (stored as ``invalid_reading``). Raise
@@ -68,8 +69,9 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
 def sparklem_collect(settings: Mapping[str, Any]) -> dict[str, Any] | None:
     """Collect one payload on the device (agent side).
 
-    Called by the agent every ``settings["interval"]`` seconds; ``settings`` is the
-    manifest's ``agent_defaults`` overlaid with the bundle's settings for the plugin.
+    Called by the agent every ``settings["interval"]`` seconds; ``settings`` holds the
+    plugin's agent-side settings from the bundle, checked against the manifest's
+    declaration, defaults filled in.
 
     Returns the ``data`` member of the next message, or None when there is nothing
     to send this time (no sensors found, say).

@@ -27,6 +27,7 @@ from sparklem_core.config import ProcessorSettings
 from sparklem_core.plugin_api import Message, text_problem
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.registry import AgentRegistry
+from sparklem_core.schema import plugin_settings as checked_settings
 from sparklem_core.storage import Batch, Store
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,11 @@ class Pipeline:
         self.registry = registry
         self.plugins = plugins.loaded()
         self.host = plugins
-        self.plugin_settings = {n: dict(plugin_settings.get(n) or {}) for n in self.plugins}
+        self.plugin_settings = {  # checked again here for callers other than the CLI
+            n: checked_settings(i.manifest, plugin_settings.get(n) or {})
+            for n, i in self.plugins.items()
+            if i.manifest is not None
+        }
         self.topics = {
             name: (topics or {}).get(name) or info.manifest.topic
             for name, info in self.plugins.items()

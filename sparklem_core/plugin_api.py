@@ -3,29 +3,106 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+DEFAULT_INTERVAL_S = 30
+SETTING_TYPES = (bool, int, float, str)
+SETTING_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+SIDES = ("processor", "agent")
+# Every plugin section has these; the core declares them (sparklem_core.schema).
+CORE_SETTINGS = ("enabled", "topic")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting a plugin declares: ``plugins.<plugin>.<name>``.
+
+    ``side="processor"``: read from the processor's ``config.yaml`` and passed to
+    ``sparklem_process``; ``side="agent"``: read from the agent's bundle and passed to
+    ``sparklem_collect``. ``type`` is ``bool``, ``int``, ``float`` or ``str``; a ``None``
+    default makes the setting optional. ``ge``/``le`` bound numbers, bounds included.
+    """
+
+    name: str
+    type: type
+    default: Any
+    description: str
+    side: Literal["processor", "agent"] = "processor"
+    ge: float | None = None
+    le: float | None = None
+
+    def __post_init__(self) -> None:
+        if not SETTING_NAME_RE.fullmatch(self.name):
+            raise ValueError(f"setting name {self.name!r} is not [a-z][a-z0-9_]{{0,63}}")
+        if self.type not in SETTING_TYPES:
+            raise TypeError(f"setting {self.name}: type must be bool, int, float or str")
+        if self.side not in SIDES:
+            raise ValueError(f"setting {self.name}: side must be 'processor' or 'agent'")
+        numeric = self.type in (int, float)
+        if (self.ge is not None or self.le is not None) and not numeric:
+            raise TypeError(f"setting {self.name}: ge/le bound numbers only")
+        default_ok = self.default is None or type(self.default) is self.type
+        if self.type is float and type(self.default) is int:
+            default_ok = True
+        if not default_ok:
+            raise TypeError(f"setting {self.name}: default must be a {self.type.__name__}")
+        outside = (
+            self.default is not None
+            and numeric
+            and not (
+                (self.ge is None or self.default >= self.ge)
+                and (self.le is None or self.default <= self.le)
+            )
+        )
+        if outside:
+            raise ValueError(f"setting {self.name}: default {self.default} is outside ge/le")
 
 
 @dataclass(frozen=True)
 class Manifest:
     """What a plugin is: returned by its ``sparklem_manifest`` hook.
 
-    ``topic`` defaults to ``sparklem.<name>``; ``agent_defaults`` are the settings an
-    agent starts from (``interval`` in seconds, at least).
+    ``topic`` defaults to ``sparklem.<name>``. ``settings`` declares the plugin's
+    settings (:class:`Setting`); ``check``, if given, is called with the processor-side
+    settings, validated and with their defaults, and raises ``ValueError`` (one line) to
+    refuse a combination (a minimum above a maximum, say).
     """
 
     name: str
     version: str
     description: str = ""
     topic: str = ""
-    agent_defaults: Mapping[str, Any] = field(default_factory=lambda: {"interval": 30})
+    settings: Sequence[Setting] = ()
+    check: Callable[[Mapping[str, Any]], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.topic:
             object.__setattr__(self, "topic", f"sparklem.{self.name}")
+        object.__setattr__(self, "settings", tuple(self.settings))
+        names = [s.name for s in self.settings]
+        if len(set(names)) != len(names):
+            raise ValueError(f"plugin {self.name}: a setting is declared twice")
+        reserved = sorted(set(names) & set(CORE_SETTINGS))
+        if reserved:
+            raise ValueError(f"plugin {self.name}: {reserved[0]} is a core setting, not declared")
+        for s in self.settings:
+            if s.name == "interval" and (s.side != "agent" or s.type not in (int, float)):
+                raise ValueError(f"plugin {self.name}: interval is an agent-side number")
+
+    def declared(self, side: str) -> tuple[Setting, ...]:
+        """The settings of one side (``processor`` or ``agent``)."""
+        return tuple(s for s in self.settings if s.side == side)
+
+    @property
+    def agent_defaults(self) -> dict[str, Any]:
+        """What an agent starts from: ``interval`` and the agent-side defaults."""
+        return {
+            "interval": DEFAULT_INTERVAL_S,
+            **{s.name: s.default for s in self.declared("agent")},
+        }
 
 
 @dataclass(frozen=True)

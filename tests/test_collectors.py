@@ -14,6 +14,7 @@ import pytest
 import plugins.pu_workload as pu_workload
 import plugins.temperature as temperature
 from sparklem_core import Message
+from sparklem_core.schema import plugin_settings
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -27,7 +28,8 @@ def write(path: Path, text: str) -> None:
 def process(plugin: Any, data: dict[str, Any]) -> Any:
     """Run a collected payload through the plugin's processor side."""
     message = Message("edge-1", plugin.sparklem_manifest().name, 1, datetime.now(UTC), data)
-    return plugin.sparklem_process(message=message, settings={})
+    settings = plugin_settings(plugin.sparklem_manifest(), {})
+    return plugin.sparklem_process(message=message, settings=settings)
 
 
 # --- temperature --------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import re
 import stat
@@ -13,14 +15,19 @@ from typing import Any
 import pytest
 import yaml
 from Crypto.PublicKey import RSA
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from sparklem_core import protocol
+from sparklem_core import plugin_api, protocol
 from sparklem_core.config import (
     PROJECT_ROOT,
     Config,
     ConfigError,
     ProcessorSettings,
+    SecretFilter,
     load_config,
+    load_plugins,
+    mask_secrets,
     mask_url,
 )
 
@@ -189,7 +196,7 @@ def test_environment_defaults_to_os_environ(
         ({"processor": [1, 2]}, "processor"),
         ({"kafka": "localhost:9092"}, "kafka"),
         ({"kafka": {"bootstrap.servers": ["a", "b"]}}, "kafka.bootstrap.servers"),
-        ({"kafka": {"Bad Name": 1}}, "Bad Name"),
+        ({"kafka": {"Bad Name": 1}}, "kafka: Bad... is not a valid name"),
         ({"database": "sqlite://"}, "database"),
         ({"database": {"url": 5}}, "database.url"),
         ({"database": {"url": "not a url"}}, "database.url"),
@@ -388,3 +395,253 @@ def test_invalid_url_in_the_environment_names_the_variable(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="SPARKLEM_DATABASE_URL") as caught:
         load(tmp_path, {}, env={"SPARKLEM_DATABASE_URL": "postgresql://u:s3cret@h:port/db"})
     assert "s3cret" not in str(caught.value)
+
+
+# --- strict values: no coercion, no NaN, no unknown key ------------------------------------
+
+
+def plugin_error(tmp_path: Path, plugins: dict[str, Any]) -> str:
+    config = load(tmp_path, {"plugins": plugins})
+    with pytest.raises(ConfigError) as caught:
+        load_plugins(config)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("processor: {registry_refresh_s: .nan}", "processor.registry_refresh_s: must be a finite"),
+        ("processor: {clock_skew_s: .nan}", "processor.clock_skew_s: must be a finite number > 0"),
+        ("processor: {clock_skew_s: .inf}", "processor.clock_skew_s: must be a finite"),
+        ("processor: {poll_timeout_s: -.inf}", "processor.poll_timeout_s: must be a finite"),
+        ("processor: {batch_size: '5'}", "processor.batch_size: must be an integer"),
+        ("processor: {stats_interval_s: '30'}", "processor.stats_interval_s: must be a finite"),
+        ("processor: {batch_size: 1000000}", "processor.batch_size: must be an integer > 0"),
+        ("processor: {dead_letter_topic: 'a topic'}", "processor.dead_letter_topic"),
+        ("kafka: {session.timeout.ms: .nan}", "kafka.session.timeout.ms: must be a finite"),
+        ("kafka: {client.id: {a: 1}}", "kafka.client.id: must be a string, number or boolean"),
+        ("plugins: {temperature: {enabled: 'false'}}", "plugins.temperature.enabled: must be true"),
+        ("plugins: {temperature: {topic: 5}}", "plugins.temperature.topic: must be a string"),
+        ("database: {url: ''}", "database.url: must not be empty"),
+        ("certificates: 2026-01-01", "certificates: must be a string (got a date)"),
+        ("1: x", "key 1 is not a string"),
+    ],
+)
+def test_values_are_not_coerced(tmp_path: Path, text: str, message: str) -> None:
+    assert message in error(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["kafka: {sasl.password S3cret-pw: 1}", "database: {url postgresql://u:S3cret-pw@h}"]
+)
+def test_a_key_that_swallowed_its_value_is_not_printed_whole(tmp_path: Path, text: str) -> None:
+    message = error(tmp_path, text)
+    assert "S3cret-pw" not in message and ("sasl.password..." in message or "url..." in message)
+
+
+def test_one_line_names_every_unknown_key_of_a_section(tmp_path: Path) -> None:
+    message = error(tmp_path, {"processor": {"batchsize": 1, "clockskew": 2}})
+    assert message.startswith("processor: unknown key(s) batchsize, clockskew (known: ")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("plugins", "message"),
+    [
+        ({"temperatur": {}}, "plugins.temperatur: no such plugin is installed"),
+        ({"temperature": {"min_celsius": "abc"}}, "plugins.temperature.min_celsius: must be a"),
+        ({"temperature": {"min_celsius": float("nan")}}, "plugins.temperature.min_celsius"),
+        ({"temperature": {"max_celsius": True}}, "plugins.temperature.max_celsius"),
+        ({"temperature": {"min_celsius": 50, "max_celsius": 50}}, "min_celsius must be below"),
+        ({"temperature": {"min_celsius": 60, "max_celsius": 50}}, "min_celsius must be below"),
+        ({"temperature": {"min_celsius": -300}}, "plugins.temperature.min_celsius"),
+        ({"temperature": {"max_celsus": 50}}, "plugins.temperature: unknown key(s) max_celsus"),
+        ({"temperature": {"interval": 5}}, "plugins.temperature.interval: not a processor"),
+        ({"pu_workload": {"proc_root": "/p"}}, "plugins.pu_workload.proc_root: not a processor"),
+    ],
+)
+def test_plugin_sections_are_checked_against_the_declaration(
+    tmp_path: Path, plugins: dict[str, Any], message: str
+) -> None:
+    assert message in plugin_error(tmp_path, plugins)
+
+
+def test_plugin_settings_get_their_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path, {"plugins": {"temperature": {"max_celsius": 150}}})
+    host = load_plugins(config)
+    assert {"temperature", "pu_workload"} <= set(host.loaded())
+    assert config.plugin_settings("temperature") == {
+        "enabled": True,
+        "topic": "sparklem.temperature",
+        "min_celsius": -90.0,
+        "max_celsius": 150.0,
+    }
+    assert type(config.plugin_settings("temperature")["max_celsius"]) is float
+    assert config.plugin_settings("pu_workload") == {
+        "enabled": True,
+        "topic": "sparklem.pu_workload",
+    }
+
+
+def test_a_disabled_plugin_keeps_its_section(tmp_path: Path) -> None:
+    config = load(tmp_path, {"plugins": {"pu_workload": {"enabled": False}}})
+    host = load_plugins(config)
+    assert "pu_workload" not in host.loaded()
+    assert not config.plugin_enabled("pu_workload")
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ("Setting('x', list, [], 'd')", "type must be bool, int, float or str"),
+        ("Setting('x', int, 'a', 'd')", "default must be a int"),
+        ("Setting('X', int, 1, 'd')", "is not [a-z]"),
+        ("Setting('topic', str, 't', 'd')", "topic is a core setting"),
+        ("Setting('interval', str, 'a', 'd', side='agent')", "interval is an agent-side number"),
+        ("Setting('x', str, 'a', 'd', ge=1)", "ge/le bound numbers only"),
+        ("Setting('x', int, 0, 'd', ge=1)", "default 0 is outside ge/le"),
+        ("Setting('x', float, 5, 'd', le=1)", "default 5 is outside ge/le"),
+    ],
+)
+def test_bad_declarations_fail_the_plugin(setting: str, reason: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=re.escape(reason)):
+        eval(f"Manifest(name='p', version='1', settings=[{setting}])", vars(plugin_api))
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def test_yaml_errors_say_where_not_what(tmp_path: Path) -> None:
+    text = 'database:\n  url: "postgresql://sparklem:S3cretPW@db/x\nkafka: {a: [\n'
+    message = error(tmp_path, text)
+    assert "S3cretPW" not in message and "sparklem" not in message.split("config.yaml")[1]
+    assert re.search(r"not valid YAML \(line \d+, column \d+", message), message
+
+
+def test_yaml_problem_text_quoting_the_file_is_left_out(tmp_path: Path) -> None:
+    message = error(tmp_path, "kafka: {sasl.password: *S3cretPW}\n")
+    assert "S3cretPW" not in message and "line 1, column" in message
+
+
+def test_url_errors_never_show_the_url(tmp_path: Path) -> None:
+    message = error(tmp_path, {"database": {"url": "postgresql://u:pass word@h:x/db"}})
+    assert "pass word" not in message and "pass" not in message.split(":", 1)[1].split("(")[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("postgresql://u@h/db?password=S3cret&sslmode=require", "?password=***&sslmode=require"),
+        ("mysql://h/db?user=u&passwd=S3cret", "&passwd=***"),
+        ("host=db password=S3cret dbname=x", "password=*** dbname=x"),
+        ("https://api/x?access_token=S3cret", "access_token=***"),
+    ],
+)
+def test_mask_url_masks_secret_parameters(text: str, masked: str) -> None:
+    assert masked in mask_url(text) and "S3cret" not in mask_url(text)
+
+
+def test_secret_filter_masks_every_secret_of_the_config(tmp_path: Path) -> None:
+    load(
+        tmp_path,
+        {
+            "database": {"url": "postgresql://u:DbPass-123@h/db?sslpassword=KeyPass-456"},
+            "kafka": {"sasl.password": "SaslPass-789", "ssl.key.password": "SslPass-000"},
+        },
+    )
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(SecretFilter())
+    logger = logging.getLogger(f"test-secrets-{id(stream)}")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.error("plain %s and %s", "DbPass-123", "SaslPass-789")
+        logger.error("encoded %s", "KeyPass-456 SslPass-000")
+        try:
+            raise RuntimeError("connect failed: DbPass-123")
+        except RuntimeError:
+            logger.exception("with traceback")
+    finally:
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+    assert "plain *** and ***" in output and "RuntimeError: connect failed: ***" in output
+    for secret in ("DbPass-123", "KeyPass-456", "SaslPass-789", "SslPass-000"):
+        assert secret not in output and secret not in mask_secrets(f"x {secret} y")
+
+
+# --- any document: a Config or one ConfigError line, never the planted secret ------------------
+
+SECRET = "Pl4nted-Secret"
+SPACED_SECRET = "Pl4nted Secret"  # with a blank: a typo cannot turn all of it into a key name
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["false", "5", "", "sparklem.x", SECRET, f"postgresql://u:{SECRET}@h/d"]),
+)
+keys = st.one_of(
+    st.sampled_from(
+        [
+            "kafka",
+            "database",
+            "url",
+            "processor",
+            "plugins",
+            "certificates",
+            "plugins_dir",
+            "temperature",
+            "pu_workload",
+            "enabled",
+            "topic",
+            "min_celsius",
+            "max_celsius",
+            "batch_size",
+            "clock_skew_s",
+            "dead_letter_topic",
+            "sasl.password",
+            "group.id",
+        ]
+    ),  # fmt: skip
+    st.text(max_size=8),
+    st.integers(),
+)
+values = st.recursive(
+    scalars, lambda inner: st.dictionaries(keys, inner, max_size=4), max_leaves=12
+)
+documents = st.dictionaries(keys, values, max_size=5)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(doc=documents)
+def test_any_document_gives_a_config_or_one_error_line(tmp_path: Path, doc: dict[Any, Any]) -> None:
+    path = tmp_path / "random.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    try:
+        config = load_config(path, env={})
+        load_plugins(config)
+    except ConfigError as exc:
+        message = str(exc)
+        assert "\n" not in message and SECRET not in message
+    else:
+        assert isinstance(config, Config)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(parts=st.lists(st.sampled_from([*"{}[]:,-'\"&*!?|> \n\tab1.", SPACED_SECRET]), max_size=30))
+def test_any_text_gives_a_config_or_one_error_line(tmp_path: Path, parts: list[str]) -> None:
+    """Broken YAML around a planted secret: the error says where, never what."""
+    text = "".join(parts)
+    path = tmp_path / "random.yaml"
+    url = f"postgresql://u:{SPACED_SECRET.replace(' ', '%20')}@h/d"
+    path.write_text(f"database: {{url: '{url}'}}\n{text}", encoding="utf-8")
+    try:
+        load_config(path, env={})
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and SPACED_SECRET not in str(exc)

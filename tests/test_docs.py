@@ -7,13 +7,15 @@ import inspect
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pluggy
 import pytest
 
 from sparklem_core import Message, hookspecs, protocol
-from sparklem_core.config import PROJECT_ROOT
+from sparklem_core.config import PROJECT_ROOT, ProcessorSettings
 from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.schema import plugin_settings
 from sparklem_core.storage import Store
 
 GUIDE = PROJECT_ROOT / "docs" / "writing-plugins.md"
@@ -84,6 +86,7 @@ def test_guide_covers_layout_types_and_entry_points(guide: str) -> None:
         "main.py",
         "[project.entry-points.sparklem]",
         "### Manifest",
+        "### Setting",
         "### Message",
         "### PluginResult",
         "### InvalidPayload",
@@ -129,7 +132,10 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
         {"sensor": "", "percent": 3},
         "nope",
     ]
-    result = host.process(info, Message("edge-1", "humidity", 3, sent, {"samples": samples}), {})
+    settings = plugin_settings(info.manifest, {})
+    result = host.process(
+        info, Message("edge-1", "humidity", 3, sent, {"samples": samples}), settings
+    )
     assert result.rows == {
         "humidity_readings": [
             {
@@ -146,15 +152,14 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
     from sparklem_core import InvalidPayload
 
     with pytest.raises(InvalidPayload):
-        host.process(info, Message("edge-1", "humidity", 4, sent, {"samples": []}), {})
+        host.process(info, Message("edge-1", "humidity", 4, sent, {"samples": []}), settings)
 
     sensor = tmp_path / "iio:device0" / "in_humidityrelative_input"
     sensor.parent.mkdir()
     sensor.write_text("45250\n")
-    settings = {**info.manifest.agent_defaults, "path": str(sensor)}
-    assert host.collect(info, settings) == {
-        "samples": [{"sensor": "iio:device0", "percent": 45.25}]
-    }
+    collect = plugin_settings(info.manifest, {"topic": "t", "path": str(sensor)}, "agent")
+    assert collect["interval"] == 60
+    assert host.collect(info, collect) == {"samples": [{"sensor": "iio:device0", "percent": 45.25}]}
     assert host.collect(info, {"path": str(tmp_path / "absent")}) is None
 
 
@@ -163,3 +168,115 @@ def test_every_rejection_reason_is_documented() -> None:
         text = page.read_text(encoding="utf-8")
         missing = [reason for reason in protocol.REASONS if f"`{reason}`" not in text]
         assert not missing, f"{page.name} does not document {missing}"
+
+
+# --- documented settings match their declarations ------------------------------------------
+
+README = PROJECT_ROOT / "README.md"
+
+
+def documented_settings(text: str) -> dict[str, tuple[str, str]]:
+    """``| `key` | <side or environment> | <default> | ...`` rows: key -> (second, default)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and re.fullmatch(r"`(processor|plugins)\.[a-z_]+\.?[a-z_]*`", cells[0]):
+            rows[cells[0].strip("`")] = (cells[1], cells[2].strip("`"))
+    return rows
+
+
+def same_default(documented: str, declared: Any) -> bool:
+    if declared is None:
+        return documented == "none"
+    if isinstance(declared, bool) or not isinstance(declared, int | float):
+        return documented == str(declared)
+    try:
+        return float(documented) == float(declared)
+    except ValueError:
+        return False
+
+
+def declared_settings() -> dict[str, tuple[str, Any]]:
+    """Every setting the project declares: key -> (side, default)."""
+    declared: dict[str, tuple[str, Any]] = {
+        f"processor.{name}": ("", info.default)
+        for name, info in ProcessorSettings.model_fields.items()
+    }
+    for name, info in PluginHost(PROJECT_ROOT / "plugins").loaded().items():
+        assert info.manifest is not None
+        for setting in info.manifest.settings:
+            declared[f"plugins.{name}.{setting.name}"] = (setting.side, setting.default)
+    return declared
+
+
+def test_readme_settings_match_their_declarations() -> None:
+    documented = documented_settings(README.read_text(encoding="utf-8"))
+    declared = declared_settings()
+    assert sorted(set(declared) - set(documented)) == [], "declared but not in README.md"
+    assert sorted(set(documented) - set(declared)) == [], "in README.md but not declared"
+    wrong = {
+        key: (documented[key], declared[key])
+        for key in declared
+        if not same_default(documented[key][1], declared[key][1])
+        or (declared[key][0] and documented[key][0] != declared[key][0])
+    }
+    assert wrong == {}, "README.md and the declarations disagree (documented, declared)"
+
+
+def test_documented_settings_detector_sees_a_disagreement() -> None:
+    text = "| `processor.batch_size` | | 50 | x |\n| `plugins.a.b` | agent | `/x` | y |\n"
+    assert documented_settings(text) == {
+        "processor.batch_size": ("", "50"),
+        "plugins.a.b": ("agent", "/x"),
+    }
+    assert not same_default("50", 500) and same_default("0.2", 0.2)
+    assert same_default("none", None) and same_default("/x", "/x")
+
+
+# --- no secret on a command line ------------------------------------------------------------
+
+COMMAND_LINE_SECRET = re.compile(
+    r"PASSPHRASE=['\"]?[^\s'\"$]"  # a passphrase assigned on the command line
+    r"|--passphrase(?!-file)\b"
+    r"|://[^:/\s]+:(?!\$\{)[^@\s]+@"  # a URL with a password (not ${VAR}) in an argument
+)
+
+
+def shell_lines(path: Path) -> list[str]:
+    """Lines of ```sh blocks (of Markdown) or the comments of a Dockerfile."""
+    text = path.read_text(encoding="utf-8")
+    if path.name == "Dockerfile":
+        return [line for line in text.splitlines() if line.startswith("#")]
+    return [
+        line
+        for block in re.findall(r"^```(?:sh|bash|shell|console)\n(.*?)^```", text, re.M | re.S)
+        for line in block.splitlines()
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [README, GUIDE, PROJECT_ROOT / "docs" / "deployment.md", PROJECT_ROOT / "Dockerfile"],
+    ids=lambda p: p.name,
+)
+def test_docs_never_put_a_secret_on_a_command_line(path: Path) -> None:
+    lines = shell_lines(path)
+    assert lines or path == GUIDE
+    offending = [line for line in lines if COMMAND_LINE_SECRET.search(line)]
+    assert offending == [], f"{path.name}: use a file or the environment (ps shows arguments)"
+
+
+def test_the_command_line_secret_detector() -> None:
+    for line in [
+        "SPARKLEM_AGENT_PASSPHRASE='abc' sparklem-agent",
+        "-e SPARKLEM_DATABASE_URL='postgresql+psycopg://u:SECRET@db/x' \\",
+        "gen_config.py --passphrase hunter2",
+    ]:
+        assert COMMAND_LINE_SECRET.search(line), line
+    for line in [
+        "read -rs SPARKLEM_AGENT_PASSPHRASE && export SPARKLEM_AGENT_PASSPHRASE",
+        "-e SPARKLEM_AGENT_PASSPHRASE \\",
+        "sparklem-agent --passphrase-file /etc/sparklem/passphrase",
+        "URL=postgresql://sparklem:${POSTGRES_PASSWORD}@db/x",
+    ]:
+        assert not COMMAND_LINE_SECRET.search(line), line

@@ -16,6 +16,7 @@ import yaml
 from sparklem_core import Message, PluginResult
 from sparklem_core.config import PROJECT_ROOT
 from sparklem_core.plugin_manager import ENTRY_POINT_GROUP, PluginHost, PluginInfo
+from sparklem_core.schema import plugin_settings
 from sparklem_core.storage import Store
 
 BUILTINS = {"temperature", "pu_workload"}
@@ -78,8 +79,9 @@ def make_full_layout_plugin(root: Path, name: str) -> Path:
     path = root / name
     path.mkdir(parents=True)
     (path / "manifest.py").write_text(
-        "from sparklem_core import Manifest\n"
-        f"MANIFEST = Manifest(name={name!r}, version='2.0.0', agent_defaults={{'interval': 5}})\n"
+        "from sparklem_core import Manifest, Setting\n"
+        f"MANIFEST = Manifest(name={name!r}, version='2.0.0',\n"
+        "    settings=[Setting('interval', int, 5, 'seconds', side='agent')])\n"
     )
     (path / "server.py").write_text(
         "from sparklem_core import PluginResult, hookimpl\n"
@@ -354,7 +356,7 @@ def test_builtins_from_entry_points_only() -> None:
     result = host.process(
         host.loaded()["temperature"],
         message("temperature", {"readings": [{"sensor": "s", "value": 20}]}),
-        {},
+        plugin_settings(host.loaded()["temperature"].manifest, {}),
     )
     assert isinstance(result, PluginResult) and len(result.rows["temperature_readings"]) == 1
 
@@ -402,7 +404,8 @@ def run_plugins_command(
 
 
 def table(output: str) -> list[list[str]]:
-    return [line.split() for line in output.splitlines() if line.strip()]
+    """The plugin table: the output's first block."""
+    return [line.split() for line in output.split("\n\n")[0].splitlines() if line.strip()]
 
 
 def test_plugins_command_lists_builtins(tmp_path: Path) -> None:
@@ -418,6 +421,36 @@ def test_plugins_command_lists_builtins(tmp_path: Path) -> None:
     assert found["pu_workload"][2:4] == ["sparklem.pu_workload", "ok"]
 
 
+def test_plugins_command_lists_each_plugins_settings(tmp_path: Path) -> None:
+    result = run_plugins_command(tmp_path)
+    assert result.returncode == 0, result.stderr
+    blocks = {b.splitlines()[0]: b for b in result.stdout.split("\n\n")[1:]}
+    temperature = blocks["settings of temperature (plugins.temperature.*):"]
+    rows = {tuple(line.split()[:2]): line.split() for line in temperature.splitlines()[2:]}
+    assert rows[("processor", "min_celsius")][2:4] == ["float", "-90"]
+    assert rows[("processor", "max_celsius")][2:4] == ["float", "200"]
+    assert rows[("agent", "interval")][2:4] == ["float", "30"]
+    assert rows[("agent", "thermal_root")][2:4] == ["str", "/sys/class/thermal"]
+    assert "lowest plausible reading" in " ".join(rows[("processor", "min_celsius")])
+    pu_workload = blocks["settings of pu_workload (plugins.pu_workload.*):"]
+    assert "nvidia_smi" in pu_workload and "proc_root" in pu_workload
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"temperatur": {}}, "plugins.temperatur"),
+        ({"temperature": {"min_celsius": "abc"}}, "plugins.temperature.min_celsius"),
+        ({"temperature": {"enabled": "false"}}, "plugins.temperature.enabled"),
+    ],
+)
+def test_plugins_command_refuses_bad_sections(tmp_path: Path, section: dict, key: str) -> None:
+    result = run_plugins_command(tmp_path, {"plugins": section})
+    assert result.returncode == 2
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
+    assert key in result.stderr and "Traceback" not in result.stderr
+
+
 def test_plugins_command_shows_failures_overrides_and_disabled(tmp_path: Path, uid: str) -> None:
     plugins = tmp_path / "plugins"
     make_plugin(plugins, f"good_{uid}")
@@ -429,7 +462,8 @@ def test_plugins_command_shows_failures_overrides_and_disabled(tmp_path: Path, u
     }
     result = run_plugins_command(tmp_path, config)
     assert result.returncode == 0, result.stderr
-    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:] if line.strip()}
+    block = result.stdout.split("\n\n")[0]
+    lines = {line.split()[0]: line for line in block.splitlines()[1:] if line.strip()}
     assert set(lines) == {f"good_{uid}", f"needs_{uid}", f"boom_{uid}", *BUILTINS}
     assert lines[f"good_{uid}"].split()[1:4] == ["0.3.1", f"sparklem.good_{uid}", "ok"]
     assert f"missing requirement sparklem-absent-{uid}" in lines[f"needs_{uid}"]

@@ -11,6 +11,7 @@ from sqlalchemy import Column, MetaData, Table, create_engine, insert, select
 
 import plugins.temperature as plugin
 from sparklem_core import InvalidPayload, Message, PluginResult
+from sparklem_core.schema import plugin_settings
 
 SENT_AT = datetime(2026, 11, 21, 10, 30, 0, tzinfo=UTC)
 SENT_MS = int(SENT_AT.timestamp() * 1000)
@@ -18,7 +19,8 @@ SENT_MS = int(SENT_AT.timestamp() * 1000)
 
 def process(readings: Any, settings: dict[str, Any] | None = None, **data: Any) -> PluginResult:
     message = Message("edge-1", "temperature", 7, SENT_AT, {"readings": readings, **data})
-    return plugin.sparklem_process(message=message, settings=settings or {})
+    checked = plugin_settings(plugin.sparklem_manifest(), settings or {})
+    return plugin.sparklem_process(message=message, settings=checked)
 
 
 def rows(result: PluginResult) -> list[dict[str, Any]]:
@@ -188,4 +190,6 @@ def test_reading_count_limits() -> None:
 def test_invalid_whole_payload(data: dict[str, Any]) -> None:
     message = Message("edge-1", "temperature", 1, SENT_AT, data)
     with pytest.raises(InvalidPayload, match="readings"):
-        plugin.sparklem_process(message=message, settings={})
+        plugin.sparklem_process(
+            message=message, settings=plugin_settings(plugin.sparklem_manifest(), {})
+        )

@@ -1,6 +1,6 @@
 """Built-in ``temperature`` plugin, and the layout to copy for a plugin of your own.
 
-- ``manifest.py``: ``MANIFEST``, the plugin's name, version, topic and agent defaults.
+- ``manifest.py``: ``MANIFEST``, the plugin's name, version, topic and declared settings.
 - ``server.py``: processor side: ``sparklem_manifest``, ``sparklem_register_tables`` (the
   SQL tables) and ``sparklem_process`` (validate one message's payload into rows).
 - ``main.py``: agent side: ``sparklem_collect`` (read the device, return the payload).

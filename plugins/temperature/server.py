@@ -30,7 +30,7 @@ ABSOLUTE_ZERO = {"C": -273.15, "F": -459.67, "K": 0.0}  # per unit, checked befo
 
 @hookimpl
 def sparklem_manifest() -> Manifest:
-    """Name, version, topic and agent defaults."""
+    """Name, version, topic and declared settings."""
     return MANIFEST
 
 
@@ -54,16 +54,16 @@ def sparklem_register_tables(register: RegisterTable) -> None:
 def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginResult:
     """Validate the readings and turn each good one into a row.
 
-    ``settings``: ``min_celsius`` (default -90) and ``max_celsius`` (default 200),
-    the plausible range, bounds included; a reading outside it is rejected on its own.
+    ``settings`` (declared in manifest.py, validated by the core): ``min_celsius`` and
+    ``max_celsius``, the plausible range, bounds included; a reading outside it is
+    rejected on its own.
     """
     readings = message.data.get("readings") if isinstance(message.data, dict) else None
     if not isinstance(readings, list):
         raise InvalidPayload("'readings' must be a list")
     if not 1 <= len(readings) <= MAX_READINGS:
         raise InvalidPayload(f"'readings' must hold 1 to {MAX_READINGS} items, not {len(readings)}")
-    low = float(settings.get("min_celsius", -90.0))
-    high = float(settings.get("max_celsius", 200.0))
+    low, high = settings["min_celsius"], settings["max_celsius"]
     received_at = datetime.now(UTC)
 
     result = PluginResult()
