@@ -19,6 +19,7 @@ from sparklem_core.registry import (
     create_server_key,
     load_server_keys,
 )
+from sparklem_core.schema_lock import SchemaLockTimeout
 from sparklem_core.storage import Store
 
 log = logging.getLogger("sparklem")
@@ -261,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"main.py: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except NoServerKey as exc:
+    except (NoServerKey, SchemaLockTimeout) as exc:
         print(f"main.py: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -4,8 +4,9 @@ Sections (add new fixtures to the matching section, or open a new one below):
 
 1. Markers        -- tests using a real broker or PostgreSQL are marked ``e2e``.
 2. Kafka broker   -- ``broker``: one Tansu broker for the whole session.
-3. SQL databases  -- ``pg_server`` (session) and ``database_url`` (per test, sqlite + postgresql);
-                     ``mariadb_server`` (session) and ``mysql_url`` (per test, MariaDB only).
+3. SQL databases  -- servers ``pg_server`` and ``mariadb_server`` (session); per test, a fresh
+                     database: ``database_url`` (sqlite + postgresql), or one of
+                     ``sqlite_url``, ``pg_url``, ``mysql_url``.
 
 Polling helper for tests: ``from waiting import wait_for`` (tests/waiting.py).
 """
@@ -79,26 +80,38 @@ def pg_server() -> Iterator[LocalPostgres]:
         yield server
 
 
+def _fresh_database(server: LocalPostgres | LocalMariaDB) -> Iterator[str]:
+    """A new database on *server* for one test, dropped afterwards (open connections too)."""
+    server.start()  # no-op when running; recovers from a test that left it stopped
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = server.create_database(name)
+    yield url
+    server.start()
+    server.drop_database(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """SQLAlchemy URL of a new SQLite database file in the test's temporary directory."""
+    return f"sqlite:///{tmp_path}/db.sqlite3"
+
+
+@pytest.fixture
+def pg_url(pg_server: LocalPostgres) -> Iterator[str]:
+    """SQLAlchemy URL of a fresh, empty PostgreSQL database on ``pg_server``."""
+    yield from _fresh_database(pg_server)
+
+
 @pytest.fixture(
     params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)],
 )
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def database_url(request: pytest.FixtureRequest) -> str:
     """SQLAlchemy URL of an empty database, once for SQLite and once for PostgreSQL.
 
     PostgreSQL: a fresh database per test on ``pg_server`` (dropped afterwards), so tests
     never see each other's rows.
     """
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/db.sqlite3"
-        return
-    server: LocalPostgres = request.getfixturevalue("pg_server")
-    server.start()  # no-op when running; recovers from a test that left it stopped
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    url = server.create_database(name)
-    yield url
-    if not server.is_running():
-        server.start()
-    server.drop_database(name)  # WITH (FORCE): also ends connections the test left open
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +119,7 @@ def mariadb_server() -> Iterator[LocalMariaDB]:
     """A local MariaDB server for the session; skips when the binaries are absent.
 
     Not part of ``database_url``: full MariaDB support comes later. Tests that need every
-    database parametrize over fixture names (``database_url`` and ``mysql_url``).
+    database parametrize over fixture names (``sqlite_url``, ``pg_url``, ``mysql_url``).
     """
     _skip_unless_available(LocalMariaDB.available())
     with LocalMariaDB() as server:
@@ -116,9 +129,4 @@ def mariadb_server() -> Iterator[LocalMariaDB]:
 @pytest.fixture
 def mysql_url(mariadb_server: LocalMariaDB) -> Iterator[str]:
     """SQLAlchemy URL (``mysql+pymysql``) of a fresh, empty MariaDB database, dropped after."""
-    mariadb_server.start()  # no-op when running; recovers from a test that left it stopped
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    url = mariadb_server.create_database(name)
-    yield url
-    mariadb_server.start()
-    mariadb_server.drop_database(name)
+    yield from _fresh_database(mariadb_server)
