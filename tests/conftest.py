@@ -4,9 +4,10 @@ Sections (add new fixtures to the matching section, or open a new one below):
 
 1. Markers        -- tests using a real broker or PostgreSQL are marked ``e2e``.
 2. Kafka broker   -- ``broker``: one Tansu broker for the whole session.
-3. SQL databases  -- servers ``pg_server`` and ``mariadb_server`` (session); per test, a fresh
-                     database: ``database_url`` (sqlite + postgresql), or one of
-                     ``sqlite_url``, ``pg_url``, ``mysql_url``.
+3. SQL databases  -- servers ``pg_server``, ``mariadb_server`` (session); fresh databases
+                     ``pg_url``, ``mysql_url``, ``database_url`` (sqlite + postgresql) and
+                     ``any_database_url`` (sqlite + postgresql + mariadb), per test.
+4. End to end     -- ``fleet`` (enrolled agents), ``db`` (queries), ``processors`` (stopped after).
 
 Polling helper for tests: ``from waiting import wait_for`` (tests/waiting.py).
 """
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import Db, Fleet, ProcessorProcess
 
 from sparklem_core.local_servers import LocalMariaDB, LocalPostgres, TansuBroker
 
@@ -27,7 +29,7 @@ from sparklem_core.local_servers import LocalMariaDB, LocalPostgres, TansuBroker
 # ======================================================================================
 
 #: Tests that request any of these fixtures talk to a real server: mark them ``e2e``.
-E2E_FIXTURES = frozenset({"broker", "pg_server", "mariadb_server"})
+E2E_FIXTURES = frozenset({"broker", "pg_server", "pg_url", "mariadb_server", "mysql_url"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -80,38 +82,42 @@ def pg_server() -> Iterator[LocalPostgres]:
         yield server
 
 
-def _fresh_database(server: LocalPostgres | LocalMariaDB) -> Iterator[str]:
-    """A new database on *server* for one test, dropped afterwards (open connections too)."""
-    server.start()  # no-op when running; recovers from a test that left it stopped
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    url = server.create_database(name)
-    yield url
-    server.start()
-    server.drop_database(name)
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    """SQLAlchemy URL of a new SQLite database file in the test's temporary directory."""
-    return f"sqlite:///{tmp_path}/db.sqlite3"
-
-
 @pytest.fixture
 def pg_url(pg_server: LocalPostgres) -> Iterator[str]:
-    """SQLAlchemy URL of a fresh, empty PostgreSQL database on ``pg_server``."""
-    yield from _fresh_database(pg_server)
+    """SQLAlchemy URL of a fresh, empty PostgreSQL database on ``pg_server``, dropped after
+    (so tests never see each other's rows)."""
+    pg_server.start()  # no-op when running; recovers from a test that left it stopped
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = pg_server.create_database(name)
+    yield url
+    if not pg_server.is_running():
+        pg_server.start()
+    pg_server.drop_database(name)  # WITH (FORCE): also ends connections the test left open
 
 
 @pytest.fixture(
     params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)],
 )
-def database_url(request: pytest.FixtureRequest) -> str:
-    """SQLAlchemy URL of an empty database, once for SQLite and once for PostgreSQL.
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLAlchemy URL of an empty database, once for SQLite and once for PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/db.sqlite3"
+    return request.getfixturevalue("pg_url")
 
-    PostgreSQL: a fresh database per test on ``pg_server`` (dropped afterwards), so tests
-    never see each other's rows.
-    """
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.e2e),
+        pytest.param("mysql", marks=pytest.mark.e2e),
+    ],
+)
+def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Like ``database_url``, and once more on MariaDB: for what must hold on every
+    supported database already (error handling, schema creation)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/db.sqlite3"
+    return request.getfixturevalue("pg_url" if request.param == "postgresql" else "mysql_url")
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +125,7 @@ def mariadb_server() -> Iterator[LocalMariaDB]:
     """A local MariaDB server for the session; skips when the binaries are absent.
 
     Not part of ``database_url``: full MariaDB support comes later. Tests that need every
-    database parametrize over fixture names (``sqlite_url``, ``pg_url``, ``mysql_url``).
+    database parametrize over fixture names (``database_url`` and ``mysql_url``).
     """
     _skip_unless_available(LocalMariaDB.available())
     with LocalMariaDB() as server:
@@ -129,4 +135,38 @@ def mariadb_server() -> Iterator[LocalMariaDB]:
 @pytest.fixture
 def mysql_url(mariadb_server: LocalMariaDB) -> Iterator[str]:
     """SQLAlchemy URL (``mysql+pymysql``) of a fresh, empty MariaDB database, dropped after."""
-    yield from _fresh_database(mariadb_server)
+    mariadb_server.start()  # no-op when running; recovers from a test that left it stopped
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = mariadb_server.create_database(name)
+    yield url
+    mariadb_server.start()
+    mariadb_server.drop_database(name)
+
+
+# ======================================================================================
+# 4. End to end (tests/harness.py)
+# ======================================================================================
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, broker: TansuBroker) -> Iterator[Fleet]:
+    """Agents speaking the protocol, with ``edge-1`` enrolled, on per-test topics."""
+    fleet = Fleet(tmp_path, broker.bootstrap)
+    fleet.enroll("edge-1")
+    yield fleet
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Db]:
+    db = Db(database_url)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def processors() -> Iterator[list[ProcessorProcess]]:
+    """Processors started with ``harness.start``; any still running are killed after."""
+    started: list[ProcessorProcess] = []
+    yield started
+    for proc in started:
+        proc.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,24 +22,12 @@ from sparklem_core.config import load_config
 from sparklem_core.local_servers import TansuBroker
 from sparklem_core.registry import create_server_key
 from sparklem_core.schema_lock import SchemaLockTimeout, schema_lock
-from sparklem_core.storage import make_engine
 
 N = 4
-DATABASES = [
-    "sqlite_url",
-    pytest.param("pg_url", marks=pytest.mark.e2e),
-    pytest.param("mysql_url", marks=pytest.mark.e2e),
-]
-
-
-@pytest.fixture(params=DATABASES)
-def fresh_url(request: pytest.FixtureRequest) -> str:
-    """A fresh, empty database on SQLite, PostgreSQL and MariaDB in turn."""
-    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture
-def config_path(tmp_path: Path, fresh_url: str) -> Path:
+def config_path(tmp_path: Path, any_database_url: str) -> Path:
     certificates = tmp_path / "certificates"
     create_server_key(certificates, bits=2048)  # the schema is what races here, not the key
     path = tmp_path / "config.yaml"
@@ -48,7 +35,7 @@ def config_path(tmp_path: Path, fresh_url: str) -> Path:
         yaml.safe_dump(
             {
                 "kafka": {"bootstrap.servers": "127.0.0.1:1"},  # init never connects
-                "database": {"url": fresh_url},
+                "database": {"url": any_database_url},
                 "certificates": str(certificates),
             }
         )
@@ -112,8 +99,8 @@ def test_concurrent_create_schema_threads(config_path: Path) -> None:
             store.dispose()
 
 
-def test_init_waits_for_the_lock_and_says_so(config_path: Path, fresh_url: str) -> None:
-    engine = make_engine(fresh_url)
+def test_init_waits_for_the_lock_and_says_so(config_path: Path, any_database_url: str) -> None:
+    engine = storage.make_engine(any_database_url)
     output = config_path.parent / "init.out"
     try:
         with schema_lock(engine), open(output, "w") as out:
@@ -136,8 +123,8 @@ def test_init_waits_for_the_lock_and_says_so(config_path: Path, fresh_url: str) 
     assert_schema_at_head_once(config_path)
 
 
-def test_create_schema_gives_up_after_the_lock_timeout(fresh_url: str) -> None:
-    holder, waiter = make_engine(fresh_url), storage.Store(fresh_url, "g")
+def test_create_schema_gives_up_after_the_lock_timeout(any_database_url: str) -> None:
+    holder, waiter = storage.make_engine(any_database_url), storage.Store(any_database_url, "g")
     try:
         with (
             schema_lock(holder),
@@ -150,19 +137,13 @@ def test_create_schema_gives_up_after_the_lock_timeout(fresh_url: str) -> None:
         waiter.dispose()
 
 
-@pytest.fixture
-def processors() -> Iterator[list[ProcessorProcess]]:
-    started: list[ProcessorProcess] = []
-    yield started
-    for proc in started:
-        proc.close()
-
-
 def test_three_processors_start_at_once_on_a_fresh_postgres(
-    tmp_path: Path, broker: TansuBroker, pg_url: str, processors: list[ProcessorProcess]
+    tmp_path: Path,
+    broker: TansuBroker,
+    pg_url: str,
+    fleet: Fleet,
+    processors: list[ProcessorProcess],
 ) -> None:
-    fleet = Fleet(tmp_path, broker.bootstrap)
-    fleet.enroll("edge-1")
     config = fleet.config(broker.bootstrap, pg_url)
     for name in ("a", "b", "c"):
         processors.append(ProcessorProcess(tmp_path, config, name).start(wait_assigned=False))
