@@ -38,6 +38,8 @@ _LOCK_NAME = "sparklem-schema"
 #: pg_advisory_xact_lock takes a signed 64-bit key: the first 8 bytes of SHA-256 of the name.
 PG_LOCK_KEY = int.from_bytes(hashlib.sha256(_LOCK_NAME.encode()).digest()[:8], "big", signed=True)
 _PG_LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout expiry
+# Per database, as PostgreSQL's advisory locks are; MD5 keeps it under the 64-character limit.
+_MYSQL_LOCK_NAME = f"CONCAT('{_LOCK_NAME}:', MD5(DATABASE()))"
 
 
 class SchemaLockTimeout(RuntimeError):
@@ -57,7 +59,8 @@ def schema_lock(
 ) -> Iterator[Connection]:
     """A dedicated connection, in a transaction that holds the schema lock until it ends.
 
-    Commits when the block exits normally, rolls back on an exception.
+    Commits when the block exits normally, rolls back on an exception. On SQLite the
+    engine must come from :func:`sparklem_core.storage.make_engine` (``BEGIN IMMEDIATE``).
     """
     with engine.connect() as conn:
         with _notice_if_slow():
@@ -68,10 +71,6 @@ def schema_lock(
             finally:
                 if _is_mysql(conn) and not conn.invalidated:
                     conn.execute(text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})"))
-
-
-# Per database, as PostgreSQL's advisory locks are; MD5 keeps it under the 64-character limit.
-_MYSQL_LOCK_NAME = f"CONCAT('{_LOCK_NAME}:', MD5(DATABASE()))"
 
 
 def _is_mysql(conn: Connection) -> bool:
