@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
+
 from sparklem_core import __version__
 from sparklem_core.config import (
     Config,
@@ -27,6 +29,7 @@ from sparklem_core.registry import (
     load_server_keys,
 )
 from sparklem_core.schema import describe_settings
+from sparklem_core.schema_lock import SchemaLockTimeout
 from sparklem_core.storage import Store
 
 log = logging.getLogger("sparklem")
@@ -293,8 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"main.py: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except NoServerKey as exc:
+    except (NoServerKey, SchemaLockTimeout) as exc:
         print(f"main.py: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_FAILURE
+    except DBAPIError as exc:  # init and friends: the database refused or is unreachable
+        reason = str(exc.orig or exc).strip().splitlines()[0][:300]
+        print(f"main.py: database error: {mask_secrets(reason)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -45,6 +45,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
+from sparklem_core.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
+
 log = logging.getLogger(__name__)
 
 ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
@@ -203,18 +205,22 @@ class Store:
     def table_owner(self, name: str) -> str | None:
         return self._plugin_tables.get(name)
 
-    def create_schema(self) -> None:
-        """Upgrade the core tables with Alembic, then create missing plugin tables."""
+    def create_schema(self, *, lock_timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> None:
+        """Upgrade the core tables with Alembic, then create missing plugin tables.
+
+        All of it under the schema lock, so any number of processes may call this at once
+        on a fresh database; :class:`SchemaLockTimeout` after ``lock_timeout_s`` of waiting.
+        """
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-        with self.engine.begin() as conn:
+        plugin_tables = [self.metadata.tables[n] for n in self._plugin_tables]
+        with schema_lock(self.engine, timeout_s=lock_timeout_s) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-        plugin_tables = [self.metadata.tables[n] for n in self._plugin_tables]
-        self.metadata.create_all(self.engine, tables=plugin_tables, checkfirst=True)
+            self.metadata.create_all(conn, tables=plugin_tables, checkfirst=True)
 
     def load_streams(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         keys = list(keys)
