@@ -129,6 +129,8 @@ def test_init_with_an_unreachable_database(tmp_path: Path) -> None:
     done = main_py(tmp_path, "init", SPARKLEM_DATABASE_URL=url)
     assert done.returncode == 1
     assert "127.0.0.1" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("main.py: database error: ")
     assert_no_secret(done)
 
 
