@@ -18,6 +18,7 @@ import pytest
 from pipeline_env import PU_TOPIC, TOPIC, Env, Keys, reading, temperature
 
 from plugins.pu_workload.server import MAX_CORES, MAX_GPUS
+from sparklem_core import protocol
 from sparklem_core.pipeline import Record
 from sparklem_core.writer import BatchWriter
 
@@ -179,3 +180,19 @@ def test_every_bad_record_in_one_batch(env: Env) -> None:
     goods.check()
     assert env.count("temperature_readings") == len(goods.seqs["temperature"]) + 2  # two "ok"
     assert_offsets_cover(env)
+
+
+@pytest.mark.parametrize("open_, close", [("[", "]"), ('{"a":', "}")])
+def test_nesting_limit_is_exact(open_: str, close: str) -> None:
+    """MAX_JSON_DEPTH levels are JSON; one more is malformed, however the text is padded."""
+    limit = protocol.MAX_JSON_DEPTH
+    for depth in (limit - 1, limit, limit + 1):
+        text = (open_ * depth + "0" + close * depth).encode()
+        padded = b'["[[[[' + b"[" * limit + b'", ' + text + b", [[0], [0], [0]]]"
+        for value, levels in ((text, depth), (padded, depth + 1)):
+            if levels <= limit:
+                protocol.loads_json(value, "test")
+            else:
+                with pytest.raises(protocol.Rejected, match="nests deeper"):
+                    protocol.loads_json(value, "test")
+    assert protocol.loads_json(b'"' + b"[" * 100 + b'"', "test") == "[" * 100
