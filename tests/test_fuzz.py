@@ -229,6 +229,9 @@ B64_MEMBERS = ("ek", "iv", "ct", "tag", "sig")
 TEXT_MEMBERS = ("agent", "plugin", "kid")
 
 
+B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
 def odd_base64(value: str, how: str) -> str:
     """``value`` (canonical base64) spelled in a way the protocol refuses, or not at all."""
     raw = base64.b64decode(value)
@@ -244,12 +247,8 @@ def odd_base64(value: str, how: str) -> str:
         return base64.urlsafe_b64encode(raw).decode()
     if how == "spare bits":  # same bytes, another last character
         stem = value.rstrip("=")
-        last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".index(stem[-1])
-        return (
-            stem[:-1]
-            + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[last ^ 1]
-            + value[len(stem) :]
-        )
+        last = B64_ALPHABET.index(stem[-1])
+        return stem[:-1] + B64_ALPHABET[last ^ 1] + value[len(stem) :]
     if how == "short":
         return value[:-4]
     if how == "one more byte":
