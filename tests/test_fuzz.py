@@ -40,8 +40,14 @@ from sparklem_core.writer import BatchWriter
 
 BAD_AGENT, GOOD_AGENT = "edge-1", "edge-2"  # hostile seqs must never shadow good ones
 TOPICS = {"temperature": TOPIC, "pu_workload": PU_TOPIC}
-# What a message whose signature verified may be rejected for, reading by reading apart.
-AUTHENTICATED_REASONS = {protocol.MALFORMED, protocol.CLOCK_SKEW, protocol.INVALID_PAYLOAD}
+# What a validly sealed message may be rejected for, reading by reading apart (its size is
+# checked before its signature).
+AUTHENTICATED_REASONS = {
+    protocol.TOO_LARGE,
+    protocol.MALFORMED,
+    protocol.CLOCK_SKEW,
+    protocol.INVALID_PAYLOAD,
+}
 
 
 # --- JSON with what json.dumps cannot write -------------------------------------------------
