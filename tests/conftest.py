@@ -122,7 +122,7 @@ def module_database_url(
 # ``ci`` is derandomized: the same examples on every run, within CI time.
 settings.register_profile(
     "ci",
-    max_examples=60,
+    max_examples=300,
     deadline=None,
     derandomize=True,
     database=None,
