@@ -4,23 +4,18 @@ Sections (add new fixtures to the matching section, or open a new one below):
 
 1. Markers        -- tests using a real broker or PostgreSQL are marked ``e2e``.
 2. Kafka broker   -- ``broker``: one Tansu broker for the whole session.
-3. SQL databases  -- ``pg_server`` (session), ``database_url`` (per test, sqlite + postgresql)
-                     and ``module_database_url`` (the same, one per test module).
-4. Hypothesis     -- profiles: ``ci`` (default, a fixed budget) and ``long`` (by hand:
-                     ``pytest tests/test_fuzz.py --hypothesis-profile=long``).
+3. SQL databases  -- ``pg_server`` (session) and ``database_url`` (per test, sqlite + postgresql).
 
 Polling helper for tests: ``from waiting import wait_for`` (tests/waiting.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
 
 from sparklem_core.local_servers import LocalPostgres, TansuBroker
 
@@ -36,6 +31,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+
+
+# ======================================================================================
+# Hypothesis profiles: ``ci`` (the default) and ``long`` (``--hypothesis-profile=long``)
+# ======================================================================================
+
+
+def _register_hypothesis_profiles() -> None:
+    """``ci``: a fixed, derandomized budget (tests/test_fuzz.py within ~90 s on both
+    databases); ``long``: thousands of random examples, run by hand. ``deadline=None``:
+    examples go through a real database, whose latency is not the code's."""
+    from hypothesis import HealthCheck, settings
+
+    slow = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile(
+        "ci",
+        max_examples=300,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=slow,
+    )
+    settings.register_profile(
+        "long", max_examples=5000, deadline=None, print_blob=True, suppress_health_check=slow
+    )
+    settings.load_profile("ci")  # --hypothesis-profile=NAME, read later, overrides it
+
+
+_register_hypothesis_profiles()
 
 
 # ======================================================================================
@@ -75,14 +99,17 @@ def pg_server() -> Iterator[LocalPostgres]:
         yield server
 
 
-DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)]
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)],
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLAlchemy URL of an empty database, once for SQLite and once for PostgreSQL.
 
-
-@contextlib.contextmanager
-def _empty_database(request: pytest.FixtureRequest, directory: Path) -> Iterator[str]:
-    """URL of an empty database of kind ``request.param``: a file, or a fresh PostgreSQL one."""
+    PostgreSQL: a fresh database per test on ``pg_server`` (dropped afterwards), so tests
+    never see each other's rows.
+    """
     if request.param == "sqlite":
-        yield f"sqlite:///{directory}/db.sqlite3"
+        yield f"sqlite:///{tmp_path}/db.sqlite3"
         return
     server: LocalPostgres = request.getfixturevalue("pg_server")
     server.start()  # no-op when running; recovers from a test that left it stopped
@@ -92,47 +119,3 @@ def _empty_database(request: pytest.FixtureRequest, directory: Path) -> Iterator
     if not server.is_running():
         server.start()
     server.drop_database(name)  # WITH (FORCE): also ends connections the test left open
-
-
-@pytest.fixture(params=DATABASES)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """SQLAlchemy URL of an empty database, once for SQLite and once for PostgreSQL.
-
-    PostgreSQL: a fresh database per test on ``pg_server`` (dropped afterwards), so tests
-    never see each other's rows.
-    """
-    with _empty_database(request, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture(scope="module", params=DATABASES)
-def module_database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """Like ``database_url``, shared by the tests of one module (e.g. hypothesis examples)."""
-    with _empty_database(request, tmp_path_factory.mktemp("db")) as url:
-        yield url
-
-
-# ======================================================================================
-# 4. Hypothesis
-# ======================================================================================
-
-# deadline=None: examples go through a real database, whose latency is not the code's.
-# ``ci`` is derandomized: the same examples on every run, within CI time.
-settings.register_profile(
-    "ci",
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "long",
-    max_examples=5000,
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.load_profile("ci")  # --hypothesis-profile=NAME, read later, overrides it

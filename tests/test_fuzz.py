@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -613,13 +614,27 @@ def keys() -> Keys:
     return Keys.generate()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)]
+)
 def fuzz(
-    tmp_path_factory: pytest.TempPathFactory, keys: Keys, module_database_url: str
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, keys: Keys
 ) -> Iterator[Fuzz]:
-    env = Env(tmp_path_factory.mktemp("fuzz"), keys, module_database_url)
+    """One world per database for all the examples of this module (``database_url`` is
+    per test: a database per example would cost more than the example)."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    if request.param == "sqlite":
+        env = Env(tmp, keys, f"sqlite:///{tmp}/db.sqlite3")
+        yield Fuzz(env)
+        env.close()
+        return
+    server = request.getfixturevalue("pg_server")
+    server.start()  # no-op when running
+    name = f"fuzz_{uuid.uuid4().hex[:16]}"
+    env = Env(tmp, keys, server.create_database(name))
     yield Fuzz(env)
     env.close()
+    server.drop_database(name)
 
 
 # --- the properties ---------------------------------------------------------------------------
