@@ -272,7 +272,10 @@ class Bench:
         if isinstance(parsed, protocol.Plaintext):
             info = self.host.loaded()[plugin]
             message = Message(AGENT, plugin, parsed.seq, datetime.now(UTC), parsed.data)
-            plugin_ms = best_ms(lambda: _rejected(self.host.process, info, message, {}), repeat)
+            settings = self.pipeline.plugin_settings[plugin]  # as the pipeline hands them
+            plugin_ms = best_ms(
+                lambda: _rejected(self.host.process, info, message, settings), repeat
+            )
         pipeline = best_ms(lambda: self.process(value, TOPICS[plugin]), repeat)
         outcome = self.process(value, TOPICS[plugin])
         return Row(
