@@ -39,6 +39,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # ======================================================================================
+# Hypothesis profiles: ``ci`` (the default) and ``long`` (``--hypothesis-profile=long``)
+# ======================================================================================
+
+
+def _register_hypothesis_profiles() -> None:
+    """``ci``: a fixed, derandomized budget (tests/test_fuzz.py within ~90 s on both
+    databases); ``long``: thousands of random examples, run by hand. ``deadline=None``:
+    examples go through a real database, whose latency is not the code's."""
+    from hypothesis import HealthCheck, settings
+
+    slow = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile(
+        "ci",
+        max_examples=300,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=slow,
+    )
+    settings.register_profile(
+        "long", max_examples=5000, deadline=None, print_blob=True, suppress_health_check=slow
+    )
+    settings.load_profile("ci")  # --hypothesis-profile=NAME, read later, overrides it
+
+
+_register_hypothesis_profiles()
+
+
+# ======================================================================================
 # 2. Kafka broker
 # ======================================================================================
 

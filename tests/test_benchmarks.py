@@ -151,3 +151,30 @@ def test_backlog_end_to_end() -> None:
     assert report["engine_msgs_s"] is None and report["naive_msgs_s"] is None
     assert report["e2e_peak_rss_mib"] > 0 and report["e2e_sampled_rss_max_mib"] > 0
     assert report["e2e_from_start_s"] >= report["e2e_start_to_first_commit_s"] > 0
+
+
+def test_parse_benchmark_smoke() -> None:
+    report = run_module("benchmarks.parse", "--size", "4096", "--repeat", "1")
+    assert report["size"] == 4096 and report["target_ms"] == 50.0
+    shapes = report["shapes"]
+    for shape in ("33 brackets + escape run", "many small lists", "duplicate keys"):
+        assert shapes[shape]["kind"] == "record"
+        assert shapes[shape]["outcome"] == "malformed", shape
+    assert shapes["per_core beyond the cap"]["outcome"] == "invalid_payload"
+    assert shapes["valid envelope, 4 KiB ct"]["outcome"] == "stored, 1 rows"
+    for figures in shapes.values():
+        assert figures["envelope_ms"] >= 0 and figures["pipeline_ms"] >= 0
+    assert report["slowest_shape"] in shapes
+
+
+def test_parse_benchmark_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.parse", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "--size" in result.stdout and "--repeat" in result.stdout
