@@ -24,6 +24,7 @@ from pipeline_env import (
     run,
     temperature,
 )
+from sqlalchemy import text
 
 from sparklem_core import protocol
 from sparklem_core.storage import Batch, Conflict
