@@ -8,8 +8,9 @@ Builds records of about ``--size`` bytes (default 1 MiB, the default
 record shapes (the record value itself)
     deep nesting, unclosed strings, runs of escapes ``"\\"...``, 33 brackets then an escape
     run (once quadratic in the depth check), long integers, long float digits, many keys,
-    many small lists, duplicate keys, lone-surrogate escapes, and a valid envelope whose
-    ``ct`` holds ``--size`` bytes;
+    many small lists, duplicate keys, lone-surrogate escapes, documents at the JSON limits
+    (as many arrays, members and 20-digit integers as ``protocol.loads_json`` lets
+    through), and a valid envelope whose ``ct`` holds ``--size`` bytes;
 sealed shapes (a plaintext sealed as an agent does, so every check before it passes)
     the same shapes inside a ``temperature`` or ``pu_workload`` plaintext: lists beyond
     their caps, 1000 readings that are each refused, long or escaped sensor names, huge
@@ -48,6 +49,7 @@ from sparklem_core.config import ProcessorSettings
 from sparklem_core.pipeline import Pipeline, Record
 from sparklem_core.plugin_api import Message
 from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.protocol import MAX_INT_DIGITS, MAX_JSON_COMMAS, MAX_JSON_CONTAINERS
 from sparklem_core.registry import AgentRegistry
 from sparklem_core.storage import Store
 
@@ -96,6 +98,26 @@ def json_shapes(size: int) -> dict[str, bytes]:
         "many small lists": _fill(b"[", b"[0],", b"[0]]", size),
         "duplicate keys": _fill(b"{", b'"a":0,', b'"a":0}', size),
         "lone surrogate escapes": _fill(b'"', b"\\ud800", b'"', size),
+        **at_the_caps(size),
+    }
+
+
+def at_the_caps(size: int) -> dict[str, bytes]:
+    """The costliest documents the JSON limits let through: as many arrays, members and
+    long integers as allowed, the rest of ``size`` a plain string."""
+
+    def padded(body: bytes) -> bytes:
+        return b'{"pad":"' + b"a" * max(0, size - len(body) - 12) + b'","x":' + body + b"}"
+
+    lists = MAX_JSON_CONTAINERS - 4  # room for the outer array, object and plaintext
+    key_bytes = max(8, size // MAX_JSON_COMMAS - 4)
+    keys = (b'"%0*d":0' % (key_bytes, i) for i in range(MAX_JSON_COMMAS - 4))
+    return {
+        "at the caps: arrays": padded(b"[" + b",".join([b"[0,0]"] * lists) + b"]"),
+        "at the caps: keys": b"{" + b",".join(keys) + b"}",
+        "at the caps: 20-digit integers": padded(
+            b"[" + b",".join([b"9" * MAX_INT_DIGITS] * (MAX_JSON_COMMAS - 4)) + b"]"
+        ),
     }
 
 
@@ -197,6 +219,10 @@ def sealed_shapes(size: int) -> dict[str, tuple[str, bytes]]:
             ),
         ),
         "long integer as seq": ("temperature", b'{"seq":' + shapes["long integer"] + b"}"),
+        **{
+            f"{name} in data": ("temperature", _plaintext(doc))
+            for name, doc in at_the_caps(p).items()
+        },
     }
 
 

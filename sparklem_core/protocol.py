@@ -46,6 +46,11 @@ PSS_SALT_BYTES = 32
 MAX_SEQ = 2**63
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime holds
 MAX_JSON_DEPTH = 32
+# What one JSON document (envelope or plaintext) may hold, counted on its text before
+# parsing, strings included: each bounds the objects a parse makes, and so its time.
+MAX_JSON_CONTAINERS = 10_000  # "[" and "{" characters: arrays and objects
+MAX_JSON_COMMAS = 20_000  # "," characters: array items and object members
+MAX_INT_DIGITS = 20  # any 64-bit integer; a longer one costs quadratic time to convert
 
 AGENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PLUGIN_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -161,26 +166,41 @@ def b64decode(value: str, member: str, length: int | None = None) -> bytes:
 
 
 def loads_json(raw: bytes, what: str) -> Any:
-    """Strict JSON (RFC 8259) in linear time, ``malformed`` otherwise.
+    """Strict JSON (RFC 8259) in time linear in its size, ``malformed`` otherwise.
 
-    Refuses invalid UTF-8, ``NaN``/``Infinity`` (not JSON), integers of more than 4300
-    digits (Python's own limit, which keeps int parsing linear) and nesting deeper than
-    MAX_JSON_DEPTH. The C parser itself stops at Python's recursion limit; the depth is
-    then measured on the parsed value, iteratively, only when the text holds enough
-    brackets to exceed it.
+    Refuses invalid UTF-8, ``NaN``/``Infinity`` (not JSON), integers of more than
+    MAX_INT_DIGITS digits, more than MAX_JSON_CONTAINERS ``[``/``{`` or MAX_JSON_COMMAS
+    ``,`` characters (counted before parsing: the objects a parse makes are bounded), and
+    nesting deeper than MAX_JSON_DEPTH. The C parser itself stops at Python's recursion
+    limit; the depth is then measured on the parsed value, iteratively, only when the
+    text holds enough brackets to exceed it.
     """
     try:
         text = raw.decode("utf-8")
-        doc = json.loads(text, parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise Rejected(MALFORMED, f"{what} is not UTF-8") from None
+    containers = text.count("[") + text.count("{")
+    if containers > MAX_JSON_CONTAINERS:
+        raise Rejected(
+            MALFORMED, f"{what} holds more than {MAX_JSON_CONTAINERS} '[' and '{{' characters"
+        )
+    if text.count(",") > MAX_JSON_COMMAS:
+        raise Rejected(MALFORMED, f"{what} holds more than {MAX_JSON_COMMAS} ',' characters")
+    try:
+        doc = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int)
     except RecursionError:
         raise Rejected(MALFORMED, f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
         raise Rejected(MALFORMED, f"{what} is not JSON ({str(exc)[:80]})") from None
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(doc):
+    if containers > MAX_JSON_DEPTH and _too_deep(doc):
         raise Rejected(MALFORMED, f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     return doc
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of more than {MAX_INT_DIGITS} digits")
+    return int(digits)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -34,9 +34,15 @@ SEALED: list[tuple[str, str, Any, str]] = [
         "invalid_reading",
     ),
     (
-        "150,000 cores",
+        "150,000 cores",  # more ',' than a plaintext may hold
         "pu_workload",
         {"cpu": {"percent": 1.0, "per_core": [1.0] * 150_000}},
+        "malformed",
+    ),
+    (
+        "1,025 cores",
+        "pu_workload",
+        {"cpu": {"percent": 1.0, "per_core": [1.0] * 1025}},
         "invalid_payload",
     ),
     (

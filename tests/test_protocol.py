@@ -314,10 +314,35 @@ def test_tag_must_be_16_bytes(doc: dict[str, Any], size: int) -> None:
 @pytest.mark.parametrize("opener", ["[", '{"a":'])
 def test_deep_nesting_is_malformed_without_recursion_error(opener: str) -> None:
     closer = "]" if opener == "[" else "}"
-    value = (opener * 100_000 + "1" + closer * 100_000).encode()
+    value = (opener * 5_000 + "1" + closer * 5_000).encode()  # past Python's recursion limit
     started = time.monotonic()
     assert "nests deeper" in assert_malformed(value).detail
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        ("[" + "[]," * 9_999 + "[]]", "more than 10000 '[' and '{' characters"),
+        ('{"a":"' + "{" * 10_001 + '"}', "more than 10000 '[' and '{' characters"),  # in text
+        ("[" + "1," * 20_001 + "1]", "more than 20000 ',' characters"),
+        ('{"n":' + "9" * 21 + "}", "more than 20 digits"),
+        ('{"n":-' + "9" * 21 + "}", "more than 20 digits"),
+        ('{"n":NaN}', "NaN is not a JSON value"),
+        ('{"n":-Infinity}', "-Infinity is not a JSON value"),
+    ],
+)
+def test_json_limits_bound_what_a_parse_makes(text: str, detail: str) -> None:
+    with pytest.raises(protocol.Rejected) as info:
+        protocol.loads_json(text.encode(), "plaintext")
+    assert info.value.reason == "malformed" and detail in info.value.detail
+
+
+def test_json_at_the_limits_is_accepted() -> None:
+    assert len(protocol.loads_json(("[" + "[]," * 9_998 + "[]]").encode(), "x")) == 9_999
+    assert len(protocol.loads_json(("[" + "1," * 20_000 + "1]").encode(), "x")) == 20_001
+    assert protocol.loads_json(b'{"n":-18446744073709551615}', "x")["n"] == -(2**64 - 1)
+    assert protocol.loads_json(b'{"n":1e400}', "x")["n"] == float("inf")  # a float, not NaN
 
 
 def test_deep_nesting_inside_an_ignored_member_is_malformed(doc: dict[str, Any]) -> None:
