@@ -66,9 +66,19 @@ def test_crypto_benchmark_smoke() -> None:
     assert all(report["checks"].values())
 
 
-def test_pipeline_benchmark_help() -> None:
+@pytest.mark.parametrize(
+    ("module", "flags"),
+    [
+        (
+            "benchmarks.pipeline",
+            ("--skip-e2e", "--workers", "--jobs", "--backlog", "--phases", "--sealer"),
+        ),
+        ("benchmarks.parse", ("--size", "--repeat")),
+    ],
+)
+def test_benchmark_help(module: str, flags: tuple[str, ...]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.pipeline", "--help"],
+        [sys.executable, "-m", module, "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -76,8 +86,7 @@ def test_pipeline_benchmark_help() -> None:
         check=False,
     )
     assert result.returncode == 0
-    assert "--skip-e2e" in result.stdout and "--workers" in result.stdout
-    for flag in ("--jobs", "--backlog", "--phases", "--sealer"):
+    for flag in flags:
         assert flag in result.stdout, flag
 
 
@@ -165,16 +174,3 @@ def test_parse_benchmark_smoke() -> None:
     for figures in shapes.values():
         assert figures["envelope_ms"] >= 0 and figures["pipeline_ms"] >= 0
     assert report["slowest_shape"] in shapes
-
-
-def test_parse_benchmark_help() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.parse", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0
-    assert "--size" in result.stdout and "--repeat" in result.stdout
