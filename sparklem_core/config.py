@@ -47,6 +47,7 @@ class ProcessorSettings:
     dead_letter_topic: str | None = None
     shutdown_timeout_s: float = 8.0
     topic_partitions: int = 6  # for topics the processor creates
+    idle_assignment_warn_s: float = 60.0  # say so after this long without partitions
 
 
 @dataclass
