@@ -318,10 +318,12 @@ class Processor:
         group = self.config.group_id
         members: int | None
         try:
+            # This processor is one: Tansu (0.6) describes every group as empty.
             members = len(self._admin.describe_consumer_groups([group])[group].result(5).members)
         except Exception as exc:  # KafkaException, or a broker without DescribeGroups
             log.debug("could not describe group %s: %s", group, exc)
             members = None
+        members = members or None
         level, message = idle_report(now - self._idle_since, group, partitions, members)
         log.log(level, "%s", message)
 
@@ -506,8 +508,13 @@ def idle_report(idle_s: float, group: str, partitions: int, members: int | None)
             f"{held}: group {group} has {members} members for {partitions} partitions "
             "per topic; this processor is a standby"
         )
-    size = "of unknown size" if members is None else f"of {members} members"
+    if members is None:
+        return logging.WARNING, (
+            f"{held} although a subscribed topic has {partitions} partitions: is group "
+            f"{group} stuck in a rebalance (see the broker's log), or larger than that (its "
+            "size is unknown)?"
+        )
     return logging.WARNING, (
-        f"{held} although group {group} ({size}) has {partitions} partitions per topic "
-        "to share: its rebalance is not completing; check the broker's log for this group"
+        f"{held} although group {group} has {members} members for {partitions} partitions "
+        "per topic: its rebalance is not completing; check the broker's log for this group"
     )
