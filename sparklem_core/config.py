@@ -127,10 +127,17 @@ class ProcessorSettings(BaseModel):
         None, description="also publish every rejected record there"
     )
     shutdown_timeout_s: float = Field(
-        8.0, gt=0, le=3600, description="longest wait for the Kafka consumer to close"
+        8.0,
+        gt=0,
+        le=3600,
+        description="longest wait to leave the group at a stop (half of it for a rebalance "
+        "in progress to finish, the rest for the Kafka consumer to close)",
     )
     topic_partitions: int = Field(
         6, gt=0, le=100_000, description="partitions of topics the processor creates"
+    )
+    idle_assignment_warn_s: float = Field(
+        60.0, gt=0, le=86400, description="a processor without partitions this long says so"
     )
 
 

@@ -96,6 +96,10 @@ class Processor:
         self.consumer: Consumer | None = None
         self._admin = AdminClient(self._client_conf())
         self._topic_ids: dict[str, tuple[str | None, float]] = {}  # topic -> (id, asked at)
+        self._assigned: set[tuple[str, int]] = set()
+        self._rebalancing = True  # from subscribe until the group hands out partitions
+        self._idle_since: float | None = None  # set by the loop
+        self._idle_next_check = 0.0
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -140,18 +144,22 @@ class Processor:
                 if records:
                     self._handle(records)
                 self._maybe_log_stats()
+                self._check_idle()
         finally:
             self._shutdown()
         return 0
 
     def _shutdown(self) -> None:
         self._log_stats(final=True)
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        if self.consumer is not None:
+            self._finish_rebalance(self.settings.shutdown_timeout_s / 2)
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             # close() leaves the group cleanly, but can block while the broker is down.
             closer = threading.Thread(target=consumer.close, daemon=True)
             closer.start()
-            closer.join(self.settings.shutdown_timeout_s)
+            closer.join(max(deadline - time.monotonic(), 0.5))
             if closer.is_alive():
                 log.warning(
                     "Kafka consumer did not close within %.0f s (broker down?); leaving without it",
@@ -247,11 +255,16 @@ class Processor:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", _describe(partitions))
+        # Eager protocols hand out the whole assignment, cooperative ones the increment.
+        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        self._rebalancing = False
         self.pipeline.forget_state()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", _describe(partitions))
         gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned -= gone
+        self._rebalancing = True  # the assign callback ends the rebalance, even with nothing
         # Only reachable while a batch waits for the database (callbacks run inside
         # consume()): records of partitions we no longer own go to their new owner.
         self._in_hand = [r for r in self._in_hand if (r.topic, r.partition) not in gone]
@@ -270,6 +283,58 @@ class Processor:
                 log.debug("no topic id for %s: %s", topic, exc)
             self._topic_ids[topic] = (known, time.monotonic())
         return known
+
+    def _finish_rebalance(self, timeout: float) -> None:
+        """Keep polling, for at most ``timeout`` s, until a rebalance in progress ends.
+
+        A member that leaves while its group is rebalancing can stay recorded as the
+        group's leader (Tansu 0.6): the other members then wait for its assignment
+        for minutes. Leaving after the rebalance is safe.
+        """
+        assert self.consumer is not None
+        if not self._rebalancing:
+            return
+        log.info("waiting up to %.0f s for the rebalance in progress before leaving", timeout)
+        deadline = time.monotonic() + timeout
+        while self._rebalancing and time.monotonic() < deadline:
+            # Records fetched now are dropped uncommitted: their next owner reads them.
+            try:
+                self.consumer.consume(self.settings.batch_size, 0.1)
+            except KafkaException as exc:  # fatal: leave now, close() copes
+                log.warning("Kafka: %s; leaving the group now", exc)
+                return
+
+    def _check_idle(self) -> None:
+        """Say so, at most once per ``idle_assignment_warn_s``, while holding no partition."""
+        now = time.monotonic()
+        if self._assigned:
+            self._idle_since = None
+            return
+        if self._idle_since is None:
+            self._idle_since = now
+        warn_s = self.settings.idle_assignment_warn_s
+        if now - self._idle_since < warn_s or now < self._idle_next_check:
+            return
+        self._idle_next_check = now + warn_s
+        try:
+            metadata = self._admin.list_topics(timeout=5)
+        except KafkaException:
+            return  # the broker is down: _on_kafka_error says so
+        partitions = max(
+            (len(metadata.topics[t].partitions) for t in self.topics if t in metadata.topics),
+            default=0,
+        )
+        group = self.config.group_id
+        members: int | None
+        try:
+            # This processor is one: Tansu (0.6) describes every group as empty.
+            members = len(self._admin.describe_consumer_groups([group])[group].result(5).members)
+        except Exception as exc:  # KafkaException, or a broker without DescribeGroups
+            log.debug("could not describe group %s: %s", group, exc)
+            members = None
+        members = members or None
+        level, message = idle_report(now - self._idle_since, group, partitions, members)
+        log.log(level, "%s", message)
 
     # --- one batch -----------------------------------------------------------------
 
@@ -418,3 +483,31 @@ def records_that_fit(records: list[Record], max_bytes: int) -> int:
 
 def _describe(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+
+
+def idle_report(idle_s: float, group: str, partitions: int, members: int | None) -> tuple[int, str]:
+    """The log level and line for a processor without partitions for ``idle_s`` seconds.
+
+    ``partitions``: the most partitions of one subscribed topic; ``members``: the group's
+    size (None when unknown). Range, round-robin and sticky assignors all give every
+    member a partition when the group has no more members than that: a member without
+    one then is waiting for a rebalance that does not complete.
+    """
+    held = f"no partitions assigned for {idle_s:.0f} s"
+    if partitions == 0:
+        return logging.WARNING, f"{held}: the subscribed topics have no partitions"
+    if members is not None and members > partitions:
+        return logging.INFO, (
+            f"{held}: group {group} has {members} members for {partitions} partitions "
+            "per topic; this processor is a standby"
+        )
+    if members is None:
+        return logging.WARNING, (
+            f"{held} although a subscribed topic has {partitions} partitions: is group "
+            f"{group} stuck in a rebalance (see the broker's log), or larger than that (its "
+            "size is unknown)?"
+        )
+    return logging.WARNING, (
+        f"{held} although group {group} has {members} members for {partitions} partitions "
+        "per topic: its rebalance is not completing; check the broker's log for this group"
+    )
