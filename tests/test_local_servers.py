@@ -92,21 +92,23 @@ def test_broker_restart_on_same_port(tmp_path: Path) -> None:
     assert not server.is_running()
 
 
-def test_postgres_outage_and_recovery(pg_server: LocalPostgres) -> None:
+@pytest.mark.parametrize("server_fixture", ["pg_server", "mariadb_server"])
+def test_database_outage_and_recovery(request: pytest.FixtureRequest, server_fixture: str) -> None:
+    server: LocalPostgres | LocalMariaDB = request.getfixturevalue(server_fixture)
     # pool_pre_ping: without it the pool hands out a connection the restart killed.
-    engine = sa.create_engine(pg_server.url, pool_pre_ping=True)
+    engine = sa.create_engine(server.url, pool_pre_ping=True)
     table = f"outage_{uuid.uuid4().hex[:8]}"
     try:
         with engine.begin() as conn:
             conn.execute(sa.text(f"CREATE TABLE {table} (id integer PRIMARY KEY)"))
             conn.execute(sa.text(f"INSERT INTO {table} VALUES (1)"))
 
-        pg_server.stop()
+        server.stop()
         try:
             with pytest.raises(sa.exc.OperationalError):
                 engine.connect().close()
         finally:
-            pg_server.start()
+            server.start()
 
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 1
@@ -123,27 +125,6 @@ def test_database_url_is_empty_and_usable(database_url: str) -> None:
             conn.execute(sa.text("INSERT INTO t VALUES (42)"))
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT x FROM t")).scalar() == 42
-    finally:
-        engine.dispose()
-
-
-def test_mariadb_outage_and_recovery(mariadb_server: LocalMariaDB) -> None:
-    engine = sa.create_engine(mariadb_server.url, pool_pre_ping=True)
-    table = f"outage_{uuid.uuid4().hex[:8]}"
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"CREATE TABLE {table} (id integer PRIMARY KEY)"))
-            conn.execute(sa.text(f"INSERT INTO {table} VALUES (1)"))
-
-        mariadb_server.stop()
-        try:
-            with pytest.raises(sa.exc.OperationalError):
-                engine.connect().close()
-        finally:
-            mariadb_server.start()
-
-        with engine.connect() as conn:
-            assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 1
     finally:
         engine.dispose()
 
