@@ -2,7 +2,11 @@
 
 Plugin authors need only this module::
 
-    from sparklem_core import hookimpl, Manifest, Setting, Message, PluginResult, InvalidPayload
+    from sparklem_core import (
+        InvalidPayload, Manifest, Message, PluginResult, RegisterTable, Setting, hookimpl,
+    )
+
+and ``sparklem_core.testing`` (a pytest plugin) to test the plugin.
 """
 
 import pluggy
@@ -12,6 +16,7 @@ from sparklem_core.plugin_api import (
     Manifest,
     Message,
     PluginResult,
+    RegisterTable,
     Setting,
     check_text,
     text_problem,
@@ -28,6 +33,7 @@ __all__ = [
     "Manifest",
     "Message",
     "PluginResult",
+    "RegisterTable",
     "Setting",
     "__version__",
     "check_text",

@@ -7,18 +7,15 @@ never hands one plugin's messages to another, so no hook needs to check a name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pluggy
-from sqlalchemy import Table
 
 from sparklem_core import PROJECT_NAME
-from sparklem_core.plugin_api import Manifest, Message, PluginResult
+from sparklem_core.plugin_api import Manifest, Message, PluginResult, RegisterTable
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-
-RegisterTable = Callable[..., Table]
 
 
 @hookspec(firstresult=True)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from sqlalchemy import Table
+
 DEFAULT_INTERVAL_S = 30
 SETTING_TYPES = (bool, int, float, str)
 SETTING_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -136,6 +138,10 @@ class PluginResult:
 
     def reject(self, detail: str, reading: Any) -> None:
         self.rejected.append(RejectedReading(detail, reading))
+
+
+RegisterTable = Callable[..., Table]
+"""``register(name, *columns)`` as ``sparklem_register_tables`` receives it: returns the Table."""
 
 
 class InvalidPayload(ValueError):

@@ -19,7 +19,7 @@ import importlib.util
 import logging
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -59,12 +59,20 @@ class PluginInfo:
 class PluginHost:
     """The pluggy manager plus what the processor and agent need from it."""
 
-    def __init__(self, plugins_dir: Path | None, enabled: Callable[[str], bool] = lambda _: True):
+    def __init__(
+        self,
+        plugins_dir: Path | None,
+        enabled: Callable[[str], bool] = lambda _: True,
+        *,
+        modules: Sequence[ModuleType] = (),
+    ):
+        """``modules``: load exactly these plugin modules, no discovery (the test kit)."""
         self.pm = pluggy.PluginManager(PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.infos: list[PluginInfo] = []
         self._callers: dict[str, Any] = {}
-        for info in self._discover(plugins_dir):
+        given = [PluginInfo(m.__name__, f"module {m.__name__}", module=m) for m in modules]
+        for info in given or self._discover(plugins_dir):
             self._load(info, enabled)
             self.infos.append(info)
 
@@ -99,6 +107,8 @@ class PluginHost:
                     info.status = f"missing requirement {missing}"
                     return
                 module = _import_directory_package(directory)
+            elif info.source.startswith("module "):
+                module = info.module
             else:
                 module = info.module.load()  # type: ignore[union-attr]
             info.module = None

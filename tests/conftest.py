@@ -14,6 +14,7 @@ Polling helper for tests: ``from waiting import wait_for`` (tests/waiting.py).
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,20 @@ import pytest
 from harness import Db, Fleet, ProcessorProcess
 
 from sparklem_core.local_servers import LocalMariaDB, LocalPostgres, TansuBroker
+
+KIT = "sparklem_core.testing.plugin"
+
+
+def _kit_autoloaded() -> bool:
+    """Whether pytest loads the kit itself (installed ``pytest11`` entry point)."""
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        return False
+    return any(ep.value == KIT for ep in importlib.metadata.entry_points(group="pytest11"))
+
+
+# The plugin authors' kit (plugin_harness), which the built-in plugins' tests use too;
+# registered here until the installed entry point does it, never twice.
+pytest_plugins = [] if _kit_autoloaded() else [KIT]
 
 # ======================================================================================
 # 1. Markers

@@ -1,16 +1,18 @@
-"""The pu_workload plugin's processor side, through its public hooks."""
+"""The pu_workload plugin's processor side, through the plugin authors' kit."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, MetaData, Table, create_engine, insert, select
 
 import plugins.pu_workload as plugin
-from sparklem_core import InvalidPayload, Message
+from sparklem_core import InvalidPayload
+from sparklem_core.testing import PluginHarness
+from sparklem_core.testing.plugin import MakeHarness
 
 SENT_AT = datetime(2026, 11, 21, 10, 30, 0, tzinfo=UTC)
 GIB = 1024**3
@@ -40,22 +42,28 @@ REQUIRED_COLUMNS = {
 }
 
 
-def process(data: Any) -> list[dict[str, Any]]:
-    message = Message("edge-1", "pu_workload", 9, SENT_AT, data)
-    result = plugin.sparklem_process(message=message, settings={})
-    assert result.rejected == []
-    return result.rows["pu_workload_readings"]
+Process = Callable[[Any], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def pu_workload(plugin_harness: MakeHarness) -> PluginHarness:
+    return plugin_harness(plugin)
+
+
+@pytest.fixture
+def process(pu_workload: PluginHarness) -> Process:
+    """``process(data)``: the rows the plugin makes of one message; it refuses no reading."""
+
+    def call(data: Any) -> list[dict[str, Any]]:
+        result = pu_workload.process(data, seq=9, sent_at=SENT_AT)
+        assert result.rejected == []
+        return result.rows["pu_workload_readings"]
+
+    return call
 
 
 def units(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
     return [(row["unit"], row["unit_index"]) for row in rows]
-
-
-def register_into(metadata: MetaData):
-    def register(name: str, *columns: Column) -> Table:
-        return Table(name, metadata, *columns)
-
-    return register
 
 
 def test_manifest() -> None:
@@ -64,26 +72,19 @@ def test_manifest() -> None:
     assert manifest.agent_defaults["interval"] == 30
 
 
-def test_register_tables_names_and_columns() -> None:
-    metadata = MetaData()
-    plugin.sparklem_register_tables(register=register_into(metadata))
-    assert set(metadata.tables) == {"pu_workload_readings"}
-    table = metadata.tables["pu_workload_readings"]
+def test_register_tables_names_and_columns(pu_workload: PluginHarness) -> None:
+    assert set(pu_workload.tables) == {"pu_workload_readings"}
+    table = pu_workload.store.metadata.tables["pu_workload_readings"]
     assert REQUIRED_COLUMNS | {"id", "seq", "temperature_c", "received_at"} <= set(table.c.keys())
     assert table.c.measured_at.type.timezone
     assert [[c.name for c in ix.columns] for ix in table.indexes] == [["agent_id", "measured_at"]]
 
 
-def test_rows_insert_into_sqlite() -> None:
-    metadata = MetaData()
-    plugin.sparklem_register_tables(register=register_into(metadata))
-    engine = create_engine("sqlite://")
-    metadata.create_all(engine)
-    table = metadata.tables["pu_workload_readings"]
-    with engine.begin() as conn:
-        conn.execute(insert(table), process(EXAMPLE))
-        stored = conn.execute(select(table.c.id, table.c.unit, table.c.name)).all()
-    assert [tuple(r) for r in stored] == [
+def test_rows_are_stored_through_the_pipeline(pu_workload: PluginHarness) -> None:
+    outcome = pu_workload.send(EXAMPLE)
+    assert outcome.stored and outcome.rejections == []
+    stored = outcome.rows("pu_workload_readings")
+    assert [(r["id"], r["unit"], r["name"]) for r in stored] == [
         (1, "cpu", None),
         (2, "core", None),
         (3, "core", None),
@@ -91,7 +92,7 @@ def test_rows_insert_into_sqlite() -> None:
     ]
 
 
-def test_protocol_example_gives_cpu_core_and_gpu_rows() -> None:
+def test_protocol_example_gives_cpu_core_and_gpu_rows(process: Process) -> None:
     rows = process(EXAMPLE)
     assert units(rows) == [("cpu", 0), ("core", 0), ("core", 1), ("gpu", 0)]
     assert all(set(row) >= REQUIRED_COLUMNS for row in rows)
@@ -110,20 +111,20 @@ def test_protocol_example_gives_cpu_core_and_gpu_rows() -> None:
         assert row["received_at"] is rows[0]["received_at"]
 
 
-def test_cpu_only_minimal() -> None:
+def test_cpu_only_minimal(process: Process) -> None:
     (row,) = process({"cpu": {"percent": 0}})
     assert units([row]) == [("cpu", 0)]
     assert row["utilization_pct"] == 0.0
     assert row["mem_total_bytes"] is None and row["load_15m"] is None
 
 
-def test_cpu_only_with_empty_gpus_and_per_core_indexes() -> None:
+def test_cpu_only_with_empty_gpus_and_per_core_indexes(process: Process) -> None:
     rows = process({"cpu": {"percent": 100, "per_core": [1, 2, 3, 4]}, "gpus": []})
     assert units(rows) == [("cpu", 0), ("core", 0), ("core", 1), ("core", 2), ("core", 3)]
     assert [row["utilization_pct"] for row in rows] == [100.0, 1.0, 2.0, 3.0, 4.0]
 
 
-def test_gpu_only_keeps_gpu_index_and_optional_temperature() -> None:
+def test_gpu_only_keeps_gpu_index_and_optional_temperature(process: Process) -> None:
     second = {k: v for k, v in GPU.items() if k != "temperature_c"} | {"index": 3, "name": "T4"}
     rows = process({"gpus": [GPU, second]})
     assert units(rows) == [("gpu", 0), ("gpu", 3)]
@@ -131,7 +132,7 @@ def test_gpu_only_keeps_gpu_index_and_optional_temperature() -> None:
     assert rows[1]["temperature_c"] is None
 
 
-def test_unknown_members_are_ignored() -> None:
+def test_unknown_members_are_ignored(process: Process) -> None:
     data = copy.deepcopy(EXAMPLE)
     data["disk"] = {"free": 1}
     data["cpu"]["steal"] = 3.0
@@ -196,12 +197,12 @@ def broken(path: str, value: Any) -> dict[str, Any]:
         (broken("gpus", [GPU, GPU]), "twice"),
     ],
 )
-def test_invalid_payload_refuses_the_whole_message(data: Any, match: str) -> None:
+def test_invalid_payload_refuses_the_whole_message(data: Any, match: str, process: Process) -> None:
     with pytest.raises(InvalidPayload, match=match):
         process(data)
 
 
-def test_memory_is_checked_even_without_cpu() -> None:
+def test_memory_is_checked_even_without_cpu(process: Process) -> None:
     with pytest.raises(InvalidPayload, match="exceeds"):
         process({"gpus": [GPU], "memory": {"used_bytes": 2, "total_bytes": 1}})
     assert units(process({"gpus": [GPU], "memory": MEMORY})) == [("gpu", 0)]

@@ -1,37 +1,44 @@
-"""The temperature plugin's processor side, through its public hooks."""
+"""The temperature plugin's processor side, through the plugin authors' kit."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, MetaData, Table, create_engine, insert, select
 
 import plugins.temperature as plugin
-from sparklem_core import InvalidPayload, Message, PluginResult
-from sparklem_core.schema import plugin_settings
+from sparklem_core import InvalidPayload, PluginResult
+from sparklem_core.testing import PluginHarness
+from sparklem_core.testing.plugin import MakeHarness
 
 SENT_AT = datetime(2026, 11, 21, 10, 30, 0, tzinfo=UTC)
 SENT_MS = int(SENT_AT.timestamp() * 1000)
 
 
-def process(readings: Any, settings: dict[str, Any] | None = None, **data: Any) -> PluginResult:
-    message = Message("edge-1", "temperature", 7, SENT_AT, {"readings": readings, **data})
-    checked = plugin_settings(plugin.sparklem_manifest(), settings or {})
-    return plugin.sparklem_process(message=message, settings=checked)
+Process = Callable[..., PluginResult]
+
+
+@pytest.fixture
+def temperature(plugin_harness: MakeHarness) -> PluginHarness:
+    return plugin_harness(plugin)
+
+
+@pytest.fixture
+def process(temperature: PluginHarness) -> Process:
+    """``process(readings, settings=None, **members)``: the plugin's result for one message."""
+
+    def call(readings: Any, settings: dict[str, Any] | None = None, **data: Any) -> PluginResult:
+        payload = {"readings": readings, **data}
+        return temperature.process(payload, settings, seq=7, sent_at=SENT_AT)
+
+    return call
 
 
 def rows(result: PluginResult) -> list[dict[str, Any]]:
     return result.rows.get("temperature_readings", [])
-
-
-def register_into(metadata: MetaData):
-    def register(name: str, *columns: Column) -> Table:
-        return Table(name, metadata, *columns)
-
-    return register
 
 
 def test_manifest() -> None:
@@ -42,11 +49,9 @@ def test_manifest() -> None:
     assert manifest.agent_defaults["interval"] == 30
 
 
-def test_register_tables_names_and_columns() -> None:
-    metadata = MetaData()
-    plugin.sparklem_register_tables(register=register_into(metadata))
-    assert set(metadata.tables) == {"temperature_readings"}
-    table = metadata.tables["temperature_readings"]
+def test_register_tables_names_and_columns(temperature: PluginHarness) -> None:
+    assert set(temperature.tables) == {"temperature_readings"}
+    table = temperature.store.metadata.tables["temperature_readings"]
     assert {"agent_id", "sensor", "celsius", "measured_at"} <= set(table.c.keys())
     assert {"id", "seq", "received_at"} <= set(table.c.keys())
     assert table.c.measured_at.type.timezone and table.c.received_at.type.timezone
@@ -54,20 +59,23 @@ def test_register_tables_names_and_columns() -> None:
     assert [[c.name for c in ix.columns] for ix in table.indexes] == [["agent_id", "measured_at"]]
 
 
-def test_rows_insert_into_sqlite() -> None:
-    metadata = MetaData()
-    plugin.sparklem_register_tables(register=register_into(metadata))
-    engine = create_engine("sqlite://")
-    metadata.create_all(engine)
-    table = metadata.tables["temperature_readings"]
-    result = process([{"sensor": "a", "value": 40}, {"sensor": "b", "value": 41.5}])
-    with engine.begin() as conn:
-        conn.execute(insert(table), rows(result))
-        stored = conn.execute(select(table.c.id, table.c.sensor, table.c.celsius)).all()
-    assert [tuple(r) for r in stored] == [(1, "a", 40.0), (2, "b", 41.5)]
+def test_rows_are_stored_through_the_pipeline(temperature: PluginHarness) -> None:
+    outcome = temperature.send(
+        {"readings": [{"sensor": "a", "value": 40}, {"sensor": "b", "value": 41.5}]}
+    )
+    stored = [(r["id"], r["sensor"], r["celsius"]) for r in outcome.rows("temperature_readings")]
+    assert stored == [(1, "a", 40.0), (2, "b", 41.5)]
+    assert outcome.stored and outcome.rejections == []
 
 
-def test_valid_readings_are_converted_to_celsius() -> None:
+def test_a_bad_reading_is_stored_as_a_rejection(temperature: PluginHarness) -> None:
+    outcome = temperature.send({"readings": [{"sensor": "a", "value": 40}, {"sensor": "b"}]})
+    assert [r["sensor"] for r in outcome.rows("temperature_readings")] == ["a"]
+    (rejection,) = outcome.rejections
+    assert rejection.reason == "invalid_reading" and '"sensor":"b"' in rejection.raw
+
+
+def test_valid_readings_are_converted_to_celsius(process: Process) -> None:
     result = process(
         [
             {"sensor": "cpu_thermal", "value": 48.3, "unit": "C", "ts": 1795349829873},
@@ -91,7 +99,7 @@ def test_valid_readings_are_converted_to_celsius() -> None:
     assert first["measured_at"] == datetime(2026, 11, 22, 12, 17, 9, 873000, tzinfo=UTC)
 
 
-def test_ts_defaults_to_message_time_and_received_at_is_shared() -> None:
+def test_ts_defaults_to_message_time_and_received_at_is_shared(process: Process) -> None:
     before = datetime.now(UTC)
     result = process([{"sensor": "a", "value": 1}, {"sensor": "b", "value": 2, "ts": SENT_MS}])
     first, second = rows(result)
@@ -101,7 +109,7 @@ def test_ts_defaults_to_message_time_and_received_at_is_shared() -> None:
     assert before <= first["received_at"] <= datetime.now(UTC)
 
 
-def test_bad_reading_is_rejected_and_siblings_are_stored() -> None:
+def test_bad_reading_is_rejected_and_siblings_are_stored(process: Process) -> None:
     bad = {"sensor": "broken", "value": "48.3"}
     result = process([{"sensor": "ok1", "value": 40}, bad, {"sensor": "ok2", "value": 41}])
     assert [row["sensor"] for row in rows(result)] == ["ok1", "ok2"]
@@ -138,7 +146,7 @@ def test_bad_reading_is_rejected_and_siblings_are_stored() -> None:
         (None, "object"),
     ],
 )
-def test_invalid_single_readings(reading: Any, word: str) -> None:
+def test_invalid_single_readings(reading: Any, word: str, process: Process) -> None:
     result = process([reading, {"sensor": "good", "value": 30}])
     assert [row["sensor"] for row in rows(result)] == ["good"]
     assert len(result.rejected) == 1
@@ -146,13 +154,13 @@ def test_invalid_single_readings(reading: Any, word: str) -> None:
 
 
 @pytest.mark.parametrize(("value", "unit"), [(-273.16, "C"), (-0.01, "K"), (-460, "F")])
-def test_below_absolute_zero(value: float, unit: str) -> None:
+def test_below_absolute_zero(value: float, unit: str, process: Process) -> None:
     result = process([{"sensor": "s", "value": value, "unit": unit}])
     assert rows(result) == []
     assert "absolute zero" in result.rejected[0].detail
 
 
-def test_default_plausible_range_bounds_included() -> None:
+def test_default_plausible_range_bounds_included(process: Process) -> None:
     values = [-90, 200, -90.01, 200.01, 0.0, 10 + 273.15]
     result = process([{"sensor": f"s{v}", "value": v} for v in values])
     assert [row["celsius"] for row in rows(result)] == [-90.0, 200.0, 0.0]
@@ -160,7 +168,7 @@ def test_default_plausible_range_bounds_included() -> None:
     assert all("plausible range" in r.detail for r in result.rejected)
 
 
-def test_custom_plausible_range() -> None:
+def test_custom_plausible_range(process: Process) -> None:
     settings = {"min_celsius": -200, "max_celsius": 80}
     readings = [
         {"sensor": "cold", "value": -150},
@@ -173,12 +181,12 @@ def test_custom_plausible_range() -> None:
     assert [r.reading["sensor"] for r in result.rejected] == ["hot", "hot_f"]
 
 
-def test_unknown_members_are_ignored() -> None:
+def test_unknown_members_are_ignored(process: Process) -> None:
     result = process([{"sensor": "s", "value": 1, "extra": {"x": 1}}], note="hello")
     assert len(rows(result)) == 1 and result.rejected == []
 
 
-def test_reading_count_limits() -> None:
+def test_reading_count_limits(process: Process) -> None:
     assert len(rows(process([{"sensor": "s", "value": 1}] * 1000))) == 1000
     with pytest.raises(InvalidPayload, match="1 to 1000"):
         process([])
@@ -187,9 +195,12 @@ def test_reading_count_limits() -> None:
 
 
 @pytest.mark.parametrize("data", [{}, {"readings": {"sensor": "s"}}, {"readings": "x"}])
-def test_invalid_whole_payload(data: dict[str, Any]) -> None:
-    message = Message("edge-1", "temperature", 1, SENT_AT, data)
+def test_invalid_whole_payload(
+    data: dict[str, Any], temperature: PluginHarness, process: Process
+) -> None:
     with pytest.raises(InvalidPayload, match="readings"):
-        plugin.sparklem_process(
-            message=message, settings=plugin_settings(plugin.sparklem_manifest(), {})
-        )
+        temperature.process(data, seq=1, sent_at=SENT_AT)
+    outcome = temperature.send(data)
+    assert not outcome.stored and outcome.rows("temperature_readings") == []
+    assert [r.reason for r in outcome.rejections] == ["invalid_payload"]
+    assert "readings" in outcome.rejections[0].detail

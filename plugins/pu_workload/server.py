@@ -27,8 +27,15 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, Float, Index, Integer, String
 
-from sparklem_core import InvalidPayload, Manifest, Message, PluginResult, check_text, hookimpl
-from sparklem_core.hookspecs import RegisterTable
+from sparklem_core import (
+    InvalidPayload,
+    Manifest,
+    Message,
+    PluginResult,
+    RegisterTable,
+    check_text,
+    hookimpl,
+)
 
 from .manifest import MANIFEST
 

@@ -1,0 +1,19 @@
+"""A test kit for plugin authors: a plugin's messages through the real pipeline.
+
+Installed as a pytest plugin (entry point ``pytest11``), so a plugin's tests get the
+``plugin_harness`` fixture with no ``conftest.py``::
+
+    import sparklem_humidity
+
+    def test_a_reading_is_stored(plugin_harness):
+        humidity = plugin_harness(sparklem_humidity)
+        outcome = humidity.send({"readings": [{"sensor": "room", "value": 40.5}]})
+        assert outcome.rows("humidity_readings")[0]["percent"] == 40.5
+        assert outcome.rejections == []
+
+Outside pytest, :class:`PluginHarness` is the same thing (close it when done).
+"""
+
+from sparklem_core.testing.harness import Outcome, PluginHarness, Rejection
+
+__all__ = ["Outcome", "PluginHarness", "Rejection"]
