@@ -102,7 +102,9 @@ def cmd_init(config: Config, _args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plugins(config: Config, _args: argparse.Namespace) -> int:
+def cmd_plugins(config: Config, args: argparse.Namespace) -> int:
+    if args.action == "new":
+        return cmd_plugins_new(args)
     host = load_plugins(config)
     rows = [("NAME", "VERSION", "TOPIC", "STATUS", "SOURCE")]
     for info in host.infos:
@@ -117,6 +119,23 @@ def cmd_plugins(config: Config, _args: argparse.Namespace) -> int:
                 [("SIDE", "NAME", "TYPE", "DEFAULT", "MEANING")] + describe_settings(info.manifest),
                 indent="  ",
             )
+    print(f"\n{RESTART_NOTE}")
+    return 0
+
+
+RESTART_NOTE = "A newly installed plugin is loaded at the next start of the processor (and agent)."
+
+
+def cmd_plugins_new(args: argparse.Namespace) -> int:
+    from sparklem_core.scaffold import ScaffoldError, write_plugin
+
+    directory = Path(args.dir or f"sparklem-{args.name.replace('_', '-')}")
+    try:
+        write_plugin(args.name, directory)
+    except ScaffoldError as exc:
+        print(f"main.py: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote plugin {args.name} to {directory}; next: pip install -e '{directory}[test]'")
     return 0
 
 
@@ -256,7 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="list plugins and their status",
         description="Name, version, topic, status and source of every plugin found.",
     )
-    plugins.set_defaults(func=cmd_plugins)
+    plugins.set_defaults(func=cmd_plugins, action=None)
+    plugin_actions = plugins.add_subparsers(dest="action", metavar="ACTION")
+    new = plugin_actions.add_parser(
+        "new",
+        help="write a new plugin package to start from",
+        description="Write an installable plugin package (pyproject.toml, manifest, "
+        "processor and agent sides, README, tests using sparklem's kit).",
+    )
+    new.add_argument("name", metavar="NAME", help="the plugin's name, e.g. humidity")
+    new.add_argument("--dir", help="where to write it (default: ./sparklem-NAME)")
     demo = sub.add_parser(
         "demo",
         parents=[common],

@@ -213,5 +213,9 @@ class PluginHarness:
         return plugin_settings(self.manifest, settings, side)
 
     def collect(self, settings: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-        """Call ``sparklem_collect`` with agent-side ``settings`` checked as the agent does."""
-        return self.host.collect(self.info, self.checked(settings or {}, "agent"))
+        """Call ``sparklem_collect`` with agent-side ``settings`` checked as the agent does.
+
+        ``topic``, which an agent's bundle always holds, defaults to the manifest's.
+        """
+        bundled = {"topic": self.manifest.topic, **(settings or {})}
+        return self.host.collect(self.info, self.checked(bundled, "agent"))

@@ -1,0 +1,83 @@
+"""``main.py plugins new``: the package it writes is tested with the kit and gets loaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparklem_core.cli import RESTART_NOTE, main
+from sparklem_core.config import PROJECT_ROOT
+from sparklem_core.scaffold import files
+
+KIT = "sparklem_core.testing.plugin"
+
+
+def run(args: list[str], cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(pythonpath), str(PROJECT_ROOT)]),
+        # the kit exactly once: by -p, whether or not its pytest11 entry point is installed
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+    }
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def install_metadata(directory: Path, name: str) -> None:
+    """What ``pip install`` leaves for importlib.metadata: the distribution's entry points."""
+    info = directory / f"sparklem_{name}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: sparklem-{name}\nVersion: 0.1.0\n"
+    )
+    (info / "entry_points.txt").write_text(f"[sparklem]\n{name} = sparklem_{name}\n")
+
+
+def test_new_plugin_passes_its_own_tests_and_is_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "sparklem-humidity"
+    assert main(["plugins", "new", "humidity", "--dir", str(target)]) == 0
+    assert "pip install -e" in capsys.readouterr().out
+    written = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert written == sorted(files("humidity"))
+    pyproject = (target / "pyproject.toml").read_text()
+    assert '[project.entry-points.sparklem]\nhumidity = "sparklem_humidity"' in pyproject
+    assert '"sparklem>=' in pyproject
+
+    tests = run(["-m", "pytest", "-q", "-p", KIT], target, target)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "5 passed" in tests.stdout
+
+    install_metadata(target, "humidity")
+    listed = run([str(PROJECT_ROOT / "main.py"), "plugins"], tmp_path, target)
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split() for line in listed.stdout.split("\n\n")[0].splitlines()}
+    assert rows["humidity"][1:4] == ["0.1.0", "sparklem.humidity", "ok"]
+    assert "settings of humidity (plugins.humidity.*):" in listed.stdout
+    assert listed.stdout.rstrip().endswith(RESTART_NOTE)
+
+
+@pytest.mark.parametrize("name", ["Humidity", "9lives", "air-quality", "x" * 65, ""])
+def test_a_bad_name_is_one_line_error(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plugins", "new", name, "--dir", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must be lowercase letters" in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_an_existing_directory_is_never_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "mine.txt").write_text("keep")
+    assert main(["plugins", "new", "humidity", "--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
