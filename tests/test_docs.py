@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ import pytest
 from sparklem_core import Message, hookspecs, protocol
 from sparklem_core.config import PROJECT_ROOT, ProcessorSettings
 from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.scaffold import files, write_plugin
 from sparklem_core.schema import plugin_settings
 from sparklem_core.storage import Store
+from sparklem_core.testing.plugin import MakeHarness
 
 GUIDE = PROJECT_ROOT / "docs" / "writing-plugins.md"
 
@@ -67,6 +70,36 @@ def test_hookspec_docstring_says_when_it_is_called(hook: str) -> None:
     assert "Called" in doc, f"{hook}'s docstring must say when it is called ('Called ...')"
 
 
+def test_hooks_are_grouped_by_side() -> None:
+    grouped = set(hookspecs.PROCESSOR_HOOKS) | set(hookspecs.AGENT_HOOKS)
+    assert grouped == set(hookspecs.ALL_HOOKS)
+
+
+@pytest.mark.parametrize("hook", hookspecs.ALL_HOOKS)
+def test_hookspec_docstring_documents_every_argument_and_the_result(hook: str) -> None:
+    doc = inspect.getdoc(getattr(hookspecs, hook)) or ""
+    for name in inspect.signature(getattr(hookspecs, hook)).parameters:
+        assert f":param {name}:" in doc, f"{hook}'s docstring lacks ':param {name}:'"
+    assert ":return:" in doc, f"{hook}'s docstring lacks ':return:'"
+
+
+def hook_section(guide: str, hook: str) -> str:
+    """The guide's text from ``### <hook>`` to the next heading."""
+    match = re.search(rf"^### {hook}\n(.*?)(?=^#)", guide + "\n#", re.M | re.S)
+    assert match is not None, f"no '### {hook}' in the guide"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("hook", hookspecs.ALL_HOOKS)
+def test_the_guide_documents_every_argument_and_the_result(guide: str, hook: str) -> None:
+    section = hook_section(guide, hook)
+    prose = re.sub(r"```.*?```", "", section, flags=re.S)
+    for name in inspect.signature(getattr(hookspecs, hook)).parameters:
+        assert f"`{name}`" in prose, f"the guide's {hook} section does not explain `{name}`"
+    assert "Returns" in prose, f"the guide's {hook} section does not say what it returns"
+    assert "Called" in prose, f"the guide's {hook} section does not say when it is called"
+
+
 @pytest.mark.parametrize("hook", hookspecs.ALL_HOOKS)
 def test_documented_signature_matches_the_hookspec(guide: str, hook: str) -> None:
     line = re.search(rf"^def {hook}\(.*$", guide, re.M)
@@ -75,6 +108,27 @@ def test_documented_signature_matches_the_hookspec(guide: str, hook: str) -> Non
     assert isinstance(function, ast.FunctionDef)
     documented = [arg.arg for arg in function.args.args]
     assert documented == list(inspect.signature(getattr(hookspecs, hook)).parameters)
+
+
+def test_guide_shows_the_generated_pyproject_in_full(guide: str) -> None:
+    assert f"```toml\n{files('humidity')['pyproject.toml']}```" in guide
+
+
+def test_guide_testing_example_runs_against_the_generated_plugin(
+    guide: str, tmp_path: Path, plugin_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_plugin("humidity", tmp_path / "sparklem-humidity")
+    monkeypatch.syspath_prepend(str(tmp_path / "sparklem-humidity"))
+    section = guide[guide.index("## Testing a plugin") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    namespace: dict[str, Any] = {}
+    try:
+        exec(compile(code.group(1), "writing-plugins.md", "exec"), namespace)
+        namespace["test_a_sample_is_stored"](plugin_harness)
+    finally:  # the package lives in tmp_path: no later import may find it cached
+        for name in [m for m in sys.modules if m.partition(".")[0] == "sparklem_humidity"]:
+            del sys.modules[name]
 
 
 def test_guide_covers_layout_types_and_entry_points(guide: str) -> None:
