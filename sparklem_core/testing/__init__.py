@@ -7,8 +7,8 @@ Installed as a pytest plugin (entry point ``pytest11``), so a plugin's tests get
 
     def test_a_reading_is_stored(plugin_harness):
         humidity = plugin_harness(sparklem_humidity)
-        outcome = humidity.send({"readings": [{"sensor": "room", "value": 40.5}]})
-        assert outcome.rows("humidity_readings")[0]["percent"] == 40.5
+        outcome = humidity.send({"samples": [{"sensor": "room", "value": 40.5}]})
+        assert outcome.rows("humidity_readings")[0]["value"] == 40.5
         assert outcome.rejections == []
 
 Outside pytest, :class:`PluginHarness` is the same thing (close it when done).

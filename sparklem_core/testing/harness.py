@@ -178,7 +178,10 @@ class PluginHarness:
         )
 
     def rows(self, table: str) -> list[dict[str, Any]]:
-        """Every row of ``table`` in the database, in primary key order."""
+        """Every row of ``table`` in the database, in primary key order.
+
+        SQLite hands datetimes back without a time zone: they are UTC.
+        """
         tab = self.store.metadata.tables[table]
         with self.store.engine.connect() as conn:
             result = conn.execute(select(tab).order_by(*tab.primary_key.columns))
