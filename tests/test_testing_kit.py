@@ -1,0 +1,61 @@
+"""The plugin authors' kit itself: what PluginHarness does with odd records and plugins."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+import plugins.temperature as temperature
+from sparklem_core import Manifest, hookimpl
+from sparklem_core.schema import SchemaError
+from sparklem_core.testing.plugin import MakeHarness
+
+READING = {"readings": [{"sensor": "a", "value": 40}]}
+
+
+def test_bytes_that_are_no_envelope_are_rejected(plugin_harness: MakeHarness) -> None:
+    harness = plugin_harness(temperature)
+    outcome = harness.send_record(b"\xff not json")
+    assert not outcome.stored and outcome.rows("temperature_readings") == []
+    assert [(r.reason, r.raw) for r in outcome.rejections] == [("malformed", "\ufffd not json")]
+
+
+def test_a_repeated_seq_is_a_duplicate_stored_once(plugin_harness: MakeHarness) -> None:
+    harness = plugin_harness(temperature)
+    assert harness.send(READING, seq=5).stored
+    again = harness.send(READING, seq=5)
+    assert not again.stored and again.stats.duplicates == 1 and again.rejections == []
+    assert harness.send(READING).rows("temperature_readings")[0]["seq"] == 6
+    assert len(harness.rows("temperature_readings")) == 2
+
+
+def test_each_agent_is_enrolled_and_counted_alone(plugin_harness: MakeHarness) -> None:
+    harness = plugin_harness("plugins.temperature")
+    first = harness.send(READING, agent="edge-2").rows("temperature_readings")
+    second = harness.send(READING, agent="pi-7").rows("temperature_readings")
+    assert [(r["agent_id"], r["seq"]) for r in first + second] == [("edge-2", 1), ("pi-7", 1)]
+
+
+def test_settings_are_checked_as_the_processor_checks_them(plugin_harness: MakeHarness) -> None:
+    with pytest.raises(SchemaError, match="max_celsius"):
+        plugin_harness(temperature, {"max_celsius": "hot"})
+    assert plugin_harness(temperature, {"max_celsius": 50}).settings["max_celsius"] == 50.0
+
+
+def test_unknown_table_names_the_plugins_tables(plugin_harness: MakeHarness) -> None:
+    outcome = plugin_harness(temperature).send(READING)
+    with pytest.raises(KeyError, match="temperature_readings"):
+        outcome.rows("readings")
+
+
+def test_a_plugin_that_does_not_load_says_why(plugin_harness: MakeHarness) -> None:
+    broken = types.ModuleType("broken_plugin")
+
+    @hookimpl
+    def sparklem_manifest() -> Manifest:
+        return Manifest(name="Not-A-Name", version="0.1.0")
+
+    broken.sparklem_manifest = sparklem_manifest  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="did not load: failed: ValueError: plugin name"):
+        plugin_harness(broken)
