@@ -6,9 +6,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Table
+if TYPE_CHECKING:  # the agent imports this module and never the database stack
+    from sqlalchemy import Table
 
 DEFAULT_INTERVAL_S = 30
 SETTING_TYPES = (bool, int, float, str)
@@ -140,7 +141,7 @@ class PluginResult:
         self.rejected.append(RejectedReading(detail, reading))
 
 
-RegisterTable = Callable[..., Table]
+RegisterTable = Callable[..., "Table"]
 """``register(name, *columns)`` as ``sparklem_register_tables`` receives it: returns the Table."""
 
 
