@@ -21,6 +21,7 @@ from sparklem_core.config import (
     load_plugins,
     mask_secrets,
 )
+from sparklem_core.db_errors import DatabaseUnusable, check_database_url
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.registry import (
     AgentRegistry,
@@ -73,6 +74,7 @@ class Setup:
 def prepare(config: Config) -> Setup:
     """Load plugins, check their settings, declare every table (core and plugins) on a Store."""
     plugins = load_plugins(config)
+    check_database_url(config.database_url)  # a permanent mistake: no retry loop for it
     store = Store(config.database_url, config.group_id)
     plugins.register_tables(store.register_table, store.drop_registrations)
     return Setup(config, plugins, store)
@@ -297,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"main.py: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (NoServerKey, SchemaLockTimeout) as exc:
+        print(f"main.py: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_FAILURE
+    except DatabaseUnusable as exc:
         print(f"main.py: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except DBAPIError as exc:  # init and friends: the database refused or is unreachable

@@ -1,0 +1,81 @@
+"""First-run mistakes end with one line saying what to do, never a traceback or a retry loop."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparklem_core import cli
+from tests.test_config import cli as run_cli
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize("command", ["init", "run"])
+def test_sqlite_in_a_missing_directory_is_refused_at_start(tmp_path: Path, command: str) -> None:
+    url = f"sqlite:///{tmp_path}/missing/db.sqlite3"
+    if command == "run":
+        assert run_cli(tmp_path, "init").returncode == 0  # the key; the database is elsewhere
+    result = run_cli(tmp_path, command, SPARKLEM_DATABASE_URL=url)
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert line.startswith("main.py: cannot create SQLite database ")
+    assert f"{tmp_path}/missing does not exist" in line
+    assert "retrying" not in result.stderr
+
+
+def test_sqlite_url_naming_a_directory_is_refused(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "init", SPARKLEM_DATABASE_URL=f"sqlite:///{tmp_path}")
+    assert result.returncode == 1
+    assert "is a directory" in one_line(result.stderr)
+
+
+def test_a_driver_that_is_not_installed_names_the_pip_install(tmp_path: Path) -> None:
+    # mysql:// means mysqlclient (MySQLdb), which the project does not install
+    result = run_cli(tmp_path, "init", SPARKLEM_DATABASE_URL="mysql://u:secret@localhost/x")
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert line == (
+        "main.py: database driver 'MySQLdb' is not installed: "
+        "use mysql+pymysql://... and pip install 'sparklem[mysql]'"
+    )
+
+
+@pytest.mark.parametrize("command", ["init", "run"])
+def test_the_extras_own_driver_missing_names_its_extra(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    monkeypatch.setitem(sys.modules, "pymysql", None)  # as if PyMySQL were not installed
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARKLEM_CERTIFICATES_DIR", str(tmp_path / "certs"))
+    monkeypatch.setenv("SPARKLEM_DATABASE_URL", "mysql+pymysql://u:secret@localhost/x")
+    assert cli.main([command]) == 1
+    err = capsys.readouterr().err
+    assert one_line(err) == (
+        "main.py: database driver 'pymysql' is not installed: pip install 'sparklem[mysql]'"
+    )
+    assert "secret" not in err
+
+
+def test_an_unknown_dialect_is_one_line(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "init", SPARKLEM_DATABASE_URL="nosuchdb://host/x")
+    assert result.returncode == 1
+    assert "'nosuchdb' is not a database URL SQLAlchemy knows" in one_line(result.stderr)
+
+
+def test_a_refused_connection_at_init_is_one_line(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
+    result = run_cli(tmp_path, "init", SPARKLEM_DATABASE_URL=url)
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert line.startswith("main.py: database error: ") and "refused" in line
+    assert "secret" not in result.stderr
