@@ -209,9 +209,9 @@ def cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from sparklem_core.demo import DemoError, run_demo
 
     try:
-        return run_demo(Path(args.dir), args.agents, args.seconds)
+        return run_demo(Path(args.dir), args.agents, args.seconds, fresh=args.fresh)
     except DemoError as exc:
-        log.error("%s", exc)
+        print(f"main.py: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -272,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--agents", type=int, default=20, help="simulated agents (default 20)")
     demo.add_argument("--seconds", type=float, default=30, help="how long to run (default 30)")
+    demo.add_argument(
+        "--fresh",
+        action="store_true",
+        help="wipe the database of an earlier demo in --dir (without it, that is refused)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 
