@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sparklem_core import cli
+from tests.harness import Fleet, ProcessorProcess
 from tests.test_config import cli as run_cli
 
 
@@ -79,3 +80,19 @@ def test_a_refused_connection_at_init_is_one_line(tmp_path: Path) -> None:
     line = one_line(result.stderr)
     assert line.startswith("main.py: database error: ") and "refused" in line
     assert "secret" not in result.stderr
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_run_says_it_waits_for_the_group_until_assigned(
+    fleet: Fleet, tmp_path: Path, broker, database_url: str
+) -> None:
+    config = fleet.config(broker.bootstrap, database_url)
+    proc = ProcessorProcess(tmp_path / "run", config).start(wait_assigned=False)
+    try:
+        group = config["kafka"]["group.id"]
+        proc.wait_log(f"waiting for partition assignment from group {group} (0 s)", timeout=60)
+        proc.wait_log("assigned t", timeout=60)
+        log = proc.log()
+        assert log.index("waiting for partition assignment") < log.index("assigned t")
+    finally:
+        proc.close()
