@@ -83,12 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra librdkafka producer property for the agent, repeatable (no secrets)",
     )
     parser.add_argument(
-        "--plugin-setting",
+        "--set",
+        "--plugin-setting",  # its first name, kept as an alias
+        dest="plugin_setting",
         action="append",
         default=[],
-        metavar="PLUGIN.NAME=VALUE",
-        help="an agent-side plugin setting (a YAML value), repeatable; "
-        "python3 main.py plugins lists them",
+        metavar="PLUGIN.KEY=VALUE",
+        help="an agent-side plugin setting (a YAML value), repeatable, checked against the "
+        "plugin's declared settings; python3 main.py plugins lists them",
     )
     parser.add_argument(
         "--key-bits",
@@ -174,17 +176,17 @@ def _prompt(label: str, default: str | None, check: Any) -> str:
 
 
 def _plugin_settings(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``PLUGIN.NAME=VALUE`` items; the value is read as YAML (``5``, ``true``, ``/x``)."""
+    """``PLUGIN.KEY=VALUE`` items; the value is read as YAML (``5``, ``true``, ``/x``)."""
     settings: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, text = item.partition("=")
         plugin, dot, name = key.strip().partition(".")
         if not sep or not dot or not plugin or not name:
-            raise EnrollmentError(f"--plugin-setting {key!r}: expected PLUGIN.NAME=VALUE")
+            raise EnrollmentError(f"--set {key!r}: expected PLUGIN.KEY=VALUE")
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
-            raise EnrollmentError(f"--plugin-setting {key}: the value is not valid YAML") from None
+            raise EnrollmentError(f"--set {key}: the value is not valid YAML") from None
         settings.setdefault(plugin, {})[name] = value
     return settings
 

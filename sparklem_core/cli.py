@@ -21,6 +21,7 @@ from sparklem_core.config import (
     load_plugins,
     mask_secrets,
 )
+from sparklem_core.db_errors import DatabaseUnusable, check_database_url
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.registry import (
     AgentRegistry,
@@ -73,6 +74,7 @@ class Setup:
 def prepare(config: Config) -> Setup:
     """Load plugins, check their settings, declare every table (core and plugins) on a Store."""
     plugins = load_plugins(config)
+    check_database_url(config.database_url)  # a permanent mistake: no retry loop for it
     store = Store(config.database_url, config.group_id)
     plugins.register_tables(store.register_table, store.drop_registrations)
     return Setup(config, plugins, store)
@@ -226,10 +228,50 @@ def cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from sparklem_core.demo import DemoError, run_demo
 
     try:
-        return run_demo(Path(args.dir), args.agents, args.seconds)
+        return run_demo(Path(args.dir), args.agents, args.seconds, fresh=args.fresh)
     except DemoError as exc:
-        log.error("%s", exc)
+        print(f"main.py: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def cmd_dev_broker(_config: Config, args: argparse.Namespace) -> int:
+    """A Tansu broker in the foreground, in memory, until Ctrl-C: the demo's, for a quick start."""
+    import signal
+    import socket
+    import threading
+
+    from sparklem_core.local_servers import LOCALHOST, LocalServerError, TansuBroker
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((LOCALHOST, args.port))
+        except OSError:
+            print(
+                f"main.py: port {args.port} on {LOCALHOST} is in use (another Kafka?): "
+                "stop it or choose another --port",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+    log_path = Path(args.log).resolve()
+    try:
+        broker = TansuBroker(args.port, log_path).start()
+    except LocalServerError as exc:
+        print(f"main.py: dev broker: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILURE
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with broker:
+        print(
+            f"dev broker: Tansu on {broker.bootstrap}, in memory (a restart loses every topic); "
+            f"log: {log_path}; Ctrl-C stops it",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            if not broker.is_running():
+                print(f"main.py: the dev broker exited; see {log_path}", file=sys.stderr)
+                return EXIT_FAILURE
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,7 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--agents", type=int, default=20, help="simulated agents (default 20)")
     demo.add_argument("--seconds", type=float, default=30, help="how long to run (default 30)")
+    demo.add_argument(
+        "--fresh",
+        action="store_true",
+        help="wipe the database of an earlier demo in --dir (without it, that is refused)",
+    )
     demo.set_defaults(func=cmd_demo)
+    dev_broker = sub.add_parser(
+        "dev-broker",
+        parents=[common],
+        help="a local Kafka broker for trying things out (no Docker)",
+        description="Run the demo's Tansu broker in the foreground on 127.0.0.1 until "
+        "Ctrl-C. Storage is in memory: a restart loses every topic and offset. Needs the "
+        "test extra (pip install -e '.[test]').",
+    )
+    dev_broker.add_argument(
+        "--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)"
+    )
+    dev_broker.add_argument(
+        "--log", default="dev-broker.log", help="the broker's log file (default: ./dev-broker.log)"
+    )
+    dev_broker.set_defaults(func=cmd_dev_broker)
     return parser
 
 
@@ -325,6 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"main.py: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (NoServerKey, SchemaLockTimeout) as exc:
+        print(f"main.py: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_FAILURE
+    except DatabaseUnusable as exc:
         print(f"main.py: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except DBAPIError as exc:  # init and friends: the database refused or is unreachable

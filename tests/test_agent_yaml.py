@@ -280,8 +280,8 @@ def test_gen_config_writes_checked_plugin_settings(tmp_path: Path) -> None:
     create_server_key(tmp_path / "certs")
     done = gen_config(
         tmp_path,
-        "--plugin-setting", "temperature.thermal_root=/srv/thermal",
-        "--plugin-setting", "temperature.interval=5",
+        "--set", "temperature.thermal_root=/srv/thermal",
+        "--plugin-setting", "temperature.interval=5",  # the option's first name, an alias
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     bundle = enrollment.load_bundle(tmp_path / "out" / "config.tar.xz", PASSPHRASE)
@@ -301,13 +301,14 @@ def test_gen_config_writes_checked_plugin_settings(tmp_path: Path) -> None:
         ("temperature.interval=fast", "plugins.temperature.interval: must be a finite number"),
         ("temperature.min_celsius=5", "plugins.temperature.min_celsius: not an agent setting"),
         ("pu_workload.proc_root=/p", "settings for plugin(s) not selected: pu_workload"),
-        ("temperature=5", "expected PLUGIN.NAME=VALUE"),
+        ("temperature.nosuch=5", "plugins.temperature: unknown key(s) nosuch (known: hwmon_root"),
+        ("temperature=5", "--set 'temperature': expected PLUGIN.KEY=VALUE"),
         ("temperature.x=[", "the value is not valid YAML"),
     ],
 )
 def test_gen_config_refuses_bad_plugin_settings(tmp_path: Path, setting: str, message: str) -> None:
     create_server_key(tmp_path / "certs")
-    done = gen_config(tmp_path, "--plugin-setting", setting)
+    done = gen_config(tmp_path, "--set", setting)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert len(done.stderr.splitlines()) == 1 and message in done.stderr, done.stderr
     assert not (tmp_path / "out" / "config.tar.xz").exists()

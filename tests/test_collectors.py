@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import shutil
 import time
 from datetime import UTC, datetime
@@ -73,10 +74,17 @@ def test_temperature_reads_thermal_zones_and_hwmon(sys_tree: dict[str, str]) -> 
     assert result.rejected == [] and len(result.rows["temperature_readings"]) == 6
 
 
-def test_temperature_without_sensors_returns_none(tmp_path: Path) -> None:
+def test_temperature_without_sensors_returns_none_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "thermal").mkdir()
     settings = {"thermal_root": str(tmp_path / "thermal"), "hwmon_root": str(tmp_path / "none")}
-    assert temperature.sparklem_collect(settings=settings) is None
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            assert temperature.sparklem_collect(settings=settings) is None
+    said = [r for r in caplog.records if "no readable sensor" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    assert str(tmp_path / "thermal") in said[0].getMessage()
 
 
 # --- pu_workload --------------------------------------------------------------------------

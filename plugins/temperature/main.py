@@ -13,6 +13,7 @@ Repeated names get a ``#2``, ``#3``... suffix in discovery order, so they stay d
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -20,8 +21,13 @@ from typing import Any
 
 from sparklem_core import hookimpl
 
+log = logging.getLogger(__name__)
+
 MAX_READINGS = 1000
 MAX_SENSOR_CHARS = 128
+
+# The (thermal_root, hwmon_root) pairs already reported empty: said once, not every interval.
+_said_empty: set[tuple[Path, Path]] = set()
 
 
 @hookimpl
@@ -36,7 +42,18 @@ def sparklem_collect(settings: Mapping[str, Any]) -> dict[str, Any] | None:
         seen[name] = seen.get(name, 0) + 1
         sensor = name if seen[name] == 1 else f"{name}#{seen[name]}"
         readings.append({"sensor": sensor, "value": celsius, "unit": "C"})
-    return {"readings": readings[:MAX_READINGS]} if readings else None
+    if readings:
+        _said_empty.discard((thermal, hwmon))
+        return {"readings": readings[:MAX_READINGS]}
+    if (thermal, hwmon) not in _said_empty:
+        _said_empty.add((thermal, hwmon))
+        log.info(
+            "temperature: no readable sensor in %s or %s, so no temperature readings are "
+            "sent (other paths: gen_config.py --set temperature.thermal_root=PATH)",
+            thermal,
+            hwmon,
+        )
+    return None
 
 
 def _thermal_zones(root: Path) -> Iterator[tuple[str, float]]:
