@@ -33,7 +33,6 @@ from types import FrameType
 from typing import IO, Any
 
 from sparklem_core import __version__, protocol
-from sparklem_core.cli import add_log_level_argument, setup_logging
 from sparklem_core.config import PROJECT_ROOT, mask_secrets, remember_secret
 from sparklem_core.enrollment import (
     AGENT_YAML,
@@ -44,6 +43,7 @@ from sparklem_core.enrollment import (
     read_passphrase_file,
     write_atomic,
 )
+from sparklem_core.logsetup import add_log_level_argument, setup_logging
 from sparklem_core.plugin_manager import PluginHost, PluginInfo
 from sparklem_core.schema import SchemaError, plugin_settings
 from sparklem_core.spool import Sender, Spool

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,11 +15,11 @@ from sparklem_core import __version__
 from sparklem_core.config import (
     Config,
     ConfigError,
-    SecretFilter,
     load_config,
     load_plugins,
     mask_secrets,
 )
+from sparklem_core.logsetup import add_log_level_argument, setup_logging
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.registry import (
     AgentRegistry,
@@ -36,31 +35,6 @@ log = logging.getLogger("sparklem")
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-
-
-def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
-    """``--log-level``, the same for every command of the project."""
-    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        metavar="L",
-        choices=levels + [level.lower() for level in levels],
-        help="DEBUG, INFO (default), WARNING or ERROR",
-    )
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr at ``level``, with every secret of the configuration masked."""
-    handler = logging.StreamHandler()
-    worker = os.environ.get("SPARKLEM_WORKER")
-    prefix = f"[worker {worker}] " if worker else ""
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)-7s {prefix}%(name)s: %(message)s")
-    )
-    handler.addFilter(SecretFilter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @dataclass

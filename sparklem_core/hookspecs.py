@@ -8,17 +8,19 @@ never hands one plugin's messages to another, so no hook needs to check a name.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
-from sqlalchemy import Table
 
 from sparklem_core import PROJECT_NAME
 from sparklem_core.plugin_api import Manifest, Message, PluginResult
 
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
-RegisterTable = Callable[..., Table]
+RegisterTable = Callable[..., "Table"]
 
 
 @hookspec(firstresult=True)
