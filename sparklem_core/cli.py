@@ -1,4 +1,4 @@
-"""``python3 main.py``: the processor's command line."""
+"""``sparklem`` (``python3 main.py`` in a checkout): the processor's command line."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from sparklem_core.storage import Store
 
 log = logging.getLogger("sparklem")
 
+PROG = "sparklem"
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
@@ -121,8 +122,9 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
             log.warning("plugin %s not running: %s", info.name, info.status)
     if not loaded:
         log.error(
-            "no plugin could be loaded from %s or installed packages; see: python3 main.py plugins",
-            config.plugins_dir,
+            "no plugin could be loaded from installed packages or the plugins directory (%s); "
+            "see: sparklem plugins",
+            config.plugins_dir or "none",
         )
         return EXIT_FAILURE
     registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
@@ -187,9 +189,10 @@ def cmd_demo(config: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The command line; ``prog`` names the command in usage and error lines."""
     parser = argparse.ArgumentParser(
-        prog="main.py",
+        prog=prog,
         description="Sparkle-M processor: consumes agents' readings from Kafka, verifies, "
         "decrypts and stores them with SQLAlchemy.",
         epilog="Without a command, 'run' is assumed. Environment: SPARKLEM_BOOTSTRAP_SERVERS, "
@@ -257,9 +260,10 @@ def _workers(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive number or 'auto'") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(prog)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")
     args = parser.parse_args(argv)
@@ -268,17 +272,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         return args.func(config, args)
     except ConfigError as exc:
-        print(f"main.py: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
+        print(f"{prog}: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (NoServerKey, SchemaLockTimeout) as exc:
-        print(f"main.py: {mask_secrets(str(exc))}", file=sys.stderr)
+        print(f"{prog}: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except DBAPIError as exc:  # init and friends: the database refused or is unreachable
         reason = str(exc.orig or exc).strip().splitlines()[0][:300]
-        print(f"main.py: database error: {mask_secrets(reason)}", file=sys.stderr)
+        print(f"{prog}: database error: {mask_secrets(reason)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
     except Exception:  # a bug, not a user mistake: say so with the traceback, exit non-zero
         log.exception("sparklem %s failed unexpectedly", args.command or "run")
         return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # the workers of run --workers N
+    sys.exit(main())

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from harness import ROOT as PROJECT_ROOT
 
 from sparklem_core import Message, PluginResult
-from sparklem_core.config import PROJECT_ROOT
 from sparklem_core.plugin_manager import ENTRY_POINT_GROUP, PluginHost, PluginInfo
 from sparklem_core.schema import plugin_settings
 from sparklem_core.storage import Store
@@ -136,7 +136,7 @@ def test_builtins_load_alongside_a_plugin_directory(tmp_path: Path, uid: str) ->
     assert set(loaded) == {f"p_{uid}", *BUILTINS}
     for name in BUILTINS:
         assert loaded[name].source.startswith("installed sparklem ")
-        assert f"(plugins.{name})" in loaded[name].source
+        assert f"(sparklem_plugins.{name})" in loaded[name].source
 
 
 def test_hooks_are_called_per_plugin(tmp_path: Path, uid: str) -> None:
@@ -417,7 +417,9 @@ def test_plugins_command_lists_builtins(tmp_path: Path) -> None:
     assert set(found) == BUILTINS
     temperature = found["temperature"]
     assert temperature[1:4] == ["1.0.0", "sparklem.temperature", "ok"]
-    assert " ".join(temperature[4:]) == f"directory {PROJECT_ROOT / 'plugins' / 'temperature'}"
+    # no ./plugins in this directory: the built-ins come from the installed distribution
+    assert temperature[4:6] == ["installed", "sparklem"]
+    assert temperature[-1] == "(sparklem_plugins.temperature)"
     assert found["pu_workload"][2:4] == ["sparklem.pu_workload", "ok"]
 
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sparklem_plugins.pu_workload as plugin
 from sqlalchemy import Column, MetaData, Table, create_engine, insert, select
 
-import plugins.pu_workload as plugin
 from sparklem_core import InvalidPayload, Message
 
 SENT_AT = datetime(2026, 11, 21, 10, 30, 0, tzinfo=UTC)

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sparklem_plugins.temperature as plugin
 from sqlalchemy import Column, MetaData, Table, create_engine, insert, select
 
-import plugins.temperature as plugin
 from sparklem_core import InvalidPayload, Message, PluginResult
 from sparklem_core.schema import plugin_settings
 
