@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -348,6 +349,25 @@ def test_builtins_load_once_from_the_checkout() -> None:
         assert info.source == f"directory {PROJECT_ROOT / 'plugins' / info.name}"
     entry_points = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     assert entry_points >= BUILTINS
+
+
+def test_a_copy_of_a_builtin_in_the_plugins_directory_wins_and_loads_once(
+    tmp_path: Path,
+) -> None:
+    """An installed built-in and ./plugins/NAME from another place (a deployment's copy)."""
+    shutil.copytree(PROJECT_ROOT / "plugins" / "temperature", tmp_path / "temperature")
+    saved = {k: m for k, m in sys.modules.items() if k.startswith("sparklem_plugins.temperature")}
+    try:
+        host = PluginHost(tmp_path)
+        sources = {info.name: info.source for info in host.infos}
+        assert [info.name for info in host.infos].count("temperature") == 1
+        assert sources["temperature"] == f"directory {tmp_path / 'temperature'}"
+        assert sources["pu_workload"].startswith("installed sparklem ")
+        assert all(info.ok for info in host.infos), [i.status for i in host.infos]
+    finally:  # the real built-in back under its name for the other tests
+        for name in [k for k in sys.modules if k.startswith("sparklem_plugins.temperature")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
 
 
 def test_builtins_from_entry_points_only() -> None:
