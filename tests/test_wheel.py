@@ -88,6 +88,12 @@ def test_the_wheel_holds_the_packages_under_the_projects_names(installed: Instal
     tops = {name.split("/")[0] for name in names}
     assert tops == {"sparklem_core", "sparklem_plugins", "sparklem-0.1.0.dist-info"}
     assert "sparklem_plugins/temperature/requirements.txt" in names
+    # every package of the checkout, under its installed name (pyproject.toml lists them)
+    for init in [*ROOT.glob("sparklem_core/**/__init__.py"), *ROOT.glob("plugins/**/__init__.py")]:
+        path = init.relative_to(ROOT).as_posix()
+        if path.startswith("plugins/"):
+            path = f"sparklem_plugins/{path.removeprefix('plugins/')}"
+        assert path in names, f"{path} is not in the wheel: list its package in pyproject.toml"
     assert "sparklem_core/migrations/env.py" in names
     entry_points = zipfile.ZipFile(installed.wheel).read(
         "sparklem-0.1.0.dist-info/entry_points.txt"
