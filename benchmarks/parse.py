@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from Crypto.PublicKey import RSA
+from sparklem_plugins.pu_workload.server import MAX_CORES, MAX_GPUS
+from sparklem_plugins.temperature.server import MAX_READINGS
 
-from plugins.pu_workload.server import MAX_CORES, MAX_GPUS
-from plugins.temperature.server import MAX_READINGS
 from sparklem_core import protocol
 from sparklem_core.config import ProcessorSettings
 from sparklem_core.pipeline import Pipeline, Record

@@ -33,8 +33,7 @@ from types import FrameType
 from typing import IO, Any
 
 from sparklem_core import __version__, protocol
-from sparklem_core.cli import add_log_level_argument, setup_logging
-from sparklem_core.config import PROJECT_ROOT, mask_secrets, remember_secret
+from sparklem_core.config import mask_secrets, remember_secret
 from sparklem_core.enrollment import (
     AGENT_YAML,
     BUNDLE_NAME,
@@ -44,7 +43,8 @@ from sparklem_core.enrollment import (
     read_passphrase_file,
     write_atomic,
 )
-from sparklem_core.plugin_manager import PluginHost, PluginInfo
+from sparklem_core.logsetup import add_log_level_argument, setup_logging
+from sparklem_core.plugin_manager import PluginHost, PluginInfo, default_plugins_dir
 from sparklem_core.schema import SchemaError, plugin_settings
 from sparklem_core.spool import Sender, Spool
 
@@ -156,7 +156,7 @@ class Agent:
         self,
         bundle: Bundle,
         state_dir: Path,
-        plugins_dir: Path | None = PROJECT_ROOT / "plugins",
+        plugins_dir: Path | None = None,
     ) -> None:
         self.bundle = bundle
         self.agent_id = bundle.agent_id
@@ -373,9 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plugins-dir",
         type=Path,
-        default=PROJECT_ROOT / "plugins",
+        default=default_plugins_dir(),
         metavar="DIR",
-        help="directory plugins are loaded from, besides installed ones",
+        help="directory plugins are loaded from, besides installed ones (default: ./plugins "
+        "if present)",
     )
     parser.add_argument(
         "--flush-timeout",

@@ -1,10 +1,9 @@
-"""``python3 main.py``: the processor's command line."""
+"""``sparklem`` (``python3 main.py`` in a checkout): the processor's command line."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,12 +15,12 @@ from sparklem_core import __version__
 from sparklem_core.config import (
     Config,
     ConfigError,
-    SecretFilter,
     load_config,
     load_plugins,
     mask_secrets,
 )
 from sparklem_core.db_errors import DatabaseUnusable, check_database_url
+from sparklem_core.logsetup import add_log_level_argument, setup_logging
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.registry import (
     AgentRegistry,
@@ -35,33 +34,9 @@ from sparklem_core.storage import Store
 
 log = logging.getLogger("sparklem")
 
+PROG = "sparklem"
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-
-
-def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
-    """``--log-level``, the same for every command of the project."""
-    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        metavar="L",
-        choices=levels + [level.lower() for level in levels],
-        help="DEBUG, INFO (default), WARNING or ERROR",
-    )
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr at ``level``, with every secret of the configuration masked."""
-    handler = logging.StreamHandler()
-    worker = os.environ.get("SPARKLEM_WORKER")
-    prefix = f"[worker {worker}] " if worker else ""
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)-7s {prefix}%(name)s: %(message)s")
-    )
-    handler.addFilter(SecretFilter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @dataclass
@@ -168,8 +143,9 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
             log.warning("plugin %s not running: %s", info.name, info.status)
     if not loaded:
         log.error(
-            "no plugin could be loaded from %s or installed packages; see: python3 main.py plugins",
-            config.plugins_dir,
+            "no plugin could be loaded from installed packages or the plugins directory (%s); "
+            "see: sparklem plugins",
+            config.plugins_dir or "none",
         )
         return EXIT_FAILURE
     registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
@@ -274,9 +250,10 @@ def cmd_dev_broker(_config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The command line; ``prog`` names the command in usage and error lines."""
     parser = argparse.ArgumentParser(
-        prog="main.py",
+        prog=prog,
         description="Sparkle-M processor: consumes agents' readings from Kafka, verifies, "
         "decrypts and stores them with SQLAlchemy.",
         epilog="Without a command, 'run' is assumed. Environment: SPARKLEM_BOOTSTRAP_SERVERS, "
@@ -373,9 +350,10 @@ def _workers(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive number or 'auto'") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(prog)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")
     args = parser.parse_args(argv)
@@ -384,20 +362,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         return args.func(config, args)
     except ConfigError as exc:
-        print(f"main.py: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
+        print(f"{prog}: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (NoServerKey, SchemaLockTimeout) as exc:
-        print(f"main.py: {mask_secrets(str(exc))}", file=sys.stderr)
+        print(f"{prog}: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except DatabaseUnusable as exc:
-        print(f"main.py: {mask_secrets(str(exc))}", file=sys.stderr)
+        print(f"{prog}: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except DBAPIError as exc:  # init and friends: the database refused or is unreachable
         reason = str(exc.orig or exc).strip().splitlines()[0][:300]
-        print(f"main.py: database error: {mask_secrets(reason)}", file=sys.stderr)
+        print(f"{prog}: database error: {mask_secrets(reason)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
     except Exception:  # a bug, not a user mistake: say so with the traceback, exit non-zero
         log.exception("sparklem %s failed unexpectedly", args.command or "run")
         return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # the workers of run --workers N
+    sys.exit(main())

@@ -26,7 +26,7 @@ from sparklem_core.masking import (  # noqa: F401  # re-exported: part of this m
     mask_url,
     remember_secret,
 )
-from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.plugin_manager import PluginHost, default_plugins_dir
 from sparklem_core.schema import (
     STRICT,
     TOPIC_PATTERN,
@@ -36,8 +36,8 @@ from sparklem_core.schema import (
     validate,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = Path("config.yaml")
+DEFAULT_DATABASE_FILE = Path("db.sqlite3")  # relative to the current directory
 
 ENV_VARS = {
     "SPARKLEM_BOOTSTRAP_SERVERS": "kafka.bootstrap.servers",
@@ -147,7 +147,7 @@ class DatabaseSection(BaseModel):
     model_config = STRICT
 
     url: Annotated[PathText, AfterValidator(_database_url)] | None = Field(
-        None, description="any SQLAlchemy URL; default: db.sqlite3 next to main.py"
+        None, description="any SQLAlchemy URL; default: ./db.sqlite3 (SQLite)"
     )
 
 
@@ -170,7 +170,9 @@ class ConfigFile(BaseModel):
     )
     database: DatabaseSection | None = None
     certificates: PathText = Field("certificates", description="server keys, agents/, revoked/")
-    plugins_dir: PathText | None = Field(None, description="directory plugins are loaded from")
+    plugins_dir: PathText | None = Field(
+        None, description="directory plugins are loaded from; default: ./plugins if present"
+    )
     plugins: dict[str, PluginSection | None] | None = Field(None, description="per plugin")
     processor: ProcessorSettings | None = None
 
@@ -190,7 +192,7 @@ class Config:
     kafka: dict[str, Any] = field(default_factory=dict)
     database_url: str = ""
     certificates: Path = Path("certificates")
-    plugins_dir: Path = PROJECT_ROOT / "plugins"
+    plugins_dir: Path | None = None
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
     source: str = "defaults"  # where the config came from, for the start line
@@ -239,13 +241,13 @@ def load_config(
     except SchemaError as exc:
         raise ConfigError(str(exc)) from None
     database_url = (parsed.database.url if parsed.database else None) or (
-        f"sqlite:///{PROJECT_ROOT / 'db.sqlite3'}"
+        f"sqlite:///{DEFAULT_DATABASE_FILE.resolve()}"
     )
     config = Config(
         kafka={**KAFKA_DEFAULTS, **(parsed.kafka or {})},
         database_url=database_url,
         certificates=Path(parsed.certificates),
-        plugins_dir=Path(parsed.plugins_dir) if parsed.plugins_dir else PROJECT_ROOT / "plugins",
+        plugins_dir=Path(parsed.plugins_dir) if parsed.plugins_dir else default_plugins_dir(),
         plugins={str(n): dict(s or {}) for n, s in (doc.get("plugins") or {}).items()},
         processor=parsed.processor or ProcessorSettings(),
         source=source,
@@ -266,7 +268,7 @@ def load_plugins(config: Config) -> PluginHost:
     if unknown:
         raise ConfigError(
             f"plugins.{unknown[0]}: no such plugin is installed (found: "
-            f"{', '.join(sorted(found)) or 'none'}); see python3 main.py plugins"
+            f"{', '.join(sorted(found)) or 'none'}); see sparklem plugins"
         )
     for name, info in host.loaded().items():
         assert info.manifest is not None  # loaded plugins have one

@@ -27,7 +27,7 @@ from Crypto.PublicKey import RSA
 from sqlalchemy import create_engine, text
 
 from sparklem_core import protocol
-from sparklem_core.config import PROJECT_ROOT, load_config
+from sparklem_core.config import load_config
 from sparklem_core.registry import create_server_key, load_server_keys
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ def run_demo(
 
             processor = stack.enter_context(
                 _process(
-                    ["main.py", "run", "--config", str(config_path)], directory / "processor.log"
+                    ["-m", "sparklem_core.cli", "run", "--config", str(config_path)],
+                    directory / "processor.log",
                 )
             )
             say("processor:  started (log: processor.log)")
@@ -139,7 +140,7 @@ def run_demo(
 @contextmanager
 def _process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen([sys.executable, *args], cwd=PROJECT_ROOT, stdout=log_file,
+        proc = subprocess.Popen([sys.executable, *args], stdout=log_file,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         try:
             yield proc

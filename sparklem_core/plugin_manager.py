@@ -3,7 +3,8 @@
 Two sources, one mechanism:
 
 * packages in the plugins directory (``plugins/<name>/__init__.py`` + ``manifest.py``,
-  ``server.py``, ``main.py``, ``requirements.txt``);
+  ``server.py``, ``main.py``, ``requirements.txt``); by default ``./plugins`` when the
+  current directory has one;
 * installed distributions declaring entry points in the group ``sparklem`` (the
   built-in plugins are declared there too, in pyproject.toml).
 
@@ -34,6 +35,10 @@ from sparklem_core.plugin_api import Manifest, Message, PluginResult
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = PROJECT_NAME
+# The built-ins install as this package (the repository's plugins/ directory); directory
+# plugins are imported under it too.
+BUILTIN_PACKAGE = "sparklem_plugins"
+DEFAULT_PLUGINS_DIR = Path("plugins")  # relative to the current directory
 OK = "ok"
 
 
@@ -85,9 +90,12 @@ class PluginHost:
             for init in sorted(plugins_dir.glob("*/__init__.py")):
                 seen_files.add(init.resolve())
                 found.append(PluginInfo(init.parent.name, f"directory {init.parent}"))
+        # A directory plugin is imported as sparklem_plugins.NAME: an installed package of
+        # that name (a built-in) would be the same module, so the directory's copy wins.
+        shadowed = {_directory_module_name(init.parent) for init in seen_files}
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             origin = _module_origin(ep.module)
-            if origin is not None and origin in seen_files:
+            if (origin is not None and origin in seen_files) or ep.module in shadowed:
                 continue  # the same package as a directory plugin: load it once
             dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
             info = PluginInfo(ep.name, f"installed {dist} ({ep.value})")
@@ -196,8 +204,17 @@ def _module_origin(module: str) -> Path | None:
     return Path(spec.origin).resolve() if spec and spec.origin else None
 
 
+def default_plugins_dir() -> Path | None:
+    """``./plugins`` when the current directory has one (a checkout, a deployment)."""
+    return DEFAULT_PLUGINS_DIR.resolve() if DEFAULT_PLUGINS_DIR.is_dir() else None
+
+
+def _directory_module_name(directory: Path) -> str:
+    return f"{BUILTIN_PACKAGE}.{directory.name}"
+
+
 def _import_directory_package(directory: Path) -> ModuleType:
-    name = f"sparklem_plugins.{directory.name}"
+    name = _directory_module_name(directory)
     init = directory / "__init__.py"
     cached = sys.modules.get(name)
     if cached is not None:

@@ -1,6 +1,6 @@
 """``run --workers N``: N consumer processes in one group, supervised by this one.
 
-Each worker is a plain ``main.py run`` (one process, its own database engine and
+Each worker is a plain ``sparklem run`` (one process, its own database engine and
 Kafka consumer), so the parent holds no state: it restarts a worker that dies and,
 on SIGTERM/SIGINT, forwards the signal and waits for all of them.
 """
@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +36,7 @@ def parse_workers(value: str) -> int:
 class Supervisor:
     def __init__(self, count: int, worker_args: Sequence[str]) -> None:
         self.count = count
-        self.command = [sys.executable, str(Path(__file__).parent.parent / "main.py"), "run",
-                        *worker_args]  # fmt: skip
+        self.command = [sys.executable, "-m", "sparklem_core.cli", "run", *worker_args]
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.restarts: dict[int, int] = {}
         self._stop = threading.Event()

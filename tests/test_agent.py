@@ -31,6 +31,20 @@ TANSU_AUTO_PARTITIONS = 4
 AGENT_ID = "edge-test"
 
 
+# --- imports ----------------------------------------------------------------------------
+
+
+def test_the_agent_imports_nothing_of_the_database_stack() -> None:
+    """An edge device does not pay for the processor's SQL stack."""
+    code = (
+        "import sys, sparklem_core.agent\n"
+        "stack = ('sqlalchemy', 'alembic', 'psycopg', 'pymysql')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in stack}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 # --- seq state ------------------------------------------------------------------------
 
 

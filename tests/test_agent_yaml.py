@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import yaml
 from Crypto.PublicKey import RSA
+from harness import ROOT as PROJECT_ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparklem_core import agent, enrollment
-from sparklem_core.config import PROJECT_ROOT, load_config
+from sparklem_core.config import load_config
 from sparklem_core.enrollment import BundleError, EnrollmentError
 from sparklem_core.registry import create_server_key
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sparklem_plugins.pu_workload as pu_workload
+import sparklem_plugins.temperature as temperature
 
-import plugins.pu_workload as pu_workload
-import plugins.temperature as temperature
 from sparklem_core import Message
 from sparklem_core.schema import plugin_settings
 

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import yaml
 from Crypto.PublicKey import RSA
+from harness import ROOT as PROJECT_ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparklem_core import plugin_api, protocol
 from sparklem_core.config import (
-    PROJECT_ROOT,
     Config,
     ConfigError,
     ProcessorSettings,
@@ -59,14 +59,22 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert config.source == "defaults"
     assert config.bootstrap_servers == "localhost:9092"
     assert config.group_id == "sparklem-processor"
-    assert config.database_url == f"sqlite:///{PROJECT_ROOT / 'db.sqlite3'}"
+    assert config.database_url == f"sqlite:///{tmp_path.resolve() / 'db.sqlite3'}"
     assert config.certificates == Path("certificates")
-    assert config.plugins_dir == PROJECT_ROOT / "plugins"
+    assert config.plugins_dir is None  # no ./plugins here: installed plugins only
     assert config.plugins == {}
     assert config.processor == ProcessorSettings()
     assert config.processor.max_message_bytes == 1024 * 1024
     assert config.processor.clock_skew_s == 300.0
     assert config.processor.dead_letter_topic is None
+
+
+def test_default_plugins_dir_is_the_current_directorys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "plugins").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config(env={}).plugins_dir == tmp_path.resolve() / "plugins"
 
 
 def test_default_file_in_the_working_directory(

@@ -12,9 +12,10 @@ from typing import Any
 
 import pluggy
 import pytest
+from harness import ROOT as PROJECT_ROOT
 
 from sparklem_core import Message, hookspecs, protocol
-from sparklem_core.config import PROJECT_ROOT, ProcessorSettings
+from sparklem_core.config import ProcessorSettings
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.scaffold import files, write_plugin
 from sparklem_core.schema import plugin_settings

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import io
 import lzma
 import os
@@ -19,23 +18,18 @@ from typing import Any
 import pytest
 import yaml
 from Crypto.PublicKey import RSA
+from harness import ROOT as PROJECT_ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from waiting import wait_for
 
-from sparklem_core import enrollment, protocol
-from sparklem_core.config import PROJECT_ROOT
+from sparklem_core import enroll_cli, enrollment, protocol
 from sparklem_core.enrollment import BundleError, EnrollmentError
 from sparklem_core.registry import create_server_key
 
 GEN_CONFIG = PROJECT_ROOT / "gen_config.py"
 PASSPHRASE = "correct horse battery staple"
 PLUGINS = {"temperature": {"topic": "sparklem.temperature", "interval": 30}}
-
-_spec = importlib.util.spec_from_file_location("gen_config", GEN_CONFIG)
-assert _spec is not None and _spec.loader is not None
-gen_config = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen_config)
 
 
 @pytest.fixture(scope="module")
@@ -607,8 +601,8 @@ def test_cli_interactive(certs: Path, monkeypatch: pytest.MonkeyPatch, capsys) -
     monkeypatch.setattr(builtins, "input", lambda _prompt: next(answers))
     monkeypatch.setattr(sys, "stdin", type("Tty", (), {"isatty": lambda self: True})())
     fast = lambda *a, **kw: enrollment.create_agent(*a, **{**kw, "bits": 2048})  # noqa: E731
-    monkeypatch.setattr(gen_config, "create_agent", fast)
-    assert gen_config.main([]) == 0
+    monkeypatch.setattr(enroll_cli, "create_agent", fast)
+    assert enroll_cli.main([]) == 0
     out = capsys.readouterr()
     assert "invalid agent id" in out.err
     assert "enrolled:    edge-5" in out.out

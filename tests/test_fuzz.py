@@ -32,9 +32,9 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from pipeline_env import PLUGIN_TABLES, PU_TOPIC, TOPIC, Env, Keys, now_ms, reading, temperature
+from sparklem_plugins.pu_workload.server import MAX_CORES, MAX_GPUS
+from sparklem_plugins.temperature.server import MAX_READINGS
 
-from plugins.pu_workload.server import MAX_CORES, MAX_GPUS
-from plugins.temperature.server import MAX_READINGS
 from sparklem_core import protocol
 from sparklem_core.pipeline import Record
 from sparklem_core.writer import BatchWriter

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from pipeline_env import PU_TOPIC, TOPIC, Env, Keys, reading, temperature
+from sparklem_plugins.pu_workload.server import MAX_CORES, MAX_GPUS
 
-from plugins.pu_workload.server import MAX_CORES, MAX_GPUS
 from sparklem_core import protocol
 from sparklem_core.pipeline import Record
 from sparklem_core.writer import BatchWriter

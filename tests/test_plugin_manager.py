@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from harness import ROOT as PROJECT_ROOT
 
 from sparklem_core import Message, PluginResult
-from sparklem_core.config import PROJECT_ROOT
 from sparklem_core.plugin_manager import ENTRY_POINT_GROUP, PluginHost, PluginInfo
 from sparklem_core.schema import plugin_settings
 from sparklem_core.storage import Store
@@ -136,7 +137,7 @@ def test_builtins_load_alongside_a_plugin_directory(tmp_path: Path, uid: str) ->
     assert set(loaded) == {f"p_{uid}", *BUILTINS}
     for name in BUILTINS:
         assert loaded[name].source.startswith("installed sparklem ")
-        assert f"(plugins.{name})" in loaded[name].source
+        assert f"(sparklem_plugins.{name})" in loaded[name].source
 
 
 def test_hooks_are_called_per_plugin(tmp_path: Path, uid: str) -> None:
@@ -350,6 +351,25 @@ def test_builtins_load_once_from_the_checkout() -> None:
     assert entry_points >= BUILTINS
 
 
+def test_a_copy_of_a_builtin_in_the_plugins_directory_wins_and_loads_once(
+    tmp_path: Path,
+) -> None:
+    """An installed built-in and ./plugins/NAME from another place (a deployment's copy)."""
+    shutil.copytree(PROJECT_ROOT / "plugins" / "temperature", tmp_path / "temperature")
+    saved = {k: m for k, m in sys.modules.items() if k.startswith("sparklem_plugins.temperature")}
+    try:
+        host = PluginHost(tmp_path)
+        sources = {info.name: info.source for info in host.infos}
+        assert [info.name for info in host.infos].count("temperature") == 1
+        assert sources["temperature"] == f"directory {tmp_path / 'temperature'}"
+        assert sources["pu_workload"].startswith("installed sparklem ")
+        assert all(info.ok for info in host.infos), [i.status for i in host.infos]
+    finally:  # the real built-in back under its name for the other tests
+        for name in [k for k in sys.modules if k.startswith("sparklem_plugins.temperature")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
 def test_builtins_from_entry_points_only() -> None:
     host = PluginHost(None)
     assert set(host.loaded()) == BUILTINS
@@ -417,7 +437,9 @@ def test_plugins_command_lists_builtins(tmp_path: Path) -> None:
     assert set(found) == BUILTINS
     temperature = found["temperature"]
     assert temperature[1:4] == ["1.0.0", "sparklem.temperature", "ok"]
-    assert " ".join(temperature[4:]) == f"directory {PROJECT_ROOT / 'plugins' / 'temperature'}"
+    # no ./plugins in this directory: the built-ins come from the installed distribution
+    assert temperature[4:6] == ["installed", "sparklem"]
+    assert temperature[-1] == "(sparklem_plugins.temperature)"
     assert found["pu_workload"][2:4] == ["sparklem.pu_workload", "ok"]
 
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sparklem_plugins.pu_workload as plugin
 
-import plugins.pu_workload as plugin
 from sparklem_core import InvalidPayload
 from sparklem_core.testing import PluginHarness
 from sparklem_core.testing.plugin import MakeHarness

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sparklem_plugins.temperature as plugin
 
-import plugins.temperature as plugin
 from sparklem_core import InvalidPayload, PluginResult
 from sparklem_core.testing import PluginHarness
 from sparklem_core.testing.plugin import MakeHarness

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from harness import ROOT as PROJECT_ROOT
 from waiting import wait_for
 
 from sparklem_core.agent import PASSPHRASE_ENV
-from sparklem_core.config import PROJECT_ROOT
 
 DB_PASSWORD = "DbS3cret-pw"
 SPACED_PASSWORD = "Sp4ce pw-x"

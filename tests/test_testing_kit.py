@@ -31,7 +31,7 @@ def test_a_repeated_seq_is_a_duplicate_stored_once(plugin_harness: MakeHarness) 
 
 
 def test_each_agent_is_enrolled_and_counted_alone(plugin_harness: MakeHarness) -> None:
-    harness = plugin_harness("plugins.temperature")
+    harness = plugin_harness("sparklem_plugins.temperature")
     first = harness.send(READING, agent="edge-2").rows("temperature_readings")
     second = harness.send(READING, agent="pi-7").rows("temperature_readings")
     assert [(r["agent_id"], r["seq"]) for r in first + second] == [("edge-2", 1), ("pi-7", 1)]
