@@ -66,7 +66,7 @@ def test_the_extras_own_driver_missing_names_its_extra(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SPARKLEM_CERTIFICATES_DIR", str(tmp_path / "certs"))
     monkeypatch.setenv("SPARKLEM_DATABASE_URL", "mysql+pymysql://u:secret@localhost/x")
-    assert cli.main([command]) == 1
+    assert cli.main([command], prog="main.py") == 1
     err = capsys.readouterr().err
     assert one_line(err) == (
         "main.py: database driver 'pymysql' is not installed: pip install 'sparklem[mysql]'"
