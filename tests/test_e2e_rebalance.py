@@ -88,6 +88,9 @@ def _all_partitions(fleet: Fleet, partitions: int) -> set[str]:
     return {f"{t}[{p}]" for t in fleet.topics.values() for p in range(partitions)}
 
 
+# Opt-in (pytest -m soak): on the Tansu test broker a group can still stall for minutes
+# in this scenario (see the issue notes), which would make every CI run a coin toss.
+@pytest.mark.soak
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_kill_9_and_sigterm_around_rebalances(fleet, members, tmp_path, broker, database_url):
     config = fleet.config(broker.bootstrap, database_url, batch_size=50)
