@@ -31,6 +31,11 @@ def remember_secret(value: Any) -> None:
         _secrets.update({value, quote(value, safe=""), quote_plus(value)})
 
 
+def forget_secrets() -> None:
+    """Stop masking what :func:`remember_secret` was given (a new configuration, a test)."""
+    _secrets.clear()
+
+
 def mask_secrets(text: str) -> str:
     """``text`` with URL passwords and every remembered secret replaced by ``***``."""
     text = mask_url(text)

@@ -24,6 +24,7 @@ import pytest
 from harness import Db, Fleet, ProcessorProcess
 
 from sparklem_core.local_servers import LocalMariaDB, LocalPostgres, TansuBroker
+from sparklem_core.masking import forget_secrets
 
 KIT = "sparklem_core.testing.plugin"
 
@@ -80,6 +81,13 @@ def _register_hypothesis_profiles() -> None:
 
 
 _register_hypothesis_profiles()
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_remembered_across_tests() -> Iterator[None]:
+    """Secrets a test's configuration held are masked in that test's logs only."""
+    yield
+    forget_secrets()
 
 
 # ======================================================================================
