@@ -12,6 +12,7 @@ and ``sparklem_core.testing`` (a pytest plugin) to test the plugin.
 import pluggy
 
 from sparklem_core.plugin_api import (
+    MAX_TS_MS,
     InvalidPayload,
     Manifest,
     Message,
@@ -28,6 +29,7 @@ PROJECT_NAME = "sparklem"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 __all__ = [
+    "MAX_TS_MS",
     "PROJECT_NAME",
     "InvalidPayload",
     "Manifest",

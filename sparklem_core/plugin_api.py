@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # the agent imports this module and never the database stack
     from sqlalchemy import Table
 
 DEFAULT_INTERVAL_S = 30
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime holds
 SETTING_TYPES = (bool, int, float, str)
 SETTING_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 SIDES = ("processor", "agent")

@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from sparklem_core.plugin_api import MAX_TS_MS
+
 VERSION = 1
 MIN_RSA_BITS = 2048
 AES_KEY_BYTES = 32
@@ -44,7 +46,6 @@ IV_BYTES = 12
 TAG_BYTES = 16
 PSS_SALT_BYTES = 32
 MAX_SEQ = 2**63
-MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime holds
 MAX_JSON_DEPTH = 32
 # What one JSON document (envelope or plaintext) may hold, counted on its text before
 # parsing, strings included: each bounds the objects a parse makes, and so its time.

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, DateTime, Float, Index, Integer, String
 
 from sparklem_core import (
+    MAX_TS_MS,
     InvalidPayload,
     Manifest,
     Message,
@@ -30,7 +31,6 @@ from .manifest import MANIFEST
 TABLE = "temperature_readings"
 MAX_READINGS = 1000
 MAX_SENSOR_CHARS = 128
-MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant datetime holds
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ABSOLUTE_ZERO = {"C": -273.15, "F": -459.67, "K": 0.0}  # per unit, checked before converting
 
