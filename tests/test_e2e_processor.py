@@ -11,7 +11,7 @@ import signal
 import pytest
 from Crypto.Hash import SHA256
 from Crypto.PublicKey import RSA
-from Crypto.Signature import pkcs1_15
+from Crypto.Signature import pkcs1_15, pss
 from harness import GOOD, Db, Fleet, ProcessorProcess, now_ms, start, temperature
 from waiting import wait_for
 
@@ -23,7 +23,7 @@ def _resign(fleet: Fleet, env: dict, agent: str) -> dict:
     signed = wire.Envelope(
         **{k: env[k] for k in ("agent", "plugin", "kid", "ek", "iv", "ct", "tag", "sig")}
     )
-    sig = wire.pss.new(fleet.keys[agent], salt_bytes=32).sign(SHA256.new(signed.signed_bytes()))
+    sig = pss.new(fleet.keys[agent], salt_bytes=32).sign(SHA256.new(signed.signed_bytes()))
     return {**env, "sig": base64.b64encode(sig).decode()}
 
 
