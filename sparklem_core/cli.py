@@ -22,6 +22,7 @@ from sparklem_core.config import (
 from sparklem_core.db_errors import DatabaseUnusable, check_database_url
 from sparklem_core.logsetup import add_log_level_argument, setup_logging
 from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.plugin_tables import PluginTableRefused
 from sparklem_core.registry import (
     AgentRegistry,
     NoServerKey,
@@ -70,10 +71,12 @@ def cmd_init(config: Config, _args: argparse.Namespace) -> int:
     (config.certificates / "agents").mkdir(exist_ok=True)
     (config.certificates / "revoked").mkdir(exist_ok=True)
     keys = load_server_keys(config.certificates)
-    setup.store.create_schema()
+    changes = setup.store.create_schema()
     setup.store.dispose()
     print(f"server key: {path} ({'created' if created else 'already there'})")
     print(f"database:   {mask_secrets(config.database_url)} (schema up to date)")
+    for change in changes:
+        print(f"table:      {change}")
     for kid in keys:
         print(f"kid:        {kid}")
     return 0
@@ -364,7 +367,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except ConfigError as exc:
         print(f"{prog}: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (NoServerKey, SchemaLockTimeout) as exc:
+    except (NoServerKey, SchemaLockTimeout, PluginTableRefused) as exc:
         print(f"{prog}: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except DatabaseUnusable as exc:
