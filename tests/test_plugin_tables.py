@@ -17,6 +17,7 @@ from harness import ROOT
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table
+from waiting import wait_for
 
 from sparklem_core.plugin_manager import PluginHost
 from sparklem_core.plugin_tables import PluginTableRefused, declare
@@ -236,9 +237,10 @@ def test_an_unsafe_change_is_refused_in_one_line_and_nothing_changes(
     assert [r["gauge"] for r in stored(v1)] == ["old"]
 
 
-def init(config: Path) -> subprocess.Popen[str]:
+def main_py(command: str, config: Path) -> subprocess.Popen[str]:
+    """``main.py init`` or ``main.py run`` on ``config``, output piped."""
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "init", "--config", str(config)],
+        [sys.executable, str(ROOT / "main.py"), command, "--config", str(config)],
         cwd=config.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -260,10 +262,13 @@ def write_config(directory: Path, plugins_dir: Path, url: str) -> Path:
     return path
 
 
-def test_init_says_what_it_refuses_in_one_line(tmp_path: Path, v1: str) -> None:
+@pytest.mark.parametrize("command", ["init", "run"])
+def test_init_and_run_say_what_they_refuse_in_one_line(
+    tmp_path: Path, v1: str, command: str
+) -> None:
     columns, _ = REFUSED["not null column without default"]
     config = write_config(tmp_path, write_plugin(tmp_path / "v2", columns), v1)
-    proc = init(config)
+    proc = main_py(command, config)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, output
     last = output.strip().splitlines()[-1]
@@ -271,9 +276,21 @@ def test_init_says_what_it_refuses_in_one_line(tmp_path: Path, v1: str) -> None:
     assert "Traceback" not in output
 
 
+def test_run_upgrades_before_it_consumes(tmp_path: Path, v1: str) -> None:
+    config = write_config(tmp_path, write_plugin(tmp_path / "v2", V2_COLUMNS), v1)
+    proc = main_py("run", config)  # its broker does not answer: it stops at the start
+    try:
+        wait_for(lambda: "unit" in columns_of(v1), 60, message="run did not add the column")
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=60)
+    assert f"upgraded table {TABLE}: added column unit (plugin gauge)" in output, output
+    assert "ix_gauge_readings_unit" in index_names(v1)
+
+
 def test_concurrent_inits_on_a_changed_declaration(tmp_path: Path, v1: str) -> None:
     config = write_config(tmp_path, write_plugin(tmp_path / "v2", V2_COLUMNS), v1)
-    procs = [init(config) for _ in range(3)]
+    procs = [main_py("init", config) for _ in range(3)]
     outputs = [proc.communicate(timeout=120)[0] for proc in procs]
     for proc, output in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, output
