@@ -155,70 +155,79 @@ def _plan(ops: Sequence[Any], declared: dict[str, PluginTable]) -> list[_Step]:
     """The steps that bring the database to ``declared``; refuses if any change is unsafe."""
     from alembic.operations import ops as alembic_ops
 
-    steps: list[_Step] = []
+    created = sorted(op.table_name for op in ops if isinstance(op, alembic_ops.CreateTableOp))
+    steps = [_Step(name, "created table", create=declared[name].table) for name in created]
     refused: list[str] = []
-    created = {op.table_name for op in ops if isinstance(op, alembic_ops.CreateTableOp)}
-    for name in sorted(created):
-        steps.append(_Step(name, "created table", create=declared[name].table))
     for group in ops:
-        if isinstance(group, alembic_ops.CreateTableOp) or group.table_name in created:
+        if group.table_name in created:
             continue  # created whole, indexes included
-        table = declared[group.table_name].table
-        where = f"plugin {declared[group.table_name].owner}, table {table.name}"
+        plugin_table = declared[group.table_name]
+        where = f"plugin {plugin_table.owner}, table {plugin_table.name}"
         members = group.ops if isinstance(group, alembic_ops.ModifyTableOps) else [group]
-        new_index_names = {
-            op.index_name for op in members if isinstance(op, alembic_ops.CreateIndexOp)
-        }
         for op in members:
-            if isinstance(op, alembic_ops.AddColumnOp):
-                column = table.c[op.column.name]
-                if column.primary_key or not (column.nullable or column.server_default):
-                    refused.append(
-                        f"{where}: new column {column.name} is NOT NULL without a server "
-                        "default, which the rows already stored cannot have: declare it "
-                        "nullable=True or give it a server_default"
-                    )
-                    continue
-                steps.append(_Step(table.name, f"added column {column.name}",
-                                   add_column=_bare_copy(column)))  # fmt: skip
-            elif isinstance(op, alembic_ops.CreateIndexOp):
-                index = next(i for i in table.indexes if i.name == op.index_name)
-                if index.unique:
-                    refused.append(
-                        f"{where}: new unique index {index.name} may not hold on the rows "
-                        "already stored: create it by hand once they are unique"
-                    )
-                    continue
-                steps.append(_Step(table.name, f"added index {index.name}", create=index))
-            elif isinstance(op, alembic_ops.DropIndexOp):
-                if op.index_name in new_index_names:  # the same name on other columns
-                    steps.insert(0, _Step(table.name, f"dropped old index {op.index_name}",
-                                          drop_index=op.index_name))  # fmt: skip
-                else:
-                    log.warning("%s: index %s is no longer declared; left in place",
-                                where, op.index_name)  # fmt: skip
-            elif isinstance(op, alembic_ops.DropColumnOp):
-                stored = op.to_column()
-                if stored.nullable or stored.server_default is not None:
-                    log.warning("%s: column %s is no longer declared; left in place, "
-                                "new rows leave it empty", where, op.column_name)  # fmt: skip
-                else:
-                    refused.append(
-                        f"{where}: column {op.column_name} (NOT NULL in the database) is no "
-                        "longer declared, so no row could be stored: declare it again, or "
-                        "drop it by hand after saving its data"
-                    )
-            elif isinstance(op, alembic_ops.AlterColumnOp):
-                refused.append(f"{where}: column {op.column_name} {_altered(op)}")
-            else:
-                kind = op.to_diff_tuple()[0] if hasattr(op, "to_diff_tuple") else type(op).__name__
-                refused.append(
-                    f"{where}: change {kind} is not applied automatically: apply it by hand, "
-                    "or declare the table as the database has it"
-                )
+            outcome = _judge(op, plugin_table.table, where, members)
+            if isinstance(outcome, str):
+                refused.append(f"{where}: {outcome}")
+            elif outcome is not None:
+                steps.append(outcome)
     if refused:
         raise PluginTableRefused("; ".join(refused))
-    return steps
+    # An index declared anew under its old name is dropped before it is created again.
+    return sorted(steps, key=lambda step: step.drop_index is None)
+
+
+def _judge(op: Any, table: Table, where: str, siblings: Sequence[Any]) -> _Step | str | None:
+    """The step for one difference; or why it is refused; or None when it is left as it is."""
+    from alembic.operations import ops as alembic_ops
+
+    if isinstance(op, alembic_ops.AddColumnOp):
+        column = table.c[op.column.name]
+        if column.primary_key or not (column.nullable or column.server_default):
+            return (
+                f"new column {column.name} is NOT NULL without a server default, which the "
+                "rows already stored cannot have: declare it nullable=True or give it a "
+                "server_default"
+            )
+        return _Step(table.name, f"added column {column.name}", add_column=_bare_copy(column))
+    if isinstance(op, alembic_ops.CreateIndexOp):
+        index = next(i for i in table.indexes if i.name == op.index_name)
+        if index.unique:
+            return (
+                f"new unique index {index.name} may not hold on the rows already stored: "
+                "create it by hand once they are unique"
+            )
+        return _Step(table.name, f"added index {index.name}", create=index)
+    if isinstance(op, alembic_ops.DropIndexOp):
+        recreated = any(
+            isinstance(s, alembic_ops.CreateIndexOp) and s.index_name == op.index_name
+            for s in siblings
+        )
+        if recreated:  # the same name on other columns: no data in an index
+            return _Step(table.name, f"dropped old index {op.index_name}", drop_index=op.index_name)
+        log.warning("%s: index %s is no longer declared; left in place", where, op.index_name)
+        return None
+    if isinstance(op, alembic_ops.DropColumnOp):
+        stored = op.to_column()
+        if stored.nullable or stored.server_default is not None:
+            log.warning(
+                "%s: column %s is no longer declared; left in place, new rows leave it empty",
+                where,
+                op.column_name,
+            )
+            return None
+        return (
+            f"column {op.column_name} (NOT NULL in the database) is no longer declared, so no "
+            "row could be stored: declare it again, or drop it by hand after saving its data"
+        )
+    if isinstance(op, alembic_ops.AlterColumnOp):
+        return _altered(op)
+    if isinstance(op, alembic_ops.CreateTableCommentOp | alembic_ops.DropTableCommentOp):
+        return None  # documentation only
+    kind = op.to_diff_tuple()[0] if hasattr(op, "to_diff_tuple") else type(op).__name__
+    return (
+        f"change {kind} is not applied automatically: apply it by hand, or declare the table "
+        "as the database has it"
+    )
 
 
 def _bare_copy(column: Column[Any]) -> Column[Any]:
@@ -232,19 +241,24 @@ def _bare_copy(column: Column[Any]) -> Column[Any]:
     )
 
 
-def _altered(op: Any) -> str:
-    """What an Alembic ``alter_column`` would change, and what to do instead."""
+def _altered(op: Any) -> str | None:
+    """Why an Alembic ``alter_column`` is refused; None for a comment (documentation only)."""
+    where = f"column {op.column_name}"
     if op.modify_type is not None:
         return (
-            f"is {op.existing_type} in the database but declared {op.modify_type}: a type is "
-            "not changed automatically (data could be lost); declare it as stored, or add a "
-            "new column"
+            f"{where} is {op.existing_type} in the database but declared {op.modify_type}: a "
+            "type is not changed automatically (data could be lost); declare it as stored, "
+            "or add a new column"
         )
     if op.modify_nullable is not None:
         now = "nullable" if op.existing_nullable else "NOT NULL"
         wanted = "nullable" if op.modify_nullable else "NOT NULL"
         return (
-            f"is {now} in the database but declared {wanted}: not changed automatically; "
-            f"declare it {now}, or alter it by hand"
+            f"{where} is {now} in the database but declared {wanted}: not changed "
+            f"automatically; declare it {now}, or alter it by hand"
         )
-    return "differs from its declaration in a way not applied automatically: alter it by hand"
+    if op.modify_comment is not False:
+        return None
+    return (
+        f"{where} differs from its declaration in a way not applied automatically: alter it by hand"
+    )

@@ -40,6 +40,12 @@ V1_COLUMNS = """\
         Column("ok", Boolean),
         Column("ratio", Numeric(10, 3)),
         Column("note", Text),
+        Column("extra", JSON),
+        Column("blob", LargeBinary),
+        Column("day", Date),
+        Column("clock", Time),
+        Column("uid", Uuid),
+        Column("level", Enum("low", "high", name="gauge_level")),
         Column("measured_at", DateTime(timezone=True), nullable=False),
         Index("ix_gauge_readings_agent_measured", "agent_id", "measured_at"),
 """
@@ -51,8 +57,8 @@ V2_COLUMNS = (
 """
 )
 PLUGIN = """\
-from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Float, Index, Integer, Numeric,
-                        String, Text)
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, Date, DateTime, Enum, Float, Index,
+                        Integer, LargeBinary, Numeric, String, Text, Time, Uuid)
 
 from sparklem_core import Manifest, PluginResult, hookimpl
 
@@ -163,6 +169,26 @@ def test_a_new_column_and_index_are_added_and_old_rows_kept(tmp_path: Path, v1: 
         store.dispose()
     assert [(r["gauge"], r["unit"]) for r in stored(v1)] == [("old", None), ("new", "kPa")]
     assert "ix_gauge_readings_unit" in index_names(v1)
+
+
+def test_an_index_declared_anew_is_rebuilt_and_a_comment_ignored(tmp_path: Path, v1: str) -> None:
+    columns = V1_COLUMNS.replace(
+        '"agent_id", "measured_at")', '"agent_id", "gauge", "measured_at")'
+    ).replace('Column("note", Text)', 'Column("note", Text, comment="free text")')
+    store = store_for(write_plugin(tmp_path / "v2", columns), v1)
+    try:
+        assert gauge_changes(store) == [
+            f"upgraded table {TABLE}: added index ix_gauge_readings_agent_measured",
+            f"upgraded table {TABLE}: dropped old index ix_gauge_readings_agent_measured",
+        ]
+    finally:
+        store.dispose()
+    engine = sa.create_engine(v1)
+    try:
+        indexes = {i["name"]: i["column_names"] for i in sa.inspect(engine).get_indexes(TABLE)}
+    finally:
+        engine.dispose()
+    assert indexes["ix_gauge_readings_agent_measured"] == ["agent_id", "gauge", "measured_at"]
 
 
 def test_built_in_plugin_tables_are_seen_unchanged(tmp_path: Path, any_database_url: str) -> None:
