@@ -75,6 +75,14 @@ def sparklem_register_tables(register):
 {columns}
         {declaration}
     )
+    if {second_table}:
+        register(
+            "gauge_events",
+            Column("id", Integer, primary_key=True),
+            Column("at", DateTime(timezone=True), nullable=False),
+            Index("ix_gauge_events_at", "at"),
+            time="at",
+        )
 
 
 @hookimpl
@@ -84,11 +92,15 @@ def sparklem_process(message, settings):
 DECLARATION = 'time="measured_at", series=("agent_id", "gauge"), values=("value",),'
 
 
-def write_plugin(root: Path, columns: str, declaration: str = DECLARATION) -> Path:
+def write_plugin(
+    root: Path, columns: str, declaration: str = DECLARATION, *, second_table: bool = False
+) -> Path:
     """A directory plugin ``gauge`` under ``root/plugins``; each version in its own root."""
     directory = root / "plugins" / "gauge"
     directory.mkdir(parents=True)
-    source = PLUGIN.format(columns=columns.rstrip("\n"), declaration=declaration)
+    source = PLUGIN.format(
+        columns=columns.rstrip("\n"), declaration=declaration, second_table=second_table
+    )
     (directory / "__init__.py").write_text(source, encoding="utf-8")
     return root / "plugins"
 
@@ -156,10 +168,11 @@ def v1(tmp_path: Path, any_database_url: str) -> str:
 # --- upgrades ------------------------------------------------------------------------------------
 
 
-def test_a_new_column_and_index_are_added_and_old_rows_kept(tmp_path: Path, v1: str) -> None:
-    store = store_for(write_plugin(tmp_path / "v2", V2_COLUMNS), v1)
+def test_a_new_column_index_and_table_are_added_and_old_rows_kept(tmp_path: Path, v1: str) -> None:
+    store = store_for(write_plugin(tmp_path / "v2", V2_COLUMNS, second_table=True), v1)
     try:
-        assert gauge_changes(store) == [
+        assert sorted(str(c) for c in store.create_schema() if c.table.startswith("gauge")) == [
+            "created table gauge_events",
             f"upgraded table {TABLE}: added column unit",
             f"upgraded table {TABLE}: added index ix_gauge_readings_unit",
         ]
