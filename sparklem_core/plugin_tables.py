@@ -88,8 +88,9 @@ def declare(
 
 
 def _names(names: Sequence[str], what: str, where: str) -> tuple[str, ...]:
-    if isinstance(names, str):  # series="sensor" would be read as s, e, n, ...
-        raise ValueError(f"{where}: {what} must be a tuple of column names, not a string")
+    # A string is a sequence too: series="sensor" would be read as s, e, n, ...
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise ValueError(f"{where}: {what} must be a tuple of column names, not {names!r}")
     return tuple(names)
 
 

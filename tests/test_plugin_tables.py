@@ -344,7 +344,8 @@ BAD_DECLARATIONS = {
     'series=("agent_id", "gauge")': "name its time column: register('gauge_readings', ..., time=",
     'time="nope"': "'nope' is not one of its columns",
     'time="value"': "time column 'value' must be a DateTime(timezone=True)",
-    'time="measured_at", series="gauge"': "series must be a tuple of column names, not a string",
+    'time="measured_at", series="gauge"': "series must be a tuple of column names, not 'gauge'",
+    'time="measured_at", values=None': "values must be a tuple of column names, not None",
     'time="measured_at", values=("measured_at",)': "column 'measured_at' is declared twice",
     'time="measured_at", colour="red"': "unexpected keyword argument 'colour'",
 }
