@@ -6,9 +6,9 @@ kinds of mark are updated optimistically (``UPDATE ... WHERE value = expected``)
 two processors that ever handle the same stream or partition at once cannot both
 commit: the loser gets :class:`Conflict`, reloads and tries again.
 
-The core tables are created and upgraded by Alembic (``sparklem_core/migrations``);
+The core tables are created and upgraded by Alembic (``sparklem_core/processor/migrations``);
 plugin tables are created and upgraded from what plugins register
-(:mod:`sparklem_core.plugin_tables`).
+(:mod:`sparklem_core.processor.plugin_tables`).
 """
 
 from __future__ import annotations
@@ -47,9 +47,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
-from sparklem_core import plugin_tables
-from sparklem_core.plugin_tables import PluginTable, TableChange
-from sparklem_core.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
+from sparklem_core.processor.plugin_tables import PluginTable, TableChange, declare, upgrade
+from sparklem_core.processor.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +197,7 @@ class Store:
         *columns: Any,
         **declaration: Any,
     ) -> Table:
-        """Add a plugin's table; ``declaration`` is :func:`plugin_tables.declare`'s keywords.
+        """Add a plugin's table; ``declaration`` is :func:`~.plugin_tables.declare`'s keywords.
 
         :class:`TableClash` if the name is taken, ``ValueError`` if the declaration does
         not fit the columns.
@@ -207,7 +206,7 @@ class Store:
             raise TableClash(f"table {name!r} is already registered by {self._owners[name]}")
         table = Table(name, self.metadata, *columns)
         try:
-            declared = plugin_tables.declare(owner, table, **declaration)
+            declared = declare(owner, table, **declaration)
         except (TypeError, ValueError):
             self.metadata.remove(table)
             raise
@@ -235,7 +234,7 @@ class Store:
 
         All of it under the schema lock, so any number of processes may call this at once
         on a fresh database; :class:`SchemaLockTimeout` after ``lock_timeout_s`` of waiting,
-        :class:`~sparklem_core.plugin_tables.PluginTableRefused` if a plugin table would
+        :class:`~.plugin_tables.PluginTableRefused` if a plugin table would
         need an unsafe change. Returns the plugin table changes applied.
         """
         from alembic import command
@@ -246,7 +245,7 @@ class Store:
         with schema_lock(self.engine, timeout_s=lock_timeout_s) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-            return plugin_tables.upgrade(conn, self._plugin_tables.values())
+            return upgrade(conn, self._plugin_tables.values())
 
     def load_streams(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         keys = list(keys)
