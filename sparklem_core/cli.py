@@ -94,6 +94,8 @@ def cmd_plugins(config: Config, args: argparse.Namespace) -> int:
     if args.action == "new":
         return cmd_plugins_new(args)
     host = load_plugins(config)
+    scratch = Store("sqlite://", config.group_id)  # never opened: declarations checked as at start
+    host.register_tables(scratch.register_table, scratch.drop_registrations)
     rows = [("NAME", "VERSION", "TOPIC", "STATUS", "SOURCE")]
     for info in host.infos:
         m = info.manifest
@@ -105,6 +107,17 @@ def cmd_plugins(config: Config, args: argparse.Namespace) -> int:
             print(f"\nsettings of {info.name} (plugins.{info.name}.*):")
             print_table(
                 [("SIDE", "NAME", "TYPE", "DEFAULT", "MEANING")] + describe_settings(info.manifest),
+                indent="  ",
+            )
+        declared = [t for t in scratch.plugin_tables.values() if t.owner == info.name]
+        if declared:
+            print(f"\ntables of {info.name}:")
+            print_table(
+                [("TABLE", "TIME", "SERIES", "VALUES")]
+                + [
+                    (t.name, t.time, ",".join(t.series) or "-", ",".join(t.values) or "-")
+                    for t in declared
+                ],  # fmt: skip
                 indent="  ",
             )
     print(f"\n{RESTART_NOTE}")

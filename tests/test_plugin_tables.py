@@ -401,3 +401,26 @@ def test_any_declaration_is_accepted_or_refused_in_one_line(
         assert declared.time == "at"
         named = [declared.time, *declared.series, *declared.values]
         assert len(set(named)) == len(named) and set(named) <= set(table.c.keys())
+
+
+def test_the_plugins_command_lists_declared_tables_and_refused_declarations(
+    tmp_path: Path,
+) -> None:
+    good = write_plugin(tmp_path / "good", V1_COLUMNS)
+    config = write_config(tmp_path / "good", good, "sqlite:///unused.db")
+    output, _ = main_py("plugins", config).communicate(timeout=60)
+    blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in output.split("\n\n")}
+    assert [line.split() for line in blocks["tables of gauge:"]] == [
+        ["TABLE", "TIME", "SERIES", "VALUES"],
+        [TABLE, "measured_at", "agent_id,gauge", "value"],
+    ]
+    assert blocks["tables of temperature:"][1].split() == [
+        "temperature_readings", "measured_at", "agent_id,sensor", "celsius"
+    ]  # fmt: skip
+
+    bad = write_plugin(tmp_path / "bad", V1_COLUMNS, 'time="value",')
+    config = write_config(tmp_path / "bad", bad, "sqlite:///unused.db")
+    output, _ = main_py("plugins", config).communicate(timeout=60)
+    [line] = [line for line in output.splitlines() if line.startswith("gauge ")]
+    assert "failed: registering tables: table 'gauge_readings': time column 'value'" in line
+    assert "tables of gauge:" not in output
