@@ -20,9 +20,10 @@ from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table
 from waiting import wait_for
 
 from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.plugin_tables import PluginTableRefused, declare
 from sparklem_core.processor.registry import create_server_key
-from sparklem_core.processor.store import Batch, Store
+from sparklem_core.processor.store import Store
 
 TABLE = "gauge_readings"
 WHEN = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -47,6 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
+from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.plugin_tables import PluginTable, TableChange, declare, upgrade
 from sparklem_core.processor.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
 
@@ -124,20 +124,6 @@ def _core_metadata() -> MetaData:
         Column("updated_at", DateTime(timezone=True), nullable=False),
     )
     return metadata
-
-
-@dataclass
-class Batch:
-    """What one consumed batch changes in the database."""
-
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    # (topic, partition, offset) -> rejected_records row: the bytes of a rejected record
-    records: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
-    # key -> (value the mark had when the batch began, or None if absent; new value)
-    streams: dict[tuple[str, str], tuple[int | None, int]] = field(default_factory=dict)
-    # (topic, partition) -> (stored next offset or None, new next offset, topic id)
-    offsets: dict[tuple[str, int], tuple[int | None, int, str | None]] = field(default_factory=dict)
 
 
 def make_engine(url: str) -> Engine:
@@ -281,21 +267,21 @@ class Store:
         """Write a whole batch in one transaction, or nothing (:class:`Conflict` or DB error)."""
         now = datetime.now(UTC)
         streams = [
-            ({"agent_id": a, "plugin": p, "last_seq": new, "updated_at": now}, expected)
-            for (a, p), (expected, new) in batch.streams.items()
+            ({**key._asdict(), "last_seq": mark.last_seq, "updated_at": now}, mark.expected)
+            for key, mark in batch.streams.items()
         ]
         offsets = [
-            ({"group_id": self.group_id, "topic": t, "partition": p, "next_offset": new,
-              "topic_id": topic_id, "updated_at": now}, expected)
-            for (t, p), (expected, new, topic_id) in batch.offsets.items()
+            ({"group_id": self.group_id, **key._asdict(), "next_offset": mark.next_offset,
+              "topic_id": mark.topic_id, "updated_at": now}, mark.expected)
+            for key, mark in batch.offsets.items()
         ]  # fmt: skip
         with self.engine.begin() as conn:
             for name, rows in batch.rows.items():
                 self._insert_rows(conn, self.metadata.tables[name], rows)
             if batch.rejected:
-                conn.execute(insert(self.rejected), batch.rejected)
+                conn.execute(insert(self.rejected), [r.row() for r in batch.rejected])
             if batch.records:
-                conn.execute(insert(self.records), list(batch.records.values()))
+                conn.execute(insert(self.records), [r.row() for r in batch.records.values()])
             self._move_marks(conn, self.streams, ("agent_id", "plugin"), "last_seq", streams)
             self._move_marks(conn, self.offsets, ("group_id", "topic", "partition"),
                              "next_offset", offsets)  # fmt: skip
