@@ -350,13 +350,23 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "test extra (pip install -e '.[test]').",
     )
     dev_broker.add_argument(
-        "--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)"
+        "--port", type=_port, default=9092, help="port on 127.0.0.1 (default 9092)"
     )
     dev_broker.add_argument(
         "--log", default="dev-broker.log", help="the broker's log file (default: ./dev-broker.log)"
     )
     dev_broker.set_defaults(func=cmd_dev_broker)
     return parser
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1 to 65535)")
+    return port
 
 
 def _workers(value: str) -> int:
