@@ -22,11 +22,13 @@ from sparklem_core.processor.registry import (
     create_server_key,
     load_server_keys,
 )
+from sparklem_core.processor.retention import Target, targets
 from sparklem_core.processor.schema_lock import SchemaLockTimeout
 from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import (
     Config,
     ConfigError,
+    format_duration,
     load_config,
     load_plugins,
     mask_secrets,
@@ -53,6 +55,7 @@ class Setup:
     config: Config
     plugins: PluginHost
     store: Store
+    retention: list[Target]  # the bounded tables
 
 
 def prepare(config: Config) -> Setup:
@@ -61,7 +64,7 @@ def prepare(config: Config) -> Setup:
     check_database_url(config.database_url)  # a permanent mistake: no retry loop for it
     store = Store(config.database_url, config.group_id)
     plugins.register_tables(store.register_table, store.drop_registrations)
-    return Setup(config, plugins, store)
+    return Setup(config, plugins, store, targets(store, config.retention))
 
 
 def plugin_topics(config: Config, plugins: PluginHost) -> dict[str, str]:
@@ -183,7 +186,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         topics=topics_by_plugin,
     )
     topics = sorted(set(topics_by_plugin.values()))
-    processor = Processor(config, pipeline, setup.store, topics)
+    processor = Processor(config, pipeline, setup.store, topics, prune=setup.retention)
     processor.install_signal_handlers()
     log.info(
         "sparklem %s processor starting: plugins=%s topics=%s database=%s kid=%s "
@@ -221,6 +224,39 @@ def run_workers(config: Config, args: argparse.Namespace) -> int:
     if args.config:
         worker_args += ["--config", args.config]
     return Supervisor(args.workers, worker_args).run()
+
+
+def cmd_prune(config: Config, args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from sparklem_core.processor.retention import Pruner
+
+    setup = prepare(config)
+    if not setup.retention:
+        print("no table has a retention: nothing to prune (see retention: in the README)")
+        return 0
+    setup.store.create_schema()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # the batch in flight commits, then out
+        signal.signal(signum, lambda *_: stop.set())
+    pruner = Pruner(setup.store, setup.retention, config.processor, stop=stop)
+    try:
+        report = pruner.run_pass(dry_run=args.dry_run)
+    finally:
+        setup.store.dispose()
+    if not report.ran:
+        print("another processor is pruning this database now; nothing done")
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for done in report.tables:
+        line = f"{done.table:<24} older than {format_duration(done.keep):>5}: {verb} {done.rows}"
+        if done.waiting:
+            line += " (no rows stored that long ago yet: plugin tables count from arrival)"
+        elif not done.finished:
+            line += " (stopped before the end: the next pass carries on)"
+        print(line)
+    return 0 if all(done.finished for done in report.tables) else EXIT_FAILURE
 
 
 def cmd_demo(config: Config, args: argparse.Namespace) -> int:
@@ -322,6 +358,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     new.add_argument("name", metavar="NAME", help="the plugin's name, e.g. humidity")
     new.add_argument("--dir", help="where to write it (default: ./sparklem-NAME)")
+    prune = sub.add_parser(
+        "prune",
+        parents=[common],
+        help="delete rows older than retention: allows, once",
+        description="One pass of the pruner the processor runs in the background: delete, "
+        "in small transactions, the rows each table's retention no longer keeps, and print "
+        "how many per table. Skips (exit 0) if another processor is pruning now.",
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="count what would be removed; change nothing"
+    )
+    prune.set_defaults(func=cmd_prune)
     demo = sub.add_parser(
         "demo",
         parents=[common],

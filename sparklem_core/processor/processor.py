@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -35,6 +35,7 @@ from tenacity import (
 from sparklem_core.logsetup import OncePerMinute
 from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.pipeline import Pipeline, Record, Stats
+from sparklem_core.processor.retention import BackgroundPruner, Pruner, Target
 from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import BatchWriter, Interrupted, Unavailable
 from sparklem_core.settings.config import Config, mask_url
@@ -65,7 +66,14 @@ class _NothingInHand(Exception):
 
 
 class Processor:
-    def __init__(self, config: Config, pipeline: Pipeline, store: Store, topics: list[str]):
+    def __init__(
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        store: Store,
+        topics: list[str],
+        prune: Sequence[Target] = (),
+    ):
         self.config = config
         self.settings = config.processor
         self.pipeline = pipeline
@@ -90,6 +98,11 @@ class Processor:
         self._idle_next_check = 0.0
         self._ever_assigned = False  # until the group's first answer: "waiting" lines
         self._waiting_next_log = 0.0
+        self._pruner = (
+            BackgroundPruner(Pruner(store, list(prune), self.settings, stop=self._stop))
+            if prune
+            else None
+        )
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -125,6 +138,8 @@ class Processor:
         )
         if self.settings.dead_letter_topic:
             self._dead_letters = Producer({**self._client_conf(), "enable.idempotence": True})
+        if self._pruner is not None:
+            self._pruner.start()
         try:
             while not self._stop.is_set():
                 records = self._carry or self._consume(
@@ -157,6 +172,8 @@ class Processor:
                 )
         if self._dead_letters is not None:
             self._dead_letters.flush(2)
+        if self._pruner is not None:  # woken by the stop; a batch in flight commits first
+            self._pruner.join(self.settings.shutdown_timeout_s)
         self.store.dispose()
         log.info("processor stopped")
 

@@ -54,7 +54,14 @@ log = logging.getLogger(__name__)
 
 ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
 
-CORE_TABLES = ("rejected_messages", "rejected_records", "sparklem_streams", "sparklem_offsets")
+CORE_TABLES = (
+    "rejected_messages",
+    "rejected_records",
+    "sparklem_streams",
+    "sparklem_offsets",
+    "sparklem_leases",
+    "sparklem_arrival_marks",
+)
 # A whole record of max_message_bytes (1 MiB by default) on every database: MySQL's BLOB
 # stops at 64 KiB.
 RECORD_BYTES = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
@@ -102,7 +109,7 @@ def _core_metadata() -> MetaData:
         Column("size", Integer, nullable=False),  # of the record as it arrived
         Column("truncated", Boolean, nullable=False),  # value holds fewer than size bytes
         Column("value", RECORD_BYTES, nullable=False),
-        Column("received_at", DateTime(timezone=True), nullable=False),
+        Column("received_at", DateTime(timezone=True), nullable=False, index=True),
         Index("ix_rejected_records_position", "topic", "partition", "offset"),
     )
     Table(
@@ -122,6 +129,22 @@ def _core_metadata() -> MetaData:
         Column("next_offset", BigInteger, nullable=False),
         Column("topic_id", String(32)),  # detects a topic deleted and created again
         Column("updated_at", DateTime(timezone=True), nullable=False),
+    )
+    # Who does a database-wide chore (the pruner) until when; see processor/retention.py.
+    Table(
+        "sparklem_leases",
+        metadata,
+        Column("name", String(64), primary_key=True),
+        Column("holder", String(255), nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+    )
+    # A plugin table's highest id at a time: rows up to it had arrived by then.
+    Table(
+        "sparklem_arrival_marks",
+        metadata,
+        Column("table_name", String(255), primary_key=True),
+        Column("marked_at", DateTime(timezone=True), primary_key=True),
+        Column("max_id", BigInteger, nullable=False),
     )
     return metadata
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,6 +86,37 @@ def _database_url(url: str) -> str:
     return url
 
 
+_DURATION_RE = re.compile(r"([1-9][0-9]{0,6})([dhm])")
+_DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+#: Longer than any sensible retention, short enough that ``now - duration`` cannot overflow.
+MAX_RETENTION = timedelta(days=36500)
+#: Tables bounded out of the box; ``retention: {TABLE: 0}`` keeps one forever.
+DEFAULT_RETENTION = {"rejected_messages": "30d", "rejected_records": "30d"}
+
+
+def parse_duration(value: object) -> timedelta | None:
+    """``30d``, ``12h``, ``90m`` as a timedelta; ``0`` or ``"0"`` (keep forever) as None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0 or value == "0":
+        return None
+    match = _DURATION_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("must be a duration like 30d, 12h or 90m, or 0 to keep forever")
+    duration = timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+    if duration > MAX_RETENTION:
+        raise ValueError(f"must be at most {MAX_RETENTION.days}d")
+    return duration
+
+
+def format_duration(duration: timedelta) -> str:
+    """The shortest of ``30d``, ``12h``, ``90m`` that says ``duration`` exactly."""
+    minutes = int(duration.total_seconds()) // 60
+    for unit, size in (("d", 1440), ("h", 60)):
+        if minutes % size == 0:
+            return f"{minutes // size}{unit}"
+    return f"{minutes}m"
+
+
+Duration = Annotated[Any, AfterValidator(parse_duration)]
 KafkaName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9._-]*$")]
 KafkaValue = Annotated[Any, AfterValidator(_kafka_value)]
 PathText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_path)]
@@ -139,6 +172,25 @@ class ProcessorSettings(BaseModel):
     idle_assignment_warn_s: float = Field(
         60.0, gt=0, le=86400, description="a processor without partitions this long says so"
     )
+    prune_interval_s: float = Field(
+        300.0, gt=0, le=86400, description="seconds between the background pruner's passes"
+    )
+    prune_batch_rows: int = Field(
+        2000, gt=0, le=100_000, description="rows the pruner deletes per transaction"
+    )
+    prune_busy_fraction: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="most of the database's time the pruner takes: after each batch it "
+        "rests (1/fraction - 1) times as long as the batch took",
+    )
+    prune_lease_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="a pruner that stops renewing its lease (crashed) is taken over after this",
+    )
 
 
 class DatabaseSection(BaseModel):
@@ -175,6 +227,11 @@ class ConfigFile(BaseModel):
     )
     plugins: dict[str, PluginSection | None] | None = Field(None, description="per plugin")
     processor: ProcessorSettings | None = None
+    retention: dict[str, Duration] | None = Field(
+        None,
+        description="TABLE: how long rows are kept (30d, 12h, 90m; 0: forever); default "
+        + ", ".join(f"{t} {d}" for t, d in DEFAULT_RETENTION.items()),
+    )
 
     @model_validator(mode="after")
     def _reserved(self) -> ConfigFile:
@@ -195,6 +252,8 @@ class Config:
     plugins_dir: Path | None = None
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
+    #: How long each bounded table keeps rows; tables kept forever are absent.
+    retention: dict[str, timedelta] = field(default_factory=lambda: _retention(DEFAULT_RETENTION))
     source: str = "defaults"  # where the config came from, for the start line
 
     @property
@@ -250,6 +309,7 @@ def load_config(
         plugins_dir=Path(parsed.plugins_dir) if parsed.plugins_dir else default_plugins_dir(),
         plugins={str(n): dict(s or {}) for n, s in (doc.get("plugins") or {}).items()},
         processor=parsed.processor or ProcessorSettings(),
+        retention=_retention({**DEFAULT_RETENTION, **(parsed.retention or {})}),
         source=source,
     )
     remember_secrets(config)
@@ -277,6 +337,15 @@ def load_plugins(config: Config) -> PluginHost:
         except SchemaError as exc:
             raise ConfigError(str(exc)) from None
     return host
+
+
+def _retention(durations: Mapping[str, str | int | timedelta | None]) -> dict[str, timedelta]:
+    """The tables with a bound, from validated durations (defaults given as text)."""
+    parsed = {
+        table: value if isinstance(value, timedelta | None) else parse_duration(value)
+        for table, value in durations.items()
+    }
+    return {table: value for table, value in parsed.items() if value is not None}
 
 
 def _read(file: Path) -> dict[Any, Any]:

@@ -1,0 +1,347 @@
+"""Retention: deleting rows older than ``retention:`` allows, a little at a time.
+
+What "older" means, per kind of table:
+
+* ``rejected_messages`` and ``rejected_records``: by ``received_at``, when the processor
+  stored the row (arrival), on its index.
+* A plugin table: by its declared time column (when the reading was measured), and only
+  once the row has also been *stored* longer than the retention. Plugin tables have no
+  arrival column, so arrival is known from their integer id: each pass records the
+  table's highest id (``sparklem_arrival_marks``, at most one mark per 1/100 of the
+  retention), and a row is old enough only if its id is at or below the newest mark
+  recorded at least the retention ago. A spooled backlog measured 40 days ago that arrives
+  today with ``30d`` is therefore kept 30 more days, not deleted on arrival. Rows stored
+  before retention was first set for a table count as arriving at the first pass.
+
+The pruner deletes ``prune_batch_rows`` rows per transaction, found by keyset on an
+indexed column, and rests between batches so that it takes at most
+``prune_busy_fraction`` of the database's time; on SQLite each batch's ``BEGIN
+IMMEDIATE`` is the only time it holds the writer lock. Among processors sharing a
+database one prunes at a time: it holds a lease (``sparklem_leases``), renewed in every
+batch's own transaction, and taken over once it expires. Each batch commits whole or not
+at all, so a pass stopped by SIGTERM or a crash leaves no partial state; the next pass
+carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    Table,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from sparklem_core.processor.store import Store
+from sparklem_core.settings.config import ConfigError, ProcessorSettings
+
+log = logging.getLogger(__name__)
+
+#: The core tables that may be bounded, all pruned by arrival (``received_at``).
+ARRIVAL_TABLES = ("rejected_messages", "rejected_records")
+LEASE_NAME = "prune"
+#: Arrival marks are this fine a fraction of the retention.
+MARKS_PER_RETENTION = 100
+
+
+@dataclass(frozen=True)
+class Target:
+    """One bounded table and how its old rows are found."""
+
+    table: Table
+    keep: timedelta
+    time: str  # the time column compared with the cutoff
+    by_arrival: bool  # time is the arrival time itself (else arrival comes from the id marks)
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def id(self) -> Column[Any]:
+        (column,) = self.table.primary_key.columns
+        return column
+
+
+@dataclass(frozen=True)
+class TablePruned:
+    """What a pass did (or, dry, would do) to one table."""
+
+    table: str
+    keep: timedelta
+    rows: int  # deleted, or that would be
+    waiting: bool = False  # a plugin table with no arrival mark old enough yet
+    finished: bool = True  # False: stopped (or the lease lost) before the table was done
+
+
+@dataclass(frozen=True)
+class PassReport:
+    """One pass over every bounded table; ``ran`` is False when another pruner held the lease."""
+
+    ran: bool
+    tables: tuple[TablePruned, ...] = ()
+
+
+class LeaseLost(Exception):
+    """Another pruner took the lease over (ours expired): stop at once."""
+
+
+def targets(store: Store, retention: Mapping[str, timedelta]) -> list[Target]:
+    """The bounded tables, checked; :class:`ConfigError` naming ``retention.TABLE``.
+
+    Run after the plugins registered their tables (a plugin table is known only then).
+    """
+    found: list[Target] = []
+    for name, keep in sorted(retention.items()):
+        declared = store.plugin_tables.get(name)
+        if name in ARRIVAL_TABLES:
+            found.append(Target(store.metadata.tables[name], keep, "received_at", True))
+        elif declared is not None:
+            key = list(declared.table.primary_key.columns)
+            if len(key) != 1 or not isinstance(key[0].type, Integer):
+                raise ConfigError(
+                    f"retention.{name}: plugin {declared.owner}'s table has no integer id "
+                    "primary key, which pruning needs to tell late arrivals; remove the key"
+                )
+            found.append(Target(declared.table, keep, declared.time, False))
+        else:
+            choices = ", ".join([*ARRIVAL_TABLES, *sorted(store.plugin_tables)])
+            raise ConfigError(
+                f"retention.{name}: no such core or plugin table can be pruned "
+                f"(these can: {choices}); remove or rename the key"
+            )
+    return found
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time stored here is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class Pruner:
+    """Deletes what ``retention`` no longer keeps, in small batches, one pruner at a time."""
+
+    def __init__(
+        self,
+        store: Store,
+        targets: list[Target],
+        settings: ProcessorSettings,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.targets = targets
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.holder = f"{socket.gethostname()[:150]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._leases = store.metadata.tables["sparklem_leases"]
+        self._marks = store.metadata.tables["sparklem_arrival_marks"]
+
+    # --- one pass --------------------------------------------------------------------
+
+    def run_pass(self, *, dry_run: bool = False) -> PassReport:
+        """Prune every bounded table once; dry: count what would go and change nothing."""
+        if dry_run:
+            return PassReport(True, tuple(self._count(t) for t in self.targets))
+        if not self._take_lease():
+            log.debug("another pruner holds the lease: skipping this pass")
+            return PassReport(False)
+        done: list[TablePruned] = []
+        try:
+            for target in self.targets:
+                result = self._prune(target)
+                done.append(result)
+                if not result.finished:
+                    break
+        except LeaseLost:
+            log.warning("the pruner's lease was taken over by another processor; stopping")
+        finally:
+            self._release_lease()
+        return PassReport(True, tuple(done))
+
+    def _cutoff(self, target: Target) -> datetime:
+        return datetime.now(UTC) - target.keep
+
+    def _old(self, target: Target, cutoff: datetime, max_id: int | None) -> list[Any]:
+        """The WHERE clause of the rows ``target`` no longer keeps."""
+        where = [target.table.c[target.time] < cutoff]
+        if max_id is not None:
+            where.append(target.id <= max_id)
+        return where
+
+    def _count(self, target: Target) -> TablePruned:
+        cutoff = self._cutoff(target)
+        with self.store.engine.connect() as conn:
+            max_id = None if target.by_arrival else self._arrived_by(conn, target, cutoff)
+            if not target.by_arrival and max_id is None:
+                return TablePruned(target.name, target.keep, 0, waiting=True)
+            rows = conn.execute(
+                select(func.count()).select_from(target.table)
+                .where(*self._old(target, cutoff, max_id))
+            ).scalar_one()  # fmt: skip
+        return TablePruned(target.name, target.keep, int(rows))
+
+    def _prune(self, target: Target) -> TablePruned:
+        cutoff = self._cutoff(target)
+        max_id = None
+        if not target.by_arrival:
+            with self.store.engine.begin() as conn:
+                self._renew(conn)
+                max_id = self._mark(conn, target, cutoff)
+            if max_id is None:
+                return TablePruned(target.name, target.keep, 0, waiting=True)
+        # Keyset: arrival tables walk their received_at index, plugin tables their ids (all
+        # at or below the mark). Deleted rows are behind the key, never scanned again.
+        key = target.table.c[target.time] if target.by_arrival else target.id
+        after: Any = None
+        deleted = 0
+        while True:
+            if self.stop.is_set():
+                return TablePruned(target.name, target.keep, deleted, finished=False)
+            started = time.monotonic()
+            where = self._old(target, cutoff, max_id)
+            if after is not None:
+                # >= on a time (rows may share it; those deleted are gone), > on an id.
+                where.append(key >= after if target.by_arrival else key > after)
+            with self.store.engine.begin() as conn:
+                self._renew(conn)
+                found = conn.execute(
+                    select(target.id, key).where(*where).order_by(key)
+                    .limit(self.settings.prune_batch_rows)
+                ).all()  # fmt: skip
+                if found:
+                    ids = [row[0] for row in found]
+                    conn.execute(delete(target.table).where(target.id.in_(ids)))
+                    after = found[-1][1]
+            deleted += len(found)
+            if len(found) < self.settings.prune_batch_rows:
+                break
+            self._rest(time.monotonic() - started)
+        if deleted:
+            log.info("pruned %d rows from %s (older than %s)", deleted, target.name, target.keep)
+        return TablePruned(target.name, target.keep, deleted)
+
+    def _rest(self, batch_s: float) -> None:
+        """Leave the database to ingestion for a while (SQLite: the writer lock too)."""
+        fraction = self.settings.prune_busy_fraction
+        self.stop.wait(batch_s * (1 / fraction - 1))
+
+    # --- arrival marks -----------------------------------------------------------------
+
+    def _mark(self, conn: Connection, target: Target, cutoff: datetime) -> int | None:
+        """Record the table's highest id now (if the last mark is old enough); return the
+        newest mark made at or before ``cutoff`` (None: none yet), forgetting older ones."""
+        m = self._marks.c
+        now = datetime.now(UTC)
+        newest = conn.execute(
+            select(func.max(m.marked_at)).where(m.table_name == target.name)
+        ).scalar_one()
+        step = max(target.keep / MARKS_PER_RETENTION, timedelta(seconds=1))
+        if newest is None or _utc(newest) <= now - step:
+            top = conn.execute(select(func.max(target.id))).scalar_one()
+            conn.execute(
+                insert(self._marks).values(table_name=target.name, marked_at=now, max_id=top or 0)
+            )
+        bound = self._arrived_by(conn, target, cutoff, with_time=True)
+        if bound is None:
+            return None
+        max_id, marked_at = bound
+        conn.execute(
+            delete(self._marks).where(m.table_name == target.name, m.marked_at < marked_at)
+        )
+        return int(max_id)
+
+    def _arrived_by(
+        self, conn: Connection, target: Target, cutoff: datetime, *, with_time: bool = False
+    ) -> Any:
+        """The newest mark at or before ``cutoff``: its id (with its time if asked), or None."""
+        m = self._marks.c
+        row = conn.execute(
+            select(m.max_id, m.marked_at)
+            .where(m.table_name == target.name, m.marked_at <= cutoff)
+            .order_by(m.marked_at.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        return (row.max_id, row.marked_at) if with_time else int(row.max_id)
+
+    # --- the lease -------------------------------------------------------------------
+
+    def _take_lease(self) -> bool:
+        try:
+            with self.store.engine.begin() as conn:
+                if self._renew(conn, strict=False):
+                    return True
+                exists = conn.execute(
+                    select(self._leases.c.name).where(self._leases.c.name == LEASE_NAME)
+                ).first()
+                if exists:
+                    return False
+                conn.execute(insert(self._leases).values(
+                    name=LEASE_NAME, holder=self.holder, expires_at=self._expiry()
+                ))  # fmt: skip
+                return True
+        except IntegrityError:  # another pruner inserted it first
+            return False
+
+    def _expiry(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.settings.prune_lease_s)
+
+    def _renew(self, conn: Connection, *, strict: bool = True) -> bool:
+        """Extend our lease, or take an expired one; :class:`LeaseLost` if ``strict`` and not."""
+        c = self._leases.c
+        now = datetime.now(UTC)
+        taken = conn.execute(
+            update(self._leases)
+            .where(c.name == LEASE_NAME, or_(c.holder == self.holder, c.expires_at < now))
+            .values(holder=self.holder, expires_at=self._expiry())
+        ).rowcount
+        if strict and taken != 1:
+            raise LeaseLost
+        return taken == 1
+
+    def _release_lease(self) -> None:
+        c = self._leases.c
+        try:
+            with self.store.engine.begin() as conn:
+                conn.execute(
+                    update(self._leases)
+                    .where(c.name == LEASE_NAME, c.holder == self.holder)
+                    .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+                )
+        except Exception:  # the database went away: the lease expires by itself
+            log.debug("could not release the pruner's lease", exc_info=True)
+
+
+class BackgroundPruner(threading.Thread):
+    """A pass every ``prune_interval_s`` on its own connection, until ``stop`` is set."""
+
+    def __init__(self, pruner: Pruner) -> None:
+        super().__init__(name="sparklem-pruner", daemon=True)
+        self.pruner = pruner
+
+    def run(self) -> None:
+        interval = self.pruner.settings.prune_interval_s
+        while not self.pruner.stop.wait(interval):
+            try:
+                self.pruner.run_pass()
+            except Exception as exc:  # the database is down: the next pass tries again
+                log.warning("pruning failed, retrying in %.0f s: %s", interval, exc)
