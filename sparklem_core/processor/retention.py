@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -145,7 +145,10 @@ class Pruner:
         targets: list[Target],
         settings: ProcessorSettings,
         stop: threading.Event | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """``clock`` gives the current UTC time (tests make days pass with it)."""
+        self.clock = clock
         self.store = store
         self.targets = targets
         self.settings = settings
@@ -177,7 +180,7 @@ class Pruner:
         return PassReport(True, tuple(done))
 
     def _cutoff(self, target: Target) -> datetime:
-        return datetime.now(UTC) - target.keep
+        return self.clock() - target.keep
 
     def _old(self, target: Target, cutoff: datetime, max_id: int | None) -> list[Any]:
         """The WHERE clause of the rows ``target`` no longer keeps."""
@@ -249,7 +252,7 @@ class Pruner:
         """Record the table's highest id now (if the last mark is old enough); return the
         newest mark made at or before ``cutoff`` (None: none yet), forgetting older ones."""
         m = self._marks.c
-        now = datetime.now(UTC)
+        now = self.clock()
         newest = conn.execute(
             select(func.max(m.marked_at)).where(m.table_name == target.name)
         ).scalar_one()
@@ -303,12 +306,12 @@ class Pruner:
             return False
 
     def _expiry(self) -> datetime:
-        return datetime.now(UTC) + timedelta(seconds=self.settings.prune_lease_s)
+        return self.clock() + timedelta(seconds=self.settings.prune_lease_s)
 
     def _renew(self, conn: Connection, *, strict: bool = True) -> bool:
         """Extend our lease, or take an expired one; :class:`LeaseLost` if ``strict`` and not."""
         c = self._leases.c
-        now = datetime.now(UTC)
+        now = self.clock()
         taken = conn.execute(
             update(self._leases)
             .where(c.name == LEASE_NAME, or_(c.holder == self.holder, c.expires_at < now))
@@ -325,7 +328,7 @@ class Pruner:
                 conn.execute(
                     update(self._leases)
                     .where(c.name == LEASE_NAME, c.holder == self.holder)
-                    .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+                    .values(expires_at=self.clock() - timedelta(seconds=1))
                 )
         except Exception:  # the database went away: the lease expires by itself
             log.debug("could not release the pruner's lease", exc_info=True)

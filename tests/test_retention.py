@@ -1,0 +1,364 @@
+"""Retention: old rows go, young rows and a late backlog stay, one pruner at a time, and an
+interrupted pass leaves whole batches only. SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from harness import ROOT
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, String
+from waiting import wait_for
+
+from sparklem_core.processor.retention import BackgroundPruner, Pruner, targets
+from sparklem_core.processor.store import Store
+from sparklem_core.settings.config import (
+    MAX_RETENTION,
+    ConfigError,
+    ProcessorSettings,
+    format_duration,
+    load_config,
+    parse_duration,
+)
+
+T0 = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+TABLE = "gauge_readings"
+
+
+class Clock:
+    """The pruner's idea of now, moved by the test."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def store(any_database_url: str) -> Iterator[Store]:
+    store = Store(any_database_url, "g")
+    store.register_table(
+        "gauge",
+        TABLE,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+        Column("agent_id", String(64), nullable=False),
+        Column("value", Float, nullable=False),
+        Column("measured_at", DateTime(timezone=True), nullable=False),
+        time="measured_at",
+        series=("agent_id",),
+        values=("value",),
+    )
+    store.create_schema()
+    yield store
+    store.dispose()
+
+
+def settings(**changes: object) -> ProcessorSettings:
+    return ProcessorSettings(**{"prune_batch_rows": 100, "prune_busy_fraction": 1.0, **changes})
+
+
+def add_readings(store: Store, measured_at: datetime, count: int, agent: str) -> None:
+    rows = [
+        {"agent_id": agent, "value": float(i), "measured_at": measured_at} for i in range(count)
+    ]
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(store.metadata.tables[TABLE]), rows)
+
+
+def add_rejections(store: Store, received_at: datetime, count: int, reason: str) -> None:
+    rows = [
+        {"topic": "t", "partition": 0, "offset": i, "reason": reason, "detail": "d",
+         "received_at": received_at}
+        for i in range(count)
+    ]  # fmt: skip
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(store.rejected), rows)
+
+
+def counts(store: Store, table: str, column: str) -> dict[str, int]:
+    t = store.metadata.tables[table]
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(t.c[column], sa.func.count()).group_by(t.c[column]))
+        return {key: n for key, n in rows}
+
+
+def pruner(
+    store: Store, retention: dict[str, timedelta], clock: Clock, **changes: object
+) -> Pruner:
+    return Pruner(store, targets(store, retention), settings(**changes), clock=clock)
+
+
+def test_rejections_are_pruned_by_arrival_old_ones_only(store: Store) -> None:
+    add_rejections(store, T0 - 31 * DAY, 250, "old")
+    add_rejections(store, T0 - 29 * DAY, 30, "young")
+    clock = Clock(T0)
+    report = pruner(store, {"rejected_messages": 30 * DAY}, clock).run_pass()
+    assert report.ran
+    assert [(t.table, t.rows, t.finished) for t in report.tables] == [
+        ("rejected_messages", 250, True)
+    ]
+    assert counts(store, "rejected_messages", "reason") == {"young": 30}
+
+
+def test_dry_run_counts_and_changes_nothing(store: Store) -> None:
+    add_rejections(store, T0 - 31 * DAY, 120, "old")
+    add_readings(store, T0 - 40 * DAY, 10, "a")
+    clock = Clock(T0)
+    p = pruner(store, {"rejected_messages": 30 * DAY, TABLE: 30 * DAY}, clock)
+    report = p.run_pass(dry_run=True)
+    assert {t.table: (t.rows, t.waiting) for t in report.tables} == {
+        "rejected_messages": (120, False),
+        TABLE: (0, True),  # no arrival known yet: nothing of it could go
+    }
+    assert counts(store, "rejected_messages", "reason") == {"old": 120}
+    marks = store.metadata.tables["sparklem_arrival_marks"]
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(marks)).scalar() == 0
+
+
+def test_plugin_rows_go_once_both_measured_and_stored_longer_than_the_retention(
+    store: Store,
+) -> None:
+    keep = {TABLE: 30 * DAY}
+    clock = Clock(T0)
+    add_readings(store, T0 - 40 * DAY, 150, "stored-long-ago")
+    first = pruner(store, keep, clock).run_pass()
+    assert first.tables[0].waiting  # stored just now, as far as the pruner can know
+
+    clock.now = T0 + 31 * DAY
+    # A spooled backlog measured 40 days ago arrives today, with fresh readings.
+    add_readings(store, clock.now - 40 * DAY, 120, "late-backlog")
+    add_readings(store, clock.now - DAY, 20, "fresh")
+    second = pruner(store, keep, clock).run_pass()
+    assert [(t.rows, t.waiting) for t in second.tables] == [(150, False)]
+    assert counts(store, TABLE, "agent_id") == {"late-backlog": 120, "fresh": 20}
+
+    clock.now = T0 + 62 * DAY  # the backlog has now been stored 31 days
+    third = pruner(store, keep, clock).run_pass()
+    assert third.tables[0].rows == 120 + 20
+    assert counts(store, TABLE, "agent_id") == {}
+
+
+def test_a_second_pruner_skips_while_the_first_holds_the_lease(store: Store) -> None:
+    add_rejections(store, T0 - 31 * DAY, 1000, "old")
+    clock = Clock(T0)
+    keep = {"rejected_messages": 30 * DAY}
+    stop = threading.Event()
+    # Rests 99 times each batch's duration: busy for long enough to be caught at it.
+    first = Pruner(
+        store, targets(store, keep), settings(prune_busy_fraction=0.01), stop=stop, clock=clock
+    )
+    leases = store.metadata.tables["sparklem_leases"]
+
+    def holder() -> str | None:
+        with store.engine.connect() as conn:
+            return conn.execute(sa.select(leases.c.holder)).scalar()
+
+    worker = threading.Thread(target=first.run_pass)
+    worker.start()
+    try:
+        wait_for(lambda: holder() == first.holder, message="first pruner never took the lease")
+        second = pruner(store, keep, clock).run_pass()
+        assert not second.ran and second.tables == ()
+    finally:
+        stop.set()
+        worker.join(30)
+    # Released at the end of its pass: the next one runs.
+    assert pruner(store, keep, clock).run_pass().ran
+
+
+def test_an_expired_lease_is_taken_over(store: Store) -> None:
+    add_rejections(store, T0 - 31 * DAY, 10, "old")
+    keep = {"rejected_messages": 30 * DAY}
+    clock = Clock(T0)
+    crashed = pruner(store, keep, clock, prune_lease_s=60)
+    assert crashed._take_lease()  # then it crashed: the lease is never released
+    assert not pruner(store, keep, clock).run_pass().ran
+    clock.now = T0 + timedelta(seconds=61)
+    assert pruner(store, keep, clock).run_pass().tables[0].rows == 10
+
+
+def test_background_pruner_prunes_until_stopped(store: Store) -> None:
+    add_rejections(store, datetime.now(UTC) - 31 * DAY, 50, "old")
+    stop = threading.Event()
+    p = Pruner(
+        store,
+        targets(store, {"rejected_messages": 30 * DAY}),
+        settings(prune_interval_s=0.05),
+        stop=stop,
+    )
+    background = BackgroundPruner(p)
+    background.start()
+    try:
+        wait_for(lambda: counts(store, "rejected_messages", "reason") == {})
+    finally:
+        stop.set()
+        background.join(30)
+    assert not background.is_alive()
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("30d", 30 * DAY), ("12h", timedelta(hours=12)), ("90m", timedelta(minutes=90)),
+     (0, None), ("0", None)],
+)  # fmt: skip
+def test_durations(value: object, expected: timedelta | None) -> None:
+    assert parse_duration(value) == expected
+
+
+@given(st.one_of(st.text(max_size=12), st.integers(), st.booleans(), st.floats(), st.none()))
+def test_any_value_is_a_duration_or_a_one_line_refusal(value: object) -> None:
+    try:
+        parsed = parse_duration(value)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert parsed is None or timedelta(minutes=1) <= parsed <= MAX_RETENTION
+    if parsed is not None:
+        assert parse_duration(format_duration(parsed)) == parsed
+
+
+@given(st.integers(1, 9_999_999), st.sampled_from("dhm"))
+def test_written_durations_round_trip(number: int, unit: str) -> None:
+    text = f"{number}{unit}"
+    try:
+        parsed = parse_duration(text)
+    except ValueError:
+        assert number * {"d": 1440, "h": 60, "m": 1}[unit] > MAX_RETENTION.days * 1440
+        return
+    assert parsed is not None and parse_duration(format_duration(parsed)) == parsed
+
+
+def write_config(tmp_path: Path, doc: dict[str, object]) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("value", ["30", "30s", "-1d", "1.5d", "d", "", True, 30, "0d"])
+def test_a_bad_duration_is_refused_naming_the_key(tmp_path: Path, value: object) -> None:
+    path = write_config(tmp_path, {"retention": {"rejected_messages": value}})
+    with pytest.raises(ConfigError, match=r"^retention\.rejected_messages: .*30d"):
+        load_config(path, env={})
+
+
+def test_defaults_bound_the_rejection_tables_and_0_keeps_forever(tmp_path: Path) -> None:
+    assert load_config(write_config(tmp_path, {}), env={}).retention == {
+        "rejected_messages": 30 * DAY,
+        "rejected_records": 30 * DAY,
+    }
+    path = write_config(tmp_path, {"retention": {"rejected_records": 0, TABLE: "7d"}})
+    assert load_config(path, env={}).retention == {
+        "rejected_messages": 30 * DAY,
+        TABLE: 7 * DAY,
+    }
+
+
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [("sparklem_offsets", "no such core or plugin table can be pruned"),
+     ("nonesuch", "no such core or plugin table can be pruned")],
+)  # fmt: skip
+def test_a_table_that_cannot_be_pruned_is_refused_at_start(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    write_config(tmp_path, {"retention": {table: "1d"},
+                            "database": {"url": f"sqlite:///{tmp_path}/db.sqlite3"}})  # fmt: skip
+    for command in ("prune", "init"):
+        result = run_cli(tmp_path, command)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"main.py: configuration error: retention.{table}: ")
+        assert message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "db.sqlite3").exists()
+
+
+# --- the command, interrupted ------------------------------------------------------------
+
+
+def test_prune_command_dry_run_then_for_real(tmp_path: Path, database_url: str) -> None:
+    store = Store(database_url, "g")
+    store.create_schema()
+    add_rejections(store, datetime.now(UTC) - 31 * DAY, 40, "old")
+    add_rejections(store, datetime.now(UTC), 5, "young")
+    write_config(tmp_path, {"database": {"url": database_url}})
+    dry = run_cli(tmp_path, "prune", "--dry-run", "--log-level", "WARNING")
+    assert dry.returncode == 0, dry.stderr
+    assert "rejected_messages" in dry.stdout and "would remove 40" in dry.stdout
+    assert counts(store, "rejected_messages", "reason") == {"old": 40, "young": 5}
+    real = run_cli(tmp_path, "prune", "--log-level", "WARNING")
+    assert real.returncode == 0, real.stderr
+    assert "removed 40" in real.stdout
+    assert counts(store, "rejected_messages", "reason") == {"young": 5}
+    store.dispose()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "crash"])
+def test_an_interrupted_prune_leaves_whole_batches_and_the_next_pass_finishes(
+    tmp_path: Path, database_url: str, how: signal.Signals
+) -> None:
+    batch, old = 200, 6000
+    store = Store(database_url, "g")
+    store.create_schema()
+    add_rejections(store, datetime.now(UTC) - 31 * DAY, old, "old")
+    add_rejections(store, datetime.now(UTC), 7, "young")
+    write_config(tmp_path, {
+        "database": {"url": database_url},
+        "processor": {"prune_batch_rows": batch, "prune_busy_fraction": 0.02,
+                      "prune_lease_s": 1},
+    })  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "prune", "--log-level", "WARNING"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: counts(store, "rejected_messages", "reason").get("old", 0) < old,
+                 timeout=60, message="prune never deleted a batch")  # fmt: skip
+        process.send_signal(how)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    left = counts(store, "rejected_messages", "reason")
+    assert left["young"] == 7
+    assert 0 < left["old"] < old and (old - left["old"]) % batch == 0  # whole batches only
+    if how == signal.SIGTERM:
+        assert process.returncode == 1, err
+        assert "stopped before the end" in out
+
+    # The crashed one's lease (1 s) expires; then a pass takes over and finishes.
+    def next_pass() -> bool:
+        result = run_cli(tmp_path, "prune", "--log-level", "WARNING")
+        assert result.returncode == 0, result.stderr
+        return "removed" in result.stdout
+
+    wait_for(next_pass, timeout=60, interval=0.5, message="no pass took over")
+    assert counts(store, "rejected_messages", "reason") == {"young": 7}
+    store.dispose()
