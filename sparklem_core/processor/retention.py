@@ -13,9 +13,10 @@ What "older" means, per kind of table:
   today with ``30d`` is therefore kept 30 more days, not deleted on arrival. Rows stored
   before retention was first set for a table count as arriving at the first pass.
 
-The pruner deletes ``prune_batch_rows`` rows per transaction, found by keyset on an
-indexed column, and rests between batches so that it takes at most
-``prune_busy_fraction`` of the database's time; on SQLite each batch's ``BEGIN
+The pruner deletes ``prune_batch_rows`` rows per transaction, an id range found by
+keyset on the primary key up to the newest old row (found on the time index for the
+rejection tables, from the marks for plugin tables), and rests between batches so that
+it takes at most ``prune_busy_fraction`` of the database's time; on SQLite each batch's ``BEGIN
 IMMEDIATE`` is the only time it holds the writer lock. Among processors sharing a
 database one prunes at a time: it holds a lease (``sparklem_leases``), renewed in every
 batch's own transaction, and taken over once it expires. Each batch commits whole or not
@@ -203,43 +204,57 @@ class Pruner:
 
     def _prune(self, target: Target) -> TablePruned:
         cutoff = self._cutoff(target)
-        max_id = None
-        if not target.by_arrival:
-            with self.store.engine.begin() as conn:
-                self._renew(conn)
+        with self.store.engine.begin() as conn:
+            self._renew(conn)
+            if target.by_arrival:
+                max_id = self._newest_old(conn, target, cutoff)
+            else:
                 max_id = self._mark(conn, target, cutoff)
-            if max_id is None:
-                return TablePruned(target.name, target.keep, 0, waiting=True)
-        # Keyset: arrival tables walk their received_at index, plugin tables their ids (all
-        # at or below the mark). Deleted rows are behind the key, never scanned again.
-        key = target.table.c[target.time] if target.by_arrival else target.id
-        after: Any = None
+        if max_id is None:
+            return TablePruned(target.name, target.keep, 0, waiting=not target.by_arrival)
+        # Keyset on the id, up to max_id: each batch deletes an id range, found by one
+        # short index walk; deleted rows are behind the key, never scanned again.
+        n = self.settings.prune_batch_rows
+        after: int | None = None
         deleted = 0
         while True:
             if self.stop.is_set():
                 return TablePruned(target.name, target.keep, deleted, finished=False)
-            started = time.monotonic()
             where = self._old(target, cutoff, max_id)
             if after is not None:
-                # >= on a time (rows may share it; those deleted are gone), > on an id.
-                where.append(key >= after if target.by_arrival else key > after)
+                where.append(target.id > after)
             with self.store.engine.begin() as conn:
+                # Timed from here: waiting for SQLite's writer lock is not the database
+                # working for us, only the batch itself is.
+                started = time.monotonic()
                 self._renew(conn)
-                found = conn.execute(
-                    select(target.id, key).where(*where).order_by(key)
-                    .limit(self.settings.prune_batch_rows)
-                ).all()  # fmt: skip
-                if found:
-                    ids = [row[0] for row in found]
-                    conn.execute(delete(target.table).where(target.id.in_(ids)))
-                    after = found[-1][1]
-            deleted += len(found)
-            if len(found) < self.settings.prune_batch_rows:
+                bound = conn.execute(
+                    select(target.id).where(*where).order_by(target.id).offset(n - 1).limit(1)
+                ).scalar()
+                if bound is not None:
+                    where.append(target.id <= bound)
+                gone = conn.execute(delete(target.table).where(*where)).rowcount
+            deleted += gone
+            if bound is None:  # that was the last, short batch
                 break
+            after = bound
             self._rest(time.monotonic() - started)
         if deleted:
             log.info("pruned %d rows from %s (older than %s)", deleted, target.name, target.keep)
         return TablePruned(target.name, target.keep, deleted)
+
+    @staticmethod
+    def _newest_old(conn: Connection, target: Target, cutoff: datetime) -> int | None:
+        """The id of the newest row that arrived before ``cutoff``, on the time index.
+
+        Ids follow arrival closely, not exactly (processors commit concurrently): a row
+        stored slightly out of order is left to the next pass.
+        """
+        time_column = target.table.c[target.time]
+        return conn.execute(
+            select(target.id).where(time_column < cutoff)
+            .order_by(time_column.desc(), target.id.desc()).limit(1)
+        ).scalar()  # fmt: skip
 
     def _rest(self, batch_s: float) -> None:
         """Leave the database to ingestion for a while (SQLite: the writer lock too)."""

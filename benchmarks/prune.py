@@ -1,0 +1,235 @@
+"""Ingestion while the pruner deletes a large backlog of old rows.
+
+``python3 -m benchmarks.prune [--rows N] [--db sqlite,postgresql] [--window S]
+[--batch-rows B] [--busy-fraction F]``
+
+For each database (SQLite in a temporary directory; PostgreSQL a private
+``LocalPostgres``): ``temperature_readings`` (the real plugin's table, indexes included)
+is filled with N rows measured and stored 100 days ago (a pass of the pruner then records
+their arrival, with its clock set back), and retention is ``30d``. Ingestion is a loop of
+``Store.commit`` batches of 2,000 fresh readings, as fast as the database takes them
+(the worst case: a processor that is never idle). Measured:
+
+* ``alone``: ingestion rate without pruning, ``--window`` seconds before the pruner
+  starts and again after it has finished (the mean of both, so that drift shows);
+* ``while pruning``: ingestion rate from the pruner's start until it has deleted all N
+  rows, and the pruner's own rate.
+
+Prints a line per database, then one JSON line with every figure. Nothing is asserted:
+the issue's bar is ``ratio >= 0.8``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select, text
+
+from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor.batch import Batch
+from sparklem_core.processor.retention import Pruner, targets
+from sparklem_core.processor.store import Store
+from sparklem_core.settings.config import ProcessorSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = "temperature_readings"
+KEEP = timedelta(days=30)
+INGEST_BATCH = 2000
+# Filled by SQL on the server side: 5 million rows through Python would take longer than
+# the measurement.
+FILL = {
+    "sqlite": (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
+        "INSERT INTO temperature_readings (agent_id, seq, sensor, celsius, measured_at, "
+        "received_at) SELECT 'old-' || (i % 1000), i, 'cpu', 20.5, :at, :at FROM n"
+    ),
+    "postgresql": (
+        "INSERT INTO temperature_readings (agent_id, seq, sensor, celsius, measured_at, "
+        "received_at) SELECT 'old-' || (i % 1000), i, 'cpu', 20.5, "
+        "CAST(:at AS timestamptz), CAST(:at AS timestamptz) FROM generate_series(1, :count) i"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Figures:
+    database: str
+    old_rows: int
+    fill_s: float
+    alone_rows_s: float  # mean of before and after
+    alone_before_rows_s: float
+    alone_after_rows_s: float
+    pruning_rows_s: float
+    ratio: float
+    pruned: int
+    prune_s: float
+    prune_rows_s: float
+
+
+def progress(message: str) -> None:
+    print(f"[prune bench] {message}", file=sys.stderr, flush=True)
+
+
+def new_store(url: str) -> Store:
+    store = Store(url, "bench")
+    host = PluginHost(ROOT / "plugins", enabled=lambda name: name == "temperature")
+    host.register_tables(store.register_table, store.drop_registrations)
+    store.create_schema()
+    return store
+
+
+def fill(store: Store, count: int, at: datetime) -> None:
+    stamp = at.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if store.engine.dialect.name == "postgresql":
+        stamp += "+00"
+    step = 500_000
+    for start in range(0, count, step):
+        with store.engine.begin() as conn:
+            conn.execute(text(FILL[store.engine.dialect.name]),
+                         {"count": min(step, count - start), "at": stamp})  # fmt: skip
+        progress(f"filled {min(start + step, count):,} of {count:,}")
+
+
+class Ingest(threading.Thread):
+    """Commits batches of fresh readings until stopped; counts rows per phase."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(daemon=True)
+        self.store = store
+        self.rows = 0
+        self.stopped = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        seq = 0
+        try:
+            while not self.stopped.is_set():
+                now = datetime.now(UTC)
+                rows = [
+                    {"agent_id": f"a{i % 200}", "seq": seq + i, "sensor": "cpu",
+                     "celsius": 40.0, "measured_at": now, "received_at": now}
+                    for i in range(INGEST_BATCH)
+                ]  # fmt: skip
+                seq += INGEST_BATCH
+                self.store.commit(Batch(rows={TABLE: rows}))
+                self.rows += INGEST_BATCH
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+
+    def rate_over(self, wait: Callable[[], None]) -> float:
+        """Rows per second committed while ``wait()`` runs."""
+        rows, started = self.rows, time.monotonic()
+        wait()
+        return (self.rows - rows) / (time.monotonic() - started)
+
+
+def measure(name: str, url: str, count: int, window: float, settings: ProcessorSettings) -> Figures:
+    store = new_store(url)
+    try:
+        long_ago = datetime.now(UTC) - timedelta(days=100)
+        started = time.monotonic()
+        fill(store, count, long_ago)
+        with store.engine.begin() as conn:
+            if store.engine.dialect.name == "postgresql":
+                conn.execute(text(f"ANALYZE {TABLE}"))
+        fill_s = time.monotonic() - started
+        bounded = targets(store, {TABLE: KEEP})
+        # A pass on the day they were stored records their arrival (and prunes nothing).
+        Pruner(store, bounded, settings, clock=lambda: long_ago).run_pass()
+        ingest = Ingest(store)
+        ingest.start()
+        time.sleep(1.0)  # warm: the first batches prepare statements
+        before = ingest.rate_over(lambda: time.sleep(window))
+        pruner = Pruner(store, bounded, settings)
+        result: list[int] = []
+        prune_started = time.monotonic()
+
+        def prune() -> None:
+            report = pruner.run_pass()
+            result.append(sum(t.rows for t in report.tables))
+
+        pruning = ingest.rate_over(prune)
+        prune_s = time.monotonic() - prune_started
+        after = ingest.rate_over(lambda: time.sleep(window))
+        ingest.stopped.set()
+        ingest.join()
+        if ingest.error is not None:
+            raise ingest.error
+        with store.engine.connect() as conn:
+            left = conn.execute(
+                select(func.count()).select_from(store.metadata.tables[TABLE])
+                .where(store.metadata.tables[TABLE].c.measured_at < long_ago + timedelta(days=1))
+            ).scalar_one()  # fmt: skip
+        if left:
+            raise RuntimeError(f"{left} old rows were not pruned")
+        alone = (before + after) / 2
+        pruned = result[0] if result else 0
+        return Figures(
+            name, count, round(fill_s, 1), round(alone), round(before), round(after),
+            round(pruning), round(pruning / alone, 3), pruned, round(prune_s, 1),
+            round(pruned / prune_s) if prune_s else 0,
+        )  # fmt: skip
+    finally:
+        store.dispose()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m benchmarks.prune",
+        description="Ingestion rate while the pruner deletes N old rows, against without.",
+    )
+    parser.add_argument("--rows", type=int, default=5_000_000, help="old rows (default 5M)")
+    parser.add_argument(
+        "--db", default="sqlite,postgresql", help="comma list: sqlite, postgresql (default both)"
+    )
+    parser.add_argument(
+        "--window", type=float, default=10.0, help="seconds of ingestion alone, before and after"
+    )
+    defaults = ProcessorSettings()
+    parser.add_argument("--batch-rows", type=int, default=defaults.prune_batch_rows)
+    parser.add_argument("--busy-fraction", type=float, default=defaults.prune_busy_fraction)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = ProcessorSettings(
+        prune_batch_rows=args.batch_rows, prune_busy_fraction=args.busy_fraction
+    )
+    figures: list[Figures] = []
+    for name in args.db.split(","):
+        if name == "sqlite":
+            with tempfile.TemporaryDirectory(prefix="sparklem-prune-") as tmp:
+                figures.append(measure(name, f"sqlite:///{tmp}/db.sqlite3", args.rows,
+                                       args.window, settings))  # fmt: skip
+        elif name == "postgresql":
+            from sparklem_core.testing.servers import LocalPostgres
+
+            with LocalPostgres() as pg:
+                figures.append(measure(name, pg.url, args.rows, args.window, settings))
+        else:
+            build_parser().error(f"--db: {name!r} is not sqlite or postgresql")
+        f = figures[-1]
+        print(
+            f"{f.database:<10} {f.old_rows:>9,} old rows pruned in {f.prune_s:7.1f} s "
+            f"({f.prune_rows_s:,} rows/s); ingestion {f.alone_rows_s:,} rows/s alone "
+            f"(before {f.alone_before_rows_s:,}, after {f.alone_after_rows_s:,}), "
+            f"{f.pruning_rows_s:,} while pruning: {f.ratio:.0%}",
+            flush=True,
+        )
+    print(json.dumps({"batch_rows": args.batch_rows, "busy_fraction": args.busy_fraction,
+                      "results": [asdict(f) for f in figures]}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
