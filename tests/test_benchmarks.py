@@ -66,6 +66,16 @@ def test_crypto_benchmark_smoke() -> None:
     assert all(report["checks"].values())
 
 
+def test_prune_benchmark_smoke() -> None:
+    report = run_module(
+        "benchmarks.prune", "--rows", "3000", "--db", "sqlite", "--window", "0.2",
+        "--batch-rows", "500", "--busy-fraction", "1",
+    )  # fmt: skip
+    (result,) = report["results"]
+    assert result["database"] == "sqlite" and result["pruned"] == 3000
+    assert result["alone_rows_s"] > 0 and result["pruning_rows_s"] > 0
+
+
 @pytest.mark.parametrize(
     ("module", "flags"),
     [
@@ -74,6 +84,7 @@ def test_crypto_benchmark_smoke() -> None:
             ("--skip-e2e", "--workers", "--jobs", "--backlog", "--phases", "--sealer"),
         ),
         ("benchmarks.parse", ("--size", "--repeat")),
+        ("benchmarks.prune", ("--rows", "--db", "--window", "--batch-rows", "--busy-fraction")),
     ],
 )
 def test_benchmark_help(module: str, flags: tuple[str, ...]) -> None:
