@@ -362,3 +362,16 @@ def test_an_interrupted_prune_leaves_whole_batches_and_the_next_pass_finishes(
     wait_for(next_pass, timeout=60, interval=0.5, message="no pass took over")
     assert counts(store, "rejected_messages", "reason") == {"young": 7}
     store.dispose()
+
+
+def test_a_plugin_table_without_an_integer_id_cannot_be_bounded() -> None:
+    store = Store("sqlite://", "g")  # never opened: declarations only
+    store.register_table(
+        "gauge",
+        "gauge_by_name",
+        Column("name", String(64), primary_key=True),
+        Column("measured_at", DateTime(timezone=True), nullable=False),
+        time="measured_at",
+    )
+    with pytest.raises(ConfigError, match=r"^retention\.gauge_by_name: .*integer id"):
+        targets(store, {"gauge_by_name": DAY})
