@@ -223,10 +223,10 @@ class Pruner:
             where = self._old(target, cutoff, max_id)
             if after is not None:
                 where.append(target.id > after)
+            # Timed with the wait for SQLite's writer lock: the busier ingestion keeps
+            # the database, the longer the pruner rests.
+            started = time.monotonic()
             with self.store.engine.begin() as conn:
-                # Timed from here: waiting for SQLite's writer lock is not the database
-                # working for us, only the batch itself is.
-                started = time.monotonic()
                 self._renew(conn)
                 bound = conn.execute(
                     select(target.id).where(*where).order_by(target.id).offset(n - 1).limit(1)
