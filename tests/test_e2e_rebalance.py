@@ -132,6 +132,35 @@ def test_kill_9_and_sigterm_around_rebalances(fleet, members, tmp_path, broker, 
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_processor_stopped_while_another_joins_leaves_it_every_partition(
+    fleet, members, tmp_path, broker, database_url
+):
+    config = fleet.config(broker.bootstrap, database_url)
+    # A slow heartbeat: the first processor hears late that the second one joined, and
+    # is stopped before it does, as the leader of a rebalance it does not know of.
+    config["kafka"]["heartbeat.interval.ms"] = 3000
+    first, second = Member(tmp_path, config, "first"), Member(tmp_path, config, "second")
+    members += [first, second]
+    everything = _all_partitions(fleet, 4)
+    first.start()
+    _wait(lambda: first.held() == everything, 60, "the first processor got nothing", [first])
+    second.start()
+    _wait(
+        lambda: "waiting for partition assignment" in second.log(),
+        30,
+        "the second processor did not subscribe",
+        [second],
+    )
+    assert first.proc.stop()[0] == 0
+    _wait(
+        lambda: second.held() == everything,
+        60,
+        "the second processor was not given every partition",
+        [first, second],
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_processor_without_partitions_says_so(fleet, members, tmp_path, broker, database_url):
     config = fleet.config(
         broker.bootstrap, database_url, topic_partitions=2, idle_assignment_warn_s=2
