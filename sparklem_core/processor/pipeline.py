@@ -22,13 +22,13 @@ from typing import Any
 
 from Crypto.PublicKey import RSA
 
-from sparklem_core import protocol
-from sparklem_core.config import ProcessorSettings
+from sparklem_core import wire
 from sparklem_core.plugin_api import Message, text_problem
-from sparklem_core.plugin_manager import PluginHost
-from sparklem_core.registry import AgentRegistry
-from sparklem_core.schema import plugin_settings as checked_settings
-from sparklem_core.storage import Batch, Store
+from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor.registry import AgentRegistry
+from sparklem_core.processor.store import Batch, Store
+from sparklem_core.settings.config import ProcessorSettings
+from sparklem_core.settings.validation import plugin_settings as checked_settings
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ class Pipeline:
         self._seq.clear()
         self._offsets.clear()
 
-    def _unwrap(self, kid: str, ek: str) -> protocol.SessionCipher:
-        return protocol.session_cipher(protocol.unwrap_key(ek, self.server_keys[kid]))
+    def _unwrap(self, kid: str, ek: str) -> wire.SessionCipher:
+        return wire.session_cipher(wire.unwrap_key(ek, self.server_keys[kid]))
 
     def process(
         self,
@@ -119,9 +119,7 @@ class Pipeline:
         now = datetime.now(UTC)
         self._load_offsets({(r.topic, r.partition) for r in records})
         envelopes = [self._envelope(r) for r in records]
-        self._load_seqs(
-            {(e.agent, e.plugin) for e in envelopes if isinstance(e, protocol.Envelope)}
-        )
+        self._load_seqs({(e.agent, e.plugin) for e in envelopes if isinstance(e, wire.Envelope)})
         seq_now: dict[tuple[str, str], int] = {}
         for record, envelope in zip(records, envelopes, strict=True):
             tp = (record.topic, record.partition)
@@ -146,15 +144,15 @@ class Pipeline:
             batch.offsets[tp] = (expected, record.offset + 1, current_id)
             authenticated = False
             try:
-                if isinstance(envelope, protocol.Rejected):
+                if isinstance(envelope, wire.Rejected):
                     raise envelope
-                protocol.verify(envelope, self.registry.lookup(envelope.agent))
+                wire.verify(envelope, self.registry.lookup(envelope.agent))
                 authenticated = True
                 self._message(record, envelope, batch, stats, seq_now, now)
-            except protocol.Rejected as rejected:
+            except wire.Rejected as rejected:
                 self._reject(batch, stats, record, envelope, rejected, now, authenticated)
             except Exception as exc:  # a bug met on this record: quarantine it, carry on
-                where = envelope.plugin if isinstance(envelope, protocol.Envelope) else ""
+                where = envelope.plugin if isinstance(envelope, wire.Envelope) else ""
                 first = (type(exc), where) not in self._tracebacks_logged
                 self._tracebacks_logged.add((type(exc), where))
                 log.warning(
@@ -163,10 +161,10 @@ class Pipeline:
                     record.partition,
                     record.offset,
                     _describe(exc)[:300],
-                    protocol.PROCESSING_ERROR,
+                    wire.PROCESSING_ERROR,
                     exc_info=first,  # the traceback once per kind, not once per record
                 )
-                error = protocol.Rejected(protocol.PROCESSING_ERROR, _describe(exc))
+                error = wire.Rejected(wire.PROCESSING_ERROR, _describe(exc))
                 self._reject(batch, stats, record, envelope, error, now, authenticated)
         return batch, stats
 
@@ -175,7 +173,7 @@ class Pipeline:
         envelope = self._envelope(record)
         refused = Batch(streams=batch.streams, offsets=batch.offsets)
         stats = Stats(consumed=1)
-        rejected = protocol.Rejected(protocol.INVALID_PAYLOAD, detail)
+        rejected = wire.Rejected(wire.INVALID_PAYLOAD, detail)
         kept = batch.records.get((record.topic, record.partition, record.offset))
         # Rows are only made of messages whose signature verified.
         authenticated = kept["authenticated"] if kept is not None else bool(batch.rows)
@@ -191,26 +189,26 @@ class Pipeline:
 
     # --- steps -------------------------------------------------------------------
 
-    def _envelope(self, record: Record) -> protocol.Envelope | protocol.Rejected:
+    def _envelope(self, record: Record) -> wire.Envelope | wire.Rejected:
         value = record.value
         if value is None:
-            return protocol.Rejected(protocol.MALFORMED, "record has no value")
+            return wire.Rejected(wire.MALFORMED, "record has no value")
         if len(value) > self.settings.max_message_bytes:
-            return protocol.Rejected(
-                protocol.TOO_LARGE,
+            return wire.Rejected(
+                wire.TOO_LARGE,
                 f"record is {len(value)} bytes; the limit is {self.settings.max_message_bytes}",
             )
         try:
-            return protocol.parse_envelope(value)
-        except protocol.Rejected as rejected:
+            return wire.parse_envelope(value)
+        except wire.Rejected as rejected:
             return rejected
         except Exception as exc:  # pragma: no cover - parse_envelope refuses what it cannot read
-            return protocol.Rejected(protocol.PROCESSING_ERROR, _describe(exc))
+            return wire.Rejected(wire.PROCESSING_ERROR, _describe(exc))
 
     def _message(
         self,
         record: Record,
-        env: protocol.Envelope,
+        env: wire.Envelope,
         batch: Batch,
         stats: Stats,
         seq_now: dict[tuple[str, str], int],
@@ -218,25 +216,21 @@ class Pipeline:
     ) -> None:
         """An authenticated record: the rest of the checks, then its plugin's rows."""
         if env.kid not in self.server_keys:
-            raise protocol.Rejected(protocol.UNKNOWN_KEY, f"no server key with kid {env.kid}")
+            raise wire.Rejected(wire.UNKNOWN_KEY, f"no server key with kid {env.kid}")
         info = self.plugins.get(env.plugin)
         if info is None:
-            raise protocol.Rejected(
-                protocol.UNKNOWN_PLUGIN, f"no enabled plugin named {env.plugin!r}"
-            )
+            raise wire.Rejected(wire.UNKNOWN_PLUGIN, f"no enabled plugin named {env.plugin!r}")
         if record.topic != self.topics[env.plugin]:
             # Per-topic produce rights (Kafka ACLs) must decide which plugin a record reaches.
-            raise protocol.Rejected(
-                protocol.UNKNOWN_PLUGIN,
+            raise wire.Rejected(
+                wire.UNKNOWN_PLUGIN,
                 f"plugin {env.plugin!r} is not configured for topic {record.topic!r} "
                 f"(its topic is {self.topics[env.plugin]!r})",
             )
-        plain = protocol.parse_plaintext(protocol.decrypt(env, self.session_key(env.kid, env.ek)))
+        plain = wire.parse_plaintext(wire.decrypt(env, self.session_key(env.kid, env.ek)))
         skew_ms = plain.ts - now.timestamp() * 1000
         if skew_ms > self.settings.clock_skew_s * 1000:
-            raise protocol.Rejected(
-                protocol.CLOCK_SKEW, f"'ts' is {skew_ms / 1000:.0f} s in the future"
-            )
+            raise wire.Rejected(wire.CLOCK_SKEW, f"'ts' is {skew_ms / 1000:.0f} s in the future")
         stream = (env.agent, env.plugin)
         last = seq_now.get(stream, self._seq.get(stream, -1))
         if plain.seq <= last:
@@ -256,11 +250,11 @@ class Pipeline:
         try:
             result = self.host.process(info, message, self.plugin_settings[env.plugin])
         except ValueError as exc:  # InvalidPayload included: the plugin refuses the payload
-            raise protocol.Rejected(protocol.INVALID_PAYLOAD, str(exc)) from None
+            raise wire.Rejected(wire.INVALID_PAYLOAD, str(exc)) from None
         for table in result.rows:
             if self.store.table_owner(table) != env.plugin:
-                raise protocol.Rejected(
-                    protocol.PROCESSING_ERROR,
+                raise wire.Rejected(
+                    wire.PROCESSING_ERROR,
                     f"plugin wrote to table {table!r}, which it did not register",
                 )
         for refused in result.rejected:
@@ -282,11 +276,11 @@ class Pipeline:
         stats: Stats,
         record: Record,
         env: Any,
-        rejected: protocol.Rejected,
+        rejected: wire.Rejected,
         now: datetime,
         authenticated: bool,
     ) -> None:
-        known = isinstance(env, protocol.Envelope)
+        known = isinstance(env, wire.Envelope)
         raw = record.value or b""
         text = raw[: self.settings.rejected_raw_max_bytes].decode("utf-8", "replace")
         if len(raw) > self.settings.rejected_raw_max_bytes:
@@ -304,7 +298,7 @@ class Pipeline:
         batch: Batch,
         stats: Stats,
         record: Record,
-        env: protocol.Envelope,
+        env: wire.Envelope,
         detail: str,
         reading: Any,
         now: datetime,
@@ -317,12 +311,10 @@ class Pipeline:
         if len(raw) > limit:
             raw = raw[:limit] + f"…[{len(raw) - limit} more characters]"
         batch.rejected.append(
-            self._rejection(
-                record, env.agent, env.plugin, protocol.INVALID_READING, detail, raw, now
-            )
+            self._rejection(record, env.agent, env.plugin, wire.INVALID_READING, detail, raw, now)
         )
         self._keep_record(batch, record, env.agent, env.plugin, True, now)
-        stats.rejected[protocol.INVALID_READING] += 1
+        stats.rejected[wire.INVALID_READING] += 1
 
     def _keep_record(
         self,
