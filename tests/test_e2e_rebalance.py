@@ -14,10 +14,13 @@ from harness import Db, Fleet, ProcessorProcess, temperature
 from waiting import wait_for
 
 from sparklem_core.processor.processor import idle_report
+from sparklem_core.processor.processor import log as processor_log
 from sparklem_core.testing.servers import TansuBroker
 
 AGENTS = [f"dev-{a:02d}" for a in range(8)]
-_CALLBACK = re.compile(r"consumer: (assigned|revoked) (.*)$", re.MULTILINE)
+# The processor's own lines: "<logger>: assigned t[0], t[1]" and "<logger>: revoked ...".
+_ASSIGNED = f"{processor_log.name}: assigned"
+_CALLBACK = re.compile(rf"{re.escape(processor_log.name)}: (assigned|revoked) (.*)$", re.MULTILINE)
 
 
 class Member:
@@ -40,7 +43,7 @@ class Member:
 
     def since_assigned(self) -> str:
         """This incarnation's log after its latest assignment."""
-        return self.log().rpartition("consumer: assigned")[2]
+        return self.log().rpartition(_ASSIGNED)[2]
 
     def held(self) -> set[str]:
         """The partitions this incarnation holds, by its assign and revoke lines."""
