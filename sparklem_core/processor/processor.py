@@ -47,6 +47,8 @@ _CLIENT_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.", "sock
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 # How often a processor that never held a partition says it still waits for the group.
 WAITING_LOG_EVERY_S = 10
+# A subscription pattern that no topic matches (a name has at least one character).
+_NO_TOPIC = "^$"
 _BROKER_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
 
 
@@ -263,6 +265,10 @@ class Processor:
         self._carry = [r for r in self._carry if (r.topic, r.partition) not in gone]
         self.pipeline.forget_state()
 
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_revoke(consumer, partitions)
+        self._revoked_since_assign = False  # lost, not handed over: no second round follows
+
     def _topic_id(self, topic: str, fresh: bool) -> str | None:
         """The broker's id of ``topic``; ``fresh`` asks the broker again (at most every 2 s)."""
         known, asked = self._topic_ids.get(topic, (None, -1e9))
@@ -275,15 +281,20 @@ class Processor:
             self._topic_ids[topic] = (known, time.monotonic())
         return known
 
-    def _subscribe(self) -> None:
-        """Subscribe, or rejoin the group: subscribing again rejoins without leaving it."""
+    def _subscribe(self, rejoin: bool = False) -> None:
+        """Subscribe; ``rejoin``: subscribe again, which rejoins the group without leaving it."""
         assert self.consumer is not None
+        topics = list(self.topics)
+        if rejoin and self._cooperative:
+            # Under the cooperative protocol librdkafka rejoins only for a changed
+            # subscription: add a pattern that matches no topic name.
+            topics.append(_NO_TOPIC)
         self._rebalancing = True  # until the group answers with an assignment
         self.consumer.subscribe(
-            self.topics,
+            topics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
 
     def _settle_before_leaving(self, timeout: float) -> None:
@@ -300,7 +311,7 @@ class Processor:
         if self._broker_down_since is not None:
             return  # nobody to tell: close() gives up on its own
         started = time.monotonic()
-        self._subscribe()
+        self._subscribe(rejoin=True)
         while self._rebalancing and time.monotonic() - started < timeout:
             # Records fetched now are dropped uncommitted: their next owner reads them.
             try:
