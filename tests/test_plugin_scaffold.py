@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from harness import ROOT as PROJECT_ROOT
+from harness import install_metadata
 
 from sparklem_core.admin.scaffold import files
 from sparklem_core.cli import RESTART_NOTE, main
@@ -26,16 +27,6 @@ def run(args: list[str], cwd: Path, pythonpath: Path) -> subprocess.CompletedPro
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
-
-
-def install_metadata(directory: Path, name: str) -> None:
-    """What ``pip install`` leaves for importlib.metadata: the distribution's entry points."""
-    info = directory / f"sparklem_{name}-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: sparklem-{name}\nVersion: 0.1.0\n"
-    )
-    (info / "entry_points.txt").write_text(f"[sparklem]\n{name} = sparklem_{name}\n")
 
 
 def test_new_plugin_passes_its_own_tests_and_is_listed(
