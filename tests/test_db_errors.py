@@ -22,16 +22,17 @@ from sqlalchemy import text
 
 from sparklem_core import wire
 from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.db_errors import Verdict, classify
 from sparklem_core.processor.pipeline import Pipeline, Record
 from sparklem_core.processor.registry import AgentRegistry
-from sparklem_core.processor.store import Batch, Store
+from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import BatchWriter, Interrupted, Unavailable
 from sparklem_core.settings.config import ProcessorSettings
 
 # A plugin that trusts its payload: whatever rows it is sent go to a table with limits.
 LOOSE = """\
-from sqlalchemy import Column, DateTime, Index, Integer, String, Text
+from sqlalchemy import Column, DateTime, Index, Integer, String, Text, func
 from sparklem_core import Manifest, PluginResult, hookimpl
 
 
@@ -49,7 +50,9 @@ def sparklem_register_tables(register):
         Column("big", Text),
         Column("at", DateTime(timezone=True)),
         Column("n", Integer, nullable=False),
+        Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Index("ix_loose_big", "big", mysql_length=255),
+        time="stored_at",
     )
 
 
@@ -272,9 +275,9 @@ def test_a_refused_row_quarantines_its_record_only(world: World) -> None:
         assert stats.stored == 2, name
         assert stats.rejected == {"invalid_payload": 1}, name
         (rejected,) = batch.rejected
-        assert rejected["offset"] == bad.offset
-        assert rejected["detail"].startswith("database refused its rows"), name
-        assert batch.records[(bad.topic, 0, bad.offset)]["value"] == bad.value  # whole bytes
+        assert rejected.offset == bad.offset
+        assert rejected.detail.startswith("database refused its rows"), name
+        assert batch.records[(bad.topic, 0, bad.offset)].value == bad.value  # whole bytes
     cases = len(REFUSED[dialect(world.url)])
     assert world.query("SELECT COUNT(*) FROM temperature_readings") == [(2 * cases,)]
     assert world.query("SELECT COUNT(*) FROM loose_rows") == [(0,)]  # all or nothing per record

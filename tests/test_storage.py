@@ -20,7 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparklem_core.processor.store import Batch, Store
+from sparklem_core.processor.batch import Batch, Rejection, StreamKey, StreamMark
+from sparklem_core.processor.store import Store
 
 WHEN = datetime(2026, 11, 23, 14, 5, 6, 789012, tzinfo=UTC)
 
@@ -33,16 +34,16 @@ def columns() -> list[Column]:
         Column("amount", Numeric(10, 3)),
         Column("flag", Boolean),
         Column("day", Date),
-        Column("at", DateTime(timezone=True)),
+        Column("at", DateTime(timezone=True), nullable=False),
     ]
 
 
 @pytest.fixture
-def stores(database_url: str):
+def stores(any_database_url: str):
     """Two stores on one database, each with its own table of the same shape."""
-    ours, theirs = Store(database_url, "g"), Store(database_url, "g")
-    ours.register_table("p", "ours", *columns())
-    theirs.register_table("p", "reference", *columns())
+    ours, theirs = Store(any_database_url, "g"), Store(any_database_url, "g")
+    ours.register_table("p", "ours", *columns(), time="at")
+    theirs.register_table("p", "reference", *columns(), time="at")
     ours.create_schema()
     theirs.create_schema()
     yield ours, theirs
@@ -81,7 +82,11 @@ def test_rows_stored_as_sqlalchemy_insert_stores_them(stores) -> None:
 
 def test_rows_with_different_columns_in_one_batch(stores) -> None:
     ours, _ = stores
-    rows = [{"name": "x"}, {"name": "y", "value": 2.0}, {"value": 3.0, "name": "z"}]
+    rows = [
+        {"name": "x", "at": WHEN},
+        {"name": "y", "value": 2.0, "at": WHEN},
+        {"value": 3.0, "at": WHEN, "name": "z"},
+    ]
     ours.commit(Batch(rows={"ours": rows}))
     assert [(r[0], r[1]) for r in stored(ours, "ours")] == [("x", None), ("y", 2.0), ("z", 3.0)]
 
@@ -96,27 +101,27 @@ def test_repeated_batches_reuse_the_prepared_insert(stores) -> None:
 @pytest.mark.parametrize(
     "row",
     [
-        {"name": "x", "nonexistent": 1},  # no such column
+        {"name": "x", "at": WHEN, "nonexistent": 1},  # no such column
         {"name": "x", "at": "not a date"},  # a string where a datetime belongs
         {"name": "x", "at": ["unhashable"]},
-        {"name": None},  # NOT NULL
-        {"name": {"a": 1}},  # a type no driver binds
+        {"name": None, "at": WHEN},  # NOT NULL
+        {"name": {"a": 1}, "at": WHEN},  # a type no driver binds
     ],
 )
 def test_rows_the_database_refuses_raise_sqlalchemy_errors(stores, row) -> None:
     """The consumer turns SQLAlchemyError into a per-record ``invalid_payload``."""
     ours, _ = stores
     with pytest.raises(SQLAlchemyError):
-        ours.commit(Batch(rows={"ours": [{"name": "fine"}, row]}))
+        ours.commit(Batch(rows={"ours": [{"name": "fine", "at": WHEN}, row]}))
     assert stored(ours, "ours") == []  # all or nothing
 
 
-def test_migrations_build_exactly_the_declared_core_schema(database_url: str) -> None:
-    """The Alembic migrations and the core tables in storage.py describe one schema."""
+def test_migrations_build_exactly_the_declared_core_schema(any_database_url: str) -> None:
+    """The Alembic migrations and the core tables in store.py describe one schema."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    store = Store(database_url, "g")
+    store = Store(any_database_url, "g")
     try:
         store.create_schema()
         with store.engine.connect() as conn:
@@ -130,5 +135,35 @@ def test_migrations_build_exactly_the_declared_core_schema(database_url: str) ->
                 if not (d[0] == "remove_table" and d[1].name == "sparklem_alembic_version")
             ]
         assert differences == []
+    finally:
+        store.dispose()
+
+
+def test_what_every_database_must_hold_alike(any_database_url: str) -> None:
+    """Microseconds, 4-byte characters, long text, 64-bit seqs, and ids that differ only
+    in case (two agents, not one): MySQL and MariaDB hold them only by mysql_types."""
+    store = Store(any_database_url, "g")
+    try:
+        store.create_schema()
+        raw = "😀" * 20_000 + "x" * 30_000  # 110 KB of UTF-8: more than a MySQL TEXT
+        rejection = Rejection("t", 0, 1, "Jetson-01", "p", "malformed", "d😀", raw, WHEN)
+        top = 2**63 - 1
+        store.commit(
+            Batch(
+                rejected=[rejection],
+                streams={
+                    StreamKey("Jetson-01", "p"): StreamMark(None, top),
+                    StreamKey("jetson-01", "p"): StreamMark(None, 7),
+                },
+            )
+        )
+        assert store.load_streams([("Jetson-01", "p"), ("jetson-01", "p")]) == {
+            ("Jetson-01", "p"): top,
+            ("jetson-01", "p"): 7,
+        }
+        with store.engine.connect() as conn:
+            (row,) = conn.execute(select(store.rejected)).mappings().all()
+        assert (row["raw"], row["detail"]) == (raw, "d😀")
+        assert row["received_at"].replace(tzinfo=UTC) == WHEN
     finally:
         store.dispose()

@@ -7,16 +7,17 @@ two processors that ever handle the same stream or partition at once cannot both
 commit: the loser gets :class:`Conflict`, reloads and tries again.
 
 The core tables are created and upgraded by Alembic (``sparklem_core/processor/migrations``);
-plugin tables are created from what plugins register, when missing.
+plugin tables are created and upgraded from what plugins register
+(:mod:`sparklem_core.processor.plugin_tables`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import (
@@ -45,6 +46,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
+from sparklem_core.processor.batch import Batch
+from sparklem_core.processor.mysql_types import TABLE_OPTIONS
+from sparklem_core.processor.plugin_tables import PluginTable, TableChange, declare, upgrade
 from sparklem_core.processor.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,7 @@ def _core_metadata() -> MetaData:
         Column("detail", Text, nullable=False),
         Column("raw", Text),
         Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+        **TABLE_OPTIONS,
     )
     # The bytes of each rejected record, once per record however many of its readings
     # were refused: whole once its signature verified (what redrive needs), else cut to
@@ -101,6 +106,7 @@ def _core_metadata() -> MetaData:
         Column("value", RECORD_BYTES, nullable=False),
         Column("received_at", DateTime(timezone=True), nullable=False),
         Index("ix_rejected_records_position", "topic", "partition", "offset"),
+        **TABLE_OPTIONS,
     )
     Table(
         "sparklem_streams",
@@ -109,6 +115,7 @@ def _core_metadata() -> MetaData:
         Column("plugin", String(64), primary_key=True),
         Column("last_seq", BigInteger, nullable=False),
         Column("updated_at", DateTime(timezone=True), nullable=False),
+        **TABLE_OPTIONS,
     )
     Table(
         "sparklem_offsets",
@@ -119,22 +126,9 @@ def _core_metadata() -> MetaData:
         Column("next_offset", BigInteger, nullable=False),
         Column("topic_id", String(32)),  # detects a topic deleted and created again
         Column("updated_at", DateTime(timezone=True), nullable=False),
+        **TABLE_OPTIONS,
     )
     return metadata
-
-
-@dataclass
-class Batch:
-    """What one consumed batch changes in the database."""
-
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    # (topic, partition, offset) -> rejected_records row: the bytes of a rejected record
-    records: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
-    # key -> (value the mark had when the batch began, or None if absent; new value)
-    streams: dict[tuple[str, str], tuple[int | None, int]] = field(default_factory=dict)
-    # (topic, partition) -> (stored next offset or None, new next offset, topic id)
-    offsets: dict[tuple[str, int], tuple[int | None, int, str | None]] = field(default_factory=dict)
 
 
 def make_engine(url: str) -> Engine:
@@ -168,7 +162,7 @@ class Store:
         self.group_id = group_id
         self.metadata = _core_metadata()
         self._owners: dict[str, str] = dict.fromkeys(CORE_TABLES, "sparklem core")
-        self._plugin_tables: dict[str, str] = {}  # table -> plugin
+        self._plugin_tables: dict[str, PluginTable] = {}
         self._inserts: dict[tuple[Table, tuple[str, ...]], RowInsert] = {}
 
     @property
@@ -187,40 +181,62 @@ class Store:
     def offsets(self) -> Table:
         return self.metadata.tables["sparklem_offsets"]
 
-    def register_table(self, owner: str, name: str, *columns: Column[Any]) -> Table:
-        """Add a plugin's table; :class:`TableClash` if the name is taken."""
+    def register_table(
+        self,
+        owner: str,
+        name: str,
+        *columns: Any,
+        **declaration: Any,
+    ) -> Table:
+        """Add a plugin's table; ``declaration`` is :func:`~.plugin_tables.declare`'s keywords.
+
+        :class:`TableClash` if the name is taken, ``ValueError`` if the declaration does
+        not fit the columns.
+        """
         if name in self._owners:
             raise TableClash(f"table {name!r} is already registered by {self._owners[name]}")
-        table = Table(name, self.metadata, *columns)
+        table = Table(name, self.metadata, *columns, **TABLE_OPTIONS)
+        try:
+            declared = declare(owner, table, **declaration)
+        except (TypeError, ValueError):
+            self.metadata.remove(table)
+            raise
         self._owners[name] = owner
-        self._plugin_tables[name] = owner
+        self._plugin_tables[name] = declared
         return table
 
     def drop_registrations(self, owner: str) -> None:
         """Forget every table ``owner`` registered (after it failed to load)."""
-        for name in [n for n, o in self._plugin_tables.items() if o == owner]:
+        for name in [n for n, t in self._plugin_tables.items() if t.owner == owner]:
             self.metadata.remove(self.metadata.tables[name])
             del self._owners[name], self._plugin_tables[name]
 
     def table_owner(self, name: str) -> str | None:
-        return self._plugin_tables.get(name)
+        declared = self._plugin_tables.get(name)
+        return declared.owner if declared else None
 
-    def create_schema(self, *, lock_timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> None:
-        """Upgrade the core tables with Alembic, then create missing plugin tables.
+    @property
+    def plugin_tables(self) -> Mapping[str, PluginTable]:
+        """Every registered plugin table, by name, with its time, series and value columns."""
+        return MappingProxyType(self._plugin_tables)
+
+    def create_schema(self, *, lock_timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> list[TableChange]:
+        """Upgrade the core tables with Alembic, then create or upgrade the plugin tables.
 
         All of it under the schema lock, so any number of processes may call this at once
-        on a fresh database; :class:`SchemaLockTimeout` after ``lock_timeout_s`` of waiting.
+        on a fresh database; :class:`SchemaLockTimeout` after ``lock_timeout_s`` of waiting,
+        :class:`~.plugin_tables.PluginTableRefused` if a plugin table would
+        need an unsafe change. Returns the plugin table changes applied.
         """
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-        plugin_tables = [self.metadata.tables[n] for n in self._plugin_tables]
         with schema_lock(self.engine, timeout_s=lock_timeout_s) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-            self.metadata.create_all(conn, tables=plugin_tables, checkfirst=True)
+            return upgrade(conn, self._plugin_tables.values())
 
     def load_streams(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         keys = list(keys)
@@ -256,21 +272,21 @@ class Store:
         """Write a whole batch in one transaction, or nothing (:class:`Conflict` or DB error)."""
         now = datetime.now(UTC)
         streams = [
-            ({"agent_id": a, "plugin": p, "last_seq": new, "updated_at": now}, expected)
-            for (a, p), (expected, new) in batch.streams.items()
+            ({**key._asdict(), "last_seq": mark.last_seq, "updated_at": now}, mark.expected)
+            for key, mark in batch.streams.items()
         ]
         offsets = [
-            ({"group_id": self.group_id, "topic": t, "partition": p, "next_offset": new,
-              "topic_id": topic_id, "updated_at": now}, expected)
-            for (t, p), (expected, new, topic_id) in batch.offsets.items()
+            ({"group_id": self.group_id, **key._asdict(), "next_offset": mark.next_offset,
+              "topic_id": mark.topic_id, "updated_at": now}, mark.expected)
+            for key, mark in batch.offsets.items()
         ]  # fmt: skip
         with self.engine.begin() as conn:
             for name, rows in batch.rows.items():
                 self._insert_rows(conn, self.metadata.tables[name], rows)
             if batch.rejected:
-                conn.execute(insert(self.rejected), batch.rejected)
+                conn.execute(insert(self.rejected), [r.row() for r in batch.rejected])
             if batch.records:
-                conn.execute(insert(self.records), list(batch.records.values()))
+                conn.execute(insert(self.records), [r.row() for r in batch.records.values()])
             self._move_marks(conn, self.streams, ("agent_id", "plugin"), "last_seq", streams)
             self._move_marks(conn, self.offsets, ("group_id", "topic", "partition"),
                              "next_offset", offsets)  # fmt: skip
@@ -392,10 +408,15 @@ class RowInsert:
             raise StatementError(str(exc), self.sql, None, exc) from None
         if self.copy_sql is not None:
             self._copy(conn, values)
-        elif self.positional:
-            conn.exec_driver_sql(self.sql, values)
-        else:
-            conn.exec_driver_sql(self.sql, [dict(zip(self.names, v, strict=True)) for v in values])
+            return
+        try:
+            if self.positional:
+                conn.exec_driver_sql(self.sql, values)
+            else:
+                named = [dict(zip(self.names, v, strict=True)) for v in values]
+                conn.exec_driver_sql(self.sql, named)
+        except (TypeError, ValueError) as exc:  # PyMySQL refuses a value itself, unwrapped
+            raise StatementError(str(exc), self.sql, None, exc) from None
 
     def _values(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         """Each row's driver values, in parameter order."""
