@@ -574,7 +574,7 @@ class Fuzz:
                 s=seq,
             )
             assert rows == [("good",)]
-        offsets = self.env.query("SELECT topic, partition, next_offset FROM sparklem_offsets")
+        offsets = self.env.stored_offsets()
         assert sorted(offsets) == sorted((t, p, n) for (t, p), n in self.env.offsets.items())
         self._keep_streams_usable()
         outcome = Counter(by_record.get((hostile.topic, hostile.partition, hostile.offset), []))
