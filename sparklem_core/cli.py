@@ -7,11 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
-from sparklem_core import __version__
+from sparklem_core import __version__, protocol
 from sparklem_core.config import (
     Config,
     ConfigError,
@@ -180,6 +181,42 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     return processor.run()
 
 
+def cmd_redrive(config: Config, args: argparse.Namespace) -> int:
+    from sparklem_core.pipeline import Pipeline
+    from sparklem_core.redrive import Redrive, Selection
+    from sparklem_core.writer import Unavailable
+
+    setup = prepare(config)
+    pipeline = Pipeline(
+        config.processor,
+        load_server_keys(config.certificates),
+        AgentRegistry(config.certificates, config.processor.registry_refresh_s),
+        setup.plugins,
+        config.plugins,
+        setup.store,
+        topics=plugin_topics(config, setup.plugins),
+    )
+    setup.store.create_schema()
+    selection = Selection(tuple(args.reason or ()), args.plugin, args.agent, args.since)
+    progress = lambda s: print(f"redrive: {s.line()}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        summary = Redrive(pipeline, setup.store, progress).run(selection, dry_run=args.dry_run)
+    except Unavailable as exc:
+        print(
+            f"{PROG}: database unavailable ({mask_secrets(str(exc))}); what was redriven is "
+            "committed: run redrive again to go on",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    finally:
+        setup.store.dispose()
+    print(f"{'dry run, nothing changed: ' if args.dry_run else ''}{summary.line()}")
+    if summary.cut:
+        shown = ", ".join(summary.cut[:20]) + (" ..." if len(summary.cut) > 20 else "")
+        print(f"not redrivable (bytes cut when quarantined): {shown}")
+    return 0
+
+
 def run_workers(config: Config, args: argparse.Namespace) -> int:
     from sparklem_core.supervisor import Supervisor
 
@@ -304,6 +341,32 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     new.add_argument("name", metavar="NAME", help="the plugin's name, e.g. humidity")
     new.add_argument("--dir", help="where to write it (default: ./sparklem-NAME)")
+    redrive = sub.add_parser(
+        "redrive",
+        parents=[common],
+        help="process quarantined records again",
+        description="Judge quarantined records (rejected_messages) again with today's "
+        "plugins, settings and enrolled agents: each one is stored and leaves the quarantine, "
+        "or stays with its new reason. Safe while processors run; running it twice stores "
+        "nothing twice.",
+    )
+    redrive.add_argument(
+        "--reason",
+        action="append",
+        choices=protocol.REASONS,
+        metavar="REASON",
+        help=f"only records refused for REASON (repeatable): {', '.join(protocol.REASONS)}",
+    )
+    redrive.add_argument("--plugin", help="only records of this plugin")
+    redrive.add_argument("--agent", help="only records of this agent")
+    redrive.add_argument(
+        "--since",
+        type=_time,
+        metavar="TIME",
+        help="only records received at or after TIME (RFC 3339, or ms since the epoch)",
+    )
+    redrive.add_argument("--dry-run", action="store_true", help="judge and report, change nothing")
+    redrive.set_defaults(func=cmd_redrive)
     demo = sub.add_parser(
         "demo",
         parents=[common],
@@ -348,6 +411,15 @@ def _workers(value: str) -> int:
         return parse_workers(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive number or 'auto'") from None
+
+
+def _time(value: str) -> datetime:
+    from sparklem_core.redrive import parse_time
+
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:

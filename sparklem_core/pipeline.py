@@ -25,7 +25,7 @@ from Crypto.PublicKey import RSA
 from sparklem_core import protocol
 from sparklem_core.config import ProcessorSettings
 from sparklem_core.plugin_api import Message, text_problem
-from sparklem_core.plugin_manager import PluginHost
+from sparklem_core.plugin_manager import PluginHost, PluginInfo
 from sparklem_core.registry import AgentRegistry
 from sparklem_core.schema import plugin_settings as checked_settings
 from sparklem_core.storage import Batch, Store
@@ -41,6 +41,11 @@ class Record:
     partition: int
     offset: int
     value: bytes | None
+
+
+# judge()'s rules: whether a message is new, and which part of it to store.
+Admit = Callable[[protocol.Envelope, protocol.Plaintext], bool]
+Narrow = Callable[[Message], Message]
 
 
 @dataclass
@@ -118,11 +123,11 @@ class Pipeline:
         batch, stats = Batch(), Stats(consumed=len(records))
         now = datetime.now(UTC)
         self._load_offsets({(r.topic, r.partition) for r in records})
-        envelopes = [self._envelope(r) for r in records]
+        envelopes = [self.envelope(r) for r in records]
         self._load_seqs(
             {(e.agent, e.plugin) for e in envelopes if isinstance(e, protocol.Envelope)}
         )
-        seq_now: dict[tuple[str, str], int] = {}
+        admit = self._admit_next_seq(batch, {})
         for record, envelope in zip(records, envelopes, strict=True):
             tp = (record.topic, record.partition)
             stored_next, stored_id = self._offsets.get(tp, (None, None))
@@ -144,35 +149,75 @@ class Pipeline:
                 current_id = topic_id(record.topic, False)
             expected = batch.offsets[tp][0] if tp in batch.offsets else stored_next
             batch.offsets[tp] = (expected, record.offset + 1, current_id)
-            authenticated = False
-            try:
-                if isinstance(envelope, protocol.Rejected):
-                    raise envelope
-                protocol.verify(envelope, self.registry.lookup(envelope.agent))
-                authenticated = True
-                self._message(record, envelope, batch, stats, seq_now, now)
-            except protocol.Rejected as rejected:
-                self._reject(batch, stats, record, envelope, rejected, now, authenticated)
-            except Exception as exc:  # a bug met on this record: quarantine it, carry on
-                where = envelope.plugin if isinstance(envelope, protocol.Envelope) else ""
-                first = (type(exc), where) not in self._tracebacks_logged
-                self._tracebacks_logged.add((type(exc), where))
-                log.warning(
-                    "%s[%d]@%d: %s while processing it; stored as %s",
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    _describe(exc)[:300],
-                    protocol.PROCESSING_ERROR,
-                    exc_info=first,  # the traceback once per kind, not once per record
-                )
-                error = protocol.Rejected(protocol.PROCESSING_ERROR, _describe(exc))
-                self._reject(batch, stats, record, envelope, error, now, authenticated)
+            self.judge(record, envelope, batch, stats, now, admit)
         return batch, stats
+
+    def judge(
+        self,
+        record: Record,
+        envelope: protocol.Envelope | protocol.Rejected,
+        batch: Batch,
+        stats: Stats,
+        now: datetime,
+        admit: Admit,
+        narrow: Narrow | None = None,
+    ) -> None:
+        """Every check of one record; its rows or its rejections are added to ``batch``.
+
+        No offset bookkeeping: the consumer (:meth:`process`) and redrive both judge
+        records here. ``admit(envelope, plaintext)`` says whether the message is new
+        (False: a duplicate, counted and dropped); ``narrow(message)`` gives the part of
+        the message to store (redrive of a single refused reading) or raises
+        :class:`protocol.Rejected`. ``now`` is when the record was received.
+        """
+        authenticated = False
+        plain: protocol.Plaintext | None = None
+        try:
+            if isinstance(envelope, protocol.Rejected):
+                raise envelope
+            protocol.verify(envelope, self.registry.lookup(envelope.agent))
+            authenticated = True
+            info, plain = self._open(record, envelope, now)
+            if not admit(envelope, plain):
+                stats.duplicates += 1
+                return
+            self._message(record, envelope, info, plain, batch, stats, now, narrow)
+        except protocol.Rejected as rejected:
+            self._reject(batch, stats, record, envelope, rejected, now, authenticated, plain)
+        except Exception as exc:  # a bug met on this record: quarantine it, carry on
+            where = envelope.plugin if isinstance(envelope, protocol.Envelope) else ""
+            first = (type(exc), where) not in self._tracebacks_logged
+            self._tracebacks_logged.add((type(exc), where))
+            log.warning(
+                "%s[%d]@%d: %s while processing it; stored as %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                _describe(exc)[:300],
+                protocol.PROCESSING_ERROR,
+                exc_info=first,  # the traceback once per kind, not once per record
+            )
+            error = protocol.Rejected(protocol.PROCESSING_ERROR, _describe(exc))
+            self._reject(batch, stats, record, envelope, error, now, authenticated, plain)
+
+    def _admit_next_seq(self, batch: Batch, seq_now: dict[tuple[str, str], int]) -> Admit:
+        """The consumer's rule: a message is new when its seq is above its stream's mark."""
+
+        def admit(env: protocol.Envelope, plain: protocol.Plaintext) -> bool:
+            stream = (env.agent, env.plugin)
+            last = seq_now.get(stream, self._seq.get(stream, -1))
+            if plain.seq <= last:
+                log.debug("duplicate %s seq %d (last %d)", stream, plain.seq, last)
+                return False
+            seq_now[stream] = plain.seq
+            batch.streams[stream] = (self._seq.get(stream), plain.seq)
+            return True
+
+        return admit
 
     def refuse(self, record: Record, batch: Batch, detail: str) -> tuple[Batch, Stats]:
         """``batch`` (of this one record) with its rows replaced by an ``invalid_payload``."""
-        envelope = self._envelope(record)
+        envelope = self.envelope(record)
         refused = Batch(streams=batch.streams, offsets=batch.offsets)
         stats = Stats(consumed=1)
         rejected = protocol.Rejected(protocol.INVALID_PAYLOAD, detail)
@@ -191,7 +236,8 @@ class Pipeline:
 
     # --- steps -------------------------------------------------------------------
 
-    def _envelope(self, record: Record) -> protocol.Envelope | protocol.Rejected:
+    def envelope(self, record: Record) -> protocol.Envelope | protocol.Rejected:
+        """The record's envelope, parsed but not verified, or why it has none."""
         value = record.value
         if value is None:
             return protocol.Rejected(protocol.MALFORMED, "record has no value")
@@ -207,16 +253,10 @@ class Pipeline:
         except Exception as exc:  # pragma: no cover - parse_envelope refuses what it cannot read
             return protocol.Rejected(protocol.PROCESSING_ERROR, _describe(exc))
 
-    def _message(
-        self,
-        record: Record,
-        env: protocol.Envelope,
-        batch: Batch,
-        stats: Stats,
-        seq_now: dict[tuple[str, str], int],
-        now: datetime,
-    ) -> None:
-        """An authenticated record: the rest of the checks, then its plugin's rows."""
+    def _open(
+        self, record: Record, env: protocol.Envelope, now: datetime
+    ) -> tuple[PluginInfo, protocol.Plaintext]:
+        """An authenticated record's plugin and plaintext, once the checks before it pass."""
         if env.kid not in self.server_keys:
             raise protocol.Rejected(protocol.UNKNOWN_KEY, f"no server key with kid {env.kid}")
         info = self.plugins.get(env.plugin)
@@ -237,22 +277,23 @@ class Pipeline:
             raise protocol.Rejected(
                 protocol.CLOCK_SKEW, f"'ts' is {skew_ms / 1000:.0f} s in the future"
             )
-        stream = (env.agent, env.plugin)
-        last = seq_now.get(stream, self._seq.get(stream, -1))
-        if plain.seq <= last:
-            stats.duplicates += 1
-            log.debug("duplicate %s seq %d (last %d)", stream, plain.seq, last)
-            return
-        seq_now[stream] = plain.seq
-        batch.streams[stream] = (self._seq.get(stream), plain.seq)
+        return info, plain
 
-        message = Message(
-            env.agent,
-            env.plugin,
-            plain.seq,
-            datetime.fromtimestamp(plain.ts / 1000, UTC),
-            plain.data,
-        )
+    def _message(
+        self,
+        record: Record,
+        env: protocol.Envelope,
+        info: PluginInfo,
+        plain: protocol.Plaintext,
+        batch: Batch,
+        stats: Stats,
+        now: datetime,
+        narrow: Narrow | None,
+    ) -> None:
+        """A new message: its plugin's rows, each checked, and its refused readings."""
+        message = Message(env.agent, env.plugin, plain.seq, sent_at(plain), plain.data)
+        if narrow is not None:
+            message = narrow(message)
         try:
             result = self.host.process(info, message, self.plugin_settings[env.plugin])
         except ValueError as exc:  # InvalidPayload included: the plugin refuses the payload
@@ -264,7 +305,9 @@ class Pipeline:
                     f"plugin wrote to table {table!r}, which it did not register",
                 )
         for refused in result.rejected:
-            self._reject_reading(batch, stats, record, env, refused.detail, refused.reading, now)
+            self._reject_reading(
+                batch, stats, record, env, plain, refused.detail, refused.reading, now
+            )
         for table, rows in result.rows.items():
             stored = batch.rows.setdefault(table, [])
             for row in rows:
@@ -273,7 +316,9 @@ class Pipeline:
                     stored.append(row)
                     stats.rows += 1
                 else:
-                    self._reject_reading(batch, stats, record, env, f"{table}: {problem}", row, now)
+                    self._reject_reading(
+                        batch, stats, record, env, plain, f"{table}: {problem}", row, now
+                    )
         stats.stored += 1
 
     def _reject(
@@ -285,6 +330,7 @@ class Pipeline:
         rejected: protocol.Rejected,
         now: datetime,
         authenticated: bool,
+        plain: protocol.Plaintext | None = None,
     ) -> None:
         known = isinstance(env, protocol.Envelope)
         raw = record.value or b""
@@ -294,7 +340,9 @@ class Pipeline:
         agent = env.agent if known else None
         plugin = env.plugin if known else None
         batch.rejected.append(
-            self._rejection(record, agent, plugin, rejected.reason, rejected.detail, text, now)
+            self._rejection(
+                record, agent, plugin, rejected.reason, rejected.detail, text, now, plain
+            )
         )
         self._keep_record(batch, record, agent, plugin, authenticated, now)
         stats.rejected[rejected.reason] += 1
@@ -305,6 +353,7 @@ class Pipeline:
         stats: Stats,
         record: Record,
         env: protocol.Envelope,
+        plain: protocol.Plaintext,
         detail: str,
         reading: Any,
         now: datetime,
@@ -318,7 +367,7 @@ class Pipeline:
             raw = raw[:limit] + f"…[{len(raw) - limit} more characters]"
         batch.rejected.append(
             self._rejection(
-                record, env.agent, env.plugin, protocol.INVALID_READING, detail, raw, now
+                record, env.agent, env.plugin, protocol.INVALID_READING, detail, raw, now, plain
             )
         )
         self._keep_record(batch, record, env.agent, env.plugin, True, now)
@@ -361,7 +410,9 @@ class Pipeline:
         detail: str,
         raw: str,
         now: datetime,
+        plain: protocol.Plaintext | None,
     ) -> dict[str, Any]:
+        """A ``rejected_messages`` row; ``seq`` and ``sent_at`` once the message was read."""
         return {
             "topic": record.topic,
             "partition": record.partition,
@@ -372,6 +423,8 @@ class Pipeline:
             "detail": storable_text(detail[:1000]),
             "raw": storable_text(raw),
             "received_at": now,
+            "seq": plain.seq if plain is not None else None,
+            "sent_at": sent_at(plain) if plain is not None else None,
         }
 
     def _load_offsets(self, keys: set[tuple[str, int]]) -> None:
@@ -398,6 +451,11 @@ def storable_text(text: str) -> str:
     if _UNSTORABLE.search(text) is None:
         return text
     return text.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def sent_at(plain: protocol.Plaintext) -> datetime:
+    """When the agent sent the message: its plaintext's ``ts``, UTC."""
+    return datetime.fromtimestamp(plain.ts / 1000, UTC)
 
 
 def _row_problem(row: Mapping[str, Any]) -> str | None:

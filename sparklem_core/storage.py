@@ -36,6 +36,7 @@ from sqlalchemy import (
     Time,
     bindparam,
     create_engine,
+    delete,
     event,
     insert,
     select,
@@ -51,7 +52,15 @@ log = logging.getLogger(__name__)
 
 ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
 
-CORE_TABLES = ("rejected_messages", "rejected_records", "sparklem_streams", "sparklem_offsets")
+CORE_TABLES = (
+    "rejected_messages",
+    "rejected_records",
+    "sparklem_streams",
+    "sparklem_offsets",
+    "sparklem_redriven",
+)
+# sparklem_redriven.part of a whole message; a single reading's part is its digest.
+WHOLE_MESSAGE = ""
 # A whole record of max_message_bytes (1 MiB by default) on every database: MySQL's BLOB
 # stops at 64 KiB.
 RECORD_BYTES = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
@@ -87,6 +96,9 @@ def _core_metadata() -> MetaData:
         Column("detail", Text, nullable=False),
         Column("raw", Text),
         Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+        # Once the message was decrypted: what redriving one of its readings needs.
+        Column("seq", BigInteger),
+        Column("sent_at", DateTime(timezone=True)),
     )
     # The bytes of each rejected record, once per record however many of its readings
     # were refused: whole once its signature verified (what redrive needs), else cut to
@@ -120,6 +132,20 @@ def _core_metadata() -> MetaData:
         Column("topic_id", String(32)),  # detects a topic deleted and created again
         Column("updated_at", DateTime(timezone=True), nullable=False),
     )
+    # What redrive stored, once per message or refused reading: a record quarantined twice,
+    # or redriven twice, is stored once, even below its stream's mark.
+    Table(
+        "sparklem_redriven",
+        metadata,
+        Column("agent_id", String(64), primary_key=True),
+        Column("plugin", String(64), primary_key=True),
+        Column("seq", BigInteger, primary_key=True, autoincrement=False),
+        Column("part", String(64), primary_key=True),  # WHOLE_MESSAGE or a reading's digest
+        Column("topic", String(255), nullable=False),  # where the stored copy was quarantined
+        Column("partition", Integer, nullable=False),
+        Column("offset", BigInteger, nullable=False),
+        Column("redriven_at", DateTime(timezone=True), nullable=False),
+    )
     return metadata
 
 
@@ -135,6 +161,11 @@ class Batch:
     streams: dict[tuple[str, str], tuple[int | None, int]] = field(default_factory=dict)
     # (topic, partition) -> (stored next offset or None, new next offset, topic id)
     offsets: dict[tuple[str, int], tuple[int | None, int, str | None]] = field(default_factory=dict)
+    # Redrive: the quarantine rows it takes out (each must still be there: else Conflict)
+    # and the sparklem_redriven rows it adds (each must be new: else Conflict).
+    released_messages: list[int] = field(default_factory=list)  # rejected_messages ids
+    released_records: list[int] = field(default_factory=list)  # rejected_records ids
+    redriven: list[dict[str, Any]] = field(default_factory=list)
 
 
 def make_engine(url: str) -> Engine:
@@ -186,6 +217,10 @@ class Store:
     @property
     def offsets(self) -> Table:
         return self.metadata.tables["sparklem_offsets"]
+
+    @property
+    def redriven(self) -> Table:
+        return self.metadata.tables["sparklem_redriven"]
 
     def register_table(self, owner: str, name: str, *columns: Column[Any]) -> Table:
         """Add a plugin's table; :class:`TableClash` if the name is taken."""
@@ -265,6 +300,13 @@ class Store:
             for (t, p), (expected, new, topic_id) in batch.offsets.items()
         ]  # fmt: skip
         with self.engine.begin() as conn:
+            self._release(conn, self.rejected, batch.released_messages)
+            self._release(conn, self.records, batch.released_records)
+            if batch.redriven:
+                try:
+                    conn.execute(insert(self.redriven), batch.redriven)
+                except IntegrityError as exc:  # another redrive stored it first
+                    raise Conflict(str(exc.orig)[:200]) from None
             for name, rows in batch.rows.items():
                 self._insert_rows(conn, self.metadata.tables[name], rows)
             if batch.rejected:
@@ -285,6 +327,12 @@ class Store:
             if key not in self._inserts:
                 self._inserts[key] = RowInsert(table, columns, self.engine.dialect)
             self._inserts[key].execute(conn, group)
+
+    @staticmethod
+    def _release(conn: Any, table: Table, ids: list[int]) -> None:
+        """Delete quarantine rows by id; :class:`Conflict` if another redrive took one first."""
+        if ids and conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount != len(ids):
+            raise Conflict(f"{table.name} changed by another redrive")
 
     @staticmethod
     def _move_marks(conn: Any, table: Table, key: tuple[str, ...], mark: str,

@@ -1,0 +1,472 @@
+"""Redrive: quarantined records through today's pipeline, after a fix.
+
+After a plugin fix, a settings change or the enrolment of an agent that was unknown,
+each quarantined record (a ``rejected_records`` row and its ``rejected_messages`` rows)
+is judged again by :meth:`Pipeline.judge <sparklem_core.pipeline.Pipeline.judge>`, every
+check included (signature, revocation, server key, plugin, text), and stored by
+:meth:`Store.commit <sparklem_core.storage.Store.commit>`, one transaction per record:
+
+* stored: its rows are written and its quarantine rows deleted; ``sparklem_redriven``
+  keeps one row per (agent, plugin, seq, part), which makes redrive idempotent even
+  below the stream's mark, where the consumer's seq rule would call it a duplicate;
+* still refused: its rejection rows are replaced by today's (reason and detail), with
+  the time the record was first received;
+* a refused reading of a stored message (``invalid_reading``) is redriven alone: the
+  message is cut down to that reading, and only if its plugin makes no row of the
+  message without it (else its siblings would be stored twice);
+* bytes cut when quarantined (never authenticated, over ``rejected_raw_max_bytes``) are
+  skipped and named.
+
+Another redrive or a processor committing at the same time makes a transaction fail
+with :class:`~sparklem_core.storage.Conflict`; the record is then judged again from what
+the database holds, as :class:`~sparklem_core.writer.BatchWriter` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, select, true
+
+from sparklem_core import protocol
+from sparklem_core.db_errors import Verdict, classify
+from sparklem_core.pipeline import Narrow, Pipeline, Record, Stats
+from sparklem_core.plugin_api import MAX_TS_MS, Message
+from sparklem_core.storage import WHOLE_MESSAGE, Batch, Conflict, Store
+from sparklem_core.writer import MAX_CONFLICTS, Unavailable, first_line
+
+log = logging.getLogger(__name__)
+
+PAGE = 200  # rejected_messages rows read per query
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which quarantined records to redrive; empty fields select everything."""
+
+    reasons: tuple[str, ...] = ()
+    plugin: str | None = None
+    agent: str | None = None
+    since: datetime | None = None  # received at or after
+
+
+@dataclass
+class Summary:
+    """What a redrive did (or, dry, would do)."""
+
+    records: int = 0  # quarantined records judged
+    stored: int = 0  # messages and single readings stored
+    rows: int = 0
+    already: int = 0  # stored by an earlier redrive: only left the quarantine
+    rejected: Counter[str] = field(default_factory=Counter)  # still refused, by new reason
+    cut: list[str] = field(default_factory=list)  # topic[partition]@offset, not redrivable
+    no_bytes: int = 0  # rejections without a rejected_records row (from before 0002)
+
+    def line(self) -> str:
+        rejected = ", ".join(f"{r}={n}" for r, n in sorted(self.rejected.items())) or "none"
+        return (
+            f"{self.records} records: stored={self.stored} (rows={self.rows}) "
+            f"already_redriven={self.already} still_rejected={sum(self.rejected.values())} "
+            f"({rejected}) truncated={len(self.cut)} without_bytes={self.no_bytes}"
+        )
+
+
+@dataclass(frozen=True)
+class _Rejection:
+    id: int
+    reason: str
+    raw: str | None
+
+
+@dataclass(frozen=True)
+class _Quarantined:
+    """One rejected record and its rejections that the selection takes up."""
+
+    record_id: int
+    record: Record
+    received_at: datetime
+    cut: bool  # its bytes are not all there
+    selected: tuple[_Rejection, ...]
+    total: int  # its rejections, selected or not
+    readings: bool  # its message was stored: what it holds are refused readings
+
+    @property
+    def name(self) -> str:
+        return f"{self.record.topic}[{self.record.partition}]@{self.record.offset}"
+
+
+class Redrive:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        store: Store,
+        progress: Callable[[Summary], None] = lambda _s: None,
+        progress_every: int = 1000,
+        progress_s: float = 10.0,
+    ) -> None:
+        """``progress(summary)`` is called every ``progress_every`` records or seconds."""
+        self.pipeline = pipeline
+        self.store = store
+        self.progress = progress
+        self.progress_every = progress_every
+        self.progress_s = progress_s
+
+    def run(self, selection: Selection = Selection(), *, dry_run: bool = False) -> Summary:
+        """Redrive every selected record quarantined before now; :class:`Unavailable`
+        if the database fails (what was committed stays: run it again to go on)."""
+        summary = Summary()
+        claimed: set[tuple[str, str, int, str]] = set()  # stored in this run
+        next_line = time.monotonic() + self.progress_s
+        for position in self._positions(selection):
+            self._one(position, selection, summary, claimed, dry_run)
+            if summary.records % self.progress_every == 0 or time.monotonic() >= next_line:
+                self.progress(summary)
+                next_line = time.monotonic() + self.progress_s
+        return summary
+
+    # --- reading the quarantine ----------------------------------------------------
+
+    def _where(self, selection: Selection) -> list[ColumnElement[bool]]:
+        c = self.store.rejected.c
+        where = []
+        if selection.reasons:
+            where.append(c.reason.in_(selection.reasons))
+        if selection.plugin is not None:
+            where.append(c.plugin == selection.plugin)
+        if selection.agent is not None:
+            where.append(c.agent_id == selection.agent)
+        if selection.since is not None:
+            where.append(c.received_at >= selection.since)
+        return where
+
+    def _positions(self, selection: Selection) -> Iterator[tuple[Any, ...]]:
+        """Each selected record once, as (topic, partition, offset, received_at).
+
+        Only rows there when the run began: those redrive writes come later.
+        """
+        c = self.store.rejected.c
+        with self.store.engine.connect() as conn:
+            last = conn.execute(select(c.id).order_by(c.id.desc()).limit(1)).scalar()
+        if last is None:
+            return
+        seen: set[tuple[Any, ...]] = set()
+        after = -1
+        while True:
+            query = (
+                select(c.id, c.topic, c.partition, c.offset, c.received_at)
+                .where(c.id > after, c.id <= last, *self._where(selection))
+                .order_by(c.id)
+                .limit(PAGE)
+            )
+            with self.store.engine.connect() as conn:
+                page = conn.execute(query).all()
+            if not page:
+                return
+            after = page[-1][0]
+            for _id, *position in page:
+                key = tuple(position)
+                if key not in seen:
+                    seen.add(key)
+                    yield key
+
+    def _load(
+        self, position: tuple[Any, ...], selection: Selection
+    ) -> _Quarantined | list[_Rejection]:
+        """The record at ``position`` with its rejections, or its rejections alone."""
+        topic, partition, offset, received_at = position
+        m, r = self.store.rejected.c, self.store.records.c
+        at = [m.topic == topic, m.partition == partition, m.offset == offset]
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                select(m.id, m.reason, m.raw, and_(true(), *self._where(selection)).label("chosen"))
+                .where(*at, m.received_at == received_at)
+                .order_by(m.id)
+            ).all()
+            found = conn.execute(
+                select(r.id, r.value, r.size, r.truncated)
+                .where(r.topic == topic, r.partition == partition, r.offset == offset)
+                .where(r.received_at == received_at)
+                .order_by(r.id)
+                .limit(1)
+            ).first()
+        selected = tuple(_Rejection(i, reason, raw) for i, reason, raw, chosen in rows if chosen)
+        if found is None:
+            return list(selected)
+        record_id, value, size, truncated = found
+        whole = isinstance(value, bytes) and not truncated and size == len(value)
+        return _Quarantined(
+            record_id,
+            Record(topic, partition, offset, value if whole else None),
+            _utc(received_at),
+            not whole,
+            selected,
+            len(rows),
+            any(reason == protocol.INVALID_READING for _i, reason, _raw, _c in rows),
+        )
+
+    def _redriven(self, key: tuple[str, str, int, str]) -> bool:
+        t = self.store.redriven.c
+        agent, plugin, seq, part = key
+        with self.store.engine.connect() as conn:
+            return (
+                conn.execute(
+                    select(t.seq).where(
+                        t.agent_id == agent, t.plugin == plugin, t.seq == seq, t.part == part
+                    )
+                ).first()
+                is not None
+            )
+
+    # --- one record ----------------------------------------------------------------
+
+    def _one(
+        self,
+        position: tuple[Any, ...],
+        selection: Selection,
+        summary: Summary,
+        claimed: set[tuple[str, str, int, str]],
+        dry_run: bool,
+    ) -> None:
+        for _ in range(MAX_CONFLICTS):
+            unit = self._load(position, selection)
+            if isinstance(unit, list):
+                summary.no_bytes += len(unit)
+                return
+            if not unit.selected:
+                return  # taken up by another redrive meanwhile
+            if unit.cut:
+                summary.records += 1
+                summary.cut.append(unit.name)
+                return
+            batch, outcome = self._judge(unit, claimed)
+            if not batch.released_messages:
+                return  # nothing of it this redrive can take up
+            try:
+                if not dry_run:
+                    self._commit(unit, batch)
+            except Conflict as exc:
+                log.info("%s: changed by another process (%s); judging it again", unit.name, exc)
+                continue
+            summary.records += 1
+            summary.stored += outcome.stored
+            summary.rows += outcome.rows
+            summary.already += outcome.duplicates
+            summary.rejected.update(outcome.rejected)
+            claimed.update(batch_keys(batch))
+            return
+        raise Unavailable(f"{MAX_CONFLICTS} conflicts in a row on one record")
+
+    def _judge(
+        self, unit: _Quarantined, claimed: set[tuple[str, str, int, str]]
+    ) -> tuple[Batch, Stats]:
+        """Today's verdict on ``unit``: what to write, and what it amounts to."""
+        batch, outcome = Batch(), Stats(consumed=1)
+        envelope = self.pipeline.envelope(unit.record)
+        if unit.readings:
+            refused = [r for r in unit.selected if r.reason == protocol.INVALID_READING]
+            parts = _parts(refused)
+            for rejection, part in zip(refused, parts, strict=True):
+                narrow = _narrow_to(self.pipeline, rejection.raw, part.occurrence)
+                self._judge_part(unit, envelope, batch, outcome, claimed, part.key, narrow)
+            batch.released_messages = [r.id for r in refused]
+        else:
+            self._judge_part(unit, envelope, batch, outcome, claimed, WHOLE_MESSAGE, None)
+            batch.released_messages = [r.id for r in unit.selected]
+        for row in batch.rejected:  # still quarantined: as received, with today's reason
+            row["received_at"] = unit.received_at
+        batch.records.clear()  # the record's row stays as it is, or goes
+        if not batch.rejected and unit.total == len(batch.released_messages):
+            batch.released_records = [unit.record_id]
+        return batch, outcome
+
+    def _judge_part(
+        self,
+        unit: _Quarantined,
+        envelope: protocol.Envelope | protocol.Rejected,
+        batch: Batch,
+        outcome: Stats,
+        claimed: set[tuple[str, str, int, str]],
+        part: str,
+        narrow: Narrow | None,
+    ) -> None:
+        read: list[tuple[tuple[str, str, int, str], protocol.Plaintext]] = []
+
+        def admit(env: protocol.Envelope, plain: protocol.Plaintext) -> bool:
+            key = (env.agent, env.plugin, plain.seq, part)
+            read.append((key, plain))
+            return key not in claimed and not self._redriven(key)
+
+        stored = outcome.stored
+        self.pipeline.judge(unit.record, envelope, batch, outcome, unit.received_at, admit, narrow)
+        if outcome.stored == stored:
+            return
+        (key, plain), record = read[0], unit.record
+        batch.redriven.append(
+            {
+                "agent_id": key[0],
+                "plugin": key[1],
+                "seq": key[2],
+                "part": key[3],
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "redriven_at": datetime.now(UTC),
+            }
+        )
+        stream = (key[0], key[1])
+        mark = self.store.load_streams([stream]).get(stream)
+        if mark is None or plain.seq > mark:  # the consumer must call a resend a duplicate
+            batch.streams[stream] = (mark, plain.seq)
+
+    def _commit(self, unit: _Quarantined, batch: Batch) -> None:
+        """Write ``batch``; if the database refuses its rows, quarantine it with that reason."""
+        try:
+            self.store.commit(batch)
+            return
+        except Conflict:
+            raise
+        except Exception as exc:
+            if classify(exc, self.store.probe) is Verdict.TRANSIENT:
+                raise Unavailable(first_line(exc)) from exc
+            reason = first_line(exc)
+        log.warning("%s: the database refused its rows (%s)", unit.name, reason)
+        detail = f"database refused its rows: {reason}"
+        refused, _ = self.pipeline.refuse(unit.record, batch, detail)
+        for row in refused.rejected:
+            row["received_at"] = unit.received_at
+        refused.records.clear()  # the record's row stays
+        refused.streams.clear()
+        refused.released_messages = batch.released_messages
+        try:
+            self.store.commit(refused)
+        except Conflict:
+            raise
+        except Exception as again:
+            raise Unavailable(first_line(again)) from again
+
+
+def batch_keys(batch: Batch) -> list[tuple[str, str, int, str]]:
+    """The (agent, plugin, seq, part) keys a batch marks as redriven."""
+    return [(r["agent_id"], r["plugin"], r["seq"], r["part"]) for r in batch.redriven]
+
+
+# --- a single refused reading ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Part:
+    key: str  # sparklem_redriven.part
+    occurrence: int  # among equal readings refused in the same message
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _parts(refused: list[_Rejection]) -> list[_Part]:
+    """Each refused reading's key: a digest of the reading as sent and its occurrence."""
+    parts, seen = [], Counter[str]()
+    for rejection in refused:
+        raw = rejection.raw or ""
+        occurrence = seen[raw]
+        seen[raw] += 1
+        digest = hashlib.sha256(f"{occurrence}:{raw}".encode("utf-8", "replace")).hexdigest()
+        parts.append(_Part(digest, occurrence))
+    return parts
+
+
+def _narrow_to(pipeline: Pipeline, raw: str | None, occurrence: int) -> Narrow:
+    """The message cut down to one refused reading, or Rejected saying why it cannot be."""
+
+    def narrow(message: Message) -> Message:
+        try:
+            reading = _canonical(json.loads(raw or ""))
+        except (ValueError, RecursionError):
+            raise _alone("its reading was cut or is not JSON in rejected_messages.raw") from None
+        found = _prune(message.data, reading, occurrence)
+        if found is None:
+            raise _alone("the reading is not an item of a list in its message")
+        with_it, without = found
+        info = pipeline.plugins[message.plugin]
+        settings = pipeline.plugin_settings[message.plugin]
+        try:
+            others = pipeline.host.process(info, replace(message, data=without), settings)
+        except ValueError:  # the message without its reading is no payload: nothing else
+            others = None
+        if others is not None and any(others.rows.values()):
+            raise _alone("its plugin makes rows of this message without this reading")
+        return replace(message, data=with_it)
+
+    return narrow
+
+
+def _alone(why: str) -> protocol.Rejected:
+    return protocol.Rejected(protocol.INVALID_READING, f"cannot be redriven alone: {why}")
+
+
+def _prune(data: dict[str, Any], reading: str, occurrence: int) -> tuple[Any, Any] | None:
+    """``data`` with every list emptied but the one holding the reading, which holds it
+    alone; and the same without it. None if the reading is no list item of ``data``."""
+    count = 0
+
+    def walk(value: Any) -> tuple[Any, Any] | None:
+        """(with the reading, without it) if found below ``value``, else None."""
+        nonlocal count
+        if isinstance(value, dict):
+            for name, member in value.items():
+                found = walk(member)
+                if found is not None:
+                    kept = {k: _emptied(v) for k, v in value.items() if k != name}
+                    return {**kept, name: found[0]}, {**kept, name: found[1]}
+        elif isinstance(value, list):
+            for item in value:
+                if _canonical(item) == reading:
+                    if count == occurrence:
+                        return [item], []
+                    count += 1
+                found = walk(item)
+                if found is not None:
+                    return [found[0]], [found[1]]
+        return None
+
+    return walk(data)
+
+
+def _emptied(value: Any) -> Any:
+    """``value`` with every list in it empty: lists hold readings, which are siblings."""
+    if isinstance(value, list):
+        return []
+    if isinstance(value, dict):
+        return {k: _emptied(v) for k, v in value.items()}
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite and MariaDB hand stored times back without their zone: UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time (with its zone) or milliseconds since the epoch, as UTC."""
+    if text.isdigit():
+        ms = int(text)
+        if ms > MAX_TS_MS:
+            raise ValueError(f"{text} ms is after the year 9999")
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither RFC 3339 (2026-11-30T04:00:00Z) nor milliseconds since the epoch"
+        ) from None
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone: add Z or an offset such as +01:00")
+    return value.astimezone(UTC)
