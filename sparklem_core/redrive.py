@@ -304,9 +304,12 @@ class Redrive:
             read.append((key, plain))
             return key not in claimed and not self._redriven(key)
 
-        stored = outcome.stored
+        stored, rows = outcome.stored, outcome.rows
         self.pipeline.judge(unit.record, envelope, batch, outcome, unit.received_at, admit, narrow)
         if outcome.stored == stored:
+            return
+        if part != WHOLE_MESSAGE and outcome.rows == rows:  # the reading refused again
+            outcome.stored -= 1
             return
         (key, plain), record = read[0], unit.record
         batch.redriven.append(
