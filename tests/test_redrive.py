@@ -1,7 +1,7 @@
 """Redrive: quarantined records judged again by today's pipeline, stored once.
 
-Records are quarantined by the real Pipeline (tests/pipeline_env.py) on SQLite and
-PostgreSQL; the last test runs ``main.py redrive`` beside a running processor.
+Records are quarantined by the real Pipeline (tests/pipeline_env.py) on SQLite,
+PostgreSQL and MariaDB; the last test runs ``main.py redrive`` beside a running processor.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 from harness import GOOD, ROOT, Db, Fleet, start
 from hypothesis import given
 from hypothesis import strategies as st
-from pipeline_env import PU_TOPIC, Env, Keys, reading, run, temperature
-from sqlalchemy import insert, select, text
+from pipeline_env import PU_TOPIC, Env, Keys, now_ms, reading, run, temperature
+from sqlalchemy import insert, select, text, update
 from waiting import wait_for
 
 from sparklem_core import protocol
@@ -36,8 +36,8 @@ def keys() -> Keys:
 
 
 @pytest.fixture
-def env(tmp_path: Path, keys: Keys, database_url: str) -> Iterator[Env]:
-    world = Env(tmp_path, keys, database_url)
+def env(tmp_path: Path, keys: Keys, any_database_url: str) -> Iterator[Env]:
+    world = Env(tmp_path, keys, any_database_url)
     yield world
     world.close()
 
@@ -90,9 +90,14 @@ def test_unknown_agent_then_enrolled_is_stored_and_leaves_the_quarantine(env: En
     assert (summary.records, summary.stored, summary.rows, summary.already) == (1, 1, 1, 0)
     assert celsius(env) == [("edge-9", 3, "a", 40.0)]
     assert [env.count(t) for t in QUARANTINE] == [0, 0]
-    assert env.query('SELECT agent_id, plugin, seq, part, "offset" FROM sparklem_redriven') == [
-        ("edge-9", "temperature", 3, "", 0)
-    ]
+    (key,) = keep(env, "sparklem_redriven")
+    assert (key["agent_id"], key["plugin"], key["seq"], key["part"], key["offset"]) == (
+        "edge-9",
+        "temperature",
+        3,
+        "",
+        0,
+    )
     # The stream's mark moved: the same message sent again is a duplicate for the consumer.
     assert env.query("SELECT last_seq FROM sparklem_streams") == [(3,)]
     again = run(env.pipeline(), [env.record(env.envelope(temperature(), seq=3, agent="edge-9"))])
@@ -229,6 +234,30 @@ def test_still_bad_record_stays_with_its_new_reason(env: Env) -> None:
     assert env.count("rejected_records") == 1 and celsius(env) == []
 
 
+def test_a_reading_cut_when_quarantined_stays_and_its_siblings_are_not_stored_again(
+    env: Env,
+) -> None:
+    env.settings.rejected_raw_max_bytes = 40
+    sent = temperature(reading("a", 40.0), reading("a-long-sensor-name-" * 3, 180.0))
+    quarantine(env, env.envelope(sent, seq=1))
+    summary = redrive(env, max_celsius=200)
+    assert (summary.stored, dict(summary.rejected)) == (0, {"invalid_reading": 1})
+    (row,) = env.rejected()
+    assert row["detail"].startswith("cannot be redriven alone: its reading was cut")
+    assert [r[2] for r in celsius(env)] == ["a"]
+
+
+def test_clock_skew_is_judged_against_when_the_record_was_received(env: Env) -> None:
+    quarantine(env, env.envelope(temperature(), seq=1, agent="edge-9"))
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    with env.store.engine.begin() as conn:  # it arrived an hour ago, sent "now"
+        for table in (env.store.rejected, env.store.records):
+            conn.execute(update(table).values(received_at=an_hour_ago))
+    env.enroll("edge-9")
+    assert dict(redrive(env).rejected) == {"clock_skew": 1}
+    assert reasons(env) == ["clock_skew"] and celsius(env) == []
+
+
 def test_revoked_agents_record_stays_rejected(env: Env) -> None:
     quarantine(env, env.envelope(temperature(), seq=1, agent="edge-9"))
     env.enroll("edge-9", where="revoked")
@@ -248,13 +277,19 @@ def test_dry_run_changes_nothing(env: Env) -> None:
 
 
 def test_selection_by_reason_plugin_agent_and_time(env: Env) -> None:
-    quarantine(env, env.envelope(temperature(), seq=1, agent="edge-8"))
+    sent = now_ms(-3600)
+    quarantine(env, env.envelope(temperature(), seq=1, agent="edge-8", ts=sent))
+    cpu = {"cpu": {"percent": 5.0}}
     quarantine(
         env,
-        env.envelope({"cpu": {"percent": 5.0}}, seq=1, agent="edge-8", plugin="pu_workload"),
+        env.envelope(cpu, seq=1, agent="edge-8", plugin="pu_workload", ts=sent),
         topic=PU_TOPIC,
     )
-    later = datetime.now(UTC)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    with env.store.engine.begin() as conn:  # times in seconds on MariaDB: no close call
+        for table in (env.store.rejected, env.store.records):
+            conn.execute(update(table).values(received_at=an_hour_ago))
+    later = an_hour_ago + timedelta(minutes=30)
     quarantine(env, env.envelope(temperature(), seq=1, agent="edge-9"))
     env.enroll("edge-8")
     env.enroll("edge-9")
