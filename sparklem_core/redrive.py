@@ -41,7 +41,13 @@ from sparklem_core.db_errors import Verdict, classify
 from sparklem_core.pipeline import Narrow, Pipeline, Record, Stats
 from sparklem_core.plugin_api import MAX_TS_MS, Message
 from sparklem_core.storage import WHOLE_MESSAGE, Batch, Conflict, Store
-from sparklem_core.writer import MAX_CONFLICTS, Unavailable, first_line
+from sparklem_core.writer import (
+    MAX_CONFLICTS,
+    Unavailable,
+    commit_refusal,
+    first_line,
+    refused_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -341,19 +347,13 @@ class Redrive:
                 raise Unavailable(first_line(exc)) from exc
             reason = first_line(exc)
         log.warning("%s: the database refused its rows (%s)", unit.name, reason)
-        detail = f"database refused its rows: {reason}"
-        refused, _ = self.pipeline.refuse(unit.record, batch, detail)
+        refused, _ = self.pipeline.refuse(unit.record, batch, refused_rows(reason))
         for row in refused.rejected:
             row["received_at"] = unit.received_at
         refused.records.clear()  # the record's row stays
         refused.streams.clear()
         refused.released_messages = batch.released_messages
-        try:
-            self.store.commit(refused)
-        except Conflict:
-            raise
-        except Exception as again:
-            raise Unavailable(first_line(again)) from again
+        commit_refusal(self.store, refused)
 
 
 def batch_keys(batch: Batch) -> list[tuple[str, str, int, str]]:

@@ -116,20 +116,30 @@ class BatchWriter:
             record.offset,
             reason,
         )
-        refused, stats = self.pipeline.refuse(record, batch, f"database refused its rows: {reason}")
-        try:
-            self.store.commit(refused)
-        except Conflict:
-            raise
-        except Exception as again:
-            # A rejection row holds only checked, escaped values: the database itself fails.
-            raise Unavailable(first_line(again)) from again
+        refused, stats = self.pipeline.refuse(record, batch, refused_rows(reason))
+        commit_refusal(self.store, refused)
         return refused, stats
 
     def _verdict(self, exc: BaseException) -> Verdict:
         verdict = classify(exc, self.store.probe)
         log.debug("database error classified %s: %r", verdict.value, exc)
         return verdict
+
+
+def refused_rows(reason: str) -> str:
+    """The detail of a record whose rows the database refused."""
+    return f"database refused its rows: {reason}"
+
+
+def commit_refusal(store: Store, refused: Batch) -> None:
+    """Commit a batch that holds rejections instead of refused rows."""
+    try:
+        store.commit(refused)
+    except Conflict:
+        raise
+    except Exception as again:
+        # A rejection row holds only checked, escaped values: the database itself fails.
+        raise Unavailable(first_line(again)) from again
 
 
 def first_line(exc: BaseException) -> str:
