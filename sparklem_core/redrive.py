@@ -90,6 +90,8 @@ class _Rejection:
     id: int
     reason: str
     raw: str | None
+    seq: int | None
+    sent_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,9 @@ class Redrive:
         summary = Summary()
         claimed: set[tuple[str, str, int, str]] = set()  # stored in this run
         next_line = time.monotonic() + self.progress_s
-        for position in self._positions(selection):
+        for done, position in enumerate(self._positions(selection), 1):
             self._one(position, selection, summary, claimed, dry_run)
-            if summary.records % self.progress_every == 0 or time.monotonic() >= next_line:
+            if done % self.progress_every == 0 or time.monotonic() >= next_line:
                 self.progress(summary)
                 next_line = time.monotonic() + self.progress_s
         return summary
@@ -192,7 +194,8 @@ class Redrive:
         at = [m.topic == topic, m.partition == partition, m.offset == offset]
         with self.store.engine.connect() as conn:
             rows = conn.execute(
-                select(m.id, m.reason, m.raw, and_(true(), *self._where(selection)).label("chosen"))
+                select(m.id, m.reason, m.raw, m.seq, m.sent_at)
+                .add_columns(and_(true(), *self._where(selection)).label("chosen"))
                 .where(*at, m.received_at == received_at)
                 .order_by(m.id)
             ).all()
@@ -203,7 +206,7 @@ class Redrive:
                 .order_by(r.id)
                 .limit(1)
             ).first()
-        selected = tuple(_Rejection(i, reason, raw) for i, reason, raw, chosen in rows if chosen)
+        selected = tuple(_Rejection(*row[:5]) for row in rows if row.chosen)
         if found is None:
             return list(selected)
         record_id, value, size, truncated = found
@@ -215,7 +218,7 @@ class Redrive:
             not whole,
             selected,
             len(rows),
-            any(reason == protocol.INVALID_READING for _i, reason, _raw, _c in rows),
+            any(row.reason == protocol.INVALID_READING for row in rows),
         )
 
     def _redriven(self, key: tuple[str, str, int, str]) -> bool:
@@ -281,7 +284,10 @@ class Redrive:
             parts = _parts(refused)
             for rejection, part in zip(refused, parts, strict=True):
                 narrow = _narrow_to(self.pipeline, rejection.raw, part.occurrence)
+                before = len(batch.rejected)
                 self._judge_part(unit, envelope, batch, outcome, claimed, part.key, narrow)
+                for row in batch.rejected[before:]:
+                    _still_a_reading(row, rejection)
             batch.released_messages = [r.id for r in refused]
         else:
             self._judge_part(unit, envelope, batch, outcome, claimed, WHOLE_MESSAGE, None)
@@ -354,6 +360,17 @@ class Redrive:
         refused.streams.clear()
         refused.released_messages = batch.released_messages
         commit_refusal(self.store, refused)
+
+
+def _still_a_reading(row: dict[str, Any], rejection: _Rejection) -> None:
+    """Keep a refused reading a reading, whatever refuses it now: its message was stored,
+    and only the reading as sent (``raw``) can be redriven later, alone."""
+    if row["reason"] != protocol.INVALID_READING:
+        row["detail"] = f"{row['reason']}: {row['detail']}"[:1000]
+        row["reason"] = protocol.INVALID_READING
+    row["raw"] = rejection.raw
+    row["seq"] = rejection.seq if row["seq"] is None else row["seq"]
+    row["sent_at"] = rejection.sent_at if row["sent_at"] is None else row["sent_at"]
 
 
 def batch_keys(batch: Batch) -> list[tuple[str, str, int, str]]:

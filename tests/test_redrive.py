@@ -144,6 +144,21 @@ def test_a_reading_refused_again_stays_with_todays_detail(env: Env) -> None:
     assert env.count("rejected_records") == 1 and len(celsius(env)) == 1
 
 
+def test_a_refused_reading_stays_a_reading_whatever_refuses_it_now(env: Env) -> None:
+    """Else a later redrive would take it for a whole message and store its siblings again."""
+    quarantine(env, env.envelope(temperature(reading("a", 40.0), reading("hot", 180.0)), seq=1))
+    (before,) = env.rejected()
+    env.enroll("edge-1", where="revoked")
+    assert dict(redrive(env, max_celsius=200).rejected) == {"revoked_agent": 1}
+    (row,) = env.rejected()
+    assert (row["reason"], row["raw"], row["seq"]) == ("invalid_reading", before["raw"], 1)
+    assert row["detail"].startswith("revoked_agent: ")
+    (env.certs / "revoked" / "edge-1.pem").unlink()
+    assert redrive(env, max_celsius=200).stored == 1
+    assert sorted(r[2] for r in celsius(env)) == ["a", "hot"]
+    assert [env.count(t) for t in QUARANTINE] == [0, 0]
+
+
 def test_a_message_redriven_whole_keeps_its_refused_reading_for_later(env: Env) -> None:
     value = env.envelope(temperature(reading("a", 40.0), reading("hot", 180.0)), seq=7, agent="x")
     quarantine(env, value)
