@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,13 +20,14 @@ from harness import GOOD, ROOT, Db, Fleet, start
 from hypothesis import given
 from hypothesis import strategies as st
 from pipeline_env import PU_TOPIC, Env, Keys, now_ms, reading, run, temperature
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import Column, Float, Integer, insert, select, text, update
 from waiting import wait_for
 
-from sparklem_core import protocol
+from sparklem_core import Manifest, Message, PluginResult, Setting, hookimpl, protocol
 from sparklem_core.pipeline import Pipeline
 from sparklem_core.redrive import Redrive, Selection, Summary, parse_time
 from sparklem_core.registry import AgentRegistry
+from sparklem_core.testing.plugin import MakeHarness
 
 QUARANTINE = ("rejected_messages", "rejected_records")
 
@@ -171,6 +173,57 @@ def test_a_message_redriven_whole_keeps_its_refused_reading_for_later(env: Env) 
     assert (second.stored, second.rows) == (1, 1)
     assert sorted(r[2] for r in celsius(env)) == ["a", "hot"]
     assert [env.count(t) for t in QUARANTINE] == [0, 0]
+
+
+def gauges_plugin() -> types.ModuleType:
+    """A plugin that stores a row of the message itself besides one per reading."""
+    module = types.ModuleType("gauges_plugin")
+
+    @hookimpl
+    def sparklem_manifest() -> Manifest:
+        return Manifest(name="gauges", version="0.1.0", settings=[Setting("limit", float, 10, "")])
+
+    @hookimpl
+    def sparklem_register_tables(register: Any) -> None:
+        register("gauges", Column("id", Integer, primary_key=True), Column("v", Float))
+
+    @hookimpl
+    def sparklem_process(message: Message, settings: dict[str, Any]) -> PluginResult:
+        result = PluginResult()
+        for item in message.data["readings"]:
+            if item["v"] > settings["limit"]:
+                result.reject("too high", item)
+            else:
+                result.add_row("gauges", {"v": item["v"]})
+        result.add_row("gauges", {"v": -1.0})  # the message's own row
+        return result
+
+    for hook in (sparklem_manifest, sparklem_register_tables, sparklem_process):
+        setattr(module, hook.__name__, hook)
+    return module
+
+
+def test_a_reading_whose_message_makes_other_rows_is_not_redriven_alone(
+    plugin_harness: MakeHarness,
+) -> None:
+    harness = plugin_harness(gauges_plugin())
+    assert harness.send({"readings": [{"v": 1.0}, {"v": 50.0}]}).stored
+    pipeline = harness.pipeline
+    fixed = Pipeline(
+        pipeline.settings,
+        pipeline.server_keys,
+        harness.registry,
+        harness.host,
+        {"gauges": {"limit": 100}},
+        harness.store,
+    )
+    summary = Redrive(fixed, harness.store).run()
+    assert (summary.stored, dict(summary.rejected)) == (0, {"invalid_reading": 1})
+    (stays,) = harness.rejections()
+    assert stays.detail == (
+        "cannot be redriven alone: its plugin makes rows of this message without this reading"
+    )
+    assert sorted(row["v"] for row in harness.rows("gauges")) == [-1.0, 1.0]
 
 
 # --- stored exactly once -----------------------------------------------------------------
