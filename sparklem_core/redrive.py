@@ -52,6 +52,7 @@ from sparklem_core.writer import (
 log = logging.getLogger(__name__)
 
 PAGE = 200  # rejected_messages rows read per query
+GROUP = 50  # records per transaction; one by one when a group cannot commit
 
 
 @dataclass(frozen=True)
@@ -132,12 +133,20 @@ class Redrive:
         if the database fails (what was committed stays: run it again to go on)."""
         summary = Summary()
         claimed: set[tuple[str, str, int, str]] = set()  # stored in this run
+        group: list[_Judged] = []
         next_line = time.monotonic() + self.progress_s
         for done, position in enumerate(self._positions(selection), 1):
-            self._one(position, selection, summary, claimed, dry_run)
+            judged = self._take(position, selection, summary, claimed)
+            if judged is not None:
+                group.append(judged)
+                claimed.update(batch_keys(judged.batch))  # until the group commits: tentative
+            if len(group) >= GROUP:
+                self._store(group, selection, summary, claimed, dry_run)
+                group = []
             if done % self.progress_every == 0 or time.monotonic() >= next_line:
                 self.progress(summary)
                 next_line = time.monotonic() + self.progress_s
+        self._store(group, selection, summary, claimed, dry_run)
         return summary
 
     # --- reading the quarantine ----------------------------------------------------
@@ -236,40 +245,75 @@ class Redrive:
 
     # --- one record ----------------------------------------------------------------
 
+    def _take(
+        self,
+        position: tuple[Any, ...],
+        selection: Selection,
+        summary: Summary,
+        claimed: set[tuple[str, str, int, str]],
+    ) -> _Judged | None:
+        """The record at ``position`` judged, or None when there is nothing to write."""
+        unit = self._load(position, selection)
+        if isinstance(unit, list):
+            summary.no_bytes += len(unit)
+            return None
+        if not unit.selected:
+            return None  # taken up by another redrive meanwhile
+        if unit.cut:
+            summary.records += 1
+            summary.cut.append(unit.name)
+            return None
+        batch, outcome = self._judge(unit, claimed)
+        if not batch.released_messages:
+            return None  # nothing of it this redrive can take up
+        return _Judged(position, unit, batch, outcome)
+
+    def _store(
+        self,
+        group: list[_Judged],
+        selection: Selection,
+        summary: Summary,
+        claimed: set[tuple[str, str, int, str]],
+        dry_run: bool,
+    ) -> None:
+        """Commit ``group`` in one transaction; else each record in its own, judged again."""
+        if not group:
+            return
+        try:
+            if not dry_run:
+                self.store.commit(_merged([judged.batch for judged in group]))
+        except Exception as exc:
+            if not isinstance(exc, Conflict) and _transient(exc, self.store):
+                raise Unavailable(first_line(exc)) from exc
+            for judged in group:
+                claimed.difference_update(batch_keys(judged.batch))
+            for judged in group:
+                self._one(judged.position, selection, summary, claimed)
+            return
+        for judged in group:
+            judged.count(summary)
+
     def _one(
         self,
         position: tuple[Any, ...],
         selection: Selection,
         summary: Summary,
         claimed: set[tuple[str, str, int, str]],
-        dry_run: bool,
     ) -> None:
+        """One record in its own transaction, judged again after each conflict."""
         for _ in range(MAX_CONFLICTS):
-            unit = self._load(position, selection)
-            if isinstance(unit, list):
-                summary.no_bytes += len(unit)
+            judged = self._take(position, selection, summary, claimed)
+            if judged is None:
                 return
-            if not unit.selected:
-                return  # taken up by another redrive meanwhile
-            if unit.cut:
-                summary.records += 1
-                summary.cut.append(unit.name)
-                return
-            batch, outcome = self._judge(unit, claimed)
-            if not batch.released_messages:
-                return  # nothing of it this redrive can take up
             try:
-                if not dry_run:
-                    self._commit(unit, batch)
+                self._commit(judged.unit, judged.batch)
             except Conflict as exc:
-                log.info("%s: changed by another process (%s); judging it again", unit.name, exc)
+                log.info(
+                    "%s: changed by another process (%s); judging it again", judged.unit.name, exc
+                )
                 continue
-            summary.records += 1
-            summary.stored += outcome.stored
-            summary.rows += outcome.rows
-            summary.already += outcome.duplicates
-            summary.rejected.update(outcome.rejected)
-            claimed.update(batch_keys(batch))
+            judged.count(summary)
+            claimed.update(batch_keys(judged.batch))
             return
         raise Unavailable(f"{MAX_CONFLICTS} conflicts in a row on one record")
 
@@ -349,7 +393,7 @@ class Redrive:
         except Conflict:
             raise
         except Exception as exc:
-            if classify(exc, self.store.probe) is Verdict.TRANSIENT:
+            if _transient(exc, self.store):
                 raise Unavailable(first_line(exc)) from exc
             reason = first_line(exc)
         log.warning("%s: the database refused its rows (%s)", unit.name, reason)
@@ -360,6 +404,44 @@ class Redrive:
         refused.streams.clear()
         refused.released_messages = batch.released_messages
         commit_refusal(self.store, refused)
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """A record and what redrive makes of it, before it is committed."""
+
+    position: tuple[Any, ...]
+    unit: _Quarantined
+    batch: Batch
+    outcome: Stats
+
+    def count(self, summary: Summary) -> None:
+        summary.records += 1
+        summary.stored += self.outcome.stored
+        summary.rows += self.outcome.rows
+        summary.already += self.outcome.duplicates
+        summary.rejected.update(self.outcome.rejected)
+
+
+def _merged(batches: list[Batch]) -> Batch:
+    """Several records' batches as one transaction's."""
+    total = Batch()
+    for batch in batches:
+        for table, rows in batch.rows.items():
+            total.rows.setdefault(table, []).extend(rows)
+        total.rejected.extend(batch.rejected)
+        total.released_messages.extend(batch.released_messages)
+        total.released_records.extend(batch.released_records)
+        total.redriven.extend(batch.redriven)
+        for stream, (expected, new) in batch.streams.items():
+            if stream in total.streams:  # both read the mark before either moved it
+                new = max(new, total.streams[stream][1])
+            total.streams[stream] = (expected, new)
+    return total
+
+
+def _transient(exc: BaseException, store: Store) -> bool:
+    return classify(exc, store.probe) is Verdict.TRANSIENT
 
 
 def _still_a_reading(row: dict[str, Any], rejection: _Rejection) -> None:

@@ -44,15 +44,9 @@ def env(tmp_path: Path, keys: Keys, any_database_url: str) -> Iterator[Env]:
     world.close()
 
 
-def redrive(
-    env: Env,
-    max_celsius: float = 150,
-    *,
-    dry_run: bool = False,
-    **selection: Any,
-) -> Summary:
-    """One redrive as the command runs it: today's registry, plugins and settings."""
-    pipeline = Pipeline(
+def today(env: Env, max_celsius: float = 150) -> Pipeline:
+    """The pipeline as the command builds it: today's registry, plugins and settings."""
+    return Pipeline(
         env.settings,
         {protocol.key_id(env.keys.server): env.keys.server},
         AgentRegistry(env.certs, refresh_s=3600),
@@ -60,7 +54,16 @@ def redrive(
         {"temperature": {"max_celsius": max_celsius}},
         env.store,
     )
-    return Redrive(pipeline, env.store).run(Selection(**selection), dry_run=dry_run)
+
+
+def redrive(
+    env: Env,
+    max_celsius: float = 150,
+    *,
+    dry_run: bool = False,
+    **selection: Any,
+) -> Summary:
+    return Redrive(today(env, max_celsius), env.store).run(Selection(**selection), dry_run=dry_run)
 
 
 def quarantine(env: Env, *values: bytes, topic: str = "sparklem.temperature") -> None:
@@ -275,6 +278,21 @@ def test_seq_below_the_mark_is_stored_exactly_once(env: Env) -> None:
     assert redrive(env).records == 0
     assert [r[1:3] for r in celsius(env)] == [(2, "later"), (1, "early")]
     assert env.query("SELECT last_seq FROM sparklem_streams") == [(2,)]  # not moved back
+
+
+def test_two_redrives_at_once_store_each_record_once(env: Env) -> None:
+    quarantine(env, *(env.envelope(temperature(), seq=seq, agent="edge-9") for seq in (1, 2, 3)))
+    env.enroll("edge-9")
+    other: list[Summary] = []
+
+    def meanwhile(_progress: Summary) -> None:  # after judging the first record, uncommitted
+        if not other:
+            other.append(redrive(env))
+
+    summary = Redrive(today(env), env.store, meanwhile, progress_every=1).run()
+    assert (other[0].stored, summary.stored) == (3, 0)
+    assert [row[1] for row in celsius(env)] == [1, 2, 3]
+    assert [env.count(t) for t in QUARANTINE] == [0, 0]
 
 
 # --- what stays in quarantine ------------------------------------------------------------
