@@ -5,7 +5,7 @@ The checkout's entry point; installed, the same command is ``sparklem-enroll``.
 
 import sys
 
-from sparklem_core.enroll_cli import main
+from sparklem_core.admin.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="gen_config.py"))

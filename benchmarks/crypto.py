@@ -1,4 +1,4 @@
-"""Per-message cost of the crypto floor: pycryptodome vs ``cryptography`` (what protocol.py uses).
+"""Per-message cost of the crypto floor: pycryptodome vs ``cryptography`` (sparklem_core.wire).
 
 ``python3 -m benchmarks.crypto [--iterations N]``
 
@@ -32,7 +32,7 @@ from Crypto.Hash import SHA256
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15, pss
 
-from sparklem_core import protocol
+from sparklem_core import wire
 
 KEY_BITS = 2048
 
@@ -95,44 +95,44 @@ def main(argv: list[str] | None = None) -> int:
     c_server = serialization.load_der_private_key(
         server_key.export_key(format="DER", pkcs=8), password=None
     )
-    session = protocol.SessionKey(server_key.public_key())
+    session = wire.SessionKey(server_key.public_key())
     import random
 
     now = int(time.time() * 1000)
     plain = {"seq": 1, "ts": now, "data": temperature_payload(random.Random(1), 8, now)}
-    env = protocol.seal(
+    env = wire.seal(
         plain, agent="edge-001", plugin="temperature", session=session, agent_key=agent_key
     )
     data, sig = env.signed_bytes(), base64.b64decode(env.sig)
     iv, ct, tag = (base64.b64decode(x) for x in (env.iv, env.ct, env.tag))
-    aad = protocol.aad(env.agent, env.plugin, env.kid)
+    aad = wire.aad(env.agent, env.plugin, env.kid)
     ek = base64.b64decode(env.ek)
     key = session.key
 
-    pss32 = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=protocol.PSS_SALT_BYTES)
+    pss32 = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=wire.PSS_SALT_BYTES)
     oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
     sha256 = hashes.SHA256()
     aesgcm = AESGCM(key)  # what a per-session-key cache would hold
     ct_tag = ct + tag
 
-    def c_verify_env() -> None:  # the same work as protocol.verify
+    def c_verify_env() -> None:  # the same work as wire.verify
         c_agent_pub.verify(base64.b64decode(env.sig), env.signed_bytes(), pss32, sha256)
 
-    def c_decrypt_env() -> bytes:  # the same work as protocol.decrypt, cached AESGCM
+    def c_decrypt_env() -> bytes:  # the same work as wire.decrypt, cached AESGCM
         return aesgcm.decrypt(
             base64.b64decode(env.iv),
             base64.b64decode(env.ct) + base64.b64decode(env.tag),
-            protocol.aad(env.agent, env.plugin, env.kid),
+            wire.aad(env.agent, env.plugin, env.kid),
         )
 
-    def p_verify_env() -> None:  # the same work as protocol.verify, in pycryptodome
+    def p_verify_env() -> None:  # the same work as wire.verify, in pycryptodome
         pss.new(agent_pub, salt_bytes=32).verify(
             SHA256.new(env.signed_bytes()), base64.b64decode(env.sig)
         )
 
-    def p_decrypt_env() -> bytes:  # the same work as protocol.decrypt, in pycryptodome
+    def p_decrypt_env() -> bytes:  # the same work as wire.decrypt, in pycryptodome
         cipher = AES.new(key, AES.MODE_GCM, nonce=base64.b64decode(env.iv))
-        cipher.update(protocol.aad(env.agent, env.plugin, env.kid))
+        cipher.update(wire.aad(env.agent, env.plugin, env.kid))
         return cipher.decrypt_and_verify(base64.b64decode(env.ct), base64.b64decode(env.tag))
 
     def pcd_gcm() -> bytes:
@@ -141,31 +141,31 @@ def main(argv: list[str] | None = None) -> int:
         return cipher.decrypt_and_verify(ct, tag)
 
     # Sanity: every path gives the same answer before anything is timed.
-    assert protocol.decrypt(env, key) == pcd_gcm() == aesgcm.decrypt(iv, ct_tag, aad)
+    assert wire.decrypt(env, key) == pcd_gcm() == aesgcm.decrypt(iv, ct_tag, aad)
     assert c_decrypt_env() == AESGCM(key).decrypt(iv, ct_tag, aad)
-    assert c_server.decrypt(ek, oaep) == key == protocol.unwrap_key(env.ek, server_key)
+    assert c_server.decrypt(ek, oaep) == key == wire.unwrap_key(env.ek, server_key)
     c_verify_env()
     p_verify_env()
-    protocol.verify(env, agent_pub)
-    cached = protocol.session_cipher(key)
-    assert p_decrypt_env() == protocol.decrypt(env, cached) == c_decrypt_env()
+    wire.verify(env, agent_pub)
+    cached = wire.session_cipher(key)
+    assert p_decrypt_env() == wire.decrypt(env, cached) == c_decrypt_env()
 
     n, n_unwrap = args.iterations, max(5, args.iterations // 10)
     cases: list[tuple[str, str, str, Callable[[], object], int]] = [
-        ("verify", "pycryptodome", "same work as protocol.verify (b64 + signed bytes + pss)",
+        ("verify", "pycryptodome", "same work as wire.verify (b64 + signed bytes + pss)",
          p_verify_env, n),
         ("verify", "pycryptodome", "pss.new(salt 32).verify, primitive only",
          lambda: pss.new(agent_pub, salt_bytes=32).verify(SHA256.new(data), sig), n),
-        ("verify", "cryptography", "protocol.verify (what the processor runs)",
-         lambda: protocol.verify(env, agent_pub), n),
+        ("verify", "cryptography", "wire.verify (what the processor runs)",
+         lambda: wire.verify(env, agent_pub), n),
         ("verify", "cryptography", "public_key.verify(PSS salt 32), primitive only",
          lambda: c_agent_pub.verify(sig, data, pss32, sha256), n),
-        ("gcm", "pycryptodome", "same work as protocol.decrypt (b64 + AES.new + verify)",
+        ("gcm", "pycryptodome", "same work as wire.decrypt (b64 + AES.new + verify)",
          p_decrypt_env, n),
         ("gcm", "pycryptodome", "AES.new(GCM) + decrypt_and_verify, primitive only",
          pcd_gcm, n),
-        ("gcm", "cryptography", "protocol.decrypt with the cached AESGCM (the processor)",
-         lambda: protocol.decrypt(env, cached), n),
+        ("gcm", "cryptography", "wire.decrypt with the cached AESGCM (the processor)",
+         lambda: wire.decrypt(env, cached), n),
         ("gcm", "cryptography", "AESGCM(key).decrypt, new object per message",
          lambda: AESGCM(key).decrypt(iv, ct_tag, aad), n),
         ("gcm", "cryptography", "AESGCM.decrypt on a cached object, primitive only",
@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
          lambda: c_server.decrypt(ek, oaep), n_unwrap),
         ("floor", "pycryptodome", "verify + decrypt, pycryptodome",
          lambda: (p_verify_env(), p_decrypt_env()), n),
-        ("floor", "cryptography", "protocol.verify + protocol.decrypt (cached AESGCM)",
-         lambda: (protocol.verify(env, agent_pub), protocol.decrypt(env, cached)), n),
+        ("floor", "cryptography", "wire.verify + wire.decrypt (cached AESGCM)",
+         lambda: (wire.verify(env, agent_pub), wire.decrypt(env, cached)), n),
     ]  # fmt: skip
     timings: list[tuple[str, str, str, float]] = []
     for op, lib, what, fn, iterations in cases:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     other_salts = {s: pss.new(agent_key, salt_bytes=s).sign(SHA256.new(data)) for s in (0, 20, 64)}
     v15 = pkcs1_15.new(agent_key).sign(SHA256.new(data))
-    bad_aad = protocol.aad("edge-002", env.plugin, env.kid)
+    bad_aad = wire.aad("edge-002", env.plugin, env.kid)
 
     def p_gcm(nonce: bytes, body: bytes, mac: bytes, extra: bytes) -> bytes:
         cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
@@ -266,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     for op, lib, what, seconds in timings:
         speedup = base[op] / seconds
         print(f"{op:<7} {lib:<13} {seconds * 1e6:8.1f} {1 / seconds:9,.0f} {speedup:7.2f}x  {what}")
-    print("speedup: against the first row of the same operation (what protocol.py does today)")
+    print(
+        "speedup: against the first row of the same operation (what sparklem_core.wire does today)"
+    )
     print()
     for name, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'}  {name}")

@@ -24,9 +24,9 @@ from confluent_kafka import Producer
 from Crypto.PublicKey import RSA
 from sqlalchemy import create_engine, text
 
-from sparklem_core import protocol
-from sparklem_core.local_servers import TansuBroker
-from sparklem_core.registry import create_server_key, load_server_keys
+from sparklem_core import wire
+from sparklem_core.processor.registry import create_server_key, load_server_keys
+from sparklem_core.testing.servers import TansuBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.05)
             engine = create_engine(url)
             producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
-            session = protocol.SessionKey(server_key.public_key())
+            session = wire.SessionKey(server_key.public_key())
             latencies = []
             for seq in range(args.messages):
                 data = {"readings": [{"sensor": "cpu", "value": 40.0}]}
-                value = protocol.seal(
+                value = wire.seal(
                     {"seq": seq, "ts": int(time.time() * 1000), "data": data},
                     agent="lat-1",
                     plugin="temperature",

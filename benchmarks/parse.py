@@ -9,7 +9,7 @@ record shapes (the record value itself)
     deep nesting, unclosed strings, runs of escapes ``"\\"...``, 33 brackets then an escape
     run (once quadratic in the depth check), long integers, long float digits, many keys,
     many small lists, duplicate keys, lone-surrogate escapes, documents at the JSON limits
-    (as many arrays, members and 20-digit integers as ``protocol.loads_json`` lets
+    (as many arrays, members and 20-digit integers as ``wire.loads_json`` lets
     through), and a valid envelope whose ``ct`` holds ``--size`` bytes;
 sealed shapes (a plaintext sealed as an agent does, so every check before it passes)
     the same shapes inside a ``temperature`` or ``pu_workload`` plaintext: lists beyond
@@ -17,7 +17,7 @@ sealed shapes (a plaintext sealed as an agent does, so every check before it pas
     numbers, deep nesting, many or duplicate keys.
 
 Each is timed, best of ``--repeat`` rounds, at each stage of the per-record path:
-``protocol.parse_envelope`` (which runs ``loads_json``), ``protocol.parse_plaintext`` and
+``wire.parse_envelope`` (which runs ``loads_json``), ``wire.parse_plaintext`` and
 the plugin's own processing for sealed ones, and ``Pipeline.process`` on the one record
 (everything up to the database batch; SQLite in a temporary directory holds the marks).
 The pipeline here accepts records up to twice ``--size``, so that records beyond the
@@ -44,14 +44,14 @@ from Crypto.PublicKey import RSA
 from sparklem_plugins.pu_workload.server import MAX_CORES, MAX_GPUS
 from sparklem_plugins.temperature.server import MAX_READINGS
 
-from sparklem_core import protocol
-from sparklem_core.config import ProcessorSettings
-from sparklem_core.pipeline import Pipeline, Record
+from sparklem_core import wire
 from sparklem_core.plugin_api import Message
-from sparklem_core.plugin_manager import PluginHost
-from sparklem_core.protocol import MAX_INT_DIGITS, MAX_JSON_COMMAS, MAX_JSON_CONTAINERS
-from sparklem_core.registry import AgentRegistry
-from sparklem_core.storage import Store
+from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor.pipeline import Pipeline, Record
+from sparklem_core.processor.registry import AgentRegistry
+from sparklem_core.processor.store import Store
+from sparklem_core.settings.config import ProcessorSettings
+from sparklem_core.wire import MAX_INT_DIGITS, MAX_JSON_COMMAS, MAX_JSON_CONTAINERS
 
 TARGET_MS = 50.0
 KEY_BITS = 2048
@@ -253,7 +253,7 @@ class Bench:
         (certs / "agents" / f"{AGENT}.pem").write_bytes(
             self.agent_key.public_key().export_key(format="PEM")
         )
-        self.session = protocol.SessionKey(self.server_key.public_key())
+        self.session = wire.SessionKey(self.server_key.public_key())
         self.store = Store(f"sqlite:///{root / 'bench.sqlite3'}", "bench-parse")
         self.host = PluginHost(None)
         self.host.register_tables(self.store.register_table, self.store.drop_registrations)
@@ -262,7 +262,7 @@ class Bench:
         settings.max_message_bytes = max(settings.max_message_bytes, 2 * size + 65536)
         self.pipeline = Pipeline(
             settings,
-            {protocol.key_id(self.server_key): self.server_key},
+            {wire.key_id(self.server_key): self.server_key},
             AgentRegistry(certs, refresh_s=3600),
             self.host,
             {},
@@ -271,7 +271,7 @@ class Bench:
         self.offset = 0
 
     def seal(self, plaintext: bytes, plugin: str) -> bytes:
-        return protocol.seal(
+        return wire.seal(
             plaintext, agent=AGENT, plugin=plugin, session=self.session, agent_key=self.agent_key
         ).to_json()
 
@@ -284,18 +284,18 @@ class Bench:
         return "; ".join(part for part in (stored, reasons) if part) or "duplicate"
 
     def record_row(self, shape: str, value: bytes, repeat: int) -> Row:
-        envelope = best_ms(lambda: _rejected(protocol.parse_envelope, value), repeat)
+        envelope = best_ms(lambda: _rejected(wire.parse_envelope, value), repeat)
         pipeline = best_ms(lambda: self.process(value, TOPICS["temperature"]), repeat)
         outcome = self.process(value, TOPICS["temperature"])
         return Row(shape, "record", len(value), envelope, None, None, pipeline, outcome)
 
     def sealed_row(self, shape: str, plugin: str, plaintext: bytes, repeat: int) -> Row:
         value = self.seal(plaintext, plugin)
-        envelope = best_ms(lambda: protocol.parse_envelope(value), repeat)
-        parsed = _rejected(protocol.parse_plaintext, plaintext)
-        plaintext_ms = best_ms(lambda: _rejected(protocol.parse_plaintext, plaintext), repeat)
+        envelope = best_ms(lambda: wire.parse_envelope(value), repeat)
+        parsed = _rejected(wire.parse_plaintext, plaintext)
+        plaintext_ms = best_ms(lambda: _rejected(wire.parse_plaintext, plaintext), repeat)
         plugin_ms = None
-        if isinstance(parsed, protocol.Plaintext):
+        if isinstance(parsed, wire.Plaintext):
             info = self.host.loaded()[plugin]
             message = Message(AGENT, plugin, parsed.seq, datetime.now(UTC), parsed.data)
             settings = self.pipeline.plugin_settings[plugin]  # as the pipeline hands them
@@ -320,7 +320,7 @@ def _rejected(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``, or the Rejected or ValueError it raised (what the pipeline catches)."""
     try:
         return fn(*args)
-    except (protocol.Rejected, ValueError) as exc:
+    except (wire.Rejected, ValueError) as exc:
         return exc
 
 

@@ -13,8 +13,8 @@ from ``sparklem_core``) instead of this project's protocol code. Then it measure
 those same messages, the phases named by ``--phases`` (default all):
 
 floor
-    a bare loop that only verifies each signature and decrypts (``protocol.verify`` +
-    ``protocol.decrypt``, base64 decoding included); the session key is unwrapped once
+    a bare loop that only verifies each signature and decrypts (``wire.verify`` +
+    ``wire.decrypt``, base64 decoding included); the session key is unwrapped once
     per ``(kid, ek)`` as the protocol allows. Envelopes are parsed outside the clock,
     10,000 at a time.
 engine
@@ -75,12 +75,12 @@ from Crypto.Cipher import AES
 from Crypto.PublicKey import RSA
 from sqlalchemy import create_engine, insert, text
 
-from sparklem_core import protocol
+from sparklem_core import wire
 from sparklem_core.cli import plugin_topics, prepare
-from sparklem_core.config import Config
-from sparklem_core.pipeline import Pipeline, Record, Stats
 from sparklem_core.plugin_api import Message
-from sparklem_core.registry import AgentRegistry, create_server_key, load_server_keys
+from sparklem_core.processor.pipeline import Pipeline, Record, Stats
+from sparklem_core.processor.registry import AgentRegistry, create_server_key, load_server_keys
+from sparklem_core.settings.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = ("temperature", "pu_workload")
@@ -172,13 +172,13 @@ def _agent_key() -> tuple[bytes, Signer]:
         from Crypto.Signature import pss
 
         key = RSA.generate(KEY_BITS)
-        signer = pss.new(key, salt_bytes=protocol.PSS_SALT_BYTES)
+        signer = pss.new(key, salt_bytes=wire.PSS_SALT_BYTES)
         return key.public_key().export_key(), lambda data: signer.sign(SHA256.new(data))
     private = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    scheme = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=protocol.PSS_SALT_BYTES)
+    scheme = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=wire.PSS_SALT_BYTES)
     return pem, lambda data: private.sign(data, scheme, hashes.SHA256())
 
 
@@ -187,16 +187,16 @@ def _b64(raw: bytes) -> str:
 
 
 def seal(
-    plaintext: dict[str, Any], agent: str, plugin: str, session: protocol.SessionKey, sign: Signer
+    plaintext: dict[str, Any], agent: str, plugin: str, session: wire.SessionKey, sign: Signer
 ) -> bytes:
-    """``protocol.seal`` with a pluggable signer: encrypt under the session key, then sign."""
+    """``wire.seal`` with a pluggable signer: encrypt under the session key, then sign."""
     raw = json.dumps(plaintext, separators=(",", ":")).encode("utf-8")
-    iv = os.urandom(protocol.IV_BYTES)
+    iv = os.urandom(wire.IV_BYTES)
     cipher = AES.new(session.key, AES.MODE_GCM, nonce=iv)
-    cipher.update(protocol.aad(agent, plugin, session.kid))
+    cipher.update(wire.aad(agent, plugin, session.kid))
     ct, tag = cipher.encrypt_and_digest(raw)
     session.used += 1
-    unsigned = protocol.Envelope(
+    unsigned = wire.Envelope(
         agent, plugin, session.kid, session.ek, _b64(iv), _b64(ct), _b64(tag), ""
     )
     return dataclasses.replace(unsigned, sig=_b64(sign(unsigned.signed_bytes()))).to_json()
@@ -259,7 +259,7 @@ def new_agent(sealer: str, server_public_pem: bytes) -> tuple[bytes, SealMessage
 
         return agent_side.public_pem(private), seal_independent
     pem, sign = _agent_key()
-    session = protocol.SessionKey(RSA.import_key(server_public_pem))
+    session = wire.SessionKey(RSA.import_key(server_public_pem))
     return pem, lambda plaintext, agent, plugin: seal(plaintext, agent, plugin, session, sign)
 
 
@@ -431,20 +431,20 @@ def run_floor(work: Workload) -> Result:
     registry = AgentRegistry(work.certificates, refresh_s=3600)
     agent_keys = {agent: registry.lookup(agent) for agent in work.agents}
     server_keys = load_server_keys(work.certificates)
-    session_keys: dict[tuple[str, str], protocol.SessionCipher] = {}
+    session_keys: dict[tuple[str, str], wire.SessionCipher] = {}
     seconds = 0.0
     reset_peak_rss()
     for start in range(0, len(work.values), FLOOR_CHUNK):
-        envelopes = [protocol.parse_envelope(v) for v in work.values[start : start + FLOOR_CHUNK]]
+        envelopes = [wire.parse_envelope(v) for v in work.values[start : start + FLOOR_CHUNK]]
         started = time.perf_counter()
         for env in envelopes:
-            protocol.verify(env, agent_keys[env.agent])
+            wire.verify(env, agent_keys[env.agent])
             key = session_keys.get((env.kid, env.ek))
             if key is None:
-                key = session_keys[(env.kid, env.ek)] = protocol.session_cipher(
-                    protocol.unwrap_key(env.ek, server_keys[env.kid])
+                key = session_keys[(env.kid, env.ek)] = wire.session_cipher(
+                    wire.unwrap_key(env.ek, server_keys[env.kid])
                 )
-            protocol.decrypt(env, key)
+            wire.decrypt(env, key)
         seconds += time.perf_counter() - started
     return Result(
         "floor",
@@ -526,7 +526,7 @@ def run_engine(
     commit = store.commit
     if timers is not None:
         for name in ("parse_envelope", "verify", "unwrap_key", "decrypt", "parse_plaintext"):
-            timers.wrap(protocol, name, name)
+            timers.wrap(wire, name, name)
         timers.wrap(registry, "lookup", "registry.lookup")
         timers.wrap(pipeline.host, "process", "plugin")
     reset_peak_rss()
@@ -586,10 +586,10 @@ def run_naive(work: Workload, root: Path, count: int) -> Result:
     reset_peak_rss()
     started = time.perf_counter()
     for value in values:
-        env = protocol.parse_envelope(value)
-        protocol.verify(env, registry.lookup(env.agent))
-        key = protocol.unwrap_key(env.ek, server_keys[env.kid])  # no cache
-        plain = protocol.parse_plaintext(protocol.decrypt(env, key))
+        env = wire.parse_envelope(value)
+        wire.verify(env, registry.lookup(env.agent))
+        key = wire.unwrap_key(env.ek, server_keys[env.kid])  # no cache
+        plain = wire.parse_plaintext(wire.decrypt(env, key))
         sent_at = datetime.fromtimestamp(plain.ts / 1000, UTC)
         message = Message(env.agent, env.plugin, plain.seq, sent_at, plain.data)
         settings = setup.config.plugins[env.plugin]
@@ -786,7 +786,7 @@ def run_e2e(
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from sparklem_core.local_servers import TansuBroker
+    from sparklem_core.testing.servers import TansuBroker
 
     root, count = work.root, len(work.values)
     extra: dict[str, Any] = {}

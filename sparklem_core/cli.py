@@ -12,32 +12,40 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
-from sparklem_core import __version__, protocol
-from sparklem_core.config import (
+from sparklem_core import __version__, wire
+from sparklem_core.logsetup import add_log_level_argument, setup_logging
+from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor.db_errors import DatabaseUnusable, check_database_url
+from sparklem_core.processor.registry import (
+    AgentRegistry,
+    NoServerKey,
+    create_server_key,
+    load_server_keys,
+)
+from sparklem_core.processor.schema_lock import SchemaLockTimeout
+from sparklem_core.processor.store import Store
+from sparklem_core.settings.config import (
     Config,
     ConfigError,
     load_config,
     load_plugins,
     mask_secrets,
 )
-from sparklem_core.db_errors import DatabaseUnusable, check_database_url
-from sparklem_core.logsetup import add_log_level_argument, setup_logging
-from sparklem_core.plugin_manager import PluginHost
-from sparklem_core.registry import (
-    AgentRegistry,
-    NoServerKey,
-    create_server_key,
-    load_server_keys,
-)
-from sparklem_core.schema import describe_settings
-from sparklem_core.schema_lock import SchemaLockTimeout
-from sparklem_core.storage import Store
+from sparklem_core.settings.validation import describe_settings
 
 log = logging.getLogger("sparklem")
 
 PROG = "sparklem"
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+
+
+class CommandError(Exception):
+    """A user-facing failure of a command: one line, printed after the program's name."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -105,14 +113,13 @@ RESTART_NOTE = "A newly installed plugin is loaded at the next start of the proc
 
 
 def cmd_plugins_new(args: argparse.Namespace) -> int:
-    from sparklem_core.scaffold import ScaffoldError, write_plugin
+    from sparklem_core.admin.scaffold import ScaffoldError, write_plugin
 
     directory = Path(args.dir or f"sparklem-{args.name.replace('_', '-')}")
     try:
         write_plugin(args.name, directory)
     except ScaffoldError as exc:
-        print(f"main.py: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise CommandError(str(exc), EXIT_USAGE) from None
     print(f"wrote plugin {args.name} to {directory}; next: pip install -e '{directory}[test]'")
     return 0
 
@@ -126,8 +133,8 @@ def print_table(rows: Sequence[Sequence[str]], indent: str = "") -> None:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    from sparklem_core.consumer import Processor
-    from sparklem_core.pipeline import Pipeline
+    from sparklem_core.processor.pipeline import Pipeline
+    from sparklem_core.processor.processor import Processor
 
     if args.workers > 1:
         return run_workers(config, args)
@@ -182,9 +189,9 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_redrive(config: Config, args: argparse.Namespace) -> int:
-    from sparklem_core.pipeline import Pipeline
-    from sparklem_core.redrive import Redrive, Selection
-    from sparklem_core.writer import Unavailable
+    from sparklem_core.processor.pipeline import Pipeline
+    from sparklem_core.processor.redrive import Redrive, Selection
+    from sparklem_core.processor.writer import Unavailable
 
     setup = prepare(config)
     pipeline = Pipeline(
@@ -218,7 +225,7 @@ def cmd_redrive(config: Config, args: argparse.Namespace) -> int:
 
 
 def run_workers(config: Config, args: argparse.Namespace) -> int:
-    from sparklem_core.supervisor import Supervisor
+    from sparklem_core.processor.supervisor import Supervisor
 
     setup = prepare(config)  # fail here, once, rather than in every worker
     load_server_keys(config.certificates)
@@ -243,8 +250,7 @@ def cmd_demo(config: Config, args: argparse.Namespace) -> int:
     try:
         return run_demo(Path(args.dir), args.agents, args.seconds, fresh=args.fresh)
     except DemoError as exc:
-        print(f"main.py: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        raise CommandError(str(exc)) from None
 
 
 def cmd_dev_broker(_config: Config, args: argparse.Namespace) -> int:
@@ -253,24 +259,21 @@ def cmd_dev_broker(_config: Config, args: argparse.Namespace) -> int:
     import socket
     import threading
 
-    from sparklem_core.local_servers import LOCALHOST, LocalServerError, TansuBroker
+    from sparklem_core.testing.servers import LOCALHOST, LocalServerError, TansuBroker
 
     with socket.socket() as probe:
         try:
             probe.bind((LOCALHOST, args.port))
         except OSError:
-            print(
-                f"main.py: port {args.port} on {LOCALHOST} is in use (another Kafka?): "
-                "stop it or choose another --port",
-                file=sys.stderr,
-            )
-            return EXIT_FAILURE
+            raise CommandError(
+                f"port {args.port} on {LOCALHOST} is in use (another Kafka?): "
+                "stop it or choose another --port"
+            ) from None
     log_path = Path(args.log).resolve()
     try:
         broker = TansuBroker(args.port, log_path).start()
     except LocalServerError as exc:
-        print(f"main.py: dev broker: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return EXIT_FAILURE
+        raise CommandError(f"dev broker: {str(exc).splitlines()[0]}") from None
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -282,8 +285,7 @@ def cmd_dev_broker(_config: Config, args: argparse.Namespace) -> int:
         )
         while not stop.wait(0.5):
             if not broker.is_running():
-                print(f"main.py: the dev broker exited; see {log_path}", file=sys.stderr)
-                return EXIT_FAILURE
+                raise CommandError(f"the dev broker exited; see {log_path}")
     return 0
 
 
@@ -353,9 +355,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     redrive.add_argument(
         "--reason",
         action="append",
-        choices=protocol.REASONS,
+        choices=wire.REASONS,
         metavar="REASON",
-        help=f"only records refused for REASON (repeatable): {', '.join(protocol.REASONS)}",
+        help=f"only records refused for REASON (repeatable): {', '.join(wire.REASONS)}",
     )
     redrive.add_argument("--plugin", help="only records of this plugin")
     redrive.add_argument("--agent", help="only records of this agent")
@@ -405,7 +407,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def _workers(value: str) -> int:
-    from sparklem_core.supervisor import parse_workers
+    from sparklem_core.processor.supervisor import parse_workers
 
     try:
         return parse_workers(value)
@@ -414,7 +416,7 @@ def _workers(value: str) -> int:
 
 
 def _time(value: str) -> datetime:
-    from sparklem_core.redrive import parse_time
+    from sparklem_core.processor.redrive import parse_time
 
     try:
         return parse_time(value)
@@ -433,13 +435,13 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     try:
         config = load_config(args.config)
         return args.func(config, args)
+    except CommandError as exc:
+        print(f"{prog}: {mask_secrets(str(exc))}", file=sys.stderr)
+        return exc.status
     except ConfigError as exc:
         print(f"{prog}: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (NoServerKey, SchemaLockTimeout) as exc:
-        print(f"{prog}: {mask_secrets(str(exc))}", file=sys.stderr)
-        return EXIT_FAILURE
-    except DatabaseUnusable as exc:
+    except (NoServerKey, SchemaLockTimeout, DatabaseUnusable) as exc:
         print(f"{prog}: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except DBAPIError as exc:  # init and friends: the database refused or is unreachable

@@ -26,9 +26,9 @@ import yaml
 from Crypto.PublicKey import RSA
 from sqlalchemy import create_engine, text
 
-from sparklem_core import protocol
-from sparklem_core.config import load_config
-from sparklem_core.registry import create_server_key, load_server_keys
+from sparklem_core import wire
+from sparklem_core.processor.registry import create_server_key, load_server_keys
+from sparklem_core.settings.config import load_config
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ def run_demo(
     A directory that holds an earlier demo's database is refused unless ``fresh``, which
     wipes that database (the keys are kept).
     """
-    from sparklem_core.enrollment import create_agent, plugin_specs
-    from sparklem_core.local_servers import LocalServerError, TansuBroker
+    from sparklem_core.admin.enrollment import create_agent, plugin_specs
+    from sparklem_core.testing.servers import LocalServerError, TansuBroker
 
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ class SimulatedFleet:
             agent_id = f"sim-{n:03d}"
             key = RSA.generate(2048)
             (certificates / "agents" / f"{agent_id}.pem").write_bytes(key.public_key().export_key())
-            self.agents.append((agent_id, key, protocol.SessionKey(self.server_public)))
+            self.agents.append((agent_id, key, wire.SessionKey(self.server_public)))
         self.impostor = RSA.generate(2048)
         self.rng = random.Random(7)
         self.seq = 0
@@ -181,14 +181,14 @@ class SimulatedFleet:
             for agent_id, key, session in self.agents:
                 for plugin, data in (("temperature", self._temperature()),
                                      ("pu_workload", self._workload())):  # fmt: skip
-                    value = protocol.seal(
+                    value = wire.seal(
                         {"seq": self.seq, "ts": int(time.time() * 1000), "data": data},
                         agent=agent_id, plugin=plugin, session=session, agent_key=key,
                     ).to_json()  # fmt: skip
                     producer.produce(self.topics[plugin], value=value, key=agent_id)
             if self.seq % 5 == 1:  # a forgery (signed with the wrong key) and garbage
                 agent_id, _, session = self.agents[0]
-                forged = protocol.seal({"seq": 10**9, "ts": int(time.time() * 1000),
+                forged = wire.seal({"seq": 10**9, "ts": int(time.time() * 1000),
                                         "data": self._temperature()}, agent=agent_id,
                                        plugin="temperature", session=session,
                                        agent_key=self.impostor)  # fmt: skip

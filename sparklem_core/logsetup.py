@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 
-from sparklem_core.masking import SecretFilter
+from sparklem_core.settings.masking import SecretFilter
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -37,3 +38,19 @@ def setup_logging(level: str) -> None:
     handler.addFilter(SecretFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+class OncePerMinute(logging.Filter):
+    """librdkafka repeats a connection failure at every retry: keep one line a minute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)[:60]
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < 60:
+            return False
+        self._last[key] = now
+        return True

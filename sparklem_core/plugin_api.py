@@ -16,7 +16,7 @@ MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a 
 SETTING_TYPES = (bool, int, float, str)
 SETTING_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 SIDES = ("processor", "agent")
-# Every plugin section has these; the core declares them (sparklem_core.schema).
+# Every plugin section has these; the core declares them (sparklem_core.settings.validation).
 CORE_SETTINGS = ("enabled", "topic")
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from harness import Db, Fleet, ProcessorProcess
 
-from sparklem_core.local_servers import LocalMariaDB, LocalPostgres, TansuBroker
-from sparklem_core.masking import forget_secrets
+from sparklem_core.settings.masking import forget_secrets
+from sparklem_core.testing.servers import LocalMariaDB, LocalPostgres, TansuBroker
 
 KIT = "sparklem_core.testing.plugin"
 

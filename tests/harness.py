@@ -19,8 +19,8 @@ from Crypto.PublicKey import RSA
 from sqlalchemy import create_engine, text
 from waiting import wait_for
 
-from sparklem_core import protocol
-from sparklem_core.registry import create_server_key, load_server_keys
+from sparklem_core import wire
+from sparklem_core.processor.registry import create_server_key, load_server_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = ("temperature", "pu_workload")
@@ -51,7 +51,7 @@ class Fleet:
         self.topics = {p: f"t{suffix}.{p}" for p in PLUGINS}
         self.group = f"g{suffix}"
         self.keys: dict[str, RSA.RsaKey] = {}
-        self.sessions: dict[str, protocol.SessionKey] = {}
+        self.sessions: dict[str, wire.SessionKey] = {}
         self.seq: dict[tuple[str, str], int] = {}
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
 
@@ -82,8 +82,8 @@ class Fleet:
         self.seq[(agent_id, plugin)] = max(seq, self.seq.get((agent_id, plugin), -1))
         session = self.sessions.get(agent_id)
         if session is None:
-            session = self.sessions[agent_id] = protocol.SessionKey(self.server_public)
-        return protocol.seal(
+            session = self.sessions[agent_id] = wire.SessionKey(self.server_public)
+        return wire.seal(
             {"seq": seq, "ts": now_ms() if ts is None else ts, "data": data},
             agent=agent_id,
             plugin=plugin,

@@ -1,6 +1,6 @@
 """The agent side of PROTOCOL.md v1, written from the spec alone.
 
-A second implementation, independent of ``sparklem_core.protocol``: it uses the
+A second implementation, independent of ``sparklem_core.wire``: it uses the
 ``cryptography`` package (OpenSSL) where the project uses pycryptodome, so a test that
 passes messages between the two checks the wire contract, not one library against
 itself. Nothing here imports ``sparklem_core``.

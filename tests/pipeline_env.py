@@ -15,12 +15,12 @@ from typing import Any
 from Crypto.PublicKey import RSA
 from sqlalchemy import text
 
-from sparklem_core import protocol
-from sparklem_core.config import ProcessorSettings
-from sparklem_core.pipeline import Pipeline, Record, Stats
-from sparklem_core.plugin_manager import PluginHost
-from sparklem_core.registry import AgentRegistry
-from sparklem_core.storage import Store
+from sparklem_core import wire
+from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor.pipeline import Pipeline, Record, Stats
+from sparklem_core.processor.registry import AgentRegistry
+from sparklem_core.processor.store import Store
+from sparklem_core.settings.config import ProcessorSettings
 
 TOPIC = "sparklem.temperature"
 PU_TOPIC = "sparklem.pu_workload"
@@ -69,7 +69,7 @@ class Env:
     url: str
     settings: ProcessorSettings = field(default_factory=ProcessorSettings)
     stores: list[Store] = field(default_factory=list)
-    sessions: dict[str, protocol.SessionKey] = field(default_factory=dict)
+    sessions: dict[str, wire.SessionKey] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,7 +105,7 @@ class Env:
         for name, value in settings.items():
             setattr(self.settings, name, value)
         registry = AgentRegistry(self.certs, refresh_s=3600)
-        server_keys = {protocol.key_id(self.keys.server): self.keys.server}
+        server_keys = {wire.key_id(self.keys.server): self.keys.server}
         return Pipeline(
             self.settings,
             server_keys,
@@ -126,10 +126,10 @@ class Env:
     ) -> bytes:
         """A record value as the agent makes it: ``plaintext`` (object or exact bytes) sealed."""
         server = server or self.keys.server
-        kid = protocol.key_id(server)
+        kid = wire.key_id(server)
         if kid not in self.sessions:
-            self.sessions[kid] = protocol.SessionKey(server)
-        return protocol.seal(
+            self.sessions[kid] = wire.SessionKey(server)
+        return wire.seal(
             plaintext,
             agent=agent,
             plugin=plugin,

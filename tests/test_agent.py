@@ -19,10 +19,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from Crypto.PublicKey import RSA
 from waiting import wait_for
 
-from sparklem_core import agent, enrollment, protocol
-from sparklem_core.local_servers import TansuBroker, free_port
-from sparklem_core.registry import create_server_key, load_server_keys
-from sparklem_core.spool import Sender, Spool
+from sparklem_core import wire
+from sparklem_core.admin import enrollment
+from sparklem_core.agent import agent as agent_core
+from sparklem_core.agent import cli as agent_cli
+from sparklem_core.agent.sender import Sender
+from sparklem_core.agent.spool import Spool
+from sparklem_core.processor.registry import create_server_key, load_server_keys
+from sparklem_core.testing.servers import TansuBroker, free_port
+from sparklem_core.wire import bundle as bundle_file
 
 PASSPHRASE = "agent passphrase for tests"
 # Tansu auto-creates a topic a producer asks for with 4 partitions. Creating ours with as
@@ -35,11 +40,12 @@ AGENT_ID = "edge-test"
 
 
 def test_the_agent_imports_nothing_of_the_database_stack() -> None:
-    """An edge device does not pay for the processor's SQL stack."""
+    """An edge device does not pay for the processor's SQL stack, nor loads its code."""
     code = (
-        "import sys, sparklem_core.agent\n"
-        "stack = ('sqlalchemy', 'alembic', 'psycopg', 'pymysql')\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in stack}))"
+        "import sys, sparklem_core.agent.cli\n"
+        "stack = ('sqlalchemy', 'alembic', 'psycopg', 'pymysql', 'sparklem_core.processor',\n"
+        "         'sparklem_core.admin', 'sparklem_core.testing')\n"
+        "print(sorted({s for s in stack for m in sys.modules if m == s or m.startswith(s + '.')}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -50,50 +56,50 @@ def test_the_agent_imports_nothing_of_the_database_stack() -> None:
 
 def test_seq_rises_across_restarts_from_the_state_file(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    state = agent.SeqState(path, AGENT_ID, block=3, floor=lambda: 0)
+    state = agent_core.SeqState(path, AGENT_ID, block=3, floor=lambda: 0)
     first = [state.next("temperature") for _ in range(4)] + [state.next("pu_workload")]
     assert first == [0, 1, 2, 3, 0]
     # Reserved before use: the file already covers every seq handed out.
     reserved = json.loads(path.read_text())["reserved"]
     assert reserved == {"temperature": 6, "pu_workload": 3}
 
-    restarted = agent.SeqState(path, AGENT_ID, block=3, floor=lambda: 0)  # a crash, say
+    restarted = agent_core.SeqState(path, AGENT_ID, block=3, floor=lambda: 0)  # a crash, say
     assert restarted.next("temperature") == 6 > max(first)
     assert restarted.next("pu_workload") == 3
 
 
 def test_seq_never_starts_below_the_clock(tmp_path: Path) -> None:
-    state = agent.SeqState(tmp_path / "state.json", AGENT_ID)
+    state = agent_core.SeqState(tmp_path / "state.json", AGENT_ID)
     seq = state.next("temperature")
-    assert seq >= agent.clock_floor() - 60_000_000  # microseconds
+    assert seq >= agent_core.clock_floor() - 60_000_000  # microseconds
     (tmp_path / "state.json").unlink()  # state lost: still above what was sent
-    assert agent.SeqState(tmp_path / "state.json", AGENT_ID).next("temperature") > seq
+    assert agent_core.SeqState(tmp_path / "state.json", AGENT_ID).next("temperature") > seq
 
 
 def test_seq_state_of_another_agent_is_refused(tmp_path: Path) -> None:
-    agent.SeqState(tmp_path / "state.json", "other").next("temperature")
-    with pytest.raises(agent.AgentError, match="belongs to agent 'other'"):
-        agent.SeqState(tmp_path / "state.json", AGENT_ID)
+    agent_core.SeqState(tmp_path / "state.json", "other").next("temperature")
+    with pytest.raises(agent_core.AgentError, match="belongs to agent 'other'"):
+        agent_core.SeqState(tmp_path / "state.json", AGENT_ID)
 
 
 def test_corrupt_seq_state_falls_back_to_the_clock(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text("{not json")
-    state = agent.SeqState(tmp_path / "state.json", AGENT_ID, floor=lambda: 12345)
+    state = agent_core.SeqState(tmp_path / "state.json", AGENT_ID, floor=lambda: 12345)
     assert state.next("temperature") == 12345
 
 
 def test_default_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in (agent.STATE_DIR_ENV, "STATE_DIRECTORY", "XDG_STATE_HOME"):
+    for var in (agent_core.STATE_DIR_ENV, "STATE_DIRECTORY", "XDG_STATE_HOME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     home = tmp_path / ".local" / "state" / "sparklem-agent" / "a1"
-    assert agent.default_state_dir("a1") == home
+    assert agent_core.default_state_dir("a1") == home
     monkeypatch.setenv("XDG_STATE_HOME", "/xdg")
-    assert agent.default_state_dir("a1") == Path("/xdg/sparklem-agent/a1")
+    assert agent_core.default_state_dir("a1") == Path("/xdg/sparklem-agent/a1")
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/sparklem-agent")
-    assert agent.default_state_dir("a1") == Path("/var/lib/sparklem-agent/a1")
-    monkeypatch.setenv(agent.STATE_DIR_ENV, "/explicit")
-    assert agent.default_state_dir("a1") == Path("/explicit")
+    assert agent_core.default_state_dir("a1") == Path("/var/lib/sparklem-agent/a1")
+    monkeypatch.setenv(agent_core.STATE_DIR_ENV, "/explicit")
+    assert agent_core.default_state_dir("a1") == Path("/explicit")
 
 
 # --- spool ------------------------------------------------------------------------------
@@ -214,25 +220,25 @@ class Setup:
     def run(self, bundle: Path, *args: str, env: dict[str, str] | None = None):
         return subprocess.run(
             self.command(bundle, *args),
-            env={**os.environ, agent.PASSPHRASE_ENV: PASSPHRASE, **(env or {})},
+            env={**os.environ, agent_cli.PASSPHRASE_ENV: PASSPHRASE, **(env or {})},
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=120,
         )
 
-    def open(self, value: bytes) -> tuple[protocol.Envelope, protocol.Plaintext]:
+    def open(self, value: bytes) -> tuple[wire.Envelope, wire.Plaintext]:
         """Verify and decrypt like the processor does (session keys cached like it does)."""
-        envelope = protocol.parse_envelope(value)
+        envelope = wire.parse_envelope(value)
         agent_key = RSA.import_key((self.certs / "agents" / f"{envelope.agent}.pem").read_bytes())
-        protocol.verify(envelope, agent_key)
+        wire.verify(envelope, agent_key)
         session = self._sessions.get((envelope.kid, envelope.ek))
         if session is None:
             server_key = load_server_keys(self.certs)[envelope.kid]
-            session = protocol.unwrap_key(envelope.ek, server_key)
+            session = wire.unwrap_key(envelope.ek, server_key)
             self._sessions[(envelope.kid, envelope.ek)] = session
-        raw = protocol.decrypt(envelope, session)
-        return envelope, protocol.parse_plaintext(raw)
+        raw = wire.decrypt(envelope, session)
+        return envelope, wire.parse_plaintext(raw)
 
     def spooled_seqs(self, topic: str | None = None) -> list[int]:
         """The seqs waiting in the agent's spool, oldest first (of one topic, if given)."""
@@ -265,17 +271,17 @@ def test_cli_refuses_bad_bundles_and_passphrases_in_one_line(setup: Setup) -> No
     empty = setup.root / "empty.tar.xz"
     empty.write_bytes(b"")
     huge = setup.root / "huge.tar.xz"
-    huge.write_bytes(bundle.read_bytes() * (enrollment.MAX_BUNDLE_BYTES // 1000))
+    huge.write_bytes(bundle.read_bytes() * (bundle_file.MAX_BUNDLE_BYTES // 1000))
     cases = [
-        (bundle, {agent.PASSPHRASE_ENV: "wrong passphrase!"}, enrollment.UNOPENABLE),
-        (tampered, {}, enrollment.UNOPENABLE),
-        (truncated, {}, enrollment.UNOPENABLE),
+        (bundle, {agent_cli.PASSPHRASE_ENV: "wrong passphrase!"}, bundle_file.UNOPENABLE),
+        (tampered, {}, bundle_file.UNOPENABLE),
+        (truncated, {}, bundle_file.UNOPENABLE),
         (old, {}, "older gen_config.py; re-issue it"),
         (empty, {}, "empty"),
         (huge, {}, "larger than"),
         (setup.root / "missing.tar.xz", {}, "cannot be read: No such file"),
         (setup.root, {}, "is a directory, not a regular file"),
-        (bundle, {agent.PASSPHRASE_ENV: ""}, "no passphrase"),
+        (bundle, {agent_cli.PASSPHRASE_ENV: ""}, "no passphrase"),
     ]
     for path, env, expected in cases:
         done = setup.run(path, "--once", env=env)
@@ -291,7 +297,7 @@ def test_cli_passphrase_file_and_default_bundle_name(setup: Setup) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "sparklem_core.agent", "--passphrase-file", "pass", "--once"],
         cwd=setup.root,
-        env={**os.environ, agent.PASSPHRASE_ENV: PASSPHRASE},  # the file wins
+        env={**os.environ, agent_cli.PASSPHRASE_ENV: PASSPHRASE},  # the file wins
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -425,7 +431,7 @@ def test_spool_drains_in_order_after_a_broker_restart(setup: Setup, tmp_path: Pa
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 setup.command(bundle),
-                env={**os.environ, agent.PASSPHRASE_ENV: PASSPHRASE},
+                env={**os.environ, agent_cli.PASSPHRASE_ENV: PASSPHRASE},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -477,6 +483,6 @@ def test_agent_refuses_a_bundle_whose_plugins_are_all_missing(setup: Setup) -> N
         setup.certs, "lonely", bootstrap="127.0.0.1:9", out_dir=setup.root / "lonely",
         plugins={"nope": {"topic": "t.nope", "interval": 5}}, passphrase=PASSPHRASE, bits=2048,
     )  # fmt: skip
-    bundle = enrollment.load_bundle(made.bundle_path, PASSPHRASE)
-    with pytest.raises(agent.AgentError, match=r"none of the bundle's plugins \(nope\)"):
-        agent.Agent(bundle, setup.root / "state-lonely")
+    bundle = bundle_file.load_bundle(made.bundle_path, PASSPHRASE)
+    with pytest.raises(agent_core.AgentError, match=r"none of the bundle's plugins \(nope\)"):
+        agent_core.Agent(bundle, setup.root / "state-lonely")

@@ -16,10 +16,13 @@ from harness import ROOT as PROJECT_ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparklem_core import agent, enrollment
-from sparklem_core.config import load_config
-from sparklem_core.enrollment import BundleError, EnrollmentError
-from sparklem_core.registry import create_server_key
+from sparklem_core.admin import enrollment
+from sparklem_core.admin.enrollment import EnrollmentError
+from sparklem_core.agent import agent as agent_core
+from sparklem_core.processor.registry import create_server_key
+from sparklem_core.settings.config import load_config
+from sparklem_core.wire import bundle as bundle_file
+from sparklem_core.wire.bundle import BundleError
 
 PASSPHRASE = "correct horse battery staple"
 PLUGINS = {"temperature": {"topic": "sparklem.temperature", "interval": 30}}
@@ -43,7 +46,7 @@ def document(keys: tuple[RSA.RsaKey, RSA.RsaKey]) -> dict[str, Any]:
 
 
 def parse(doc: dict[str, Any]) -> dict[str, Any]:
-    return enrollment.parse_agent_yaml(yaml.safe_dump(doc).encode())
+    return bundle_file.parse_agent_yaml(yaml.safe_dump(doc).encode())
 
 
 def test_a_generated_document_passes(document: dict[str, Any]) -> None:
@@ -102,7 +105,7 @@ def test_no_plugin_is_refused(document: dict[str, Any]) -> None:
 
 def test_broken_yaml_says_where() -> None:
     with pytest.raises(BundleError, match=r"not valid YAML \(line 2, column 1\)"):
-        enrollment.parse_agent_yaml(b"kafka: {a: [\n")
+        bundle_file.parse_agent_yaml(b"kafka: {a: [\n")
 
 
 def test_agent_document_refuses_bad_agent_settings(keys: tuple[RSA.RsaKey, RSA.RsaKey]) -> None:
@@ -161,16 +164,18 @@ def test_agent_checks_each_plugins_settings_against_its_declaration(
     tmp_path: Path, keys: tuple[RSA.RsaKey, RSA.RsaKey], document: dict[str, Any]
 ) -> None:
     document["plugins"]["temperature"]["thermal_root"] = 5
-    bundle = enrollment.load_bundle(write_bundle(tmp_path, keys, document), PASSPHRASE)
-    with pytest.raises(agent.AgentError, match=r"plugins\.temperature\.thermal_root: must be a"):
-        agent.Agent(bundle, tmp_path / "state")
+    bundle = bundle_file.load_bundle(write_bundle(tmp_path, keys, document), PASSPHRASE)
+    with pytest.raises(
+        agent_core.AgentError, match=r"plugins\.temperature\.thermal_root: must be a"
+    ):
+        agent_core.Agent(bundle, tmp_path / "state")
 
 
 def test_agent_hands_collectors_their_declared_defaults(
     tmp_path: Path, keys: tuple[RSA.RsaKey, RSA.RsaKey], document: dict[str, Any]
 ) -> None:
-    bundle = enrollment.load_bundle(write_bundle(tmp_path, keys, document), PASSPHRASE)
-    running = agent.Agent(bundle, tmp_path / "state")
+    bundle = bundle_file.load_bundle(write_bundle(tmp_path, keys, document), PASSPHRASE)
+    running = agent_core.Agent(bundle, tmp_path / "state")
     try:
         settings = running.collectors["temperature"].settings
         assert settings == {
@@ -179,7 +184,7 @@ def test_agent_hands_collectors_their_declared_defaults(
             "thermal_root": "/sys/class/thermal",
             "hwmon_root": "/sys/class/hwmon",
         }
-        assert running.spool.max_rows == enrollment.DEFAULT_SPOOL_MAX_ROWS
+        assert running.spool.max_rows == bundle_file.DEFAULT_SPOOL_MAX_ROWS
     finally:
         running.close()
 
@@ -261,7 +266,7 @@ def test_any_agent_yaml_opens_or_is_one_bundle_error(changes: dict[Any, Any]) ->
     except BundleError as exc:
         assert "\n" not in str(exc)
     else:
-        checked = enrollment.AgentDocument.model_validate(doc)
+        checked = bundle_file.AgentDocument.model_validate(doc)
         assert isinstance(checked.agent_id, str) and checked.plugins
 
 
@@ -285,7 +290,7 @@ def test_gen_config_writes_checked_plugin_settings(tmp_path: Path) -> None:
         "--plugin-setting", "temperature.interval=5",  # the option's first name, an alias
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    bundle = enrollment.load_bundle(tmp_path / "out" / "config.tar.xz", PASSPHRASE)
+    bundle = bundle_file.load_bundle(tmp_path / "out" / "config.tar.xz", PASSPHRASE)
     assert bundle.plugins == {
         "temperature": {
             "topic": "sparklem.temperature",

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from sparklem_core import protocol
-from sparklem_core.registry import AgentRegistry, load_server_keys
+from sparklem_core import wire
+from sparklem_core.processor.registry import AgentRegistry, load_server_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,10 +96,10 @@ def _sent(work: Any) -> list[tuple[str, str, int, int]]:
     server_keys = load_server_keys(work.certificates)
     sent = []
     for value in work.values:
-        env = protocol.parse_envelope(value)
-        protocol.verify(env, registry.lookup(env.agent))
-        plain = protocol.parse_plaintext(
-            protocol.decrypt(env, protocol.unwrap_key(env.ek, server_keys[env.kid]))
+        env = wire.parse_envelope(value)
+        wire.verify(env, registry.lookup(env.agent))
+        plain = wire.parse_plaintext(
+            wire.decrypt(env, wire.unwrap_key(env.ek, server_keys[env.kid]))
         )
         sent.append((env.agent, env.plugin, plain.seq, plain.ts))
     return sent

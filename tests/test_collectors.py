@@ -15,7 +15,7 @@ import sparklem_plugins.pu_workload as pu_workload
 import sparklem_plugins.temperature as temperature
 
 from sparklem_core import Message
-from sparklem_core.schema import plugin_settings
+from sparklem_core.settings.validation import plugin_settings
 
 KIB = 1024
 MIB = 1024 * 1024

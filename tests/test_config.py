@@ -1,4 +1,4 @@
-"""sparklem_core.config (file, environment, checks, masking) and the CLI's handling of it."""
+"""sparklem_core.settings.config (file, environment, checks, masking) and its CLI handling."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from harness import ROOT as PROJECT_ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparklem_core import plugin_api, protocol
-from sparklem_core.config import (
+from sparklem_core import plugin_api, wire
+from sparklem_core.settings.config import (
     Config,
     ConfigError,
     ProcessorSettings,
@@ -386,7 +386,7 @@ def test_cli_init_creates_the_key_once(tmp_path: Path) -> None:
     assert (certs / "agents").is_dir() and (certs / "revoked").is_dir()
     key = RSA.import_key(key_file.read_bytes())
     assert key.has_private() and key.size_in_bits() >= 2048
-    kid = protocol.key_id(key)
+    kid = wire.key_id(key)
     assert re.search(rf"^kid:\s+{kid}$", first.stdout, re.M), first.stdout
     assert "created" in first.stdout
     assert (tmp_path / "db.sqlite3").exists()

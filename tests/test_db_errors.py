@@ -20,14 +20,14 @@ import pytest
 from Crypto.PublicKey import RSA
 from sqlalchemy import text
 
-from sparklem_core import protocol
-from sparklem_core.config import ProcessorSettings
-from sparklem_core.db_errors import Verdict, classify
-from sparklem_core.pipeline import Pipeline, Record
-from sparklem_core.plugin_manager import PluginHost
-from sparklem_core.registry import AgentRegistry
-from sparklem_core.storage import Batch, Store
-from sparklem_core.writer import BatchWriter, Interrupted, Unavailable
+from sparklem_core import wire
+from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor.db_errors import Verdict, classify
+from sparklem_core.processor.pipeline import Pipeline, Record
+from sparklem_core.processor.registry import AgentRegistry
+from sparklem_core.processor.store import Batch, Store
+from sparklem_core.processor.writer import BatchWriter, Interrupted, Unavailable
+from sparklem_core.settings.config import ProcessorSettings
 
 # A plugin that trusts its payload: whatever rows it is sent go to a table with limits.
 LOOSE = """\
@@ -190,14 +190,14 @@ class World:
         self.store.create_schema()
         self.pipeline = Pipeline(
             ProcessorSettings(),
-            {protocol.key_id(self.server): self.server},
+            {wire.key_id(self.server): self.server},
             AgentRegistry(certs, refresh_s=3600),
             host,
             {},
             self.store,
         )
         self.writer = BatchWriter(self.pipeline, self.store)
-        self.session = protocol.SessionKey(self.server)
+        self.session = wire.SessionKey(self.server)
         self.seq = 0
         self.offset = 0
 
@@ -205,7 +205,7 @@ class World:
         self.seq += 1
         self.offset += 1
         plain = {"seq": self.seq, "ts": int(time.time() * 1000), "data": data}
-        envelope = protocol.seal(
+        envelope = wire.seal(
             plain, agent="edge-1", plugin=plugin, session=self.session, agent_key=self.agent
         )
         return Record(f"sparklem.{plugin}", 0, self.offset, envelope.to_json())

@@ -145,7 +145,7 @@ def test_processor_service(services: dict) -> None:
 
 
 def test_processor_env_names_are_known_to_the_config() -> None:
-    from sparklem_core.config import ENV_VARS
+    from sparklem_core.settings.config import ENV_VARS
 
     proc = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))["services"]["processor"]
     unknown = {k for k in env_of(proc) if k.startswith("SPARKLEM_")} - set(ENV_VARS)

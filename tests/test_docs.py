@@ -14,12 +14,12 @@ import pluggy
 import pytest
 from harness import ROOT as PROJECT_ROOT
 
-from sparklem_core import Message, hookspecs, protocol
-from sparklem_core.config import ProcessorSettings
-from sparklem_core.plugin_manager import PluginHost
-from sparklem_core.scaffold import files, write_plugin
-from sparklem_core.schema import plugin_settings
-from sparklem_core.storage import Store
+from sparklem_core import Message, hookspecs, wire
+from sparklem_core.admin.scaffold import files, write_plugin
+from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor.store import Store
+from sparklem_core.settings.config import ProcessorSettings
+from sparklem_core.settings.validation import plugin_settings
 from sparklem_core.testing.plugin import MakeHarness
 
 GUIDE = PROJECT_ROOT / "docs" / "writing-plugins.md"
@@ -221,7 +221,7 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
 def test_every_rejection_reason_is_documented() -> None:
     for page in (PROJECT_ROOT / "README.md", PROJECT_ROOT / "docs" / "protocol.md"):
         text = page.read_text(encoding="utf-8")
-        missing = [reason for reason in protocol.REASONS if f"`{reason}`" not in text]
+        missing = [reason for reason in wire.REASONS if f"`{reason}`" not in text]
         assert not missing, f"{page.name} does not document {missing}"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from harness import Db, Fleet, ProcessorProcess
 from waiting import wait_for
 
-from sparklem_core.local_servers import TansuBroker
+from sparklem_core.testing.servers import TansuBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 

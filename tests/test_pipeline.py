@@ -26,8 +26,8 @@ from pipeline_env import (
 )
 from sqlalchemy import text
 
-from sparklem_core import protocol
-from sparklem_core.storage import Batch, Conflict
+from sparklem_core import wire
+from sparklem_core.processor.store import Batch, Conflict
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +255,7 @@ def test_unknown_key(env: Env) -> None:
     value = env.envelope(temperature(), seq=1, server=env.keys.other_server)
     stats = run(env.pipeline(), [env.record(value)])
     assert rejected_reasons(stats) == {"unknown_key": 1}
-    assert protocol.key_id(env.keys.other_server) in only_rejection(env)["detail"]
+    assert wire.key_id(env.keys.other_server) in only_rejection(env)["detail"]
 
 
 def test_too_large(env: Env) -> None:
@@ -356,16 +356,16 @@ def test_identity_and_crypto_rejections(env: Env) -> None:
 
 
 def test_decrypt_failed(env: Env) -> None:
-    session = protocol.SessionKey(env.keys.server)
-    session.ek = protocol.SessionKey(env.keys.other_server).ek  # wrapped for another key
-    value = protocol.seal(
+    session = wire.SessionKey(env.keys.server)
+    session.ek = wire.SessionKey(env.keys.other_server).ek  # wrapped for another key
+    value = wire.seal(
         {"seq": 1, "ts": now_ms(), "data": temperature()},
         agent="edge-1",
         plugin="temperature",
         session=session,
         agent_key=env.keys.agent,
     ).to_json()
-    assert json.loads(value)["kid"] == protocol.key_id(env.keys.server)
+    assert json.loads(value)["kid"] == wire.key_id(env.keys.server)
     stats = run(env.pipeline(), [env.record(value)])
     assert rejected_reasons(stats) == {"decrypt_failed": 1}
     assert only_rejection(env)["detail"] == "message could not be decrypted"

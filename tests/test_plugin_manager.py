@@ -1,4 +1,4 @@
-"""sparklem_core.plugin_manager.PluginHost over plugin directories made per test."""
+"""sparklem_core.plugin_host.PluginHost over plugin directories made per test."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import yaml
 from harness import ROOT as PROJECT_ROOT
 
 from sparklem_core import Message, PluginResult
-from sparklem_core.plugin_manager import ENTRY_POINT_GROUP, PluginHost, PluginInfo
-from sparklem_core.schema import plugin_settings
-from sparklem_core.storage import Store
+from sparklem_core.plugin_host import ENTRY_POINT_GROUP, PluginHost, PluginInfo
+from sparklem_core.processor.store import Store
+from sparklem_core.settings.validation import plugin_settings
 
 BUILTINS = {"temperature", "pu_workload"}
 

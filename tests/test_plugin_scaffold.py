@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from harness import ROOT as PROJECT_ROOT
 
+from sparklem_core.admin.scaffold import files
 from sparklem_core.cli import RESTART_NOTE, main
-from sparklem_core.scaffold import files
 
 KIT = "sparklem_core.testing.plugin"
 

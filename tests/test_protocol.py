@@ -1,4 +1,4 @@
-"""sparklem_core.protocol against PROTOCOL.md: every check and its reason code."""
+"""sparklem_core.wire against PROTOCOL.md: every check and its reason code."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from Crypto.Cipher import AES
+from Crypto.Cipher import AES, PKCS1_OAEP
 from Crypto.Hash import SHA256
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15, pss
 
-from sparklem_core import protocol
-from sparklem_core.protocol import Envelope, Rejected, SessionKey
+from sparklem_core import wire
+from sparklem_core.wire import Envelope, Rejected, SessionKey
 
 AGENT = "edge-01"
 PLUGIN = "temperature"
@@ -46,9 +46,7 @@ def session(server_key: RSA.RsaKey) -> SessionKey:
 
 @pytest.fixture
 def envelope(session: SessionKey, agent_key: RSA.RsaKey) -> Envelope:
-    return protocol.seal(
-        PLAINTEXT, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent_key
-    )
+    return wire.seal(PLAINTEXT, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent_key)
 
 
 @pytest.fixture
@@ -64,12 +62,12 @@ def b64(data: bytes) -> str:
 def reason(action: Callable[[], Any]) -> Rejected:
     with pytest.raises(Rejected) as caught:
         action()
-    assert caught.value.reason in protocol.REASONS
+    assert caught.value.reason in wire.REASONS
     return caught.value
 
 
 def parse(doc: Any) -> Envelope:
-    return protocol.parse_envelope(json.dumps(doc).encode("utf-8"))
+    return wire.parse_envelope(json.dumps(doc).encode("utf-8"))
 
 
 def resign(env: Envelope, key: RSA.RsaKey) -> Envelope:
@@ -77,14 +75,12 @@ def resign(env: Envelope, key: RSA.RsaKey) -> Envelope:
     return replace(env, sig=b64(signature))
 
 
-def open_message(
-    env: Envelope, agent_key: RSA.RsaKey, server_key: RSA.RsaKey
-) -> protocol.Plaintext:
+def open_message(env: Envelope, agent_key: RSA.RsaKey, server_key: RSA.RsaKey) -> wire.Plaintext:
     """The processor's order: parse, verify, unwrap, decrypt, parse the plaintext."""
-    parsed = protocol.parse_envelope(env.to_json())
-    protocol.verify(parsed, agent_key.public_key())
-    session_key = protocol.unwrap_key(parsed.ek, server_key)
-    return protocol.parse_plaintext(protocol.decrypt(parsed, session_key))
+    parsed = wire.parse_envelope(env.to_json())
+    wire.verify(parsed, agent_key.public_key())
+    session_key = wire.unwrap_key(parsed.ek, server_key)
+    return wire.parse_plaintext(wire.decrypt(parsed, session_key))
 
 
 # --- round trip and key id ----------------------------------------------------------------
@@ -92,13 +88,13 @@ def open_message(
 
 def test_round_trip(envelope: Envelope, agent_key: RSA.RsaKey, server_key: RSA.RsaKey) -> None:
     plain = open_message(envelope, agent_key, server_key)
-    assert plain == protocol.Plaintext(PLAINTEXT["seq"], PLAINTEXT["ts"], PLAINTEXT["data"])
+    assert plain == wire.Plaintext(PLAINTEXT["seq"], PLAINTEXT["ts"], PLAINTEXT["data"])
 
 
 def test_envelope_members_on_the_wire(doc: dict[str, Any], server_key: RSA.RsaKey) -> None:
     assert doc["v"] == 1 and type(doc["v"]) is int
     assert (doc["agent"], doc["plugin"]) == (AGENT, PLUGIN)
-    assert doc["kid"] == protocol.key_id(server_key)
+    assert doc["kid"] == wire.key_id(server_key)
     assert len(base64.b64decode(doc["iv"], validate=True)) == 12
     assert len(base64.b64decode(doc["tag"], validate=True)) == 16
     assert len(base64.b64decode(doc["ek"], validate=True)) == 256  # 2048-bit modulus
@@ -108,19 +104,15 @@ def test_signed_bytes_layout(envelope: Envelope) -> None:
     e = envelope
     expected = f"sparklem/1\n{e.agent}\n{e.plugin}\n{e.kid}\n{e.ek}\n{e.iv}\n{e.ct}\n{e.tag}"
     assert e.signed_bytes() == expected.encode("utf-8")
-    assert (
-        protocol.aad(e.agent, e.plugin, e.kid) == f"sparklem/1\n{AGENT}\n{PLUGIN}\n{e.kid}".encode()
-    )
+    assert wire.aad(e.agent, e.plugin, e.kid) == f"sparklem/1\n{AGENT}\n{PLUGIN}\n{e.kid}".encode()
 
 
 def test_session_key_reuse_keeps_ek_and_changes_iv(
     session: SessionKey, agent_key: RSA.RsaKey, server_key: RSA.RsaKey
 ) -> None:
     used = session.used
-    first = protocol.seal(
-        PLAINTEXT, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent_key
-    )
-    second = protocol.seal(
+    first = wire.seal(PLAINTEXT, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent_key)
+    second = wire.seal(
         {**PLAINTEXT, "seq": 8}, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent_key
     )
     assert first.ek == second.ek and first.iv != second.iv
@@ -132,18 +124,18 @@ def test_key_id_is_sha256_of_der_spki(server_key: RSA.RsaKey) -> None:
     der = server_key.public_key().export_key(format="DER")
     assert der[:2] == b"\x30\x82"  # SEQUENCE: SubjectPublicKeyInfo, not PKCS#1 RSAPublicKey
     assert b"\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01" in der[:32]  # rsaEncryption OID
-    kid = protocol.key_id(server_key)
+    kid = wire.key_id(server_key)
     assert kid == hashlib.sha256(der).hexdigest()[:16]
-    assert protocol.KID_RE.fullmatch(kid)
-    assert protocol.key_id(server_key.public_key()) == kid  # private or public: same kid
+    assert wire.KID_RE.fullmatch(kid)
+    assert wire.key_id(server_key.public_key()) == kid  # private or public: same kid
 
 
 # --- malformed envelopes -------------------------------------------------------------------
 
 
 def assert_malformed(value: bytes) -> Rejected:
-    rejected = reason(lambda: protocol.parse_envelope(value))
-    assert rejected.reason == protocol.MALFORMED, rejected
+    rejected = reason(lambda: wire.parse_envelope(value))
+    assert rejected.reason == wire.MALFORMED, rejected
     return rejected
 
 
@@ -333,16 +325,16 @@ def test_deep_nesting_is_malformed_without_recursion_error(opener: str) -> None:
     ],
 )
 def test_json_limits_bound_what_a_parse_makes(text: str, detail: str) -> None:
-    with pytest.raises(protocol.Rejected) as info:
-        protocol.loads_json(text.encode(), "plaintext")
+    with pytest.raises(wire.Rejected) as info:
+        wire.loads_json(text.encode(), "plaintext")
     assert info.value.reason == "malformed" and detail in info.value.detail
 
 
 def test_json_at_the_limits_is_accepted() -> None:
-    assert len(protocol.loads_json(("[" + "[]," * 9_998 + "[]]").encode(), "x")) == 9_999
-    assert len(protocol.loads_json(("[" + "1," * 20_000 + "1]").encode(), "x")) == 20_001
-    assert protocol.loads_json(b'{"n":-18446744073709551615}', "x")["n"] == -(2**64 - 1)
-    assert protocol.loads_json(b'{"n":1e400}', "x")["n"] == float("inf")  # a float, not NaN
+    assert len(wire.loads_json(("[" + "[]," * 9_998 + "[]]").encode(), "x")) == 9_999
+    assert len(wire.loads_json(("[" + "1," * 20_000 + "1]").encode(), "x")) == 20_001
+    assert wire.loads_json(b'{"n":-18446744073709551615}', "x")["n"] == -(2**64 - 1)
+    assert wire.loads_json(b'{"n":1e400}', "x")["n"] == float("inf")  # a float, not NaN
 
 
 def test_deep_nesting_inside_an_ignored_member_is_malformed(doc: dict[str, Any]) -> None:
@@ -365,7 +357,7 @@ def test_brackets_inside_strings_do_not_count_as_nesting(doc: dict[str, Any]) ->
 
 def test_moderate_nesting_is_accepted(doc: dict[str, Any]) -> None:
     nested: Any = 1
-    for _ in range(protocol.MAX_JSON_DEPTH - 1):
+    for _ in range(wire.MAX_JSON_DEPTH - 1):
         nested = [nested]
     doc["x"] = nested
     assert parse(doc).agent == AGENT
@@ -375,13 +367,13 @@ def test_moderate_nesting_is_accepted(doc: dict[str, Any]) -> None:
 
 
 def assert_bad_signature(env: Envelope, key: RSA.RsaKey) -> None:
-    parsed = protocol.parse_envelope(env.to_json())
-    rejected = reason(lambda: protocol.verify(parsed, key.public_key()))
-    assert rejected.reason == protocol.BAD_SIGNATURE
+    parsed = wire.parse_envelope(env.to_json())
+    rejected = reason(lambda: wire.verify(parsed, key.public_key()))
+    assert rejected.reason == wire.BAD_SIGNATURE
 
 
 def test_good_signature_verifies(envelope: Envelope, agent_key: RSA.RsaKey) -> None:
-    protocol.verify(protocol.parse_envelope(envelope.to_json()), agent_key.public_key())
+    wire.verify(wire.parse_envelope(envelope.to_json()), agent_key.public_key())
 
 
 def _flip_b64(text: str) -> str:
@@ -404,13 +396,13 @@ def test_copy_of_a_parsed_envelope_uses_its_own_members(
     envelope: Envelope, agent_key: RSA.RsaKey, server_key: RSA.RsaKey, member: str
 ) -> None:
     """Parsing keeps each member's decoded bytes; a changed copy must not reuse them."""
-    parsed = protocol.parse_envelope(envelope.to_json())
+    parsed = wire.parse_envelope(envelope.to_json())
     changed = replace(parsed, **{member: _flip_b64(getattr(parsed, member))})
     assert_bad_signature(changed, agent_key)
     if member != "sig":
-        session_key = protocol.unwrap_key(parsed.ek, server_key)
-        assert reason(lambda: protocol.decrypt(changed, session_key)).reason == "decrypt_failed"
-    assert protocol.decrypt(parsed, protocol.unwrap_key(parsed.ek, server_key))  # unharmed
+        session_key = wire.unwrap_key(parsed.ek, server_key)
+        assert reason(lambda: wire.decrypt(changed, session_key)).reason == "decrypt_failed"
+    assert wire.decrypt(parsed, wire.unwrap_key(parsed.ek, server_key))  # unharmed
 
 
 def test_ct_with_appended_byte(envelope: Envelope, agent_key: RSA.RsaKey) -> None:
@@ -462,9 +454,7 @@ def test_garbage_signatures(envelope: Envelope, agent_key: RSA.RsaKey, sig: byte
 def test_signature_over_other_message(
     session: SessionKey, envelope: Envelope, agent_key: RSA.RsaKey
 ) -> None:
-    other = protocol.seal(
-        PLAINTEXT, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent_key
-    )
+    other = wire.seal(PLAINTEXT, agent=AGENT, plugin=PLUGIN, session=session, agent_key=agent_key)
     assert_bad_signature(replace(envelope, sig=other.sig), agent_key)
 
 
@@ -473,11 +463,11 @@ def test_signature_over_other_message(
 
 def decrypt_failure(env: Envelope, server_key: RSA.RsaKey) -> Rejected:
     def attempt() -> None:
-        parsed = protocol.parse_envelope(env.to_json())
-        protocol.decrypt(parsed, protocol.unwrap_key(parsed.ek, server_key))
+        parsed = wire.parse_envelope(env.to_json())
+        wire.decrypt(parsed, wire.unwrap_key(parsed.ek, server_key))
 
     rejected = reason(attempt)
-    assert rejected.reason == protocol.DECRYPT_FAILED
+    assert rejected.reason == wire.DECRYPT_FAILED
     return rejected
 
 
@@ -497,10 +487,10 @@ def test_decrypt_failures_are_indistinguishable(
     iv = base64.b64decode(envelope.iv)
     plaintext = json.dumps(PLAINTEXT).encode()
     wrong_aad_ct, wrong_aad_tag = _gcm(
-        session.key, iv, protocol.aad(AGENT, "pu_workload", session.kid), plaintext
+        session.key, iv, wire.aad(AGENT, "pu_workload", session.kid), plaintext
     )
-    short_key = protocol.PKCS1_OAEP.new(server_key.public_key(), hashAlgo=SHA256).encrypt(b"k" * 16)
-    sha1_ek = protocol.PKCS1_OAEP.new(server_key.public_key()).encrypt(session.key)
+    short_key = PKCS1_OAEP.new(server_key.public_key(), hashAlgo=SHA256).encrypt(b"k" * 16)
+    sha1_ek = PKCS1_OAEP.new(server_key.public_key()).encrypt(session.key)
     cases = {
         "wrong server key": (envelope, other_key),
         "tampered tag": (replace(envelope, tag=_flip_b64(envelope.tag)), server_key),
@@ -531,7 +521,7 @@ def plain(**members: Any) -> bytes:
 
 @pytest.mark.parametrize("seq", [0, 1, 2**63 - 1])
 def test_seq_limits_accepted(seq: int) -> None:
-    assert protocol.parse_plaintext(plain(seq=seq)).seq == seq
+    assert wire.parse_plaintext(plain(seq=seq)).seq == seq
 
 
 @pytest.mark.parametrize(
@@ -562,8 +552,8 @@ def test_seq_limits_accepted(seq: int) -> None:
     ids=lambda m: ",".join(f"{k}={'missing' if v is ... else repr(v)}" for k, v in m.items()),
 )
 def test_bad_plaintext(members: dict[str, Any]) -> None:
-    rejected = reason(lambda: protocol.parse_plaintext(plain(**members)))
-    assert rejected.reason == protocol.MALFORMED
+    rejected = reason(lambda: wire.parse_plaintext(plain(**members)))
+    assert rejected.reason == wire.MALFORMED
     assert f"'{next(iter(members))}'" in rejected.detail
 
 
@@ -571,9 +561,9 @@ def test_bad_plaintext(members: dict[str, Any]) -> None:
     "value", [b"[]", b"null", b"\xc3\x28", b"{", b"[" * 100_000 + b"]" * 100_000]
 )
 def test_plaintext_not_an_object(value: bytes) -> None:
-    assert reason(lambda: protocol.parse_plaintext(value)).reason == protocol.MALFORMED
+    assert reason(lambda: wire.parse_plaintext(value)).reason == wire.MALFORMED
 
 
 def test_plaintext_members_beyond_the_spec_are_ignored() -> None:
-    parsed = protocol.parse_plaintext(plain(extra={"x": 1}))
+    parsed = wire.parse_plaintext(plain(extra={"x": 1}))
     assert parsed.data == PLAINTEXT["data"]

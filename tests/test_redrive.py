@@ -23,10 +23,10 @@ from pipeline_env import PU_TOPIC, Env, Keys, now_ms, reading, run, temperature
 from sqlalchemy import Column, Float, Integer, insert, select, text, update
 from waiting import wait_for
 
-from sparklem_core import Manifest, Message, PluginResult, Setting, hookimpl, protocol
-from sparklem_core.pipeline import Pipeline
-from sparklem_core.redrive import Redrive, Selection, Summary, parse_time
-from sparklem_core.registry import AgentRegistry
+from sparklem_core import Manifest, Message, PluginResult, Setting, hookimpl, wire
+from sparklem_core.processor.pipeline import Pipeline
+from sparklem_core.processor.redrive import Redrive, Selection, Summary, parse_time
+from sparklem_core.processor.registry import AgentRegistry
 from sparklem_core.testing.plugin import MakeHarness
 
 QUARANTINE = ("rejected_messages", "rejected_records")
@@ -48,7 +48,7 @@ def today(env: Env, max_celsius: float = 150) -> Pipeline:
     """The pipeline as the command builds it: today's registry, plugins and settings."""
     return Pipeline(
         env.settings,
-        {protocol.key_id(env.keys.server): env.keys.server},
+        {wire.key_id(env.keys.server): env.keys.server},
         AgentRegistry(env.certs, refresh_s=3600),
         env.host,
         {"temperature": {"max_celsius": max_celsius}},
@@ -413,7 +413,7 @@ def sealed(sqlite_env: Env) -> bytes:
     size=st.none() | st.integers(-5, 2**31 - 1),
     truncated=st.booleans(),
     authenticated=st.booleans(),
-    reason=st.sampled_from(protocol.REASONS),
+    reason=st.sampled_from(wire.REASONS),
     raw=st.none() | st.text(max_size=50),
     topic=st.sampled_from(["sparklem.temperature", "other"]),
 )

@@ -1,4 +1,4 @@
-"""sparklem_core.registry: enrolled and revoked agents, server keys."""
+"""sparklem_core.processor.registry: enrolled and revoked agents, server keys."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from waiting import wait_for
 
-from sparklem_core import enrollment, protocol
-from sparklem_core.registry import (
-    MAX_KEY_FILE_BYTES,
+from sparklem_core import wire
+from sparklem_core.admin import enrollment
+from sparklem_core.files import MAX_KEY_FILE_BYTES
+from sparklem_core.processor.registry import (
     AgentRegistry,
     NoServerKey,
     create_server_key,
@@ -54,8 +55,8 @@ def enroll(certs: Path, agent_id: str, key: RSA.RsaKey, where: str = "agents") -
     return path
 
 
-def rejection(registry: AgentRegistry, agent_id: str) -> protocol.Rejected:
-    with pytest.raises(protocol.Rejected) as caught:
+def rejection(registry: AgentRegistry, agent_id: str) -> wire.Rejected:
+    with pytest.raises(wire.Rejected) as caught:
         registry.lookup(agent_id)
     return caught.value
 
@@ -66,20 +67,20 @@ def test_enrolled_agent(certs: Path, keys: list[RSA.RsaKey]) -> None:
     key = registry.lookup("edge-1")
     assert key == keys[0].public_key() and not key.has_private()
     assert set(registry.agents()) == {"edge-1"}
-    assert registry.agents()["edge-1"].fingerprint == protocol.key_id(keys[0])
+    assert registry.agents()["edge-1"].fingerprint == wire.key_id(keys[0])
 
 
 def test_unknown_agent(certs: Path, keys: list[RSA.RsaKey]) -> None:
     enroll(certs, "edge-1", keys[0])
     rejected = rejection(AgentRegistry(certs), "edge-2")
-    assert rejected.reason == protocol.UNKNOWN_AGENT
+    assert rejected.reason == wire.UNKNOWN_AGENT
     assert "edge-2" in rejected.detail
 
 
 def test_missing_directories_mean_no_agents(tmp_path: Path) -> None:
     registry = AgentRegistry(tmp_path / "absent")
     assert registry.agents() == {}
-    assert rejection(registry, "edge-1").reason == protocol.UNKNOWN_AGENT
+    assert rejection(registry, "edge-1").reason == wire.UNKNOWN_AGENT
 
 
 def test_revoked_agent_even_if_still_enrolled(certs: Path, keys: list[RSA.RsaKey]) -> None:
@@ -89,7 +90,7 @@ def test_revoked_agent_even_if_still_enrolled(certs: Path, keys: list[RSA.RsaKey
     registry = AgentRegistry(certs)
     for agent_id in ("edge-1", "edge-2"):
         rejected = rejection(registry, agent_id)
-        assert rejected.reason == protocol.REVOKED_AGENT
+        assert rejected.reason == wire.REVOKED_AGENT
         assert agent_id in rejected.detail
 
 
@@ -97,7 +98,7 @@ def test_small_agent_key_is_refused(certs: Path, small_key: RSA.RsaKey) -> None:
     enroll(certs, "old-edge", small_key)
     registry = AgentRegistry(certs)
     rejected = rejection(registry, "old-edge")
-    assert rejected.reason == protocol.UNKNOWN_AGENT
+    assert rejected.reason == wire.UNKNOWN_AGENT
     assert "1024 bits" in rejected.detail and "2048" in rejected.detail
     assert registry.agents()["old-edge"].key is None
 
@@ -105,7 +106,7 @@ def test_small_agent_key_is_refused(certs: Path, small_key: RSA.RsaKey) -> None:
 def test_unreadable_agent_key_is_refused(certs: Path) -> None:
     (certs / "agents" / "broken.pem").write_text("-----BEGIN PUBLIC KEY-----\nnope\n")
     rejected = rejection(AgentRegistry(certs), "broken")
-    assert rejected.reason == protocol.UNKNOWN_AGENT
+    assert rejected.reason == wire.UNKNOWN_AGENT
     assert "unreadable" in rejected.detail
 
 
@@ -120,10 +121,10 @@ def test_enrollment_after_construction_is_picked_up_on_refresh(
     certs: Path, keys: list[RSA.RsaKey]
 ) -> None:
     registry = AgentRegistry(certs, refresh_s=3600)
-    assert rejection(registry, "late").reason == protocol.UNKNOWN_AGENT
+    assert rejection(registry, "late").reason == wire.UNKNOWN_AGENT
     enroll(certs, "late", keys[1])
     # Within refresh_s nothing is re-read...
-    assert rejection(registry, "late").reason == protocol.UNKNOWN_AGENT
+    assert rejection(registry, "late").reason == wire.UNKNOWN_AGENT
     registry.refresh()
     assert registry.lookup("late") == keys[1].public_key()
 
@@ -148,8 +149,8 @@ def test_revocation_and_unenrollment_take_effect_on_refresh(
     os.replace(certs / "agents" / "edge-1.pem", certs / "revoked" / "edge-1.pem")
     (certs / "agents" / "edge-2.pem").unlink()
     registry.refresh()
-    assert rejection(registry, "edge-1").reason == protocol.REVOKED_AGENT
-    assert rejection(registry, "edge-2").reason == protocol.UNKNOWN_AGENT
+    assert rejection(registry, "edge-1").reason == wire.REVOKED_AGENT
+    assert rejection(registry, "edge-2").reason == wire.UNKNOWN_AGENT
 
 
 def test_replaced_key_is_reread(certs: Path, keys: list[RSA.RsaKey]) -> None:
@@ -175,13 +176,13 @@ def test_load_server_keys_by_kid(certs: Path, keys: list[RSA.RsaKey]) -> None:
     write_server_key(certs, "server_private_old.pem", keys[2])
     (certs / "server_public.pem").write_bytes(keys[0].public_key().export_key())  # ignored
     loaded = load_server_keys(certs)
-    assert loaded == {protocol.key_id(k): k for k in keys}
+    assert loaded == {wire.key_id(k): k for k in keys}
     assert all(k.has_private() for k in loaded.values())
 
 
 def test_pkcs1_server_key_is_loaded(certs: Path, keys: list[RSA.RsaKey]) -> None:
     (certs / "server_private.pem").write_bytes(keys[0].export_key(format="PEM", pkcs=1))
-    assert list(load_server_keys(certs)) == [protocol.key_id(keys[0])]
+    assert list(load_server_keys(certs)) == [wire.key_id(keys[0])]
 
 
 def test_no_server_key_says_to_run_init(certs: Path) -> None:
@@ -217,7 +218,7 @@ def test_create_server_key(tmp_path: Path) -> None:
     assert b"BEGIN PRIVATE KEY" in pem  # PKCS#8
     again, created_again = create_server_key(certs, bits=2048)
     assert again == path and not created_again and path.read_bytes() == pem
-    kid = protocol.key_id(RSA.import_key(pem))
+    kid = wire.key_id(RSA.import_key(pem))
     assert list(load_server_keys(certs)) == [kid]
 
 
@@ -229,7 +230,7 @@ def accepts_only_the_good_agent(registry: AgentRegistry, good: RSA.RsaKey, bad: 
     """Assert edge-1 still works and ``bad`` is unknown; returns the rejection's detail."""
     assert registry.lookup("edge-1") == good.public_key()
     rejected = rejection(registry, bad)
-    assert rejected.reason == protocol.UNKNOWN_AGENT
+    assert rejected.reason == wire.UNKNOWN_AGENT
     assert "\n" not in rejected.detail
     return rejected.detail
 
@@ -367,8 +368,8 @@ def test_an_agents_directory_that_is_not_one_means_no_agents(
         agents.symlink_to(certs / "nowhere")
     registry = AgentRegistry(certs, refresh_s=3600)
     assert registry.agents() == {}
-    assert rejection(registry, "edge-2").reason == protocol.UNKNOWN_AGENT
-    assert rejection(registry, "edge-1").reason == protocol.REVOKED_AGENT
+    assert rejection(registry, "edge-2").reason == wire.UNKNOWN_AGENT
+    assert rejection(registry, "edge-1").reason == wire.REVOKED_AGENT
     registry.refresh()
     if kind != "dangling symlink":  # that one is just absent
         assert caplog.text.count("cannot be listed") == 1
@@ -388,7 +389,7 @@ def test_a_revocation_counts_by_name_even_if_the_file_is_unusable(
         "junk": lambda: revoked.write_bytes(b"\xff\xfe"),
     }[kind]()
     registry = refreshed_without_blocking(lambda: AgentRegistry(certs))
-    assert rejection(registry, kind).reason == protocol.REVOKED_AGENT
+    assert rejection(registry, kind).reason == wire.REVOKED_AGENT
     assert registry.lookup("edge-1") == keys[0].public_key()
 
 
@@ -400,12 +401,12 @@ def test_an_unlistable_revoked_directory_keeps_the_known_revocations(
     os.replace(certs / "agents" / "edge-2.pem", certs / "revoked" / "edge-2.pem")
     enroll(certs, "edge-2", keys[1])  # re-appears in agents/, still revoked
     registry = AgentRegistry(certs, refresh_s=3600)
-    assert rejection(registry, "edge-2").reason == protocol.REVOKED_AGENT
+    assert rejection(registry, "edge-2").reason == wire.REVOKED_AGENT
     revoked = certs / "revoked"
     revoked.rename(certs / "revoked.moved")
     revoked.write_text("now a plain file")
     registry.refresh()
-    assert rejection(registry, "edge-2").reason == protocol.REVOKED_AGENT
+    assert rejection(registry, "edge-2").reason == wire.REVOKED_AGENT
     assert registry.lookup("edge-1") == keys[0].public_key()
 
 
@@ -450,7 +451,7 @@ def test_random_bytes_as_a_key_file_never_raise(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     registry = AgentRegistry(tmp_path / "certificates")
-    assert rejection(registry, "random").reason == protocol.UNKNOWN_AGENT
+    assert rejection(registry, "random").reason == wire.UNKNOWN_AGENT
 
 
 # --- server keys and the agent list read files the same way -------------------------------
@@ -491,7 +492,7 @@ def test_list_agents_survives_odd_files(certs: Path, keys: list[RSA.RsaKey]) -> 
         make_odd_file(certs, kind, keys)
     (certs / "agents" / "leak.pem").write_bytes(keys[1].export_key(pkcs=8))
     entries = {e.agent_id: e for e in enrollment.list_agents(certs)}
-    assert entries["edge-1"].fingerprint == protocol.key_id(keys[0])
+    assert entries["edge-1"].fingerprint == wire.key_id(keys[0])
     assert all(entries[kind].fingerprint == "" and entries[kind].problem for kind in ODD)
     assert entries["leak"].problem.startswith("misplaced secret")
     text = enrollment.format_agents(list(entries.values()))

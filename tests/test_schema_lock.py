@@ -16,12 +16,12 @@ from alembic.script import ScriptDirectory
 from harness import ROOT, Db, Fleet, ProcessorProcess, temperature
 from waiting import wait_for
 
-from sparklem_core import storage
 from sparklem_core.cli import prepare
-from sparklem_core.config import load_config
-from sparklem_core.local_servers import TansuBroker
-from sparklem_core.registry import create_server_key
-from sparklem_core.schema_lock import SchemaLockTimeout, schema_lock
+from sparklem_core.processor import store as store_module
+from sparklem_core.processor.registry import create_server_key
+from sparklem_core.processor.schema_lock import SchemaLockTimeout, schema_lock
+from sparklem_core.settings.config import load_config
+from sparklem_core.testing.servers import TansuBroker
 
 N = 4
 
@@ -47,7 +47,9 @@ def assert_schema_at_head_once(config_path: Path) -> None:
     setup = prepare(load_config(str(config_path)))
     engine = setup.store.engine
     try:
-        head = ScriptDirectory(str(Path(storage.__file__).parent / "migrations")).get_current_head()
+        head = ScriptDirectory(
+            str(Path(store_module.__file__).parent / "migrations")
+        ).get_current_head()
         with engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM sparklem_alembic_version"))
             assert [v for (v,) in versions] == [head]
@@ -80,7 +82,7 @@ def test_concurrent_create_schema_threads(config_path: Path) -> None:
     barrier = threading.Barrier(N)
     errors: list[BaseException] = []
 
-    def create(store: storage.Store) -> None:
+    def create(store: store_module.Store) -> None:
         barrier.wait()
         try:
             store.create_schema()
@@ -100,7 +102,7 @@ def test_concurrent_create_schema_threads(config_path: Path) -> None:
 
 
 def test_init_waits_for_the_lock_and_says_so(config_path: Path, any_database_url: str) -> None:
-    engine = storage.make_engine(any_database_url)
+    engine = store_module.make_engine(any_database_url)
     output = config_path.parent / "init.out"
     try:
         with schema_lock(engine), open(output, "w") as out:
@@ -124,7 +126,10 @@ def test_init_waits_for_the_lock_and_says_so(config_path: Path, any_database_url
 
 
 def test_create_schema_gives_up_after_the_lock_timeout(any_database_url: str) -> None:
-    holder, waiter = storage.make_engine(any_database_url), storage.Store(any_database_url, "g")
+    holder, waiter = (
+        store_module.make_engine(any_database_url),
+        store_module.Store(any_database_url, "g"),
+    )
     try:
         with (
             schema_lock(holder),

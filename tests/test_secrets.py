@@ -18,7 +18,7 @@ import yaml
 from harness import ROOT as PROJECT_ROOT
 from waiting import wait_for
 
-from sparklem_core.agent import PASSPHRASE_ENV
+from sparklem_core.agent.agent import PASSPHRASE_ENV
 
 DB_PASSWORD = "DbS3cret-pw"
 SPACED_PASSWORD = "Sp4ce pw-x"

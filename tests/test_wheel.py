@@ -24,7 +24,7 @@ import yaml
 from harness import ROOT
 from waiting import wait_for
 
-from sparklem_core.local_servers import TansuBroker
+from sparklem_core.testing.servers import TansuBroker
 
 pytestmark = pytest.mark.e2e  # builds a wheel and installs it with its dependencies
 
@@ -94,12 +94,12 @@ def test_the_wheel_holds_the_packages_under_the_projects_names(installed: Instal
         if path.startswith("plugins/"):
             path = f"sparklem_plugins/{path.removeprefix('plugins/')}"
         assert path in names, f"{path} is not in the wheel: list its package in pyproject.toml"
-    assert "sparklem_core/migrations/env.py" in names
+    assert "sparklem_core/processor/migrations/env.py" in names
     entry_points = zipfile.ZipFile(installed.wheel).read(
         "sparklem-0.1.0.dist-info/entry_points.txt"
     )
     assert b"temperature = sparklem_plugins.temperature" in entry_points
-    assert b"sparklem-enroll = sparklem_core.enroll_cli:main" in entry_points
+    assert b"sparklem-enroll = sparklem_core.admin.cli:main" in entry_points
 
 
 def test_installed_commands_from_an_empty_directory(

@@ -15,15 +15,15 @@ from typing import Any
 from Crypto.PublicKey import RSA
 from sqlalchemy import select
 
-from sparklem_core import protocol
-from sparklem_core.config import ProcessorSettings
-from sparklem_core.pipeline import Pipeline, Record, Stats
+from sparklem_core import wire
 from sparklem_core.plugin_api import Manifest, Message, PluginResult
-from sparklem_core.plugin_manager import PluginHost, PluginInfo
-from sparklem_core.registry import AgentRegistry
-from sparklem_core.schema import plugin_settings
-from sparklem_core.storage import Store
-from sparklem_core.writer import BatchWriter
+from sparklem_core.plugin_host import PluginHost, PluginInfo
+from sparklem_core.processor.pipeline import Pipeline, Record, Stats
+from sparklem_core.processor.registry import AgentRegistry
+from sparklem_core.processor.store import Store
+from sparklem_core.processor.writer import BatchWriter
+from sparklem_core.settings.config import ProcessorSettings
+from sparklem_core.settings.validation import plugin_settings
 
 GROUP = "sparklem-testing"
 
@@ -67,8 +67,8 @@ class PluginHarness:
     """One plugin loaded alone, as the processor loads it, over a fresh SQLite database.
 
     :meth:`send` seals a payload as an agent does (the wire protocol, keys included)
-    and stores it through :class:`~sparklem_core.pipeline.Pipeline` and
-    :class:`~sparklem_core.writer.BatchWriter`, the processor's own path; the
+    and stores it through :class:`~sparklem_core.processor.pipeline.Pipeline` and
+    :class:`~sparklem_core.processor.writer.BatchWriter`, the processor's own path; the
     :class:`Outcome` holds the rows and rejections read back. :meth:`process` and
     :meth:`collect` call the plugin's hooks directly, with settings checked like the
     processor's and the agent's.
@@ -103,7 +103,7 @@ class PluginHarness:
         server = _key("server")
         self.pipeline = Pipeline(
             ProcessorSettings(),
-            {protocol.key_id(server): server},
+            {wire.key_id(server): server},
             self.registry,
             self.host,
             {self.manifest.name: dict(settings or {})},
@@ -111,7 +111,7 @@ class PluginHarness:
         )
         self.settings = self.pipeline.plugin_settings[self.manifest.name]
         self.writer = BatchWriter(self.pipeline, self.store)
-        self._session = protocol.SessionKey(server)
+        self._session = wire.SessionKey(server)
         self._seq: dict[str, int] = {}
         self._offset = 0
 
@@ -137,7 +137,7 @@ class PluginHarness:
         seq = self._seq.get(agent, 0) + 1 if seq is None else seq
         self._seq[agent] = max(seq, self._seq.get(agent, 0))
         plaintext = {"seq": seq, "ts": int(time.time() * 1000) if ts is None else ts, "data": data}
-        return protocol.seal(
+        return wire.seal(
             plaintext,
             agent=agent,
             plugin=self.manifest.name,

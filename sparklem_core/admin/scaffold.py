@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from string import Template
 
-from sparklem_core import __version__, protocol
+from sparklem_core import __version__, wire
 
 
 class ScaffoldError(ValueError):
@@ -278,7 +278,7 @@ def files(name: str) -> dict[str, str]:
 
 def write_plugin(name: str, directory: Path) -> list[Path]:
     """Write the package for plugin ``name`` into ``directory`` (new or empty)."""
-    if not protocol.PLUGIN_NAME_RE.fullmatch(name):
+    if not wire.PLUGIN_NAME_RE.fullmatch(name):
         raise ScaffoldError(
             f"plugin name {name!r} must be lowercase letters, digits and _, starting with a "
             "letter, at most 64 characters (e.g. humidity)"

@@ -2,9 +2,10 @@
 
 After a plugin fix, a settings change or the enrolment of an agent that was unknown,
 each quarantined record (a ``rejected_records`` row and its ``rejected_messages`` rows)
-is judged again by :meth:`Pipeline.judge <sparklem_core.pipeline.Pipeline.judge>`, every
+is judged again by :meth:`~sparklem_core.processor.pipeline.Pipeline.judge`, every
 check included (signature, revocation, server key, plugin, text), and stored by
-:meth:`Store.commit <sparklem_core.storage.Store.commit>`, one transaction per record:
+:meth:`~sparklem_core.processor.store.Store.commit`, one transaction per record (or per
+group of records, each atomic):
 
 * stored: its rows are written and its quarantine rows deleted; ``sparklem_redriven``
   keeps one row per (agent, plugin, seq, part), which makes redrive idempotent even
@@ -18,8 +19,9 @@ check included (signature, revocation, server key, plugin, text), and stored by
   skipped and named.
 
 Another redrive or a processor committing at the same time makes a transaction fail
-with :class:`~sparklem_core.storage.Conflict`; the record is then judged again from what
-the database holds, as :class:`~sparklem_core.writer.BatchWriter` does.
+with :class:`~sparklem_core.processor.store.Conflict`; the record is then judged again
+from what the database holds, as :class:`~sparklem_core.processor.writer.BatchWriter`
+does.
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, select, true
 
-from sparklem_core import protocol
-from sparklem_core.db_errors import Verdict, classify
-from sparklem_core.pipeline import Narrow, Pipeline, Record, Stats
+from sparklem_core import wire
 from sparklem_core.plugin_api import MAX_TS_MS, Message
-from sparklem_core.storage import WHOLE_MESSAGE, Batch, Conflict, Store
-from sparklem_core.writer import (
+from sparklem_core.processor.db_errors import Verdict, classify
+from sparklem_core.processor.pipeline import Narrow, Pipeline, Record, Stats
+from sparklem_core.processor.store import WHOLE_MESSAGE, Batch, Conflict, Store
+from sparklem_core.processor.writer import (
     MAX_CONFLICTS,
     Unavailable,
     commit_refusal,
@@ -227,7 +229,7 @@ class Redrive:
             not whole,
             selected,
             len(rows),
-            any(row.reason == protocol.INVALID_READING for row in rows),
+            any(row.reason == wire.INVALID_READING for row in rows),
         )
 
     def _redriven(self, key: tuple[str, str, int, str]) -> bool:
@@ -324,7 +326,7 @@ class Redrive:
         batch, outcome = Batch(), Stats(consumed=1)
         envelope = self.pipeline.envelope(unit.record)
         if unit.readings:
-            refused = [r for r in unit.selected if r.reason == protocol.INVALID_READING]
+            refused = [r for r in unit.selected if r.reason == wire.INVALID_READING]
             parts = _parts(refused)
             for rejection, part in zip(refused, parts, strict=True):
                 narrow = _narrow_to(self.pipeline, rejection.raw, part.occurrence)
@@ -346,16 +348,16 @@ class Redrive:
     def _judge_part(
         self,
         unit: _Quarantined,
-        envelope: protocol.Envelope | protocol.Rejected,
+        envelope: wire.Envelope | wire.Rejected,
         batch: Batch,
         outcome: Stats,
         claimed: set[tuple[str, str, int, str]],
         part: str,
         narrow: Narrow | None,
     ) -> None:
-        read: list[tuple[tuple[str, str, int, str], protocol.Plaintext]] = []
+        read: list[tuple[tuple[str, str, int, str], wire.Plaintext]] = []
 
-        def admit(env: protocol.Envelope, plain: protocol.Plaintext) -> bool:
+        def admit(env: wire.Envelope, plain: wire.Plaintext) -> bool:
             key = (env.agent, env.plugin, plain.seq, part)
             read.append((key, plain))
             return key not in claimed and not self._redriven(key)
@@ -447,9 +449,9 @@ def _transient(exc: BaseException, store: Store) -> bool:
 def _still_a_reading(row: dict[str, Any], rejection: _Rejection) -> None:
     """Keep a refused reading a reading, whatever refuses it now: its message was stored,
     and only the reading as sent (``raw``) can be redriven later, alone."""
-    if row["reason"] != protocol.INVALID_READING:
+    if row["reason"] != wire.INVALID_READING:
         row["detail"] = f"{row['reason']}: {row['detail']}"[:1000]
-        row["reason"] = protocol.INVALID_READING
+        row["reason"] = wire.INVALID_READING
     row["raw"] = rejection.raw
     row["seq"] = rejection.seq if row["seq"] is None else row["seq"]
     row["sent_at"] = rejection.sent_at if row["sent_at"] is None else row["sent_at"]
@@ -510,8 +512,8 @@ def _narrow_to(pipeline: Pipeline, raw: str | None, occurrence: int) -> Narrow:
     return narrow
 
 
-def _alone(why: str) -> protocol.Rejected:
-    return protocol.Rejected(protocol.INVALID_READING, f"cannot be redriven alone: {why}")
+def _alone(why: str) -> wire.Rejected:
+    return wire.Rejected(wire.INVALID_READING, f"cannot be redriven alone: {why}")
 
 
 def _prune(data: dict[str, Any], reading: str, occurrence: int) -> tuple[Any, Any] | None:

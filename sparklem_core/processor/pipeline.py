@@ -22,13 +22,13 @@ from typing import Any
 
 from Crypto.PublicKey import RSA
 
-from sparklem_core import protocol
-from sparklem_core.config import ProcessorSettings
+from sparklem_core import wire
 from sparklem_core.plugin_api import Message, text_problem
-from sparklem_core.plugin_manager import PluginHost, PluginInfo
-from sparklem_core.registry import AgentRegistry
-from sparklem_core.schema import plugin_settings as checked_settings
-from sparklem_core.storage import Batch, Store
+from sparklem_core.plugin_host import PluginHost, PluginInfo
+from sparklem_core.processor.registry import AgentRegistry
+from sparklem_core.processor.store import Batch, Store
+from sparklem_core.settings.config import ProcessorSettings
+from sparklem_core.settings.validation import plugin_settings as checked_settings
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Record:
 
 
 # judge()'s rules: whether a message is new, and which part of it to store.
-Admit = Callable[[protocol.Envelope, protocol.Plaintext], bool]
+Admit = Callable[[wire.Envelope, wire.Plaintext], bool]
 Narrow = Callable[[Message], Message]
 
 
@@ -105,8 +105,8 @@ class Pipeline:
         self._seq.clear()
         self._offsets.clear()
 
-    def _unwrap(self, kid: str, ek: str) -> protocol.SessionCipher:
-        return protocol.session_cipher(protocol.unwrap_key(ek, self.server_keys[kid]))
+    def _unwrap(self, kid: str, ek: str) -> wire.SessionCipher:
+        return wire.session_cipher(wire.unwrap_key(ek, self.server_keys[kid]))
 
     def process(
         self,
@@ -124,9 +124,7 @@ class Pipeline:
         now = datetime.now(UTC)
         self._load_offsets({(r.topic, r.partition) for r in records})
         envelopes = [self.envelope(r) for r in records]
-        self._load_seqs(
-            {(e.agent, e.plugin) for e in envelopes if isinstance(e, protocol.Envelope)}
-        )
+        self._load_seqs({(e.agent, e.plugin) for e in envelopes if isinstance(e, wire.Envelope)})
         admit = self._admit_next_seq(batch, {})
         for record, envelope in zip(records, envelopes, strict=True):
             tp = (record.topic, record.partition)
@@ -155,7 +153,7 @@ class Pipeline:
     def judge(
         self,
         record: Record,
-        envelope: protocol.Envelope | protocol.Rejected,
+        envelope: wire.Envelope | wire.Rejected,
         batch: Batch,
         stats: Stats,
         now: datetime,
@@ -168,24 +166,24 @@ class Pipeline:
         records here. ``admit(envelope, plaintext)`` says whether the message is new
         (False: a duplicate, counted and dropped); ``narrow(message)`` gives the part of
         the message to store (redrive of a single refused reading) or raises
-        :class:`protocol.Rejected`. ``now`` is when the record was received.
+        :class:`wire.Rejected`. ``now`` is when the record was received.
         """
         authenticated = False
-        plain: protocol.Plaintext | None = None
+        plain: wire.Plaintext | None = None
         try:
-            if isinstance(envelope, protocol.Rejected):
+            if isinstance(envelope, wire.Rejected):
                 raise envelope
-            protocol.verify(envelope, self.registry.lookup(envelope.agent))
+            wire.verify(envelope, self.registry.lookup(envelope.agent))
             authenticated = True
             info, plain = self._open(record, envelope, now)
             if not admit(envelope, plain):
                 stats.duplicates += 1
                 return
             self._message(record, envelope, info, plain, batch, stats, now, narrow)
-        except protocol.Rejected as rejected:
+        except wire.Rejected as rejected:
             self._reject(batch, stats, record, envelope, rejected, now, authenticated, plain)
         except Exception as exc:  # a bug met on this record: quarantine it, carry on
-            where = envelope.plugin if isinstance(envelope, protocol.Envelope) else ""
+            where = envelope.plugin if isinstance(envelope, wire.Envelope) else ""
             first = (type(exc), where) not in self._tracebacks_logged
             self._tracebacks_logged.add((type(exc), where))
             log.warning(
@@ -194,16 +192,16 @@ class Pipeline:
                 record.partition,
                 record.offset,
                 _describe(exc)[:300],
-                protocol.PROCESSING_ERROR,
+                wire.PROCESSING_ERROR,
                 exc_info=first,  # the traceback once per kind, not once per record
             )
-            error = protocol.Rejected(protocol.PROCESSING_ERROR, _describe(exc))
+            error = wire.Rejected(wire.PROCESSING_ERROR, _describe(exc))
             self._reject(batch, stats, record, envelope, error, now, authenticated, plain)
 
     def _admit_next_seq(self, batch: Batch, seq_now: dict[tuple[str, str], int]) -> Admit:
         """The consumer's rule: a message is new when its seq is above its stream's mark."""
 
-        def admit(env: protocol.Envelope, plain: protocol.Plaintext) -> bool:
+        def admit(env: wire.Envelope, plain: wire.Plaintext) -> bool:
             stream = (env.agent, env.plugin)
             last = seq_now.get(stream, self._seq.get(stream, -1))
             if plain.seq <= last:
@@ -220,7 +218,7 @@ class Pipeline:
         envelope = self.envelope(record)
         refused = Batch(streams=batch.streams, offsets=batch.offsets)
         stats = Stats(consumed=1)
-        rejected = protocol.Rejected(protocol.INVALID_PAYLOAD, detail)
+        rejected = wire.Rejected(wire.INVALID_PAYLOAD, detail)
         kept = batch.records.get((record.topic, record.partition, record.offset))
         # Rows are only made of messages whose signature verified.
         authenticated = kept["authenticated"] if kept is not None else bool(batch.rows)
@@ -236,55 +234,51 @@ class Pipeline:
 
     # --- steps -------------------------------------------------------------------
 
-    def envelope(self, record: Record) -> protocol.Envelope | protocol.Rejected:
+    def envelope(self, record: Record) -> wire.Envelope | wire.Rejected:
         """The record's envelope, parsed but not verified, or why it has none."""
         value = record.value
         if value is None:
-            return protocol.Rejected(protocol.MALFORMED, "record has no value")
+            return wire.Rejected(wire.MALFORMED, "record has no value")
         if len(value) > self.settings.max_message_bytes:
-            return protocol.Rejected(
-                protocol.TOO_LARGE,
+            return wire.Rejected(
+                wire.TOO_LARGE,
                 f"record is {len(value)} bytes; the limit is {self.settings.max_message_bytes}",
             )
         try:
-            return protocol.parse_envelope(value)
-        except protocol.Rejected as rejected:
+            return wire.parse_envelope(value)
+        except wire.Rejected as rejected:
             return rejected
         except Exception as exc:  # pragma: no cover - parse_envelope refuses what it cannot read
-            return protocol.Rejected(protocol.PROCESSING_ERROR, _describe(exc))
+            return wire.Rejected(wire.PROCESSING_ERROR, _describe(exc))
 
     def _open(
-        self, record: Record, env: protocol.Envelope, now: datetime
-    ) -> tuple[PluginInfo, protocol.Plaintext]:
+        self, record: Record, env: wire.Envelope, now: datetime
+    ) -> tuple[PluginInfo, wire.Plaintext]:
         """An authenticated record's plugin and plaintext, once the checks before it pass."""
         if env.kid not in self.server_keys:
-            raise protocol.Rejected(protocol.UNKNOWN_KEY, f"no server key with kid {env.kid}")
+            raise wire.Rejected(wire.UNKNOWN_KEY, f"no server key with kid {env.kid}")
         info = self.plugins.get(env.plugin)
         if info is None:
-            raise protocol.Rejected(
-                protocol.UNKNOWN_PLUGIN, f"no enabled plugin named {env.plugin!r}"
-            )
+            raise wire.Rejected(wire.UNKNOWN_PLUGIN, f"no enabled plugin named {env.plugin!r}")
         if record.topic != self.topics[env.plugin]:
             # Per-topic produce rights (Kafka ACLs) must decide which plugin a record reaches.
-            raise protocol.Rejected(
-                protocol.UNKNOWN_PLUGIN,
+            raise wire.Rejected(
+                wire.UNKNOWN_PLUGIN,
                 f"plugin {env.plugin!r} is not configured for topic {record.topic!r} "
                 f"(its topic is {self.topics[env.plugin]!r})",
             )
-        plain = protocol.parse_plaintext(protocol.decrypt(env, self.session_key(env.kid, env.ek)))
+        plain = wire.parse_plaintext(wire.decrypt(env, self.session_key(env.kid, env.ek)))
         skew_ms = plain.ts - now.timestamp() * 1000
         if skew_ms > self.settings.clock_skew_s * 1000:
-            raise protocol.Rejected(
-                protocol.CLOCK_SKEW, f"'ts' is {skew_ms / 1000:.0f} s in the future"
-            )
+            raise wire.Rejected(wire.CLOCK_SKEW, f"'ts' is {skew_ms / 1000:.0f} s in the future")
         return info, plain
 
     def _message(
         self,
         record: Record,
-        env: protocol.Envelope,
+        env: wire.Envelope,
         info: PluginInfo,
-        plain: protocol.Plaintext,
+        plain: wire.Plaintext,
         batch: Batch,
         stats: Stats,
         now: datetime,
@@ -297,11 +291,11 @@ class Pipeline:
         try:
             result = self.host.process(info, message, self.plugin_settings[env.plugin])
         except ValueError as exc:  # InvalidPayload included: the plugin refuses the payload
-            raise protocol.Rejected(protocol.INVALID_PAYLOAD, str(exc)) from None
+            raise wire.Rejected(wire.INVALID_PAYLOAD, str(exc)) from None
         for table in result.rows:
             if self.store.table_owner(table) != env.plugin:
-                raise protocol.Rejected(
-                    protocol.PROCESSING_ERROR,
+                raise wire.Rejected(
+                    wire.PROCESSING_ERROR,
                     f"plugin wrote to table {table!r}, which it did not register",
                 )
         for refused in result.rejected:
@@ -327,12 +321,12 @@ class Pipeline:
         stats: Stats,
         record: Record,
         env: Any,
-        rejected: protocol.Rejected,
+        rejected: wire.Rejected,
         now: datetime,
         authenticated: bool,
-        plain: protocol.Plaintext | None = None,
+        plain: wire.Plaintext | None = None,
     ) -> None:
-        known = isinstance(env, protocol.Envelope)
+        known = isinstance(env, wire.Envelope)
         raw = record.value or b""
         text = raw[: self.settings.rejected_raw_max_bytes].decode("utf-8", "replace")
         if len(raw) > self.settings.rejected_raw_max_bytes:
@@ -352,8 +346,8 @@ class Pipeline:
         batch: Batch,
         stats: Stats,
         record: Record,
-        env: protocol.Envelope,
-        plain: protocol.Plaintext,
+        env: wire.Envelope,
+        plain: wire.Plaintext,
         detail: str,
         reading: Any,
         now: datetime,
@@ -367,11 +361,11 @@ class Pipeline:
             raw = raw[:limit] + f"…[{len(raw) - limit} more characters]"
         batch.rejected.append(
             self._rejection(
-                record, env.agent, env.plugin, protocol.INVALID_READING, detail, raw, now, plain
+                record, env.agent, env.plugin, wire.INVALID_READING, detail, raw, now, plain
             )
         )
         self._keep_record(batch, record, env.agent, env.plugin, True, now)
-        stats.rejected[protocol.INVALID_READING] += 1
+        stats.rejected[wire.INVALID_READING] += 1
 
     def _keep_record(
         self,
@@ -410,7 +404,7 @@ class Pipeline:
         detail: str,
         raw: str,
         now: datetime,
-        plain: protocol.Plaintext | None,
+        plain: wire.Plaintext | None,
     ) -> dict[str, Any]:
         """A ``rejected_messages`` row; ``seq`` and ``sent_at`` once the message was read."""
         return {
@@ -453,7 +447,7 @@ def storable_text(text: str) -> str:
     return text.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def sent_at(plain: protocol.Plaintext) -> datetime:
+def sent_at(plain: wire.Plaintext) -> datetime:
     """When the agent sent the message: its plaintext's ``ts``, UTC."""
     return datetime.fromtimestamp(plain.ts / 1000, UTC)
 

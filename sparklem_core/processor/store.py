@@ -6,7 +6,7 @@ kinds of mark are updated optimistically (``UPDATE ... WHERE value = expected``)
 two processors that ever handle the same stream or partition at once cannot both
 commit: the loser gets :class:`Conflict`, reloads and tries again.
 
-The core tables are created and upgraded by Alembic (``sparklem_core/migrations``);
+The core tables are created and upgraded by Alembic (``sparklem_core/processor/migrations``);
 plugin tables are created from what plugins register, when missing.
 """
 
@@ -46,7 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
-from sparklem_core.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
+from sparklem_core.processor.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
 
 log = logging.getLogger(__name__)
 

@@ -32,42 +32,27 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from sparklem_core.config import Config, mask_url
-from sparklem_core.pipeline import Pipeline, Record, Stats
-from sparklem_core.storage import Batch, Store
-from sparklem_core.writer import BatchWriter, Interrupted, Unavailable
+from sparklem_core.logsetup import OncePerMinute
+from sparklem_core.processor.pipeline import Pipeline, Record, Stats
+from sparklem_core.processor.store import Batch, Store
+from sparklem_core.processor.writer import BatchWriter, Interrupted, Unavailable
+from sparklem_core.settings.config import Config, mask_url
 
 log = logging.getLogger(__name__)
 
 # librdkafka properties shared by every client kind (safe to hand to the admin client).
 _CLIENT_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.", "socket.", "broker.")
 # Errors that pass when the database comes back, while the schema is prepared at start
-# (batches are judged by sparklem_core.db_errors instead).
+# (batches are judged by sparklem_core.processor.db_errors instead).
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 # How often a processor that never held a partition says it still waits for the group.
 WAITING_LOG_EVERY_S = 10
 _BROKER_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
 
 
-class _OncePerMinute(logging.Filter):
-    """librdkafka repeats a connection failure at every retry: keep one line a minute."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = str(record.msg)[:60]
-        now = time.monotonic()
-        if now - self._last.get(key, -1e9) < 60:
-            return False
-        self._last[key] = now
-        return True
-
-
 # librdkafka's own log lines, instead of raw lines on stderr.
 KAFKA_LOG = logging.getLogger("sparklem.librdkafka")
-KAFKA_LOG.addFilter(_OncePerMinute())
+KAFKA_LOG.addFilter(OncePerMinute())
 
 
 class Stopping(Exception):

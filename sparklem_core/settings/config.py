@@ -1,7 +1,7 @@
 """Processor configuration: YAML file, then environment variables, then the schema.
 
 The file's layout is declared once (:class:`ConfigFile`, :class:`ProcessorSettings`)
-and validated strictly by :mod:`sparklem_core.schema`; the environment's values go
+and validated strictly by :mod:`sparklem_core.settings.validation`; the environment's values go
 through the same checks. Every problem is one :class:`ConfigError` line naming the key,
 never a stack trace and never a secret. Secrets the configuration holds are masked in
 every log line by :class:`SecretFilter`.
@@ -19,15 +19,15 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
-from sparklem_core.masking import (  # noqa: F401  # re-exported: part of this module's API
+from sparklem_core.plugin_host import PluginHost, default_plugins_dir
+from sparklem_core.settings.masking import (  # noqa: F401  # re-exported: part of this module's API
     SECRET_NAME_RE,
     SecretFilter,
     mask_secrets,
     mask_url,
     remember_secret,
 )
-from sparklem_core.plugin_manager import PluginHost, default_plugins_dir
-from sparklem_core.schema import (
+from sparklem_core.settings.validation import (
     STRICT,
     TOPIC_PATTERN,
     SchemaError,

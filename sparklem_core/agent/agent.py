@@ -1,4 +1,4 @@
-"""The edge agent: collect with the plugins, seal (PROTOCOL.md), spool, publish to Kafka.
+"""The edge agent: collect with the plugins, seal (docs/protocol.md), spool, publish to Kafka.
 
 ``python3 -m sparklem_core.agent --bundle config.tar.xz`` (or ``sparklem-agent``).
 
@@ -8,48 +8,38 @@
   blocks of numbers *before* they are used, so a crash never reuses one; a stream also
   never starts below the clock (microseconds since the epoch), so an agent that lost
   its state still moves forward.
-- Every envelope goes through the SQLite spool (:mod:`sparklem_core.spool`): insert,
+- Every envelope goes through the SQLite spool (:mod:`sparklem_core.agent.spool`): insert,
   produce, delete on the delivery report. While the broker is unreachable entries pile
   up (bounded, oldest dropped first) and drain in order when it comes back.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import fcntl
-import getpass
 import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from sparklem_core import __version__, protocol
-from sparklem_core.config import mask_secrets, remember_secret
-from sparklem_core.enrollment import (
+from sparklem_core import __version__, wire
+from sparklem_core.agent.sender import Sender
+from sparklem_core.agent.spool import Spool
+from sparklem_core.files import write_atomic
+from sparklem_core.plugin_host import PluginHost, PluginInfo
+from sparklem_core.settings.validation import SchemaError, plugin_settings
+from sparklem_core.wire.bundle import (
     AGENT_YAML,
-    BUNDLE_NAME,
     Bundle,
-    EnrollmentError,
-    load_bundle,
-    read_passphrase_file,
-    write_atomic,
 )
-from sparklem_core.logsetup import add_log_level_argument, setup_logging
-from sparklem_core.plugin_manager import PluginHost, PluginInfo, default_plugins_dir
-from sparklem_core.schema import SchemaError, plugin_settings
-from sparklem_core.spool import Sender, Spool
 
 log = logging.getLogger("sparklem.agent")
-
 PASSPHRASE_ENV = "SPARKLEM_AGENT_PASSPHRASE"
 STATE_DIR_ENV = "SPARKLEM_AGENT_STATE_DIR"
 SEQ_BLOCK = 1000  # seq numbers reserved on disk at a time
@@ -62,9 +52,6 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 class AgentError(Exception):
     """A problem that stops the agent from starting: one clear line."""
-
-
-# --- state ------------------------------------------------------------------------------
 
 
 def default_state_dir(agent_id: str) -> Path:
@@ -125,10 +112,10 @@ class SeqState:
         seq = self._next.get(plugin)
         if seq is None:
             seq = max(self._reserved.get(plugin, 0), self.floor())
-        if seq >= protocol.MAX_SEQ:
+        if seq >= wire.MAX_SEQ:
             raise AgentError(f"seq of plugin {plugin!r} is exhausted")
         if seq >= self._reserved.get(plugin, 0):
-            self._reserved[plugin] = min(seq + self.block, protocol.MAX_SEQ)
+            self._reserved[plugin] = min(seq + self.block, wire.MAX_SEQ)
             self._save()
         self._next[plugin] = seq + 1
         return seq
@@ -136,9 +123,6 @@ class SeqState:
     def _save(self) -> None:
         doc = {"version": 1, "agent_id": self.agent_id, "reserved": self._reserved}
         write_atomic(self.path, json.dumps(doc, indent=1).encode("utf-8") + b"\n", 0o600)
-
-
-# --- the agent --------------------------------------------------------------------------
 
 
 @dataclass
@@ -179,7 +163,7 @@ class Agent:
                 spool.close()
             self._lock.close()
             raise
-        self.session = protocol.SessionKey(bundle.server_key)
+        self.session = wire.SessionKey(bundle.server_key)
         self._dropped_logged, self._drop_logged_at = 0, -DROP_LOG_INTERVAL_S
 
     def _collectors(self) -> dict[str, Collector]:
@@ -254,9 +238,9 @@ class Agent:
             log.warning("plugin %s returned %s, not a dict; ignored", name, type(data).__name__)
             return
         if self.session.expired():
-            self.session = protocol.SessionKey(self.bundle.server_key)
+            self.session = wire.SessionKey(self.bundle.server_key)
         plaintext = {"seq": self.seq.next(name), "ts": int(time.time() * 1000), "data": data}
-        envelope = protocol.seal(
+        envelope = wire.seal(
             plaintext,
             agent=self.agent_id,
             plugin=name,
@@ -321,94 +305,3 @@ def _lock_state_dir(state_dir: Path) -> IO[bytes]:
         lock.close()
         raise AgentError(f"another agent is running with state directory {state_dir}") from None
     return lock
-
-
-# --- command line -----------------------------------------------------------------------
-
-
-def passphrase(args: argparse.Namespace) -> str:
-    """From --passphrase-file, the environment or a prompt; masked in logs from now on."""
-    secret = _passphrase(args)
-    remember_secret(secret)
-    return secret
-
-
-def _passphrase(args: argparse.Namespace) -> str:
-    if args.passphrase_file:
-        return read_passphrase_file(args.passphrase_file)
-    if os.environ.get(PASSPHRASE_ENV):
-        return os.environ[PASSPHRASE_ENV]
-    if sys.stdin.isatty():
-        with contextlib.suppress(EOFError):
-            return getpass.getpass(f"passphrase for {args.bundle}: ")
-    raise AgentError(f"no passphrase: use --passphrase-file FILE or set {PASSPHRASE_ENV}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sparklem-agent",
-        description="Sparkle-M edge agent: collects with the bundle's plugins and publishes "
-        "sealed readings to Kafka, spooling them on disk while the broker is unreachable.",
-        epilog=f"The passphrase comes from --passphrase-file or ${PASSPHRASE_ENV} (or a "
-        f"prompt in a terminal). State (seq counters, spool) goes to --state-dir, else "
-        f"${STATE_DIR_ENV}, else $STATE_DIRECTORY/<agent id> (systemd), else "
-        "$XDG_STATE_HOME/sparklem-agent/<agent id> (~/.local/state/...). Keep it across "
-        "restarts.",
-    )
-    parser.add_argument("--version", action="version", version=f"sparklem-agent {__version__}")
-    parser.add_argument(
-        "--bundle",
-        type=Path,
-        default=Path(BUNDLE_NAME),
-        metavar="FILE",
-        help=f"the agent's bundle (default: ./{BUNDLE_NAME})",
-    )
-    parser.add_argument("--passphrase-file", metavar="FILE", help="file holding the passphrase")
-    parser.add_argument(
-        "--once",
-        action="store_true",
-        help="collect every plugin once, send, wait for delivery, exit (1 if undelivered)",
-    )
-    parser.add_argument("--state-dir", type=Path, metavar="DIR", help="seq state and spool")
-    parser.add_argument(
-        "--plugins-dir",
-        type=Path,
-        default=default_plugins_dir(),
-        metavar="DIR",
-        help="directory plugins are loaded from, besides installed ones (default: ./plugins "
-        "if present)",
-    )
-    parser.add_argument(
-        "--flush-timeout",
-        type=float,
-        default=DEFAULT_FLUSH_TIMEOUT_S,
-        metavar="S",
-        help=f"--once: seconds to wait for delivery (default {DEFAULT_FLUSH_TIMEOUT_S:g})",
-    )
-    add_log_level_argument(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        bundle = load_bundle(args.bundle, passphrase(args))
-        agent = Agent(
-            bundle, args.state_dir or default_state_dir(bundle.agent_id), args.plugins_dir
-        )
-    except (AgentError, EnrollmentError) as exc:
-        print(f"sparklem-agent: error: {mask_secrets(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
-    agent.install_signal_handlers()
-    try:
-        return agent.run(once=args.once, flush_timeout_s=args.flush_timeout)
-    except AgentError as exc:
-        print(f"sparklem-agent: error: {mask_secrets(str(exc))}", file=sys.stderr)
-        return EXIT_FAILURE
-    finally:
-        agent.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Enroll an agent and write its bundle: ``sparklem-enroll --help``.
 
-A thin command line over :mod:`sparklem_core.enrollment`; ``python3 gen_config.py`` in a
+A thin command line over :mod:`sparklem_core.admin.enrollment`; ``python3 gen_config.py`` in a
 checkout is the same command.
 """
 
@@ -14,10 +14,8 @@ from typing import Any
 
 import yaml
 
-from sparklem_core.config import Config, ConfigError, load_config, mask_secrets, remember_secret
-from sparklem_core.enrollment import (
+from sparklem_core.admin.enrollment import (
     AGENT_KEY_BITS,
-    BUNDLE_NAME,
     EnrollmentError,
     check_agent_id,
     check_bootstrap,
@@ -25,9 +23,16 @@ from sparklem_core.enrollment import (
     format_agents,
     list_agents,
     plugin_specs,
-    read_passphrase_file,
     revoke,
 )
+from sparklem_core.settings.config import (
+    Config,
+    ConfigError,
+    load_config,
+    mask_secrets,
+    remember_secret,
+)
+from sparklem_core.wire.bundle import BUNDLE_NAME, BundleError, read_passphrase_file
 
 PROG = "sparklem-enroll"
 EXIT_FAILURE, EXIT_USAGE = 1, 2
@@ -173,7 +178,7 @@ def _prompt(label: str, default: str | None, check: Any) -> str:
             continue
         try:
             return str(check(answer))
-        except EnrollmentError as exc:
+        except (EnrollmentError, BundleError) as exc:
             print(f"  {exc}", file=sys.stderr)
 
 
@@ -228,7 +233,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except ConfigError as exc:
         print(f"{prog}: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except EnrollmentError as exc:
+    except (EnrollmentError, BundleError) as exc:
         print(f"{prog}: error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:

@@ -1,15 +1,15 @@
 """Storing consumed records: one transaction per batch, record by record when refused.
 
-The step between the pipeline (records → :class:`~sparklem_core.storage.Batch`) and
+The step between the pipeline (records → :class:`~sparklem_core.processor.store.Batch`) and
 the Kafka offset commit, without Kafka: the consumer loop, the fuzz tests and the
 benchmarks all store through :class:`BatchWriter`.
 
 What can happen to a batch:
 
 * it commits: its marks are adopted and its offsets may be committed to Kafka;
-* another processor moved a mark first (:class:`~sparklem_core.storage.Conflict`): the
+* another processor moved a mark first (:class:`~sparklem_core.processor.store.Conflict`): the
   batch is processed again from fresh marks;
-* the database is unavailable (:mod:`~sparklem_core.db_errors` says so): nothing is
+* the database is unavailable (:mod:`~sparklem_core.processor.db_errors` says so): nothing is
   stored and :class:`Unavailable` asks the caller to retry the same records later;
 * the database refuses the data: the batch is stored record by record, and a record
   whose own rows are refused becomes an ``invalid_payload`` rejection.
@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparklem_core.db_errors import Verdict, classify
-from sparklem_core.pipeline import Pipeline, Record, Stats
-from sparklem_core.storage import Batch, Conflict, Store
+from sparklem_core.processor.db_errors import Verdict, classify
+from sparklem_core.processor.pipeline import Pipeline, Record, Stats
+from sparklem_core.processor.store import Batch, Conflict, Store
 
 log = logging.getLogger(__name__)
 

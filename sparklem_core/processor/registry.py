@@ -16,19 +16,17 @@ once per version of the file; a directory that cannot be listed is logged once a
 never raises. A file in ``revoked/`` counts by its name alone, readable or not.
 
 Keys are handed out as pycryptodome ``RSA.RsaKey`` objects; each is also converted to
-its ``cryptography`` (OpenSSL) form when it is loaded (``protocol.openssl_public_key`` /
+its ``cryptography`` (OpenSSL) form when it is loaded (``wire.openssl_public_key`` /
 ``openssl_private_key``), so a key OpenSSL would refuse is refused here, and the
-per-message ``protocol.verify`` / ``unwrap_key`` find the conversion already cached for
+per-message ``wire.verify`` / ``unwrap_key`` find the conversion already cached for
 as long as the registry (or the caller) keeps the key object.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
-import stat
 import struct
 import time
 from dataclasses import dataclass
@@ -36,14 +34,13 @@ from pathlib import Path
 
 from Crypto.PublicKey import RSA
 
-from sparklem_core import protocol
+from sparklem_core import wire
+from sparklem_core.files import UnusableFile, _strerror, read_regular_file
 
 log = logging.getLogger(__name__)
-
 SERVER_KEY_GLOB = "server_private*.pem"
 DEFAULT_SERVER_KEY = "server_private.pem"
 AGENTS_DIR, REVOKED_DIR = "agents", "revoked"
-MAX_KEY_FILE_BYTES = 64 * 1024  # an RSA key PEM is a few KiB
 PRIVATE_KEY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 MISPLACED_SECRET = "misplaced secret"
 # What pycryptodome raises on malformed key bytes.
@@ -54,11 +51,6 @@ class NoServerKey(RuntimeError):
     pass
 
 
-class UnusableFile(ValueError):
-    """A file that is not a readable regular file of bounded size; the text says why,
-    written to follow the file's name ("is a FIFO, not a regular file")."""
-
-
 @dataclass(frozen=True)
 class AgentKey:
     agent_id: str
@@ -67,7 +59,7 @@ class AgentKey:
 
     @property
     def fingerprint(self) -> str:
-        return protocol.key_id(self.key) if self.key else ""
+        return wire.key_id(self.key) if self.key else ""
 
 
 def create_server_key(certificates: Path, bits: int = 3072) -> tuple[Path, bool]:
@@ -83,46 +75,6 @@ def create_server_key(certificates: Path, bits: int = 3072) -> tuple[Path, bool]
     return path, True
 
 
-def read_regular_file(
-    path: Path, limit: int = MAX_KEY_FILE_BYTES, *, follow_links: bool = False
-) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
-
-    Never blocks on a FIFO or opens a device, and follows a symbolic link only with
-    ``follow_links`` (for a path the operator names); :class:`UnusableFile` else.
-    """
-    try:
-        st = os.stat(path) if follow_links else os.lstat(path)
-    except OSError as exc:
-        raise UnusableFile(f"cannot be read: {_strerror(exc)}") from None
-    kind = _kind(st.st_mode)  # refuse specials before opening them at all
-    if kind:
-        raise UnusableFile(f"is {kind}, not a regular file")
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    flags |= 0 if follow_links else os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP and not follow_links:  # a link since the lstat
-            raise UnusableFile("is a symbolic link, not a regular file") from None
-        raise UnusableFile(f"cannot be read: {_strerror(exc)}") from None
-    try:
-        kind = _kind(os.fstat(fd).st_mode)
-        if kind:
-            raise UnusableFile(f"is {kind}, not a regular file")
-        chunks, size = [], 0
-        while chunk := os.read(fd, limit + 1 - size):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise UnusableFile(f"is larger than {limit} bytes")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise UnusableFile(f"cannot be read: {_strerror(exc)}") from None
-    finally:
-        os.close(fd)
-
-
 def load_server_keys(certificates: Path) -> dict[str, RSA.RsaKey]:
     """Every live server key by kid; :class:`NoServerKey` when there is none."""
     keys = {}
@@ -135,16 +87,16 @@ def load_server_keys(certificates: Path) -> dict[str, RSA.RsaKey]:
             raise NoServerKey(f"{path} is not an RSA private key: {exc}") from None
         if not key.has_private():
             raise NoServerKey(f"{path} holds no private key")
-        if key.size_in_bits() < protocol.MIN_RSA_BITS:
+        if key.size_in_bits() < wire.MIN_RSA_BITS:
             raise NoServerKey(
-                f"{path} is a {key.size_in_bits()}-bit key; at least {protocol.MIN_RSA_BITS} "
+                f"{path} is a {key.size_in_bits()}-bit key; at least {wire.MIN_RSA_BITS} "
                 "bits are required (move it away and run: python3 main.py init)"
             )
         try:
-            protocol.openssl_private_key(key)  # once per key object, cached for unwrap_key
+            wire.openssl_private_key(key)  # once per key object, cached for unwrap_key
         except (ValueError, TypeError) as exc:
             raise NoServerKey(f"{path} is refused by OpenSSL: {exc}") from None
-        keys[protocol.key_id(key)] = key
+        keys[wire.key_id(key)] = key
     if not keys:
         raise NoServerKey(
             f"no server key in {certificates}/ (looked for {SERVER_KEY_GLOB}); "
@@ -167,16 +119,16 @@ class AgentRegistry:
         self.refresh()
 
     def lookup(self, agent_id: str) -> RSA.RsaKey:
-        """The agent's public key, or :class:`protocol.Rejected` saying why not."""
+        """The agent's public key, or :class:`wire.Rejected` saying why not."""
         if time.monotonic() >= self._next_refresh:
             self.refresh()
         if agent_id in self._revoked:
-            raise protocol.Rejected(protocol.REVOKED_AGENT, f"agent {agent_id!r} was revoked")
+            raise wire.Rejected(wire.REVOKED_AGENT, f"agent {agent_id!r} was revoked")
         entry = self._enrolled.get(agent_id)
         if entry is None:
-            raise protocol.Rejected(protocol.UNKNOWN_AGENT, f"agent {agent_id!r} is not enrolled")
+            raise wire.Rejected(wire.UNKNOWN_AGENT, f"agent {agent_id!r} is not enrolled")
         if entry.key is None:
-            raise protocol.Rejected(protocol.UNKNOWN_AGENT, entry.problem)
+            raise wire.Rejected(wire.UNKNOWN_AGENT, entry.problem)
         return entry.key
 
     def agents(self) -> dict[str, AgentKey]:
@@ -263,15 +215,15 @@ def read_agent_key(path: Path, shown: str) -> AgentKey:
         return AgentKey(agent_id, None, f"key file {shown} is unreadable: {exc}")
     if key.has_private():  # a DER private key, say
         return AgentKey(agent_id, None, misplaced)
-    if key.size_in_bits() < protocol.MIN_RSA_BITS:
+    if key.size_in_bits() < wire.MIN_RSA_BITS:
         return AgentKey(
             agent_id,
             None,
             f"key of agent {agent_id!r} has {key.size_in_bits()} bits; "
-            f"at least {protocol.MIN_RSA_BITS} are required",
+            f"at least {wire.MIN_RSA_BITS} are required",
         )
     try:
-        protocol.openssl_public_key(key)  # once per key object, cached for verify
+        wire.openssl_public_key(key)  # once per key object, cached for verify
     except (ValueError, TypeError) as exc:
         return AgentKey(agent_id, None, f"key of agent {agent_id!r} is refused by OpenSSL: {exc}")
     return AgentKey(agent_id, key)
@@ -284,20 +236,3 @@ def _version(path: Path) -> tuple[int, ...] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-def _kind(mode: int) -> str:
-    """What a non-regular file is ("" for a regular file)."""
-    if stat.S_ISREG(mode):
-        return ""
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    return "a device or socket"
-
-
-def _strerror(exc: OSError) -> str:
-    return exc.strerror or str(exc)

@@ -1,0 +1,1 @@
+"""Administration: enrolling and revoking agents, writing their bundles, scaffolding plugins."""

@@ -1,0 +1,397 @@
+"""Agent enrolment: the logic behind ``gen_config.py`` (and the demo).
+
+Enrolling an agent makes its RSA key pair, stores the public half in
+``<certificates>/agents/<id>.pem`` and writes the bundle the device needs
+(:mod:`sparklem_core.wire.bundle`). Revoking moves the public key to ``revoked/``.
+Every user-facing problem is an :class:`EnrollmentError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import secrets
+import tarfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from Crypto.PublicKey import RSA
+
+from sparklem_core import wire
+from sparklem_core.files import read_regular_file, write_atomic
+from sparklem_core.processor.registry import (
+    AGENTS_DIR,
+    KEY_PARSE_ERRORS,
+    MISPLACED_SECRET,
+    REVOKED_DIR,
+    SERVER_KEY_GLOB,
+    NoServerKey,
+    load_server_keys,
+    one_line,
+    read_agent_key,
+)
+from sparklem_core.settings.config import (
+    Config,
+    load_plugins,
+)
+from sparklem_core.settings.validation import (
+    MAX_INTERVAL_S,
+    SchemaError,
+    plugin_settings,
+    validate,
+)
+from sparklem_core.wire.bundle import (
+    AGENT_PRIVATE,
+    AGENT_YAML,
+    BUNDLE_NAME,
+    BUNDLE_VERSION,
+    DEFAULT_SPOOL_MAX_ROWS,
+    MIN_PASSPHRASE_CHARS,
+    SECRET_PROPERTY_RE,
+    SERVER_PUBLIC,
+    AgentDocument,
+    _reason,
+    fingerprint,
+    seal,
+)
+
+AGENT_KEY_BITS = 3072
+BOOTSTRAP_RE = re.compile(r"[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}")
+
+
+class EnrollmentError(Exception):
+    """A user-facing problem (bad id, not enrolled, bad bundle...): one clear line."""
+
+
+def check_agent_id(agent_id: str) -> str:
+    if not wire.AGENT_ID_RE.fullmatch(agent_id or ""):
+        raise EnrollmentError(
+            f"invalid agent id {agent_id!r}: use 1 to 64 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit"
+        )
+    return agent_id
+
+
+def check_bootstrap(bootstrap: str) -> str:
+    servers = [s.strip() for s in (bootstrap or "").split(",") if s.strip()]
+    bad = [s for s in servers if not BOOTSTRAP_RE.fullmatch(s)]
+    if not servers or bad:
+        raise EnrollmentError(
+            f"invalid bootstrap servers {bootstrap!r}: expected HOST:PORT[,HOST:PORT...]"
+        )
+    return ",".join(servers)
+
+
+def check_kafka_property(name: str, value: Any) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9._-]*", name):
+        raise EnrollmentError(f"kafka property {name!r} is not a librdkafka property name")
+    if SECRET_PROPERTY_RE.search(name):
+        raise EnrollmentError(f"kafka property {name!r} is a secret; agent.yaml holds no secrets")
+    if not isinstance(value, str | int | float | bool):
+        raise EnrollmentError(f"kafka property {name!r} must be a string, number or boolean")
+
+
+def new_passphrase() -> str:
+    """A random passphrase: 32 URL-safe characters, 192 bits."""
+    return secrets.token_urlsafe(24)
+
+
+def agent_key_path(certificates: Path, agent_id: str) -> Path:
+    return certificates / AGENTS_DIR / f"{agent_id}.pem"
+
+
+def revoked_key_path(certificates: Path, agent_id: str) -> Path:
+    return certificates / REVOKED_DIR / f"{agent_id}.pem"
+
+
+def server_key(certificates: Path) -> RSA.RsaKey:
+    """The server key new bundles name: the newest file when several are live."""
+    try:
+        keys = load_server_keys(certificates)
+    except NoServerKey as exc:
+        raise EnrollmentError(str(exc)) from None
+    if len(keys) == 1:
+        return next(iter(keys.values()))
+    newest = max(certificates.glob(SERVER_KEY_GLOB), key=lambda p: p.lstat().st_mtime)
+    try:
+        return RSA.import_key(read_regular_file(newest))  # load_server_keys has just checked it
+    except KEY_PARSE_ERRORS as exc:
+        raise EnrollmentError(f"{newest} changed while it was read: {exc}") from None
+
+
+def check_enrollable(certificates: Path, agent_id: str, force: bool) -> None:
+    """Refuse an agent already enrolled (or revoked) unless ``force`` (re-key)."""
+    check_agent_id(agent_id)
+    if force:
+        return
+    if agent_key_path(certificates, agent_id).exists():
+        raise EnrollmentError(
+            f"agent {agent_id!r} is already enrolled; use --force to issue it a new key "
+            "(its current bundle stops working)"
+        )
+    if revoked_key_path(certificates, agent_id).exists():
+        raise EnrollmentError(
+            f"agent {agent_id!r} was revoked; use --force to enroll it again with a new key"
+        )
+
+
+def enroll(certificates: Path, agent_id: str, public_key: RSA.RsaKey, force: bool) -> Path:
+    """Store the agent's public key; with ``force`` replace it and lift a revocation."""
+    check_enrollable(certificates, agent_id, force)
+    path = agent_key_path(certificates, agent_id)
+    pem = public_key.public_key().export_key(format="PEM")
+    try:
+        write_atomic(path, pem, 0o644, replace=force)
+    except FileExistsError as exc:
+        raise EnrollmentError(str(exc)) from None
+    if force:
+        revoked_key_path(certificates, agent_id).unlink(missing_ok=True)
+    return path
+
+
+def revoke(certificates: Path, agent_id: str) -> Path:
+    """Move ``agents/<id>.pem`` to ``revoked/<id>.pem``; returns the new path."""
+    check_agent_id(agent_id)
+    source = agent_key_path(certificates, agent_id)
+    target = revoked_key_path(certificates, agent_id)
+    if not source.exists():
+        if target.exists():
+            raise EnrollmentError(f"agent {agent_id!r} is already revoked ({target})")
+        raise EnrollmentError(f"agent {agent_id!r} is not enrolled (no {source})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+    return target
+
+
+@dataclass(frozen=True)
+class AgentEntry:
+    agent_id: str
+    status: str  # enrolled | revoked
+    fingerprint: str  # "" when the file is not a usable key
+    modified: datetime
+    path: Path
+    problem: str = ""  # why the file is not a usable key
+
+
+def list_agents(certificates: Path) -> list[AgentEntry]:
+    """Enrolled then revoked agents, each sorted by id; files are read like the registry
+    reads them (regular files only, bounded)."""
+    entries = []
+    for status, directory in (("enrolled", AGENTS_DIR), ("revoked", REVOKED_DIR)):
+        try:
+            names = sorted(n for n in os.listdir(certificates / directory) if n.endswith(".pem"))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise EnrollmentError(
+                f"cannot list {certificates / directory}: {_reason(exc)}"
+            ) from None
+        for name in names:
+            path = certificates / directory / name
+            try:
+                modified = datetime.fromtimestamp(path.lstat().st_mtime, UTC)
+            except OSError:  # removed since the listing
+                continue
+            agent = read_agent_key(path, one_line(f"{directory}/{name}"))
+            entries.append(
+                AgentEntry(agent.agent_id, status, agent.fingerprint, modified, path, agent.problem)
+            )
+    return entries
+
+
+def format_agents(entries: list[AgentEntry]) -> str:
+    rows = [("AGENT", "STATUS", "FINGERPRINT", "MODIFIED (UTC)")]
+    for e in entries:
+        when = e.modified.strftime("%Y-%m-%d %H:%M:%S")
+        misplaced = e.problem.startswith(MISPLACED_SECRET)
+        usable = e.fingerprint or (
+            "(private key: move it away)" if misplaced else "(unreadable key)"
+        )
+        rows.append((one_line(e.agent_id), e.status, usable, when))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
+        for row in rows
+    )
+
+
+def plugin_specs(
+    config: Config,
+    names: list[str] | None = None,
+    interval: float | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``agent.yaml``'s plugins: each with its topic (the processor's) and interval.
+
+    ``names`` defaults to every plugin the processor loads; ``interval`` (seconds) to the
+    plugin's declared default; ``settings`` adds agent settings per plugin
+    (``thermal_root``, say), checked against the plugin's agent-side declaration.
+    """
+    loaded = load_plugins(config).loaded()
+    names = list(loaded) if names is None else names
+    unknown = [n for n in names if n not in loaded]
+    if unknown:
+        raise EnrollmentError(
+            f"unknown plugin(s) {', '.join(unknown)} (available: {', '.join(loaded) or 'none'})"
+        )
+    if not names:
+        raise EnrollmentError("no plugin selected (and none is available)")
+    unselected = sorted(set(settings or {}) - set(names))
+    if unselected:
+        raise EnrollmentError(f"settings for plugin(s) not selected: {', '.join(unselected)}")
+    if interval is not None and not 0 < interval <= MAX_INTERVAL_S:
+        raise EnrollmentError(
+            f"interval must be between 0 and {MAX_INTERVAL_S} seconds, got {interval:g}"
+        )
+    specs = {}
+    for name in dict.fromkeys(names):
+        manifest = loaded[name].manifest
+        assert manifest is not None  # loaded plugins have one
+        every = interval if interval is not None else manifest.agent_defaults["interval"]
+        spec = {
+            "topic": config.plugin_topic(name, manifest.topic),
+            "interval": int(every) if float(every).is_integer() else float(every),
+            **dict((settings or {}).get(name, {})),
+        }
+        try:  # only to refuse a bad value now: the agent fills in the defaults itself
+            plugin_settings(manifest, spec, "agent")
+        except SchemaError as exc:
+            raise EnrollmentError(str(exc)) from None
+        specs[name] = spec
+    return specs
+
+
+def agent_document(
+    agent_id: str,
+    *,
+    bootstrap: str,
+    plugins: Mapping[str, Mapping[str, Any]],
+    server_public: RSA.RsaKey,
+    agent_key: RSA.RsaKey,
+    kafka: Mapping[str, Any] | None = None,
+    agent: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The content of ``agent.yaml``; ``plugins`` maps a name to its topic, interval, settings,
+    ``agent`` adds agent settings (``spool_max_rows``, ``stall_timeout_s``)."""
+    props: dict[str, Any] = {
+        "bootstrap.servers": check_bootstrap(bootstrap),
+        "client.id": f"sparklem-agent-{agent_id}",
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 50,
+    }
+    for name, value in (kafka or {}).items():
+        check_kafka_property(name, value)
+        props[name] = value
+    if not plugins:
+        raise EnrollmentError("no plugin selected")
+    document = {
+        "version": BUNDLE_VERSION,
+        "agent_id": check_agent_id(agent_id),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "kid": wire.key_id(server_public),
+        "agent_key_fingerprint": fingerprint(agent_key),
+        "kafka": props,
+        "agent": {"spool_max_rows": DEFAULT_SPOOL_MAX_ROWS, **dict(agent or {})},
+        "plugins": {name: dict(spec) for name, spec in plugins.items()},
+    }
+    try:
+        validate(AgentDocument, document)
+    except SchemaError as exc:
+        raise EnrollmentError(f"{AGENT_YAML}: {exc}") from None
+    return document
+
+
+def build_bundle(
+    document: Mapping[str, Any],
+    server_public: RSA.RsaKey,
+    agent_key: RSA.RsaKey,
+    passphrase: str,
+) -> bytes:
+    """The bytes of ``config.tar.xz``: the members' tar.xz, sealed under ``passphrase``."""
+    files = {
+        AGENT_YAML: (yaml.safe_dump(dict(document), sort_keys=False).encode("utf-8"), 0o644),
+        SERVER_PUBLIC: (server_public.public_key().export_key(format="PEM"), 0o644),
+        AGENT_PRIVATE: (agent_key.export_key(format="PEM", pkcs=8), 0o600),
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return seal(buffer.getvalue(), passphrase)
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    agent_id: str
+    key_path: Path
+    bundle_path: Path
+    passphrase: str
+    passphrase_generated: bool
+    fingerprint: str
+    kid: str
+    document: dict[str, Any]
+
+
+def create_agent(
+    certificates: Path,
+    agent_id: str,
+    *,
+    bootstrap: str,
+    plugins: Mapping[str, Mapping[str, Any]],
+    out_dir: Path,
+    passphrase: str | None = None,
+    force: bool = False,
+    bits: int = AGENT_KEY_BITS,
+    kafka: Mapping[str, Any] | None = None,
+    agent: Mapping[str, Any] | None = None,
+) -> Enrollment:
+    """Check, make the key pair, write ``out_dir/config.tar.xz``, then enroll the key.
+
+    Everything that can be refused is checked before anything is written; a bundle whose
+    enrolment then fails is removed again.
+    """
+    check_enrollable(certificates, agent_id, force)
+    if bits < wire.MIN_RSA_BITS:
+        raise EnrollmentError(f"agent keys need at least {wire.MIN_RSA_BITS} bits")
+    if passphrase is not None and len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise EnrollmentError(f"passphrase is shorter than {MIN_PASSPHRASE_CHARS} characters")
+    server = server_key(certificates)
+    agent_key = RSA.generate(bits)
+    document = agent_document(
+        agent_id,
+        bootstrap=bootstrap,
+        plugins=plugins,
+        server_public=server,
+        agent_key=agent_key,
+        kafka=kafka,
+        agent=agent,
+    )
+    generated = passphrase is None
+    passphrase = new_passphrase() if passphrase is None else passphrase
+    data = build_bundle(document, server, agent_key, passphrase)
+    bundle_path = out_dir / BUNDLE_NAME
+    write_atomic(bundle_path, data, 0o600)
+    try:
+        key_path = enroll(certificates, agent_id, agent_key, force)
+    except BaseException:
+        bundle_path.unlink(missing_ok=True)
+        raise
+    return Enrollment(
+        agent_id,
+        key_path,
+        bundle_path,
+        passphrase,
+        generated,
+        document["agent_key_fingerprint"],
+        document["kid"],
+        document,
+    )

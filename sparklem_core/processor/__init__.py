@@ -1,0 +1,1 @@
+"""The processor: consume, verify, decrypt, hand to a plugin, store with the offset, commit."""

@@ -1,0 +1,1 @@
+"""Configuration: the processor's config file, declared plugin settings and secret masking."""
