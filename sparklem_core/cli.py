@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
@@ -16,6 +17,7 @@ from sparklem_core import __version__, wire
 from sparklem_core.logsetup import add_log_level_argument, setup_logging
 from sparklem_core.plugin_host import PluginHost
 from sparklem_core.processor.db_errors import DatabaseUnusable, check_database_url
+from sparklem_core.processor.pipeline import Pipeline
 from sparklem_core.processor.registry import (
     AgentRegistry,
     NoServerKey,
@@ -133,7 +135,6 @@ def print_table(rows: Sequence[Sequence[str]], indent: str = "") -> None:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    from sparklem_core.processor.pipeline import Pipeline
     from sparklem_core.processor.processor import Processor
 
     if args.workers > 1:
@@ -145,29 +146,12 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     except NoServerKey as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
-    loaded = setup.plugins.loaded()
-    for info in setup.plugins.infos:
-        if not info.ok and info.status != "disabled":
-            log.warning("plugin %s not running: %s", info.name, info.status)
-    if not loaded:
-        log.error(
-            "no plugin could be loaded from installed packages or the plugins directory (%s); "
-            "see: sparklem plugins",
-            config.plugins_dir or "none",
-        )
+    if not plugins_loaded(config, setup):
         return EXIT_FAILURE
+    loaded = setup.plugins.loaded()
     registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
-    topics_by_plugin = plugin_topics(config, setup.plugins)
-    pipeline = Pipeline(
-        config.processor,
-        server_keys,
-        registry,
-        setup.plugins,
-        config.plugins,
-        setup.store,
-        topics=topics_by_plugin,
-    )
-    topics = sorted(set(topics_by_plugin.values()))
+    pipeline = make_pipeline(config, setup, server_keys, registry)
+    topics = sorted(set(pipeline.topics.values()))
     processor = Processor(config, pipeline, setup.store, topics)
     processor.install_signal_handlers()
     log.info(
@@ -188,21 +172,45 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     return processor.run()
 
 
-def cmd_redrive(config: Config, args: argparse.Namespace) -> int:
-    from sparklem_core.processor.pipeline import Pipeline
-    from sparklem_core.processor.redrive import Redrive, Selection
-    from sparklem_core.processor.writer import Unavailable
+def plugins_loaded(config: Config, setup: Setup) -> bool:
+    """Warn of each plugin that is not running; False, said, when none is."""
+    for info in setup.plugins.infos:
+        if not info.ok and info.status != "disabled":
+            log.warning("plugin %s not running: %s", info.name, info.status)
+    if not setup.plugins.loaded():
+        log.error(
+            "no plugin could be loaded from installed packages or the plugins directory (%s); "
+            "see: sparklem plugins",
+            config.plugins_dir or "none",
+        )
+        return False
+    return True
 
-    setup = prepare(config)
-    pipeline = Pipeline(
+
+def make_pipeline(
+    config: Config, setup: Setup, server_keys: dict[str, Any], registry: AgentRegistry
+) -> Pipeline:
+    """The processor's per-record path, as ``run`` and ``redrive`` use it."""
+    return Pipeline(
         config.processor,
-        load_server_keys(config.certificates),
-        AgentRegistry(config.certificates, config.processor.registry_refresh_s),
+        server_keys,
+        registry,
         setup.plugins,
         config.plugins,
         setup.store,
         topics=plugin_topics(config, setup.plugins),
     )
+
+
+def cmd_redrive(config: Config, args: argparse.Namespace) -> int:
+    from sparklem_core.processor.redrive import Redrive, Selection
+    from sparklem_core.processor.writer import Unavailable
+
+    setup = prepare(config)
+    if not plugins_loaded(config, setup):
+        return EXIT_FAILURE
+    registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
+    pipeline = make_pipeline(config, setup, load_server_keys(config.certificates), registry)
     setup.store.create_schema()
     selection = Selection(tuple(args.reason or ()), args.plugin, args.agent, args.since)
     progress = lambda s: print(f"redrive: {s.line()}", file=sys.stderr, flush=True)  # noqa: E731
