@@ -429,16 +429,7 @@ def _merged(batches: list[Batch]) -> Batch:
     """Several records' batches as one transaction's."""
     total = Batch()
     for batch in batches:
-        for table, rows in batch.rows.items():
-            total.rows.setdefault(table, []).extend(rows)
-        total.rejected.extend(batch.rejected)
-        total.released_messages.extend(batch.released_messages)
-        total.released_records.extend(batch.released_records)
-        total.redriven.extend(batch.redriven)
-        for stream, (expected, new) in batch.streams.items():
-            if stream in total.streams:  # both read the mark before either moved it
-                new = max(new, total.streams[stream][1])
-            total.streams[stream] = (expected, new)
+        total.add(batch)
     return total
 
 

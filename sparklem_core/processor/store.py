@@ -167,6 +167,21 @@ class Batch:
     released_records: list[int] = field(default_factory=list)  # rejected_records ids
     redriven: list[dict[str, Any]] = field(default_factory=list)
 
+    def add(self, other: Batch) -> None:
+        """Take in ``other``'s changes: several records' in one transaction, or a report."""
+        for table, rows in other.rows.items():
+            self.rows.setdefault(table, []).extend(rows)
+        self.rejected.extend(other.rejected)
+        self.records.update(other.records)
+        for stream, (expected, new) in other.streams.items():
+            if stream in self.streams:  # the mark as it was before the first of them moved it
+                expected, new = self.streams[stream][0], max(new, self.streams[stream][1])
+            self.streams[stream] = (expected, new)
+        self.offsets.update(other.offsets)
+        self.released_messages.extend(other.released_messages)
+        self.released_records.extend(other.released_records)
+        self.redriven.extend(other.redriven)
+
 
 def make_engine(url: str) -> Engine:
     """An engine with the settings the exactly-once guarantee needs on SQLite."""

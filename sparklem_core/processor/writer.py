@@ -97,12 +97,7 @@ class BatchWriter:
                 # What was stored is committed with its offsets: the rest comes again.
                 raise Interrupted(f"{len(records) - stats.consumed} records not stored")
             batch, one = self.write([record], topic_id)
-            for table, rows in batch.rows.items():
-                total.rows.setdefault(table, []).extend(rows)
-            total.rejected.extend(batch.rejected)
-            total.records.update(batch.records)
-            total.streams.update(batch.streams)
-            total.offsets.update(batch.offsets)
+            total.add(batch)
             stats.add(one)
         return total, stats
 
