@@ -25,7 +25,7 @@ from waiting import wait_for
 
 from sparklem_core import Manifest, Message, PluginResult, Setting, hookimpl, wire
 from sparklem_core.processor.pipeline import Pipeline
-from sparklem_core.processor.redrive import Redrive, Selection, Summary, parse_time
+from sparklem_core.processor.redrive import PAGE, Redrive, Selection, Summary, parse_time
 from sparklem_core.processor.registry import AgentRegistry
 from sparklem_core.testing.plugin import MakeHarness
 
@@ -131,6 +131,16 @@ def test_two_refused_readings_of_one_message_each_stored_once(env: Env) -> None:
     summary = redrive(env, max_celsius=200)
     assert (summary.records, summary.stored, summary.rows) == (1, 2, 2)
     assert sorted(r[2] for r in celsius(env)) == ["a", "hot", "hot"]
+    assert [env.count(t) for t in QUARANTINE] == [0, 0]
+
+
+def test_a_record_with_more_refused_readings_than_a_page_is_one_record(env: Env) -> None:
+    hot = [reading(f"hot-{n}", 180.0) for n in range(PAGE + 1)]
+    quarantine(env, env.envelope(temperature(reading("a", 40.0), *hot), seq=1))
+    assert env.count("rejected_messages") == PAGE + 1
+    summary = redrive(env, max_celsius=200)
+    assert (summary.records, summary.stored) == (1, PAGE + 1)
+    assert len(celsius(env)) == PAGE + 2
     assert [env.count(t) for t in QUARANTINE] == [0, 0]
 
 

@@ -176,6 +176,8 @@ class Redrive:
             last = conn.execute(select(c.id).order_by(c.id.desc()).limit(1)).scalar()
         if last is None:
             return
+        # A record's rows are written together, so their ids follow each other: the last
+        # page is all the memory needed to yield each record once.
         seen: set[tuple[Any, ...]] = set()
         after = -1
         while True:
@@ -190,11 +192,11 @@ class Redrive:
             if not page:
                 return
             after = page[-1][0]
-            for _id, *position in page:
-                key = tuple(position)
+            keys = [tuple(position) for _id, *position in page]
+            for key in dict.fromkeys(keys):
                 if key not in seen:
-                    seen.add(key)
                     yield key
+            seen = set(keys)
 
     def _load(
         self, position: tuple[Any, ...], selection: Selection
