@@ -22,10 +22,11 @@ from sqlalchemy import text
 
 from sparklem_core import wire
 from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.db_errors import Verdict, classify
 from sparklem_core.processor.pipeline import Pipeline, Record
 from sparklem_core.processor.registry import AgentRegistry
-from sparklem_core.processor.store import Batch, Store
+from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import BatchWriter, Interrupted, Unavailable
 from sparklem_core.settings.config import ProcessorSettings
 
@@ -272,9 +273,9 @@ def test_a_refused_row_quarantines_its_record_only(world: World) -> None:
         assert stats.stored == 2, name
         assert stats.rejected == {"invalid_payload": 1}, name
         (rejected,) = batch.rejected
-        assert rejected["offset"] == bad.offset
-        assert rejected["detail"].startswith("database refused its rows"), name
-        assert batch.records[(bad.topic, 0, bad.offset)]["value"] == bad.value  # whole bytes
+        assert rejected.offset == bad.offset
+        assert rejected.detail.startswith("database refused its rows"), name
+        assert batch.records[(bad.topic, 0, bad.offset)].value == bad.value  # whole bytes
     cases = len(REFUSED[dialect(world.url)])
     assert world.query("SELECT COUNT(*) FROM temperature_readings") == [(2 * cases,)]
     assert world.query("SELECT COUNT(*) FROM loose_rows") == [(0,)]  # all or nothing per record

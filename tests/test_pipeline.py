@@ -27,7 +27,8 @@ from pipeline_env import (
 from sqlalchemy import text
 
 from sparklem_core import wire
-from sparklem_core.processor.store import Batch, Conflict
+from sparklem_core.processor.batch import Batch, StreamMark
+from sparklem_core.processor.store import Conflict
 
 
 @pytest.fixture(scope="module")
@@ -403,7 +404,7 @@ def test_commit_conflict_when_a_mark_was_moved_by_someone_else(env: Env) -> None
     second = env.record(env.envelope(temperature(), seq=2))
     batch_a, _ = a.process([second])
     batch_b, stats_b = b.process([second])
-    assert stats_b.redelivered == 0 and batch_b.offsets[(TOPIC, 0)][0] == 1
+    assert stats_b.redelivered == 0 and batch_b.offsets[(TOPIC, 0)].expected == 1
     env.store.commit(batch_a)
     a.committed(batch_a)
     with pytest.raises(Conflict):
@@ -428,7 +429,7 @@ def test_stream_mark_conflict_across_partitions(env: Env) -> None:
     on_1 = env.record(env.envelope(temperature(), seq=3), partition=1)
     batch_a, _ = a.process([on_0])
     batch_b, _ = b.process([on_1])
-    assert batch_b.streams[("edge-1", "temperature")] == (1, 3)
+    assert batch_b.streams[("edge-1", "temperature")] == StreamMark(expected=1, last_seq=3)
     env.store.commit(batch_a)
     with pytest.raises(Conflict):
         other_store.commit(batch_b)

@@ -27,6 +27,7 @@ from sparklem_core import Manifest, Message, PluginResult, Setting, hookimpl, wi
 from sparklem_core.processor.pipeline import Pipeline
 from sparklem_core.processor.redrive import PAGE, Redrive, Selection, Summary, parse_time
 from sparklem_core.processor.registry import AgentRegistry
+from sparklem_core.testing import PluginHarness
 from sparklem_core.testing.plugin import MakeHarness
 
 QUARANTINE = ("rejected_messages", "rejected_records")
@@ -188,8 +189,9 @@ def test_a_message_redriven_whole_keeps_its_refused_reading_for_later(env: Env) 
     assert [env.count(t) for t in QUARANTINE] == [0, 0]
 
 
-def gauges_plugin() -> types.ModuleType:
-    """A plugin that stores a row of the message itself besides one per reading."""
+def gauges_plugin(own_row: bool = True) -> types.ModuleType:
+    """Readings over ``limit`` refused one by one; a reading marked ``null`` makes a row
+    the database refuses; with ``own_row``, a row of the message itself too."""
     module = types.ModuleType("gauges_plugin")
 
     @hookimpl
@@ -198,7 +200,9 @@ def gauges_plugin() -> types.ModuleType:
 
     @hookimpl
     def sparklem_register_tables(register: Any) -> None:
-        register("gauges", Column("id", Integer, primary_key=True), Column("v", Float))
+        register(
+            "gauges", Column("id", Integer, primary_key=True), Column("v", Float, nullable=False)
+        )
 
     @hookimpl
     def sparklem_process(message: Message, settings: dict[str, Any]) -> PluginResult:
@@ -207,8 +211,9 @@ def gauges_plugin() -> types.ModuleType:
             if item["v"] > settings["limit"]:
                 result.reject("too high", item)
             else:
-                result.add_row("gauges", {"v": item["v"]})
-        result.add_row("gauges", {"v": -1.0})  # the message's own row
+                result.add_row("gauges", {"v": None if item.get("null") else item["v"]})
+        if own_row:
+            result.add_row("gauges", {"v": -1.0})
         return result
 
     for hook in (sparklem_manifest, sparklem_register_tables, sparklem_process):
@@ -216,27 +221,44 @@ def gauges_plugin() -> types.ModuleType:
     return module
 
 
+def fixed(harness: PluginHarness, limit: float) -> Pipeline:
+    """The harness's pipeline with ``limit`` changed."""
+    return Pipeline(
+        harness.pipeline.settings,
+        harness.pipeline.server_keys,
+        harness.registry,
+        harness.host,
+        {"gauges": {"limit": limit}},
+        harness.store,
+    )
+
+
 def test_a_reading_whose_message_makes_other_rows_is_not_redriven_alone(
     plugin_harness: MakeHarness,
 ) -> None:
     harness = plugin_harness(gauges_plugin())
     assert harness.send({"readings": [{"v": 1.0}, {"v": 50.0}]}).stored
-    pipeline = harness.pipeline
-    fixed = Pipeline(
-        pipeline.settings,
-        pipeline.server_keys,
-        harness.registry,
-        harness.host,
-        {"gauges": {"limit": 100}},
-        harness.store,
-    )
-    summary = Redrive(fixed, harness.store).run()
+    summary = Redrive(fixed(harness, 100), harness.store).run()
     assert (summary.stored, dict(summary.rejected)) == (0, {"invalid_reading": 1})
     (stays,) = harness.rejections()
     assert stays.detail == (
         "cannot be redriven alone: its plugin makes rows of this message without this reading"
     )
     assert sorted(row["v"] for row in harness.rows("gauges")) == [-1.0, 1.0]
+
+
+def test_a_reading_whose_row_the_database_refuses_stays_a_reading(
+    plugin_harness: MakeHarness,
+) -> None:
+    harness = plugin_harness(gauges_plugin(own_row=False))
+    assert harness.send({"readings": [{"v": 1.0}, {"v": 50.0, "null": True}]}).stored
+    (before,) = harness.rejections()
+    summary = Redrive(fixed(harness, 100), harness.store).run()
+    assert (summary.stored, dict(summary.rejected)) == (0, {"invalid_payload": 1})
+    (stays,) = harness.rejections()
+    assert (stays.reason, stays.raw) == ("invalid_reading", before.raw)
+    assert stays.detail.startswith("invalid_payload: database refused its rows: ")
+    assert [row["v"] for row in harness.rows("gauges")] == [1.0]
 
 
 # --- stored exactly once -----------------------------------------------------------------

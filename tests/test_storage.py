@@ -20,7 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparklem_core.processor.store import Batch, Store
+from sparklem_core.processor.batch import Batch
+from sparklem_core.processor.store import Store
 
 WHEN = datetime(2026, 11, 23, 14, 5, 6, 789012, tzinfo=UTC)
 

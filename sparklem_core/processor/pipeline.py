@@ -25,8 +25,18 @@ from Crypto.PublicKey import RSA
 from sparklem_core import wire
 from sparklem_core.plugin_api import Message, text_problem
 from sparklem_core.plugin_host import PluginHost, PluginInfo
+from sparklem_core.processor.batch import (
+    Batch,
+    OffsetMark,
+    PartitionKey,
+    RecordKey,
+    RejectedRecord,
+    Rejection,
+    StreamKey,
+    StreamMark,
+)
 from sparklem_core.processor.registry import AgentRegistry
-from sparklem_core.processor.store import Batch, Store
+from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import ProcessorSettings
 from sparklem_core.settings.validation import plugin_settings as checked_settings
 
@@ -94,9 +104,9 @@ class Pipeline:
             if info.manifest is not None
         }
         self.store = store
-        self._seq: dict[tuple[str, str], int] = {}  # committed high-water marks
+        self._seq: dict[StreamKey, int] = {}  # committed high-water marks
         # committed (next offset, topic id) per partition
-        self._offsets: dict[tuple[str, int], tuple[int, str | None]] = {}
+        self._offsets: dict[PartitionKey, tuple[int, str | None]] = {}
         self.session_key = lru_cache(maxsize=settings.key_cache_size)(self._unwrap)
         self._tracebacks_logged: set[tuple[type[BaseException], str]] = set()
 
@@ -127,10 +137,10 @@ class Pipeline:
         self._load_seqs({(e.agent, e.plugin) for e in envelopes if isinstance(e, wire.Envelope)})
         admit = self._admit_next_seq(batch, {})
         for record, envelope in zip(records, envelopes, strict=True):
-            tp = (record.topic, record.partition)
+            tp = PartitionKey(record.topic, record.partition)
             stored_next, stored_id = self._offsets.get(tp, (None, None))
             if tp in batch.offsets:
-                current_id = batch.offsets[tp][2]
+                current_id = batch.offsets[tp].topic_id
             elif stored_next is not None and record.offset < stored_next:
                 current_id = topic_id(record.topic, True)  # a redelivery, or a new topic?
                 if current_id is None or stored_id is None or current_id == stored_id:
@@ -145,8 +155,8 @@ class Pipeline:
                 )
             else:
                 current_id = topic_id(record.topic, False)
-            expected = batch.offsets[tp][0] if tp in batch.offsets else stored_next
-            batch.offsets[tp] = (expected, record.offset + 1, current_id)
+            expected = batch.offsets[tp].expected if tp in batch.offsets else stored_next
+            batch.offsets[tp] = OffsetMark(expected, record.offset + 1, current_id)
             self.judge(record, envelope, batch, stats, now, admit)
         return batch, stats
 
@@ -198,17 +208,17 @@ class Pipeline:
             error = wire.Rejected(wire.PROCESSING_ERROR, _describe(exc))
             self._reject(batch, stats, record, envelope, error, now, authenticated, plain)
 
-    def _admit_next_seq(self, batch: Batch, seq_now: dict[tuple[str, str], int]) -> Admit:
+    def _admit_next_seq(self, batch: Batch, seq_now: dict[StreamKey, int]) -> Admit:
         """The consumer's rule: a message is new when its seq is above its stream's mark."""
 
         def admit(env: wire.Envelope, plain: wire.Plaintext) -> bool:
-            stream = (env.agent, env.plugin)
+            stream = StreamKey(env.agent, env.plugin)
             last = seq_now.get(stream, self._seq.get(stream, -1))
             if plain.seq <= last:
                 log.debug("duplicate %s seq %d (last %d)", stream, plain.seq, last)
                 return False
             seq_now[stream] = plain.seq
-            batch.streams[stream] = (self._seq.get(stream), plain.seq)
+            batch.streams[stream] = StreamMark(self._seq.get(stream), plain.seq)
             return True
 
         return admit
@@ -219,18 +229,18 @@ class Pipeline:
         refused = Batch(streams=batch.streams, offsets=batch.offsets)
         stats = Stats(consumed=1)
         rejected = wire.Rejected(wire.INVALID_PAYLOAD, detail)
-        kept = batch.records.get((record.topic, record.partition, record.offset))
+        kept = batch.records.get(RecordKey(record.topic, record.partition, record.offset))
         # Rows are only made of messages whose signature verified.
-        authenticated = kept["authenticated"] if kept is not None else bool(batch.rows)
+        authenticated = kept.authenticated if kept is not None else bool(batch.rows)
         self._reject(refused, stats, record, envelope, rejected, datetime.now(UTC), authenticated)
         return refused, stats
 
     def committed(self, batch: Batch) -> None:
         """Adopt a batch's marks once its transaction has committed."""
-        for key, (_, new) in batch.streams.items():
-            self._seq[key] = new
-        for key, (_, new, topic_id) in batch.offsets.items():
-            self._offsets[key] = (new, topic_id)
+        for key, stream in batch.streams.items():
+            self._seq[key] = stream.last_seq
+        for key, offset in batch.offsets.items():
+            self._offsets[key] = (offset.next_offset, offset.topic_id)
 
     # --- steps -------------------------------------------------------------------
 
@@ -377,23 +387,14 @@ class Pipeline:
         now: datetime,
     ) -> None:
         """The record's bytes, once per record: whole when signed, else cut to the limit."""
-        key = (record.topic, record.partition, record.offset)
+        key = RecordKey(record.topic, record.partition, record.offset)
         if key in batch.records:
             return
         value = record.value or b""
         limit = len(value) if authenticated else self.settings.rejected_raw_max_bytes
-        batch.records[key] = {
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "agent_id": agent,
-            "plugin": plugin,
-            "authenticated": authenticated,
-            "size": len(value),
-            "truncated": len(value) > limit,
-            "value": value[:limit],
-            "received_at": now,
-        }
+        batch.records[key] = RejectedRecord(
+            *key, agent, plugin, authenticated, len(value), len(value) > limit, value[:limit], now
+        )
 
     def _rejection(
         self,
@@ -405,21 +406,21 @@ class Pipeline:
         raw: str,
         now: datetime,
         plain: wire.Plaintext | None,
-    ) -> dict[str, Any]:
+    ) -> Rejection:
         """A ``rejected_messages`` row; ``seq`` and ``sent_at`` once the message was read."""
-        return {
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "agent_id": agent,
-            "plugin": plugin,
-            "reason": reason,
-            "detail": storable_text(detail[:1000]),
-            "raw": storable_text(raw),
-            "received_at": now,
-            "seq": plain.seq if plain is not None else None,
-            "sent_at": sent_at(plain) if plain is not None else None,
-        }
+        return Rejection(
+            record.topic,
+            record.partition,
+            record.offset,
+            agent,
+            plugin,
+            reason,
+            storable_text(detail[:1000]),
+            storable_text(raw),
+            now,
+            plain.seq if plain is not None else None,
+            sent_at(plain) if plain is not None else None,
+        )
 
     def _load_offsets(self, keys: set[tuple[str, int]]) -> None:
         missing = keys - self._offsets.keys()

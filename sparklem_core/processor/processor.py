@@ -33,8 +33,9 @@ from tenacity import (
 )
 
 from sparklem_core.logsetup import OncePerMinute
+from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.pipeline import Pipeline, Record, Stats
-from sparklem_core.processor.store import Batch, Store
+from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import BatchWriter, Interrupted, Unavailable
 from sparklem_core.settings.config import Config, mask_url
 
@@ -375,7 +376,7 @@ class Processor:
     def _commit_offsets(self, batch: Batch) -> None:
         if not batch.offsets or self.consumer is None:
             return
-        offsets = [TopicPartition(t, p, nxt) for (t, p), (_, nxt, _id) in batch.offsets.items()]
+        offsets = [TopicPartition(*key, mark.next_offset) for key, mark in batch.offsets.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
@@ -384,15 +385,15 @@ class Processor:
     def _send_dead_letters(self, batch: Batch) -> None:
         if self._dead_letters is None or not batch.rejected:
             return
-        for row in batch.rejected:
+        for rejection in batch.rejected:
             self._dead_letters.produce(
                 self.settings.dead_letter_topic,
-                value=row["raw"],
-                key=row["agent_id"],
+                value=rejection.raw,
+                key=rejection.agent_id,
                 headers={
-                    "reason": row["reason"],
-                    "detail": row["detail"],
-                    "source": f"{row['topic']}[{row['partition']}]@{row['offset']}",
+                    "reason": rejection.reason,
+                    "detail": rejection.detail,
+                    "source": f"{rejection.topic}[{rejection.partition}]@{rejection.offset}",
                 },
             )
         self._dead_letters.poll(0)

@@ -40,9 +40,17 @@ from sqlalchemy import ColumnElement, and_, select, true
 
 from sparklem_core import wire
 from sparklem_core.plugin_api import MAX_TS_MS, Message
+from sparklem_core.processor.batch import (
+    WHOLE_MESSAGE,
+    Batch,
+    Redriven,
+    Rejection,
+    StreamKey,
+    StreamMark,
+)
 from sparklem_core.processor.db_errors import Verdict, classify
 from sparklem_core.processor.pipeline import Narrow, Pipeline, Record, Stats
-from sparklem_core.processor.store import WHOLE_MESSAGE, Batch, Conflict, Store
+from sparklem_core.processor.store import Conflict, Store
 from sparklem_core.processor.writer import (
     MAX_CONFLICTS,
     Unavailable,
@@ -267,10 +275,15 @@ class Redrive:
             summary.records += 1
             summary.cut.append(unit.name)
             return None
-        batch, outcome = self._judge(unit, claimed)
-        if not batch.released_messages:
+        released = (
+            tuple(r for r in unit.selected if r.reason == wire.INVALID_READING)
+            if unit.readings
+            else unit.selected
+        )
+        if not released:
             return None  # nothing of it this redrive can take up
-        return _Judged(position, unit, batch, outcome)
+        batch, outcome = self._judge(unit, released, claimed)
+        return _Judged(position, unit, released, batch, outcome)
 
     def _store(
         self,
@@ -310,7 +323,7 @@ class Redrive:
             if judged is None:
                 return
             try:
-                self._commit(judged.unit, judged.batch)
+                judged = self._commit(judged)
             except Conflict as exc:
                 log.info(
                     "%s: changed by another process (%s); judging it again", judged.unit.name, exc
@@ -322,29 +335,25 @@ class Redrive:
         raise Unavailable(f"{MAX_CONFLICTS} conflicts in a row on one record")
 
     def _judge(
-        self, unit: _Quarantined, claimed: set[tuple[str, str, int, str]]
+        self,
+        unit: _Quarantined,
+        released: tuple[_Rejection, ...],
+        claimed: set[tuple[str, str, int, str]],
     ) -> tuple[Batch, Stats]:
-        """Today's verdict on ``unit``: what to write, and what it amounts to."""
+        """Today's verdict on ``unit``: what to write in place of ``released``."""
         batch, outcome = Batch(), Stats(consumed=1)
         envelope = self.pipeline.envelope(unit.record)
         if unit.readings:
-            refused = [r for r in unit.selected if r.reason == wire.INVALID_READING]
-            parts = _parts(refused)
-            for rejection, part in zip(refused, parts, strict=True):
+            for rejection, part in zip(released, _parts(released), strict=True):
                 narrow = _narrow_to(self.pipeline, rejection.raw, part.occurrence)
                 before = len(batch.rejected)
                 self._judge_part(unit, envelope, batch, outcome, claimed, part.key, narrow)
-                for row in batch.rejected[before:]:
-                    _still_a_reading(row, rejection)
-            batch.released_messages = [r.id for r in refused]
+                batch.rejected[before:] = [
+                    _still_a_reading(r, rejection) for r in batch.rejected[before:]
+                ]
         else:
             self._judge_part(unit, envelope, batch, outcome, claimed, WHOLE_MESSAGE, None)
-            batch.released_messages = [r.id for r in unit.selected]
-        for row in batch.rejected:  # still quarantined: as received, with today's reason
-            row["received_at"] = unit.received_at
-        batch.records.clear()  # the record's row stays as it is, or goes
-        if not batch.rejected and unit.total == len(batch.released_messages):
-            batch.released_records = [unit.record_id]
+        _finish(batch, unit, released)
         return batch, outcome
 
     def _judge_part(
@@ -373,41 +382,45 @@ class Redrive:
             return
         (key, plain), record = read[0], unit.record
         batch.redriven.append(
-            {
-                "agent_id": key[0],
-                "plugin": key[1],
-                "seq": key[2],
-                "part": key[3],
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "redriven_at": datetime.now(UTC),
-            }
+            Redriven(*key, record.topic, record.partition, record.offset, datetime.now(UTC))
         )
-        stream = (key[0], key[1])
+        stream = StreamKey(key[0], key[1])
         mark = self.store.load_streams([stream]).get(stream)
         if mark is None or plain.seq > mark:  # the consumer must call a resend a duplicate
-            batch.streams[stream] = (mark, plain.seq)
+            batch.streams[stream] = StreamMark(mark, plain.seq)
 
-    def _commit(self, unit: _Quarantined, batch: Batch) -> None:
-        """Write ``batch``; if the database refuses its rows, quarantine it with that reason."""
+    def _commit(self, judged: _Judged) -> _Judged:
+        """Write ``judged``; if the database refuses its rows, quarantine the record (or
+        its readings) with that reason instead. Returns what was written."""
         try:
-            self.store.commit(batch)
-            return
+            self.store.commit(judged.batch)
+            return judged
         except Conflict:
             raise
         except Exception as exc:
             if _transient(exc, self.store):
                 raise Unavailable(first_line(exc)) from exc
             reason = first_line(exc)
+        unit = judged.unit
         log.warning("%s: the database refused its rows (%s)", unit.name, reason)
-        refused, _ = self.pipeline.refuse(unit.record, batch, refused_rows(reason))
-        for row in refused.rejected:
-            row["received_at"] = unit.received_at
-        refused.records.clear()  # the record's row stays
-        refused.streams.clear()
-        refused.released_messages = batch.released_messages
-        commit_refusal(self.store, refused)
+        refused, outcome = self.pipeline.refuse(unit.record, judged.batch, refused_rows(reason))
+        batch = Batch(rejected=refused.rejected)
+        if unit.readings:
+            (template,) = refused.rejected
+            batch.rejected = [_still_a_reading(template, r) for r in judged.released]
+        _finish(batch, unit, judged.released)
+        commit_refusal(self.store, batch)
+        return replace(judged, batch=batch, outcome=outcome)
+
+
+def _finish(batch: Batch, unit: _Quarantined, released: tuple[_Rejection, ...]) -> None:
+    """``batch`` takes ``released`` out of the quarantine, and the record when nothing of
+    it stays; what stays keeps the time it was received."""
+    batch.rejected = [replace(r, received_at=unit.received_at) for r in batch.rejected]
+    batch.records.clear()  # the record's row stays as it is, or goes
+    batch.released_messages = [r.id for r in released]
+    if not batch.rejected and unit.total == len(released):
+        batch.released_records = [unit.record_id]
 
 
 @dataclass(frozen=True)
@@ -416,6 +429,7 @@ class _Judged:
 
     position: tuple[Any, ...]
     unit: _Quarantined
+    released: tuple[_Rejection, ...]  # its rejections this redrive takes up
     batch: Batch
     outcome: Stats
 
@@ -431,7 +445,7 @@ def _merged(batches: list[Batch]) -> Batch:
     """Several records' batches as one transaction's."""
     total = Batch()
     for batch in batches:
-        total.add(batch)
+        total.merge(batch)
     return total
 
 
@@ -439,20 +453,25 @@ def _transient(exc: BaseException, store: Store) -> bool:
     return classify(exc, store.probe) is Verdict.TRANSIENT
 
 
-def _still_a_reading(row: dict[str, Any], rejection: _Rejection) -> None:
+def _still_a_reading(row: Rejection, rejection: _Rejection) -> Rejection:
     """Keep a refused reading a reading, whatever refuses it now: its message was stored,
     and only the reading as sent (``raw``) can be redriven later, alone."""
-    if row["reason"] != wire.INVALID_READING:
-        row["detail"] = f"{row['reason']}: {row['detail']}"[:1000]
-        row["reason"] = wire.INVALID_READING
-    row["raw"] = rejection.raw
-    row["seq"] = rejection.seq if row["seq"] is None else row["seq"]
-    row["sent_at"] = rejection.sent_at if row["sent_at"] is None else row["sent_at"]
+    detail = row.detail
+    if row.reason != wire.INVALID_READING:
+        detail = f"{row.reason}: {row.detail}"[:1000]
+    return replace(
+        row,
+        reason=wire.INVALID_READING,
+        detail=detail,
+        raw=rejection.raw,
+        seq=rejection.seq if row.seq is None else row.seq,
+        sent_at=rejection.sent_at if row.sent_at is None else row.sent_at,
+    )
 
 
 def batch_keys(batch: Batch) -> list[tuple[str, str, int, str]]:
     """The (agent, plugin, seq, part) keys a batch marks as redriven."""
-    return [(r["agent_id"], r["plugin"], r["seq"], r["part"]) for r in batch.redriven]
+    return [(r.agent_id, r.plugin, r.seq, r.part) for r in batch.redriven]
 
 
 # --- a single refused reading ------------------------------------------------------

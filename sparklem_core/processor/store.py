@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
+from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,6 @@ CORE_TABLES = (
     "sparklem_offsets",
     "sparklem_redriven",
 )
-# sparklem_redriven.part of a whole message; a single reading's part is its digest.
-WHOLE_MESSAGE = ""
 # A whole record of max_message_bytes (1 MiB by default) on every database: MySQL's BLOB
 # stops at 64 KiB.
 RECORD_BYTES = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
@@ -140,47 +138,13 @@ def _core_metadata() -> MetaData:
         Column("agent_id", String(64), primary_key=True),
         Column("plugin", String(64), primary_key=True),
         Column("seq", BigInteger, primary_key=True, autoincrement=False),
-        Column("part", String(64), primary_key=True),  # WHOLE_MESSAGE or a reading's digest
+        Column("part", String(64), primary_key=True),  # batch.WHOLE_MESSAGE, or a digest
         Column("topic", String(255), nullable=False),  # where the stored copy was quarantined
         Column("partition", Integer, nullable=False),
         Column("offset", BigInteger, nullable=False),
         Column("redriven_at", DateTime(timezone=True), nullable=False),
     )
     return metadata
-
-
-@dataclass
-class Batch:
-    """What one consumed batch changes in the database."""
-
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    # (topic, partition, offset) -> rejected_records row: the bytes of a rejected record
-    records: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
-    # key -> (value the mark had when the batch began, or None if absent; new value)
-    streams: dict[tuple[str, str], tuple[int | None, int]] = field(default_factory=dict)
-    # (topic, partition) -> (stored next offset or None, new next offset, topic id)
-    offsets: dict[tuple[str, int], tuple[int | None, int, str | None]] = field(default_factory=dict)
-    # Redrive: the quarantine rows it takes out (each must still be there: else Conflict)
-    # and the sparklem_redriven rows it adds (each must be new: else Conflict).
-    released_messages: list[int] = field(default_factory=list)  # rejected_messages ids
-    released_records: list[int] = field(default_factory=list)  # rejected_records ids
-    redriven: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, other: Batch) -> None:
-        """Take in ``other``'s changes: several records' in one transaction, or a report."""
-        for table, rows in other.rows.items():
-            self.rows.setdefault(table, []).extend(rows)
-        self.rejected.extend(other.rejected)
-        self.records.update(other.records)
-        for stream, (expected, new) in other.streams.items():
-            if stream in self.streams:  # the mark as it was before the first of them moved it
-                expected, new = self.streams[stream][0], max(new, self.streams[stream][1])
-            self.streams[stream] = (expected, new)
-        self.offsets.update(other.offsets)
-        self.released_messages.extend(other.released_messages)
-        self.released_records.extend(other.released_records)
-        self.redriven.extend(other.redriven)
 
 
 def make_engine(url: str) -> Engine:
@@ -306,28 +270,28 @@ class Store:
         """Write a whole batch in one transaction, or nothing (:class:`Conflict` or DB error)."""
         now = datetime.now(UTC)
         streams = [
-            ({"agent_id": a, "plugin": p, "last_seq": new, "updated_at": now}, expected)
-            for (a, p), (expected, new) in batch.streams.items()
+            ({**key._asdict(), "last_seq": mark.last_seq, "updated_at": now}, mark.expected)
+            for key, mark in batch.streams.items()
         ]
         offsets = [
-            ({"group_id": self.group_id, "topic": t, "partition": p, "next_offset": new,
-              "topic_id": topic_id, "updated_at": now}, expected)
-            for (t, p), (expected, new, topic_id) in batch.offsets.items()
+            ({"group_id": self.group_id, **key._asdict(), "next_offset": mark.next_offset,
+              "topic_id": mark.topic_id, "updated_at": now}, mark.expected)
+            for key, mark in batch.offsets.items()
         ]  # fmt: skip
         with self.engine.begin() as conn:
             self._release(conn, self.rejected, batch.released_messages)
             self._release(conn, self.records, batch.released_records)
             if batch.redriven:
                 try:
-                    conn.execute(insert(self.redriven), batch.redriven)
+                    conn.execute(insert(self.redriven), [r.row() for r in batch.redriven])
                 except IntegrityError as exc:  # another redrive stored it first
                     raise Conflict(str(exc.orig)[:200]) from None
             for name, rows in batch.rows.items():
                 self._insert_rows(conn, self.metadata.tables[name], rows)
             if batch.rejected:
-                conn.execute(insert(self.rejected), batch.rejected)
+                conn.execute(insert(self.rejected), [r.row() for r in batch.rejected])
             if batch.records:
-                conn.execute(insert(self.records), list(batch.records.values()))
+                conn.execute(insert(self.records), [r.row() for r in batch.records.values()])
             self._move_marks(conn, self.streams, ("agent_id", "plugin"), "last_seq", streams)
             self._move_marks(conn, self.offsets, ("group_id", "topic", "partition"),
                              "next_offset", offsets)  # fmt: skip

@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.db_errors import Verdict, classify
 from sparklem_core.processor.pipeline import Pipeline, Record, Stats
-from sparklem_core.processor.store import Batch, Conflict, Store
+from sparklem_core.processor.store import Conflict, Store
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class BatchWriter:
                 # What was stored is committed with its offsets: the rest comes again.
                 raise Interrupted(f"{len(records) - stats.consumed} records not stored")
             batch, one = self.write([record], topic_id)
-            total.add(batch)
+            total.merge(batch)
             stats.add(one)
         return total, stats
 
