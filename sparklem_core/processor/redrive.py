@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, select, true
+from sqlalchemy import ColumnElement, Connection, and_, select, true
 
 from sparklem_core import wire
 from sparklem_core.plugin_api import MAX_TS_MS, Message
@@ -61,6 +61,7 @@ from sparklem_core.processor.writer import (
 
 log = logging.getLogger(__name__)
 
+Key = tuple[str, str, int, str]  # sparklem_redriven's: agent_id, plugin, seq, part
 PAGE = 200  # rejected_messages rows read per query
 GROUP = 50  # records per transaction; one by one when a group cannot commit
 
@@ -142,7 +143,7 @@ class Redrive:
         """Redrive every selected record quarantined before now; :class:`Unavailable`
         if the database fails (what was committed stays: run it again to go on)."""
         summary = Summary()
-        claimed: set[tuple[str, str, int, str]] = set()  # stored in this run
+        claimed: set[Key] = set()  # stored in this run
         group: list[_Judged] = []
         next_line = time.monotonic() + self.progress_s
         for done, position in enumerate(self._positions(selection), 1):
@@ -207,26 +208,25 @@ class Redrive:
             seen = set(keys)
 
     def _load(
-        self, position: tuple[Any, ...], selection: Selection
+        self, conn: Connection, position: tuple[Any, ...], selection: Selection
     ) -> _Quarantined | list[_Rejection]:
         """The record at ``position`` with its rejections, or its rejections alone."""
         topic, partition, offset, received_at = position
         m, r = self.store.rejected.c, self.store.records.c
         at = [m.topic == topic, m.partition == partition, m.offset == offset]
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                select(m.id, m.reason, m.raw, m.seq, m.sent_at)
-                .add_columns(and_(true(), *self._where(selection)).label("chosen"))
-                .where(*at, m.received_at == received_at)
-                .order_by(m.id)
-            ).all()
-            found = conn.execute(
-                select(r.id, r.value, r.size, r.truncated)
-                .where(r.topic == topic, r.partition == partition, r.offset == offset)
-                .where(r.received_at == received_at)
-                .order_by(r.id)
-                .limit(1)
-            ).first()
+        rows = conn.execute(
+            select(m.id, m.reason, m.raw, m.seq, m.sent_at)
+            .add_columns(and_(true(), *self._where(selection)).label("chosen"))
+            .where(*at, m.received_at == received_at)
+            .order_by(m.id)
+        ).all()
+        found = conn.execute(
+            select(r.id, r.value, r.size, r.truncated)
+            .where(r.topic == topic, r.partition == partition, r.offset == offset)
+            .where(r.received_at == received_at)
+            .order_by(r.id)
+            .limit(1)
+        ).first()
         selected = tuple(_Rejection(*row[:5]) for row in rows if row.chosen)
         if found is None:
             return list(selected)
@@ -242,19 +242,6 @@ class Redrive:
             any(row.reason == wire.INVALID_READING for row in rows),
         )
 
-    def _redriven(self, key: tuple[str, str, int, str]) -> bool:
-        t = self.store.redriven.c
-        agent, plugin, seq, part = key
-        with self.store.engine.connect() as conn:
-            return (
-                conn.execute(
-                    select(t.seq).where(
-                        t.agent_id == agent, t.plugin == plugin, t.seq == seq, t.part == part
-                    )
-                ).first()
-                is not None
-            )
-
     # --- one record ----------------------------------------------------------------
 
     def _take(
@@ -262,10 +249,21 @@ class Redrive:
         position: tuple[Any, ...],
         selection: Selection,
         summary: Summary,
-        claimed: set[tuple[str, str, int, str]],
+        claimed: set[Key],
     ) -> _Judged | None:
         """The record at ``position`` judged, or None when there is nothing to write."""
-        unit = self._load(position, selection)
+        with self.store.engine.connect() as conn:  # one for every read of the record
+            return self._judged(conn, position, selection, summary, claimed)
+
+    def _judged(
+        self,
+        conn: Connection,
+        position: tuple[Any, ...],
+        selection: Selection,
+        summary: Summary,
+        claimed: set[Key],
+    ) -> _Judged | None:
+        unit = self._load(conn, position, selection)
         if isinstance(unit, list):
             summary.no_bytes += len(unit)
             return None
@@ -282,7 +280,7 @@ class Redrive:
         )
         if not released:
             return None  # nothing of it this redrive can take up
-        batch, outcome = self._judge(unit, released, claimed)
+        batch, outcome = self._judge(unit, released, _Known(self.store, conn, claimed))
         return _Judged(position, unit, released, batch, outcome)
 
     def _store(
@@ -290,7 +288,7 @@ class Redrive:
         group: list[_Judged],
         selection: Selection,
         summary: Summary,
-        claimed: set[tuple[str, str, int, str]],
+        claimed: set[Key],
         dry_run: bool,
     ) -> None:
         """Commit ``group`` in one transaction; else each record in its own, judged again."""
@@ -315,7 +313,7 @@ class Redrive:
         position: tuple[Any, ...],
         selection: Selection,
         summary: Summary,
-        claimed: set[tuple[str, str, int, str]],
+        claimed: set[Key],
     ) -> None:
         """One record in its own transaction, judged again after each conflict."""
         for _ in range(MAX_CONFLICTS):
@@ -338,7 +336,7 @@ class Redrive:
         self,
         unit: _Quarantined,
         released: tuple[_Rejection, ...],
-        claimed: set[tuple[str, str, int, str]],
+        known: _Known,
     ) -> tuple[Batch, Stats]:
         """Today's verdict on ``unit``: what to write in place of ``released``."""
         batch, outcome = Batch(), Stats(consumed=1)
@@ -347,12 +345,12 @@ class Redrive:
             for rejection, part in zip(released, _parts(released), strict=True):
                 narrow = _narrow_to(self.pipeline, rejection.raw, part.occurrence)
                 before = len(batch.rejected)
-                self._judge_part(unit, envelope, batch, outcome, claimed, part.key, narrow)
+                self._judge_part(unit, envelope, batch, outcome, known, part.key, narrow)
                 batch.rejected[before:] = [
                     _still_a_reading(r, rejection) for r in batch.rejected[before:]
                 ]
         else:
-            self._judge_part(unit, envelope, batch, outcome, claimed, WHOLE_MESSAGE, None)
+            self._judge_part(unit, envelope, batch, outcome, known, WHOLE_MESSAGE, None)
         _finish(batch, unit, released)
         return batch, outcome
 
@@ -362,16 +360,16 @@ class Redrive:
         envelope: wire.Envelope | wire.Rejected,
         batch: Batch,
         outcome: Stats,
-        claimed: set[tuple[str, str, int, str]],
+        known: _Known,
         part: str,
         narrow: Narrow | None,
     ) -> None:
-        read: list[tuple[tuple[str, str, int, str], wire.Plaintext]] = []
+        read: list[tuple[Key, wire.Plaintext]] = []
 
         def admit(env: wire.Envelope, plain: wire.Plaintext) -> bool:
             key = (env.agent, env.plugin, plain.seq, part)
             read.append((key, plain))
-            return key not in claimed and not self._redriven(key)
+            return not known.stored(key)
 
         stored, rows = outcome.stored, outcome.rows
         self.pipeline.judge(unit.record, envelope, batch, outcome, unit.received_at, admit, narrow)
@@ -385,7 +383,7 @@ class Redrive:
             Redriven(*key, record.topic, record.partition, record.offset, datetime.now(UTC))
         )
         stream = StreamKey(key[0], key[1])
-        mark = self.store.load_streams([stream]).get(stream)
+        mark = known.mark(stream)
         if mark is None or plain.seq > mark:  # the consumer must call a resend a duplicate
             batch.streams[stream] = StreamMark(mark, plain.seq)
 
@@ -421,6 +419,31 @@ def _finish(batch: Batch, unit: _Quarantined, released: tuple[_Rejection, ...]) 
     batch.released_messages = [r.id for r in released]
     if not batch.rejected and unit.total == len(released):
         batch.released_records = [unit.record_id]
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What is stored already: by this run (``claimed``), or in the database."""
+
+    store: Store
+    conn: Connection
+    claimed: set[Key]
+
+    def stored(self, key: Key) -> bool:
+        if key in self.claimed:
+            return True
+        t = self.store.redriven.c
+        agent, plugin, seq, part = key
+        query = select(t.seq).where(
+            t.agent_id == agent, t.plugin == plugin, t.seq == seq, t.part == part
+        )
+        return self.conn.execute(query).first() is not None
+
+    def mark(self, stream: StreamKey) -> int | None:
+        """The stream's highest stored ``seq``, None if it has none."""
+        t = self.store.streams.c
+        query = select(t.last_seq).where(t.agent_id == stream.agent_id, t.plugin == stream.plugin)
+        return self.conn.execute(query).scalar()
 
 
 @dataclass(frozen=True)
@@ -469,7 +492,7 @@ def _still_a_reading(row: Rejection, rejection: _Rejection) -> Rejection:
     )
 
 
-def batch_keys(batch: Batch) -> list[tuple[str, str, int, str]]:
+def batch_keys(batch: Batch) -> list[Key]:
     """The (agent, plugin, seq, part) keys a batch marks as redriven."""
     return [(r.agent_id, r.plugin, r.seq, r.part) for r in batch.redriven]
 
