@@ -18,6 +18,7 @@ from sparklem_core.logsetup import add_log_level_argument, setup_logging
 from sparklem_core.plugin_host import PluginHost
 from sparklem_core.processor.db_errors import DatabaseUnusable, check_database_url
 from sparklem_core.processor.pipeline import Pipeline
+from sparklem_core.processor.plugin_tables import PluginTableRefused
 from sparklem_core.processor.registry import (
     AgentRegistry,
     NoServerKey,
@@ -81,10 +82,12 @@ def cmd_init(config: Config, _args: argparse.Namespace) -> int:
     (config.certificates / "agents").mkdir(exist_ok=True)
     (config.certificates / "revoked").mkdir(exist_ok=True)
     keys = load_server_keys(config.certificates)
-    setup.store.create_schema()
+    changes = setup.store.create_schema()
     setup.store.dispose()
     print(f"server key: {path} ({'created' if created else 'already there'})")
     print(f"database:   {mask_secrets(config.database_url)} (schema up to date)")
+    for change in changes:
+        print(f"table:      {change}")
     for kid in keys:
         print(f"kid:        {kid}")
     return 0
@@ -94,6 +97,8 @@ def cmd_plugins(config: Config, args: argparse.Namespace) -> int:
     if args.action == "new":
         return cmd_plugins_new(args)
     host = load_plugins(config)
+    scratch = Store("sqlite://", config.group_id)  # never opened: declarations checked as at start
+    host.register_tables(scratch.register_table, scratch.drop_registrations)
     rows = [("NAME", "VERSION", "TOPIC", "STATUS", "SOURCE")]
     for info in host.infos:
         m = info.manifest
@@ -105,6 +110,17 @@ def cmd_plugins(config: Config, args: argparse.Namespace) -> int:
             print(f"\nsettings of {info.name} (plugins.{info.name}.*):")
             print_table(
                 [("SIDE", "NAME", "TYPE", "DEFAULT", "MEANING")] + describe_settings(info.manifest),
+                indent="  ",
+            )
+        declared = [t for t in scratch.plugin_tables.values() if t.owner == info.name]
+        if declared:
+            print(f"\ntables of {info.name}:")
+            print_table(
+                [("TABLE", "TIME", "SERIES", "VALUES")]
+                + [
+                    (t.name, t.time, ",".join(t.series) or "-", ",".join(t.values) or "-")
+                    for t in declared
+                ],  # fmt: skip
                 indent="  ",
             )
     print(f"\n{RESTART_NOTE}")
@@ -405,13 +421,23 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "test extra (pip install -e '.[test]').",
     )
     dev_broker.add_argument(
-        "--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)"
+        "--port", type=_port, default=9092, help="port on 127.0.0.1 (default 9092)"
     )
     dev_broker.add_argument(
         "--log", default="dev-broker.log", help="the broker's log file (default: ./dev-broker.log)"
     )
     dev_broker.set_defaults(func=cmd_dev_broker)
     return parser
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1 to 65535)")
+    return port
 
 
 def _workers(value: str) -> int:
@@ -449,7 +475,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except ConfigError as exc:
         print(f"{prog}: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (NoServerKey, SchemaLockTimeout, DatabaseUnusable) as exc:
+    except (NoServerKey, SchemaLockTimeout, DatabaseUnusable, PluginTableRefused) as exc:
         print(f"{prog}: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except DBAPIError as exc:  # init and friends: the database refused or is unreachable

@@ -48,12 +48,15 @@ def sparklem_register_tables(register: RegisterTable) -> None:
     """Declare the SQL tables the plugin writes to.
 
     Called once at processor start (and by ``main.py init``), before the schema is
-    created.
+    created or upgraded to the declarations (new tables, columns and indexes are added).
 
-    :param register: ``register(name, *columns)`` creates the table ``name`` from
-        SQLAlchemy ``Column`` (and ``Index``...) objects in the processor's metadata and
-        returns the ``Table``; it raises if the core or another plugin already owns that
-        name, and the plugin then fails to load.
+    :param register: ``register(name, *columns, time=..., series=(...), values=(...))``
+        creates the table ``name`` from SQLAlchemy ``Column`` (and ``Index``...) objects
+        in the processor's metadata and returns the ``Table``. ``time`` names its
+        ``DateTime(timezone=True)``, NOT NULL column a row is measured at; ``series`` the
+        columns naming one series; ``values`` the measured columns. It raises if the core
+        or another plugin already owns that name or the keywords do not fit the columns,
+        and the plugin then fails to load.
     :return: Nothing.
     """
 

@@ -143,7 +143,8 @@ class PluginResult:
 
 
 RegisterTable = Callable[..., "Table"]
-"""``register(name, *columns)`` as ``sparklem_register_tables`` receives it: returns the Table."""
+"""``register(name, *columns, time=..., series=(...), values=(...))`` as
+``sparklem_register_tables`` receives it: returns the Table."""
 
 
 class InvalidPayload(ValueError):

@@ -15,6 +15,7 @@ with its reason and skipped; the others run.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import logging
@@ -172,7 +173,7 @@ class PluginHost:
                 self._call(
                     info.module,
                     "sparklem_register_tables",
-                    register=lambda name, *cols, _o=info.name: register(_o, name, *cols),
+                    register=functools.partial(register, info.name),
                 )
             except Exception as exc:
                 forget(info.name)

@@ -32,7 +32,7 @@ from sparklem_core.settings.config import ProcessorSettings
 
 # A plugin that trusts its payload: whatever rows it is sent go to a table with limits.
 LOOSE = """\
-from sqlalchemy import Column, DateTime, Index, Integer, String, Text
+from sqlalchemy import Column, DateTime, Index, Integer, String, Text, func
 from sparklem_core import Manifest, PluginResult, hookimpl
 
 
@@ -50,7 +50,9 @@ def sparklem_register_tables(register):
         Column("big", Text),
         Column("at", DateTime(timezone=True)),
         Column("n", Integer, nullable=False),
+        Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Index("ix_loose_big", "big", mysql_length=255),
+        time="stored_at",
     )
 
 

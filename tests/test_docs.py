@@ -17,6 +17,7 @@ from harness import ROOT as PROJECT_ROOT
 from sparklem_core import Message, hookspecs, wire
 from sparklem_core.admin.scaffold import files, write_plugin
 from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor import plugin_tables
 from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import ProcessorSettings
 from sparklem_core.settings.validation import plugin_settings
@@ -109,6 +110,21 @@ def test_documented_signature_matches_the_hookspec(guide: str, hook: str) -> Non
     assert isinstance(function, ast.FunctionDef)
     documented = [arg.arg for arg in function.args.args]
     assert documented == list(inspect.signature(getattr(hookspecs, hook)).parameters)
+
+
+def test_every_keyword_of_register_is_documented(guide: str) -> None:
+    """register(name, *columns, time=..., ...): the hookspec and the guide explain each keyword."""
+    keywords = [
+        p.name
+        for p in inspect.signature(plugin_tables.declare).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    assert keywords
+    doc = inspect.getdoc(hookspecs.sparklem_register_tables) or ""
+    prose = re.sub(r"```.*?```", "", hook_section(guide, "sparklem_register_tables"), flags=re.S)
+    for name in keywords:
+        assert f"``{name}``" in doc, f"sparklem_register_tables' docstring lacks ``{name}``"
+        assert f"`{name}`" in prose, f"the guide's sparklem_register_tables lacks `{name}`"
 
 
 def test_guide_shows_the_generated_pyproject_in_full(guide: str) -> None:

@@ -11,7 +11,7 @@ import signal
 import pytest
 from Crypto.Hash import SHA256
 from Crypto.PublicKey import RSA
-from Crypto.Signature import pkcs1_15
+from Crypto.Signature import pkcs1_15, pss
 from harness import GOOD, Db, Fleet, ProcessorProcess, now_ms, start, temperature
 from waiting import wait_for
 
@@ -23,7 +23,7 @@ def _resign(fleet: Fleet, env: dict, agent: str) -> dict:
     signed = wire.Envelope(
         **{k: env[k] for k in ("agent", "plugin", "kid", "ek", "iv", "ct", "tag", "sig")}
     )
-    sig = wire.pss.new(fleet.keys[agent], salt_bytes=32).sign(SHA256.new(signed.signed_bytes()))
+    sig = pss.new(fleet.keys[agent], salt_bytes=32).sign(SHA256.new(signed.signed_bytes()))
     return {**env, "sig": base64.b64encode(sig).decode()}
 
 
@@ -344,15 +344,17 @@ def test_rows_the_database_refuses_and_dead_letters(
     plugin = tmp_path / "plugins" / "sloppy"
     plugin.mkdir(parents=True)
     (plugin / "__init__.py").write_text(
-        "from sqlalchemy import Column, Integer\n"
+        "from sqlalchemy import Column, DateTime, Integer\n"
         "from sparklem_core import Manifest, PluginResult, hookimpl\n"
         "@hookimpl\ndef sparklem_manifest():\n    return Manifest(name='sloppy', version='0')\n"
         "@hookimpl\ndef sparklem_register_tables(register):\n"
         "    register('sloppy_rows', Column('id', Integer, primary_key=True),\n"
-        "             Column('n', Integer, nullable=False))\n"
+        "             Column('n', Integer, nullable=False),\n"
+        "             Column('at', DateTime(timezone=True), nullable=False), time='at')\n"
         "@hookimpl\ndef sparklem_process(message, settings):\n"
         "    result = PluginResult()\n"
-        "    result.add_row('sloppy_rows', {'n': message.data.get('n')})  # None: NOT NULL\n"
+        "    row = {'n': message.data.get('n'), 'at': message.sent_at}  # n None: NOT NULL\n"
+        "    result.add_row('sloppy_rows', row)\n"
         "    return result\n"
     )
     fleet.topics["sloppy"] = fleet.topics["temperature"].replace("temperature", "sloppy")

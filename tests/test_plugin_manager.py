@@ -23,7 +23,7 @@ from sparklem_core.settings.validation import plugin_settings
 BUILTINS = {"temperature", "pu_workload"}
 
 PLUGIN = """\
-from sqlalchemy import Column, Integer, String
+from sqlalchemy import Column, DateTime, Integer, String
 
 from sparklem_core import Manifest, PluginResult, hookimpl
 
@@ -36,14 +36,20 @@ def sparklem_manifest():
 @hookimpl
 def sparklem_register_tables(register):
     for table in {tables!r}:
-        register(table, Column("id", Integer, primary_key=True), Column("agent_id", String(64)))
+        register(
+            table,
+            Column("id", Integer, primary_key=True),
+            Column("agent_id", String(64)),
+            Column("at", DateTime(timezone=True), nullable=False),
+            time="at",
+        )
 
 
 @hookimpl
 def sparklem_process(message, settings):
     result = PluginResult()
     for table in {tables!r}:
-        result.add_row(table, {{"agent_id": message.agent_id}})
+        result.add_row(table, {{"agent_id": message.agent_id, "at": message.sent_at}})
     return result
 
 

@@ -20,7 +20,7 @@ from harness import GOOD, ROOT, Db, Fleet, start
 from hypothesis import given
 from hypothesis import strategies as st
 from pipeline_env import PU_TOPIC, Env, Keys, now_ms, reading, run, temperature
-from sqlalchemy import Column, Float, Integer, insert, select, text, update
+from sqlalchemy import Column, DateTime, Float, Integer, insert, select, text, update
 from waiting import wait_for
 
 from sparklem_core import Manifest, Message, PluginResult, Setting, hookimpl, wire
@@ -201,7 +201,12 @@ def gauges_plugin(own_row: bool = True) -> types.ModuleType:
     @hookimpl
     def sparklem_register_tables(register: Any) -> None:
         register(
-            "gauges", Column("id", Integer, primary_key=True), Column("v", Float, nullable=False)
+            "gauges",
+            Column("id", Integer, primary_key=True),
+            Column("v", Float, nullable=False),
+            Column("at", DateTime(timezone=True), nullable=False),
+            time="at",
+            values=("v",),
         )
 
     @hookimpl
@@ -211,9 +216,10 @@ def gauges_plugin(own_row: bool = True) -> types.ModuleType:
             if item["v"] > settings["limit"]:
                 result.reject("too high", item)
             else:
-                result.add_row("gauges", {"v": None if item.get("null") else item["v"]})
+                value = None if item.get("null") else item["v"]
+                result.add_row("gauges", {"v": value, "at": message.sent_at})
         if own_row:
-            result.add_row("gauges", {"v": -1.0})
+            result.add_row("gauges", {"v": -1.0, "at": message.sent_at})
         return result
 
     for hook in (sparklem_manifest, sparklem_register_tables, sparklem_process):

@@ -34,7 +34,7 @@ def columns() -> list[Column]:
         Column("amount", Numeric(10, 3)),
         Column("flag", Boolean),
         Column("day", Date),
-        Column("at", DateTime(timezone=True)),
+        Column("at", DateTime(timezone=True), nullable=False),
     ]
 
 
@@ -42,8 +42,8 @@ def columns() -> list[Column]:
 def stores(database_url: str):
     """Two stores on one database, each with its own table of the same shape."""
     ours, theirs = Store(database_url, "g"), Store(database_url, "g")
-    ours.register_table("p", "ours", *columns())
-    theirs.register_table("p", "reference", *columns())
+    ours.register_table("p", "ours", *columns(), time="at")
+    theirs.register_table("p", "reference", *columns(), time="at")
     ours.create_schema()
     theirs.create_schema()
     yield ours, theirs
@@ -82,7 +82,11 @@ def test_rows_stored_as_sqlalchemy_insert_stores_them(stores) -> None:
 
 def test_rows_with_different_columns_in_one_batch(stores) -> None:
     ours, _ = stores
-    rows = [{"name": "x"}, {"name": "y", "value": 2.0}, {"value": 3.0, "name": "z"}]
+    rows = [
+        {"name": "x", "at": WHEN},
+        {"name": "y", "value": 2.0, "at": WHEN},
+        {"value": 3.0, "at": WHEN, "name": "z"},
+    ]
     ours.commit(Batch(rows={"ours": rows}))
     assert [(r[0], r[1]) for r in stored(ours, "ours")] == [("x", None), ("y", 2.0), ("z", 3.0)]
 
@@ -97,18 +101,18 @@ def test_repeated_batches_reuse_the_prepared_insert(stores) -> None:
 @pytest.mark.parametrize(
     "row",
     [
-        {"name": "x", "nonexistent": 1},  # no such column
+        {"name": "x", "at": WHEN, "nonexistent": 1},  # no such column
         {"name": "x", "at": "not a date"},  # a string where a datetime belongs
         {"name": "x", "at": ["unhashable"]},
-        {"name": None},  # NOT NULL
-        {"name": {"a": 1}},  # a type no driver binds
+        {"name": None, "at": WHEN},  # NOT NULL
+        {"name": {"a": 1}, "at": WHEN},  # a type no driver binds
     ],
 )
 def test_rows_the_database_refuses_raise_sqlalchemy_errors(stores, row) -> None:
     """The consumer turns SQLAlchemyError into a per-record ``invalid_payload``."""
     ours, _ = stores
     with pytest.raises(SQLAlchemyError):
-        ours.commit(Batch(rows={"ours": [{"name": "fine"}, row]}))
+        ours.commit(Batch(rows={"ours": [{"name": "fine", "at": WHEN}, row]}))
     assert stored(ours, "ours") == []  # all or nothing
 
 

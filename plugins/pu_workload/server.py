@@ -74,6 +74,17 @@ def sparklem_register_tables(register: RegisterTable) -> None:
         Column("measured_at", DateTime(timezone=True), nullable=False),
         Column("received_at", DateTime(timezone=True), nullable=False),
         Index(f"ix_{TABLE}_agent_measured", "agent_id", "measured_at"),
+        time="measured_at",
+        series=("agent_id", "unit", "unit_index"),
+        values=(
+            "utilization_pct",
+            "mem_used_bytes",
+            "mem_total_bytes",
+            "load_1m",
+            "load_5m",
+            "load_15m",
+            "temperature_c",
+        ),
     )
 
 

@@ -54,6 +54,9 @@ def sparklem_register_tables(register: RegisterTable) -> None:
         Column("measured_at", DateTime(timezone=True), nullable=False),
         Column("received_at", DateTime(timezone=True), nullable=False),
         Index(f"ix_{TABLE}_agent_measured", "agent_id", "measured_at"),
+        time="measured_at",
+        series=("agent_id", "sensor"),
+        values=("celsius",),
     )
 
 

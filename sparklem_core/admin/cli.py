@@ -116,7 +116,7 @@ def cmd_enroll(config: Config, args: argparse.Namespace) -> int:
     agent_id = check_agent_id(args.agent_id)
     bootstrap = check_bootstrap(args.bootstrap or config.bootstrap_servers)
     names = [n.strip() for n in args.plugins.split(",") if n.strip()] if args.plugins else None
-    plugins = plugin_specs(config, names, args.interval, _plugin_settings(args.plugin_setting))
+    plugins = plugin_specs(config, names, args.interval, parse_plugin_settings(args.plugin_setting))
     passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
     remember_secret(passphrase)
     result = create_agent(
@@ -182,8 +182,10 @@ def _prompt(label: str, default: str | None, check: Any) -> str:
             print(f"  {exc}", file=sys.stderr)
 
 
-def _plugin_settings(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``PLUGIN.KEY=VALUE`` items; the value is read as YAML (``5``, ``true``, ``/x``)."""
+def parse_plugin_settings(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``--set PLUGIN.KEY=VALUE`` items, by plugin; the value is read as YAML (``5``,
+    ``true``, ``/x``). :class:`EnrollmentError` for an item of another shape; whether the
+    plugin declares the key and its type is :func:`plugin_specs`' to check."""
     settings: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -192,8 +194,8 @@ def _plugin_settings(items: list[str]) -> dict[str, dict[str, Any]]:
             raise EnrollmentError(f"--set {key!r}: expected PLUGIN.KEY=VALUE")
         try:
             value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            raise EnrollmentError(f"--set {key}: the value is not valid YAML") from None
+        except (yaml.YAMLError, RecursionError):
+            raise EnrollmentError(f"--set {key!r}: the value is not valid YAML") from None
         settings.setdefault(plugin, {})[name] = value
     return settings
 

@@ -238,13 +238,16 @@ def plugin_specs(
     unknown = [n for n in names if n not in loaded]
     if unknown:
         raise EnrollmentError(
-            f"unknown plugin(s) {', '.join(unknown)} (available: {', '.join(loaded) or 'none'})"
+            f"unknown plugin(s) {', '.join(map(one_line, unknown))} "
+            f"(available: {', '.join(loaded) or 'none'})"
         )
     if not names:
         raise EnrollmentError("no plugin selected (and none is available)")
     unselected = sorted(set(settings or {}) - set(names))
     if unselected:
-        raise EnrollmentError(f"settings for plugin(s) not selected: {', '.join(unselected)}")
+        raise EnrollmentError(
+            f"settings for plugin(s) not selected: {', '.join(map(one_line, unselected))}"
+        )
     if interval is not None and not 0 < interval <= MAX_INTERVAL_S:
         raise EnrollmentError(
             f"interval must be between 0 and {MAX_INTERVAL_S} seconds, got {interval:g}"

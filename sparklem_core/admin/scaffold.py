@@ -134,6 +134,10 @@ def sparklem_register_tables(register: RegisterTable) -> None:
         Column("sensor", String(MAX_SENSOR_CHARS), nullable=False),
         Column("value", Float, nullable=False),
         Column("measured_at", DateTime(timezone=True), nullable=False),
+        # What retention and reads use: when, which series (one per agent and sensor), values.
+        time="measured_at",
+        series=("agent_id", "sensor"),
+        values=("value",),
     )
 
 

@@ -90,7 +90,8 @@ def load_server_keys(certificates: Path) -> dict[str, RSA.RsaKey]:
         if key.size_in_bits() < wire.MIN_RSA_BITS:
             raise NoServerKey(
                 f"{path} is a {key.size_in_bits()}-bit key; at least {wire.MIN_RSA_BITS} "
-                "bits are required (move it away and run: python3 main.py init)"
+                "bits are required (move it away and run: sparklem init, or python3 main.py init "
+                "in a checkout)"
             )
         try:
             wire.openssl_private_key(key)  # once per key object, cached for unwrap_key
@@ -100,7 +101,7 @@ def load_server_keys(certificates: Path) -> dict[str, RSA.RsaKey]:
     if not keys:
         raise NoServerKey(
             f"no server key in {certificates}/ (looked for {SERVER_KEY_GLOB}); "
-            "create one with: python3 main.py init"
+            "create one with: sparklem init (python3 main.py init in a checkout)"
         )
     return keys
 

@@ -7,15 +7,17 @@ two processors that ever handle the same stream or partition at once cannot both
 commit: the loser gets :class:`Conflict`, reloads and tries again.
 
 The core tables are created and upgraded by Alembic (``sparklem_core/processor/migrations``);
-plugin tables are created from what plugins register, when missing.
+plugin tables are created and upgraded from what plugins register
+(:mod:`sparklem_core.processor.plugin_tables`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import (
@@ -46,6 +48,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
 from sparklem_core.processor.batch import Batch
+from sparklem_core.processor.plugin_tables import PluginTable, TableChange, declare, upgrade
 from sparklem_core.processor.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
 
 log = logging.getLogger(__name__)
@@ -178,7 +181,7 @@ class Store:
         self.group_id = group_id
         self.metadata = _core_metadata()
         self._owners: dict[str, str] = dict.fromkeys(CORE_TABLES, "sparklem core")
-        self._plugin_tables: dict[str, str] = {}  # table -> plugin
+        self._plugin_tables: dict[str, PluginTable] = {}
         self._inserts: dict[tuple[Table, tuple[str, ...]], RowInsert] = {}
 
     @property
@@ -201,40 +204,62 @@ class Store:
     def redriven(self) -> Table:
         return self.metadata.tables["sparklem_redriven"]
 
-    def register_table(self, owner: str, name: str, *columns: Column[Any]) -> Table:
-        """Add a plugin's table; :class:`TableClash` if the name is taken."""
+    def register_table(
+        self,
+        owner: str,
+        name: str,
+        *columns: Any,
+        **declaration: Any,
+    ) -> Table:
+        """Add a plugin's table; ``declaration`` is :func:`~.plugin_tables.declare`'s keywords.
+
+        :class:`TableClash` if the name is taken, ``ValueError`` if the declaration does
+        not fit the columns.
+        """
         if name in self._owners:
             raise TableClash(f"table {name!r} is already registered by {self._owners[name]}")
         table = Table(name, self.metadata, *columns)
+        try:
+            declared = declare(owner, table, **declaration)
+        except (TypeError, ValueError):
+            self.metadata.remove(table)
+            raise
         self._owners[name] = owner
-        self._plugin_tables[name] = owner
+        self._plugin_tables[name] = declared
         return table
 
     def drop_registrations(self, owner: str) -> None:
         """Forget every table ``owner`` registered (after it failed to load)."""
-        for name in [n for n, o in self._plugin_tables.items() if o == owner]:
+        for name in [n for n, t in self._plugin_tables.items() if t.owner == owner]:
             self.metadata.remove(self.metadata.tables[name])
             del self._owners[name], self._plugin_tables[name]
 
     def table_owner(self, name: str) -> str | None:
-        return self._plugin_tables.get(name)
+        declared = self._plugin_tables.get(name)
+        return declared.owner if declared else None
 
-    def create_schema(self, *, lock_timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> None:
-        """Upgrade the core tables with Alembic, then create missing plugin tables.
+    @property
+    def plugin_tables(self) -> Mapping[str, PluginTable]:
+        """Every registered plugin table, by name, with its time, series and value columns."""
+        return MappingProxyType(self._plugin_tables)
+
+    def create_schema(self, *, lock_timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> list[TableChange]:
+        """Upgrade the core tables with Alembic, then create or upgrade the plugin tables.
 
         All of it under the schema lock, so any number of processes may call this at once
-        on a fresh database; :class:`SchemaLockTimeout` after ``lock_timeout_s`` of waiting.
+        on a fresh database; :class:`SchemaLockTimeout` after ``lock_timeout_s`` of waiting,
+        :class:`~.plugin_tables.PluginTableRefused` if a plugin table would
+        need an unsafe change. Returns the plugin table changes applied.
         """
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-        plugin_tables = [self.metadata.tables[n] for n in self._plugin_tables]
         with schema_lock(self.engine, timeout_s=lock_timeout_s) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-            self.metadata.create_all(conn, tables=plugin_tables, checkfirst=True)
+            return upgrade(conn, self._plugin_tables.values())
 
     def load_streams(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         keys = list(keys)

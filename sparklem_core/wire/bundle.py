@@ -79,7 +79,8 @@ UNOPENABLE = "cannot open bundle: wrong passphrase or the file was modified"
 
 OLD_FORMAT = (
     "this bundle was made by an older gen_config.py; re-issue it: "
-    "python3 gen_config.py --agent-id ID --force, and copy the new bundle to the device"
+    "sparklem-enroll --agent-id ID --force (python3 gen_config.py in a checkout), and copy "
+    "the new bundle to the device"
 )
 
 
@@ -132,7 +133,7 @@ def unseal(data: bytes, passphrase: str) -> bytes:
     if data.startswith(XZ_MAGIC):
         raise BundleError(OLD_FORMAT)
     if not data.startswith(BUNDLE_MAGIC[: len(data)]):
-        raise BundleError("not a Sparkle-M bundle (gen_config.py makes them)")
+        raise BundleError("not a Sparkle-M bundle (sparklem-enroll or gen_config.py makes them)")
     if len(data) < SEAL_HEADER.size + GCM_TAG_BYTES:
         raise BundleError("cannot open bundle: the file is truncated")
     if len(data) > MAX_BUNDLE_BYTES:
