@@ -124,6 +124,9 @@ class _Quarantined:
 
 
 class Redrive:
+    """Quarantined records judged by ``pipeline`` (today's plugins, settings and agents)
+    and written with ``store``, the processor's own."""
+
     def __init__(
         self,
         pipeline: Pipeline,
@@ -263,6 +266,7 @@ class Redrive:
         summary: Summary,
         claimed: set[Key],
     ) -> _Judged | None:
+        """:meth:`_take`, on ``conn``: skipped records are counted in ``summary``."""
         unit = self._load(conn, position, selection)
         if isinstance(unit, list):
             summary.no_bytes += len(unit)
