@@ -410,7 +410,7 @@ def test_selection_by_reason_plugin_agent_and_time(env: Env) -> None:
         topic=PU_TOPIC,
     )
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    with env.store.engine.begin() as conn:  # times in seconds on MariaDB: no close call
+    with env.store.engine.begin() as conn:  # received an hour ago: no close call
         for table in (env.store.rejected, env.store.records):
             conn.execute(update(table).values(received_at=an_hour_ago))
     later = an_hour_ago + timedelta(minutes=30)

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparklem_core.processor.batch import Batch
+from sparklem_core.processor.batch import Batch, Rejection, StreamKey, StreamMark
 from sparklem_core.processor.store import Store
 
 WHEN = datetime(2026, 11, 23, 14, 5, 6, 789012, tzinfo=UTC)
@@ -39,9 +39,9 @@ def columns() -> list[Column]:
 
 
 @pytest.fixture
-def stores(database_url: str):
+def stores(any_database_url: str):
     """Two stores on one database, each with its own table of the same shape."""
-    ours, theirs = Store(database_url, "g"), Store(database_url, "g")
+    ours, theirs = Store(any_database_url, "g"), Store(any_database_url, "g")
     ours.register_table("p", "ours", *columns(), time="at")
     theirs.register_table("p", "reference", *columns(), time="at")
     ours.create_schema()
@@ -116,12 +116,12 @@ def test_rows_the_database_refuses_raise_sqlalchemy_errors(stores, row) -> None:
     assert stored(ours, "ours") == []  # all or nothing
 
 
-def test_migrations_build_exactly_the_declared_core_schema(database_url: str) -> None:
-    """The Alembic migrations and the core tables in storage.py describe one schema."""
+def test_migrations_build_exactly_the_declared_core_schema(any_database_url: str) -> None:
+    """The Alembic migrations and the core tables in store.py describe one schema."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    store = Store(database_url, "g")
+    store = Store(any_database_url, "g")
     try:
         store.create_schema()
         with store.engine.connect() as conn:
@@ -135,5 +135,35 @@ def test_migrations_build_exactly_the_declared_core_schema(database_url: str) ->
                 if not (d[0] == "remove_table" and d[1].name == "sparklem_alembic_version")
             ]
         assert differences == []
+    finally:
+        store.dispose()
+
+
+def test_what_every_database_must_hold_alike(any_database_url: str) -> None:
+    """Microseconds, 4-byte characters, long text, 64-bit seqs, and ids that differ only
+    in case (two agents, not one): MySQL and MariaDB hold them only by mysql_types."""
+    store = Store(any_database_url, "g")
+    try:
+        store.create_schema()
+        raw = "😀" * 20_000 + "x" * 30_000  # 110 KB of UTF-8: more than a MySQL TEXT
+        rejection = Rejection("t", 0, 1, "Jetson-01", "p", "malformed", "d😀", raw, WHEN)
+        top = 2**63 - 1
+        store.commit(
+            Batch(
+                rejected=[rejection],
+                streams={
+                    StreamKey("Jetson-01", "p"): StreamMark(None, top),
+                    StreamKey("jetson-01", "p"): StreamMark(None, 7),
+                },
+            )
+        )
+        assert store.load_streams([("Jetson-01", "p"), ("jetson-01", "p")]) == {
+            ("Jetson-01", "p"): top,
+            ("jetson-01", "p"): 7,
+        }
+        with store.engine.connect() as conn:
+            (row,) = conn.execute(select(store.rejected)).mappings().all()
+        assert (row["raw"], row["detail"]) == (raw, "d😀")
+        assert row["received_at"].replace(tzinfo=UTC) == WHEN
     finally:
         store.dispose()

@@ -48,6 +48,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
 from sparklem_core.processor.batch import Batch
+from sparklem_core.processor.mysql_types import TABLE_OPTIONS
 from sparklem_core.processor.plugin_tables import PluginTable, TableChange, declare, upgrade
 from sparklem_core.processor.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
 
@@ -100,6 +101,7 @@ def _core_metadata() -> MetaData:
         # Once the message was decrypted: what redriving one of its readings needs.
         Column("seq", BigInteger),
         Column("sent_at", DateTime(timezone=True)),
+        **TABLE_OPTIONS,
     )
     # The bytes of each rejected record, once per record however many of its readings
     # were refused: whole once its signature verified (what redrive needs), else cut to
@@ -114,6 +116,7 @@ def _core_metadata() -> MetaData:
         Column("value", RECORD_BYTES, nullable=False),
         Column("received_at", DateTime(timezone=True), nullable=False),
         Index("ix_rejected_records_position", "topic", "partition", "offset"),
+        **TABLE_OPTIONS,
     )
     Table(
         "sparklem_streams",
@@ -122,6 +125,7 @@ def _core_metadata() -> MetaData:
         Column("plugin", String(64), primary_key=True),
         Column("last_seq", BigInteger, nullable=False),
         Column("updated_at", DateTime(timezone=True), nullable=False),
+        **TABLE_OPTIONS,
     )
     Table(
         "sparklem_offsets",
@@ -132,6 +136,7 @@ def _core_metadata() -> MetaData:
         Column("next_offset", BigInteger, nullable=False),
         Column("topic_id", String(32)),  # detects a topic deleted and created again
         Column("updated_at", DateTime(timezone=True), nullable=False),
+        **TABLE_OPTIONS,
     )
     # What redrive stored, once per message or refused reading: a record quarantined twice,
     # or redriven twice, is stored once, even below its stream's mark.
@@ -146,6 +151,7 @@ def _core_metadata() -> MetaData:
         Column("partition", Integer, nullable=False),
         Column("offset", BigInteger, nullable=False),
         Column("redriven_at", DateTime(timezone=True), nullable=False),
+        **TABLE_OPTIONS,
     )
     return metadata
 
@@ -218,7 +224,7 @@ class Store:
         """
         if name in self._owners:
             raise TableClash(f"table {name!r} is already registered by {self._owners[name]}")
-        table = Table(name, self.metadata, *columns)
+        table = Table(name, self.metadata, *columns, **TABLE_OPTIONS)
         try:
             declared = declare(owner, table, **declaration)
         except (TypeError, ValueError):
@@ -444,10 +450,15 @@ class RowInsert:
             raise StatementError(str(exc), self.sql, None, exc) from None
         if self.copy_sql is not None:
             self._copy(conn, values)
-        elif self.positional:
-            conn.exec_driver_sql(self.sql, values)
-        else:
-            conn.exec_driver_sql(self.sql, [dict(zip(self.names, v, strict=True)) for v in values])
+            return
+        try:
+            if self.positional:
+                conn.exec_driver_sql(self.sql, values)
+            else:
+                named = [dict(zip(self.names, v, strict=True)) for v in values]
+                conn.exec_driver_sql(self.sql, named)
+        except (TypeError, ValueError) as exc:  # PyMySQL refuses a value itself, unwrapped
+            raise StatementError(str(exc), self.sql, None, exc) from None
 
     def _values(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         """Each row's driver values, in parameter order."""

@@ -1,15 +1,15 @@
 """Redrive: a message's seq and send time on its rejections, and what was redriven.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-30
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -27,6 +27,9 @@ def upgrade() -> None:
         sa.Column("partition", sa.Integer, nullable=False),
         sa.Column("offset", sa.BigInteger, nullable=False),
         sa.Column("redriven_at", sa.DateTime(timezone=True), nullable=False),
+        # MySQL/MariaDB: agent ids compared byte for byte, as 0003 made the other tables
+        mysql_charset="utf8mb4",
+        mysql_collate="utf8mb4_bin",
     )
 
 
