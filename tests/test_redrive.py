@@ -39,8 +39,8 @@ def keys() -> Keys:
 
 
 @pytest.fixture
-def env(tmp_path: Path, keys: Keys, any_database_url: str) -> Iterator[Env]:
-    world = Env(tmp_path, keys, any_database_url)
+def env(tmp_path: Path, keys: Keys, database_url: str) -> Iterator[Env]:
+    world = Env(tmp_path, keys, database_url)
     yield world
     world.close()
 
