@@ -47,8 +47,8 @@ class Clock:
 
 
 @pytest.fixture
-def store(any_database_url: str) -> Iterator[Store]:
-    store = Store(any_database_url, "g")
+def store(database_url: str) -> Iterator[Store]:
+    store = Store(database_url, "g")
     store.register_table(
         "gauge",
         TABLE,
