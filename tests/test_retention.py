@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-from harness import ROOT
+from harness import ROOT, Fleet, ProcessorProcess, start
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, String
@@ -30,6 +30,7 @@ from sparklem_core.settings.config import (
     load_config,
     parse_duration,
 )
+from sparklem_core.testing.servers import TansuBroker
 
 T0 = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -375,3 +376,21 @@ def test_a_plugin_table_without_an_integer_id_cannot_be_bounded() -> None:
     )
     with pytest.raises(ConfigError, match=r"^retention\.gauge_by_name: .*integer id"):
         targets(store, {"gauge_by_name": DAY})
+
+
+def test_a_running_processor_prunes_in_the_background(
+    fleet: Fleet,
+    processors: list[ProcessorProcess],
+    tmp_path: Path,
+    broker: TansuBroker,
+    database_url: str,
+) -> None:
+    store = Store(database_url, "g")
+    store.create_schema()
+    add_rejections(store, datetime.now(UTC) - 31 * DAY, 30, "old")
+    add_rejections(store, datetime.now(UTC), 3, "young")
+    config = fleet.config(broker.bootstrap, database_url, prune_interval_s=0.2)
+    start(processors, tmp_path, config)
+    wait_for(lambda: counts(store, "rejected_messages", "reason") == {"young": 3},
+             timeout=60, message="the processor did not prune")  # fmt: skip
+    store.dispose()
