@@ -185,6 +185,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     )
     if not processor.prepare_database():
         return 0
+    registry.use_database(setup.store)
     return processor.run()
 
 
@@ -228,6 +229,7 @@ def cmd_redrive(config: Config, args: argparse.Namespace) -> int:
     registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
     pipeline = make_pipeline(config, setup, load_server_keys(config.certificates), registry)
     setup.store.create_schema()
+    registry.use_database(setup.store)
     selection = Selection(tuple(args.reason or ()), args.plugin, args.agent, args.since)
     progress = lambda s: print(f"redrive: {s.line()}", file=sys.stderr, flush=True)  # noqa: E731
     try:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from sparklem_core import cli
 from sparklem_core.admin import enrollment
 from sparklem_core.admin.enrollment import intervals_path, read_intervals, record_intervals
+from sparklem_core.processor import enrolments
 from sparklem_core.processor.batch import AgentActivity, Batch
 from sparklem_core.processor.store import Store
 
@@ -40,7 +41,8 @@ def agents_cli(config: Path, *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def fleet(tmp_path: Path, agent_pem: bytes) -> Path:
-    """Enrolled: quiet (silent), busy (active), new (never seen); revoked: old."""
+    """Enrolled: quiet (silent), busy (active), new (never seen), far (on another host,
+    never seen); revoked: old."""
     certs = tmp_path / "certs"
     for directory in ("agents", "revoked"):
         (certs / directory).mkdir(parents=True)
@@ -56,6 +58,7 @@ def fleet(tmp_path: Path, agent_pem: bytes) -> Path:
     batch.agents["busy"].stored("temperature", AHEAD)
     batch.agents["busy"].rejected("clock_skew", AHEAD)
     store.commit(batch)
+    enrolments.publish(store.engine, store.metadata, "far", "enrolled", agent_pem)  # elsewhere
     store.dispose()
     config = tmp_path / "config.yaml"
     config.write_text(f"certificates: {certs}\ndatabase:\n  url: {url}\n")
@@ -69,6 +72,7 @@ def test_every_enrolled_or_seen_agent_with_its_state_and_activity(fleet: Path) -
     summary = {k: (a["state"], a["activity"], a["silent"]) for k, a in listed.items()}
     assert summary == {
         "busy": ("enrolled", "active", False),
+        "far": ("enrolled", "never seen", True),
         "new": ("enrolled", "never seen", True),
         "old": ("revoked", "seen", False),  # no interval recorded: not judged
         "quiet": ("enrolled", "silent", True),
@@ -90,8 +94,8 @@ def test_silent_lists_only_silent_agents_and_the_text_table_says_when(fleet: Pat
     assert status == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["AGENT", "STATE", "ACTIVITY"]
-    assert [line.split()[0] for line in lines[1:]] == ["new", "quiet"]
-    assert "2026-01-01 00:00:00" in lines[2] and " ago" in lines[2]
+    assert [line.split()[0] for line in lines[1:]] == ["far", "new", "quiet"]
+    assert "2026-01-01 00:00:00" in lines[3] and " ago" in lines[3]
 
 
 def test_configured_threshold_overrides_the_intervals(fleet: Path) -> None:

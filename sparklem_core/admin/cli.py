@@ -17,13 +17,16 @@ import yaml
 from sparklem_core.admin.enrollment import (
     AGENT_KEY_BITS,
     EnrollmentError,
+    agent_key_path,
     check_agent_id,
     check_bootstrap,
     create_agent,
     format_agents,
     list_agents,
     plugin_specs,
+    publish_enrolment,
     revoke,
+    revoked_key_path,
 )
 from sparklem_core.settings.config import (
     Config,
@@ -130,11 +133,13 @@ def cmd_enroll(config: Config, args: argparse.Namespace) -> int:
         bits=args.key_bits,
         kafka=_kafka_properties(args.kafka_property),
     )
+    where = publish_enrolment(config, agent_id, "enrolled", result.key_path)
     every = ", ".join(f"{n} every {s['interval']:g} s" for n, s in plugins.items())
     print(f"enrolled:    {agent_id} ({result.key_path}, fingerprint {result.fingerprint})")
     print(f"bundle:      {result.bundle_path}")
     print(f"plugins:     {every}")
     print(f"bootstrap:   {bootstrap}")
+    print(f"recorded:    {where}")
     print(f"server kid:  {result.kid}")
     if result.passphrase_generated:
         print(f"passphrase:  {result.passphrase}")
@@ -147,8 +152,17 @@ def cmd_enroll(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(config: Config, args: argparse.Namespace) -> int:
+    check_agent_id(args.revoke)
+    target = revoked_key_path(config.certificates, args.revoke)
+    if target.exists() and not agent_key_path(config.certificates, args.revoke).exists():
+        # revoked here before: recording it in the database again is what may be missing
+        where = publish_enrolment(config, args.revoke, "revoked", target)
+        print(f"revoked: {args.revoke} was already revoked ({target}); {where}")
+        return 0
     path = revoke(config.certificates, args.revoke)
-    print(f"revoked: {args.revoke} (key moved to {path}); the processor refuses it within seconds")
+    where = publish_enrolment(config, args.revoke, "revoked", path)
+    print(f"revoked: {args.revoke} (key moved to {path}); {where}")
+    print("every processor reading it refuses the agent within its registry_refresh_s")
     return 0
 
 

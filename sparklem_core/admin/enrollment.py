@@ -42,6 +42,7 @@ from sparklem_core.settings.config import (
     Config,
     load_plugins,
 )
+from sparklem_core.settings.masking import mask_secrets
 from sparklem_core.settings.validation import (
     MAX_INTERVAL_S,
     SchemaError,
@@ -196,6 +197,42 @@ def read_intervals(certificates: Path, agent_id: str) -> dict[str, float]:
         return _Intervals.validate_json(data)
     except (UnusableFile, ValidationError):
         return {}
+
+
+def publish_enrolment(config: Config, agent_id: str, state: str, key_path: Path) -> str:
+    """Record the agent's enrolment or revocation in the database for every processor host;
+    says where it was recorded. :class:`EnrollmentError` when the database cannot be written."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sparklem_core.processor import enrolments
+    from sparklem_core.processor.store import Store
+
+    url = make_url(config.database_url)
+    files_only = f"{state} in {certificates_text(config)} only"
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        return f"{files_only} (no database yet)"
+    store = Store(config.database_url, config.group_id)
+    try:
+        pem = read_regular_file(key_path)
+        published = enrolments.publish(store.engine, store.metadata, agent_id, state, pem)
+    except UnusableFile as exc:
+        raise EnrollmentError(f"{key_path} {exc}") from None
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        raise EnrollmentError(
+            f"{files_only}: the database refused it ({mask_secrets(reason)}); other processor "
+            "hosts do not know yet: run the same command again once the database is reachable"
+        ) from None
+    finally:
+        store.dispose()
+    if not published:
+        return f"{files_only} (the database has no {enrolments.TABLE} table: run sparklem init)"
+    return f"{state} in {certificates_text(config)} and in the database (every processor host)"
+
+
+def certificates_text(config: Config) -> str:
+    return one_line(f"{config.certificates}/")
 
 
 @dataclass(frozen=True)

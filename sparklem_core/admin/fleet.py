@@ -1,12 +1,13 @@
 """The fleet inventory as operators read it: ``sparklem agents``.
 
-Every agent enrolled or revoked in the certificates directory, and every agent the
-processors have stored a message or a rejection of (``sparklem_agents``: authenticated
-agents only), with its counts and whether it went silent: no message for longer than
-``fleet.silent_after_s`` when configured, else three times its shortest collection
-interval. The processor learns the intervals at enrolment: ``gen_config`` writes them
-next to the agent's public key (``agents/<id>.intervals.json``), as the wire contract
-carries no interval.
+Every agent enrolled or revoked in the certificates directory or in the database
+(``sparklem_enrolments``: enrolled on another host; a revocation in either wins), and
+every agent the processors have stored a message or a rejection of (``sparklem_agents``:
+authenticated agents only), with its counts and whether it went silent: no message for
+longer than ``fleet.silent_after_s`` when configured, else three times its shortest
+collection interval. The processor learns the intervals at enrolment: ``gen_config``
+writes them next to the agent's public key (``agents/<id>.intervals.json``), as the wire
+contract carries no interval.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from sparklem_core.admin.enrollment import EnrollmentError, list_agents, read_intervals
+from sparklem_core.processor.enrolments import ENROLLED, REVOKED, TABLE
 from sparklem_core.processor.registry import one_line
 from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import first_line
@@ -83,7 +85,10 @@ def inventory(config: Config, now: datetime) -> list[AgentStatus]:
         files = {e.agent_id: e.status for e in list_agents(config.certificates)}
     except EnrollmentError as exc:
         raise FleetError(str(exc)) from None
-    seen, plugins = _read_tables(config)
+    seen, plugins, in_database = _read_tables(config)
+    for agent_id, state in in_database.items():  # enrolled or revoked on another host
+        if state == REVOKED or agent_id not in files:
+            files[agent_id] = state
     statuses = []
     for agent_id in sorted(files.keys() | seen.keys()):
         row = seen.get(agent_id, {})
@@ -115,14 +120,24 @@ def inventory(config: Config, now: datetime) -> list[AgentStatus]:
 
 def _read_tables(
     config: Config,
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, PluginSeen]]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, PluginSeen]], dict[str, str]]:
+    """sparklem_agents by agent, sparklem_agent_plugins by agent and plugin, and the
+    states in sparklem_enrolments (only those we write)."""
     store = Store(config.database_url, config.group_id)
     agents = store.metadata.tables["sparklem_agents"]
     per_plugin = store.metadata.tables["sparklem_agent_plugins"]
+    enrolled = store.metadata.tables[TABLE]
     try:
         with store.engine.connect() as conn:
             rows = conn.execute(select(agents)).mappings().all()
             plugin_rows = conn.execute(select(per_plugin)).all()
+            states = dict(
+                conn.execute(
+                    select(enrolled.c.agent_id, enrolled.c.state).where(
+                        enrolled.c.state.in_((ENROLLED, REVOKED))
+                    )
+                ).all()
+            )
     except SQLAlchemyError as exc:
         where = mask_secrets(config.database_url)
         raise FleetError(
@@ -138,7 +153,7 @@ def _read_tables(
     plugins: dict[str, dict[str, PluginSeen]] = {}
     for agent_id, plugin, last, messages in plugin_rows:
         plugins.setdefault(agent_id, {})[plugin] = PluginSeen(_utc(last), messages)
-    return seen, plugins
+    return seen, plugins, states
 
 
 def table_rows(statuses: list[AgentStatus], now: datetime) -> list[tuple[str, ...]]:

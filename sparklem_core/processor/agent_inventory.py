@@ -11,7 +11,7 @@ in key order, so two transactions lock them in one order and cannot deadlock on 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import MetaData, Table, and_, case, or_
@@ -43,10 +43,12 @@ def upsert_agents(conn: Any, metadata: MetaData, agents: Mapping[str, AgentActiv
         for plugin, p in sorted(a.plugins.items())
     ]  # fmt: skip
     agents_table = metadata.tables["sparklem_agents"]
-    conn.execute(_upsert(conn.dialect.name, agents_table, _agent_updates), agent_rows)
+    conn.execute(upsert_statement(conn.dialect.name, agents_table, _agent_updates), agent_rows)
     if plugin_rows:
         plugins_table = metadata.tables["sparklem_agent_plugins"]
-        conn.execute(_upsert(conn.dialect.name, plugins_table, _plugin_updates), plugin_rows)
+        conn.execute(
+            upsert_statement(conn.dialect.name, plugins_table, _plugin_updates), plugin_rows
+        )
 
 
 def _later(old: Any, new: Any) -> Any:
@@ -80,7 +82,7 @@ def _plugin_updates(old: Any, new: Any) -> list[tuple[str, Any]]:
     ]
 
 
-def _upsert(dialect: str, table: Table, updates: Any) -> Any:
+def upsert_statement(dialect: str, table: Table, updates: Callable[[Any, Any], Any]) -> Any:
     """An INSERT of ``table``'s rows that, on a key already there, applies ``updates(old,
     new)``: the stored row's columns and the inserted row's."""
     if dialect in ("mysql", "mariadb"):

@@ -65,6 +65,7 @@ CORE_TABLES = (
     "sparklem_redriven",
     "sparklem_agents",
     "sparklem_agent_plugins",
+    "sparklem_enrolments",
 )
 # A whole record of max_message_bytes (1 MiB by default) on every database: MySQL's BLOB
 # stops at 64 KiB.
@@ -180,6 +181,18 @@ def _core_metadata() -> MetaData:
         Column("plugin", String(64), primary_key=True),
         Column("last_message_at", DateTime(timezone=True), nullable=False),
         Column("messages", BigInteger, nullable=False),
+        **TABLE_OPTIONS,
+    )
+    # Enrolments and revocations for every processor host (enrolments.py), beside the
+    # certificates directory of each.
+    Table(
+        "sparklem_enrolments",
+        metadata,
+        Column("agent_id", String(64), primary_key=True),
+        Column("state", String(16), nullable=False),  # enrolled | revoked
+        Column("fingerprint", String(64), nullable=False),  # of public_key: what changed
+        Column("public_key", Text, nullable=False),  # PEM
+        Column("updated_at", DateTime(timezone=True), nullable=False),
         **TABLE_OPTIONS,
     )
     return metadata

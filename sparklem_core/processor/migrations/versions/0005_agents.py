@@ -1,4 +1,4 @@
-"""The fleet inventory: sparklem_agents and sparklem_agent_plugins.
+"""The fleet inventory (sparklem_agents, sparklem_agent_plugins) and sparklem_enrolments.
 
 Revision ID: 0005
 Revises: 0004
@@ -36,8 +36,18 @@ def upgrade() -> None:
         sa.Column("messages", sa.BigInteger, nullable=False),
         **TABLE_OPTIONS,
     )
+    op.create_table(
+        "sparklem_enrolments",
+        sa.Column("agent_id", sa.String(64), primary_key=True),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("fingerprint", sa.String(64), nullable=False),
+        sa.Column("public_key", sa.Text, nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        **TABLE_OPTIONS,
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("sparklem_enrolments")
     op.drop_table("sparklem_agent_plugins")
     op.drop_table("sparklem_agents")
