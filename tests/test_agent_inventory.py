@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 from pipeline_env import Env, Keys, reading, run, temperature
 from sqlalchemy import select
+from test_redrive import today
 
 from sparklem_core import wire
+from sparklem_core.admin.fleet import as_utc
 from sparklem_core.processor.batch import AgentActivity, Batch
 from sparklem_core.processor.db_errors import Verdict, classify
+from sparklem_core.processor.redrive import Redrive
 from sparklem_core.processor.store import Store
 
 T0 = datetime(2026, 11, 30, 3, 0, 0, 123456, tzinfo=UTC)
@@ -79,6 +82,20 @@ def test_each_batch_adds_to_the_row(env: Env) -> None:
     assert first <= last
 
 
+def test_redrive_counts_a_message_once_and_a_rejection_once(env: Env) -> None:
+    """A record stored by redrive counts as a message of its agent; one refused again, or a
+    refused reading stored alone, counts nothing more (it was counted when refused)."""
+    run(env.pipeline(), [env.record(env.envelope(temperature(), seq=1, agent="edge-9"))])
+    sent = temperature(reading("a", 40.0), reading("hot", 180.0))
+    run(env.pipeline(), [env.record(env.envelope(sent, seq=1))])
+    assert agents(env.store) == {"edge-1": (1, 1, wire.INVALID_READING)}  # edge-9: unknown
+    env.enroll("edge-9")
+    Redrive(env.pipeline(), env.store).run()  # max_celsius 150: the reading refused again
+    assert agents(env.store) == {"edge-1": (1, 1, wire.INVALID_READING), "edge-9": (1, 0, None)}
+    Redrive(today(env, max_celsius=200), env.store).run()
+    assert agents(env.store) == {"edge-1": (1, 1, wire.INVALID_READING), "edge-9": (1, 0, None)}
+
+
 def activity(at: datetime, messages: int, rejection: str | None) -> AgentActivity:
     entry = AgentActivity(at, at)
     for _ in range(messages):
@@ -134,12 +151,7 @@ def test_two_processors_updating_one_agent_lose_no_update(database_url: str) -> 
                 )
             ).one()
         latest = T0 + timedelta(seconds=2 * (rounds - 1) + 1)
-        assert [_utc(first), _utc(last), _utc(rejected_at)] == [T0, latest, latest]
+        assert [as_utc(first), as_utc(last), as_utc(rejected_at)] == [T0, latest, latest]
     finally:
         for store in stores:
             store.dispose()
-
-
-def _utc(value: datetime) -> datetime:
-    """A time read back: naive on SQLite and MariaDB, in UTC as written."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -148,11 +148,11 @@ def _read_tables(
         store.dispose()
     seen = {}
     for row in rows:
-        values = {k: _utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+        values = {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
         seen[values.pop("agent_id")] = values
     plugins: dict[str, dict[str, PluginSeen]] = {}
     for agent_id, plugin, last, messages in plugin_rows:
-        plugins.setdefault(agent_id, {})[plugin] = PluginSeen(_utc(last), messages)
+        plugins.setdefault(agent_id, {})[plugin] = PluginSeen(as_utc(last), messages)
     return seen, plugins, states
 
 
@@ -186,7 +186,7 @@ def ago(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def _utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     """A time read back from the database: naive (SQLite, MariaDB) means UTC, as written."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
