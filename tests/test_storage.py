@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from sparklem_core.processor.batch import Batch, Rejection, StreamKey, StreamMark
+from sparklem_core.processor.mysql_types import max_packet_bytes, packet_problem
 from sparklem_core.processor.store import Store
 
 WHEN = datetime(2026, 11, 23, 14, 5, 6, 789012, tzinfo=UTC)
@@ -167,3 +168,20 @@ def test_what_every_database_must_hold_alike(database_url: str) -> None:
         assert row["received_at"].replace(tzinfo=UTC) == WHEN
     finally:
         store.dispose()
+
+
+def test_the_packet_limit_is_read_and_judged(database_url: str) -> None:
+    """MariaDB's max_allowed_packet bounds one statement; the processor warns at start
+    when a rejected record of max_message_bytes may not fit it."""
+    store = Store(database_url, "g")
+    try:
+        with store.engine.connect() as conn:
+            limit = max_packet_bytes(conn)
+    finally:
+        store.dispose()
+    if store.engine.dialect.name == "mysql":
+        assert limit is not None and packet_problem(limit, 1024 * 1024) is None  # defaults fit
+    else:
+        assert limit is None and packet_problem(limit, 10**9) is None
+    problem = packet_problem(4 * 1024 * 1024, 4 * 1024 * 1024)
+    assert problem is not None and "raise max_allowed_packet" in problem and "\n" not in problem

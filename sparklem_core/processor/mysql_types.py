@@ -11,6 +11,9 @@ every plugin's tables get them without a line of plugin code:
 - Tables are ``utf8mb4`` with the binary collation (:data:`TABLE_OPTIONS`): the default
   ``utf8mb4_general_ci`` compares case-insensitively, so ``Jetson-01`` and ``jetson-01``
   would be one agent and share one ``seq`` mark.
+
+One limit stays the server's: ``max_allowed_packet`` must hold the largest statement, a
+rejected record's bytes escaped (:func:`packet_problem` says when it may not).
 """
 
 from __future__ import annotations
@@ -38,6 +41,29 @@ def _text(type_: Text, compiler: Any, **kw: Any) -> str:
     if type(type_) is not Text:  # UnicodeText, MEDIUMTEXT... keep what they say
         return compiler.visit_text(type_, **kw)
     return "MEDIUMTEXT"
+
+
+def max_packet_bytes(conn: Any) -> int | None:
+    """The server's ``max_allowed_packet``; None on other databases."""
+    if conn.dialect.name not in DIALECTS:
+        return None
+    return int(conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar())
+
+
+def packet_problem(max_packet: int | None, max_message_bytes: int) -> str | None:
+    """Why a record of ``max_message_bytes`` may not fit one statement, or None.
+
+    PyMySQL sends bytes escaped, up to twice their size, and the row's other columns
+    (its text, in up to 4 bytes a character) come in the same statement.
+    """
+    needed = 2 * max_message_bytes + 4 * 65536
+    if max_packet is None or max_packet >= needed:
+        return None
+    return (
+        f"the database's max_allowed_packet ({max_packet} bytes) is smaller than a rejected "
+        f"record of processor.max_message_bytes ({max_message_bytes}) may need ({needed}): "
+        "raise max_allowed_packet on the server or lower max_message_bytes"
+    )
 
 
 for _dialect in DIALECTS:
