@@ -158,3 +158,21 @@ def test_gen_config_records_enrolment_and_revocation(
     assert admin_cli.main(["--revoke", "edge-9", *common]) == 0  # again: recorded again
     assert "already revoked" in capsys.readouterr().out
     store.dispose()
+
+
+def test_a_revocation_the_database_refuses_says_so_in_one_line(
+    tmp_path: Path, pem: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs = tmp_path / "certs"
+    (certs / "agents").mkdir(parents=True)
+    (certs / "agents" / "edge-1.pem").write_bytes(pem)
+    config = tmp_path / "config.yaml"
+    unreachable = "postgresql+psycopg://sparklem@127.0.0.1:1/none"  # nothing listens on port 1
+    config.write_text(
+        yaml.safe_dump({"certificates": str(certs), "database": {"url": unreachable}})
+    )
+    assert admin_cli.main(["--revoke", "edge-1", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "only: the database refused it" in err and "run the same command again" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (certs / "revoked" / "edge-1.pem").exists()  # this host refuses it already

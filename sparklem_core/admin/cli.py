@@ -133,13 +133,11 @@ def cmd_enroll(config: Config, args: argparse.Namespace) -> int:
         bits=args.key_bits,
         kafka=_kafka_properties(args.kafka_property),
     )
-    where = publish_enrolment(config, agent_id, "enrolled", result.key_path)
     every = ", ".join(f"{n} every {s['interval']:g} s" for n, s in plugins.items())
     print(f"enrolled:    {agent_id} ({result.key_path}, fingerprint {result.fingerprint})")
     print(f"bundle:      {result.bundle_path}")
     print(f"plugins:     {every}")
     print(f"bootstrap:   {bootstrap}")
-    print(f"recorded:    {where}")
     print(f"server kid:  {result.kid}")
     if result.passphrase_generated:
         print(f"passphrase:  {result.passphrase}")
@@ -148,6 +146,9 @@ def cmd_enroll(config: Config, args: argparse.Namespace) -> int:
             "agent needs it (--passphrase-file or SPARKLEM_AGENT_PASSPHRASE)",
             file=sys.stderr,
         )
+    # Last: the bundle and its passphrase are shown whatever the database says.
+    retry = "re-issue the agent with --force once the database is reachable"
+    print(f"recorded:    {publish_enrolment(config, agent_id, 'enrolled', result.key_path, retry)}")
     return 0
 
 

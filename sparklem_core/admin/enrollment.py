@@ -199,9 +199,16 @@ def read_intervals(certificates: Path, agent_id: str) -> dict[str, float]:
         return {}
 
 
-def publish_enrolment(config: Config, agent_id: str, state: str, key_path: Path) -> str:
+def publish_enrolment(
+    config: Config,
+    agent_id: str,
+    state: str,
+    key_path: Path,
+    retry: str = "run the same command again once the database is reachable",
+) -> str:
     """Record the agent's enrolment or revocation in the database for every processor host;
-    says where it was recorded. :class:`EnrollmentError` when the database cannot be written."""
+    says where it was recorded. :class:`EnrollmentError`, saying ``retry``, when the
+    database cannot be written."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -222,7 +229,7 @@ def publish_enrolment(config: Config, agent_id: str, state: str, key_path: Path)
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
         raise EnrollmentError(
             f"{files_only}: the database refused it ({mask_secrets(reason)}); other processor "
-            "hosts do not know yet: run the same command again once the database is reachable"
+            f"hosts do not know yet: {retry}"
         ) from None
     finally:
         store.dispose()
