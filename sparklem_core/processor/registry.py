@@ -111,16 +111,14 @@ def load_server_keys(certificates: Path) -> dict[str, RSA.RsaKey]:
 
 
 class AgentRegistry:
-    """Public keys of enrolled and revoked agents, refreshed from disk and, given a
-    ``store``, from its ``sparklem_enrolments`` table (:mod:`.enrolments`): a revocation
-    in either wins; a key on disk is used before the database's."""
+    """Public keys of enrolled and revoked agents, refreshed from disk and, once given a
+    store (:meth:`use_database`), from its ``sparklem_enrolments`` table
+    (:mod:`.enrolments`): a revocation in either wins; a key on disk comes first."""
 
-    def __init__(
-        self, certificates: Path, refresh_s: float = 5.0, store: Store | None = None
-    ) -> None:
+    def __init__(self, certificates: Path, refresh_s: float = 5.0) -> None:
         self.certificates = certificates
         self.refresh_s = refresh_s
-        self.store = store
+        self.store: Store | None = None  # see use_database
         self._enrolled: dict[str, AgentKey] = {}
         self._revoked: set[str] = set()
         self._db_rows: dict[str, enrolments.DbEnrolment] = {}
