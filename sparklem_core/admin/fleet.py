@@ -60,7 +60,7 @@ class AgentStatus:
     @property
     def silent(self) -> bool:
         """Enrolled and quiet for too long (or never heard from): someone should look."""
-        return self.state == "enrolled" and self.activity in (SILENT, NEVER_SEEN)
+        return self.state == ENROLLED and self.activity in (SILENT, NEVER_SEEN)
 
     def document(self, now: datetime) -> dict[str, Any]:
         """The JSON form: times in RFC 3339 UTC, ``last_seen_ago_s`` relative to ``now``."""
