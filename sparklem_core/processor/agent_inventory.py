@@ -11,6 +11,7 @@ in key order, so two transactions lock them in one order and cannot deadlock on 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,13 +43,17 @@ def upsert_agents(conn: Any, metadata: MetaData, agents: Mapping[str, AgentActiv
         for agent_id, a in sorted(agents.items())
         for plugin, p in sorted(a.plugins.items())
     ]  # fmt: skip
-    agents_table = metadata.tables["sparklem_agents"]
-    conn.execute(upsert_statement(conn.dialect.name, agents_table, _agent_updates), agent_rows)
+    dialect = conn.dialect.name
+    conn.execute(_cached(dialect, metadata.tables["sparklem_agents"], _agent_updates), agent_rows)
     if plugin_rows:
-        plugins_table = metadata.tables["sparklem_agent_plugins"]
-        conn.execute(
-            upsert_statement(conn.dialect.name, plugins_table, _plugin_updates), plugin_rows
-        )
+        table = metadata.tables["sparklem_agent_plugins"]
+        conn.execute(_cached(dialect, table, _plugin_updates), plugin_rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached(dialect: str, table: Table, updates: Callable[[Any, Any], Any]) -> Any:
+    """Built once per table: building the statement costs more than running it."""
+    return upsert_statement(dialect, table, updates)
 
 
 def _later(old: Any, new: Any) -> Any:
