@@ -130,8 +130,8 @@ class ProcessorSettings(BaseModel):
         8.0,
         gt=0,
         le=3600,
-        description="longest wait to leave the group at a stop (half of it for a rebalance "
-        "in progress to finish, the rest for the Kafka consumer to close)",
+        description="longest wait to leave the group at a stop (half of it to rejoin the "
+        "group and let that rebalance finish, the rest for the Kafka consumer to close)",
     )
     topic_partitions: int = Field(
         6, gt=0, le=100_000, description="partitions of topics the processor creates"
