@@ -141,6 +141,20 @@ class ProcessorSettings(BaseModel):
     )
 
 
+class FleetSettings(BaseModel):
+    """``fleet:`` in config.yaml: what ``sparklem agents`` calls silent."""
+
+    model_config = STRICT
+
+    silent_after_s: float | None = Field(
+        None,
+        gt=0,
+        le=366 * 86400,
+        description="an agent without a message this long is silent; default: three times "
+        "its shortest collection interval, recorded at enrolment",
+    )
+
+
 class DatabaseSection(BaseModel):
     """``database:`` in config.yaml."""
 
@@ -175,6 +189,7 @@ class ConfigFile(BaseModel):
     )
     plugins: dict[str, PluginSection | None] | None = Field(None, description="per plugin")
     processor: ProcessorSettings | None = None
+    fleet: FleetSettings | None = None
 
     @model_validator(mode="after")
     def _reserved(self) -> ConfigFile:
@@ -195,6 +210,7 @@ class Config:
     plugins_dir: Path | None = None
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     source: str = "defaults"  # where the config came from, for the start line
 
     @property
@@ -250,6 +266,7 @@ def load_config(
         plugins_dir=Path(parsed.plugins_dir) if parsed.plugins_dir else default_plugins_dir(),
         plugins={str(n): dict(s or {}) for n, s in (doc.get("plugins") or {}).items()},
         processor=parsed.processor or ProcessorSettings(),
+        fleet=parsed.fleet or FleetSettings(),
         source=source,
     )
     remember_secrets(config)
