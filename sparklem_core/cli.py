@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -521,6 +522,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `sparklem agents | head`: the reader left, nothing went wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except Exception:  # a bug, not a user mistake: say so with the traceback, exit non-zero
         log.exception("sparklem %s failed unexpectedly", args.command or "run")
         return EXIT_FAILURE

@@ -151,3 +151,19 @@ def test_a_hostile_intervals_file_counts_as_none(data: bytes) -> None:
         intervals_path(certs, "a").write_bytes(data)
         intervals = read_intervals(certs, "a")
     assert all(0 < v <= enrollment.MAX_INTERVAL_S for v in intervals.values())
+
+
+def test_a_reader_that_leaves_early_is_no_error(fleet: Path) -> None:
+    """`sparklem agents --json | head -1`: the pipe closes, the command ends quietly."""
+    import subprocess
+    import sys
+
+    from harness import ROOT
+
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "agents", "--config", str(fleet), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # the reader is gone before a byte is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
