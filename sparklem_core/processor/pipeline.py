@@ -65,6 +65,8 @@ class Stats:
     rows: int = 0
     duplicates: int = 0
     redelivered: int = 0  # records below the offset already committed to the database
+    # by reason; rejected[wire.UNKNOWN_AGENT] counts the records of agents never enrolled,
+    # which get no row in the fleet inventory (sparklem_agents)
     rejected: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: Stats) -> None:
@@ -324,6 +326,9 @@ class Pipeline:
                         batch, stats, record, env, plain, f"{table}: {problem}", row, now
                     )
         stats.stored += 1
+        if narrow is None:
+            batch.activity(env.agent, now).stored(env.plugin, now)
+        # else a refused reading redriven: its message was counted when it was stored
 
     def _reject(
         self,
@@ -350,6 +355,8 @@ class Pipeline:
         )
         self._keep_record(batch, record, agent, plugin, authenticated, now)
         stats.rejected[rejected.reason] += 1
+        if authenticated and agent is not None:  # forged ids get no inventory row
+            batch.activity(agent, now).rejected(rejected.reason, now)
 
     def _reject_reading(
         self,
@@ -376,6 +383,7 @@ class Pipeline:
         )
         self._keep_record(batch, record, env.agent, env.plugin, True, now)
         stats.rejected[wire.INVALID_READING] += 1
+        batch.activity(env.agent, now).rejected(wire.INVALID_READING, now)
 
     def _keep_record(
         self,

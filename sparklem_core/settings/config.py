@@ -193,6 +193,20 @@ class ProcessorSettings(BaseModel):
     )
 
 
+class FleetSettings(BaseModel):
+    """``fleet:`` in config.yaml: what ``sparklem agents`` calls silent."""
+
+    model_config = STRICT
+
+    silent_after_s: float | None = Field(
+        None,
+        gt=0,
+        le=366 * 86400,
+        description="an agent without a message this long is silent; default: three times "
+        "its shortest collection interval, recorded at enrolment",
+    )
+
+
 class DatabaseSection(BaseModel):
     """``database:`` in config.yaml."""
 
@@ -227,6 +241,7 @@ class ConfigFile(BaseModel):
     )
     plugins: dict[str, PluginSection | None] | None = Field(None, description="per plugin")
     processor: ProcessorSettings | None = None
+    fleet: FleetSettings | None = None
     retention: dict[str, Duration] | None = Field(
         None,
         description="TABLE: how long rows are kept (30d, 12h, 90m; 0: forever); default "
@@ -252,6 +267,7 @@ class Config:
     plugins_dir: Path | None = None
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     #: How long each bounded table keeps rows; tables kept forever are absent.
     retention: dict[str, timedelta] = field(default_factory=lambda: _retention(DEFAULT_RETENTION))
     source: str = "defaults"  # where the config came from, for the start line
@@ -309,6 +325,7 @@ def load_config(
         plugins_dir=Path(parsed.plugins_dir) if parsed.plugins_dir else default_plugins_dir(),
         plugins={str(n): dict(s or {}) for n, s in (doc.get("plugins") or {}).items()},
         processor=parsed.processor or ProcessorSettings(),
+        fleet=parsed.fleet or FleetSettings(),
         retention=_retention({**DEFAULT_RETENTION, **(parsed.retention or {})}),
         source=source,
     )

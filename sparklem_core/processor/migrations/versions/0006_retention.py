@@ -1,15 +1,17 @@
 """Retention: rejected_records indexed by arrival, the pruner's lease and arrival marks.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-30
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+from sparklem_core.processor.mysql_types import TABLE_OPTIONS  # ids compared byte for byte
+
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
@@ -21,16 +23,14 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("holder", sa.String(255), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-        mysql_charset="utf8mb4",
-        mysql_collate="utf8mb4_bin",
+        **TABLE_OPTIONS,
     )
     op.create_table(
         "sparklem_arrival_marks",
         sa.Column("table_name", sa.String(255), primary_key=True),
         sa.Column("marked_at", sa.DateTime(timezone=True), primary_key=True),
         sa.Column("max_id", sa.BigInteger, nullable=False),
-        mysql_charset="utf8mb4",
-        mysql_collate="utf8mb4_bin",
+        **TABLE_OPTIONS,
     )
 
 
