@@ -15,6 +15,7 @@ from sparklem_core import __version__
 from sparklem_core.logsetup import add_log_level_argument, setup_logging
 from sparklem_core.plugin_host import PluginHost
 from sparklem_core.processor.db_errors import DatabaseUnusable, check_database_url
+from sparklem_core.processor.endpoint import EndpointError, serve
 from sparklem_core.processor.plugin_tables import PluginTableRefused
 from sparklem_core.processor.registry import (
     AgentRegistry,
@@ -198,9 +199,21 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         len(registry.agents()),
         config.source,
     )
-    if not processor.prepare_database():
-        return 0
-    return processor.run()
+    endpoint = None
+    if processor.metrics is not None:
+        endpoint = serve(
+            config.http.listen,
+            processor.metrics.registry,
+            {"/healthz": processor.liveness, "/readyz": processor.readiness},
+            explicit=config.http.explicit_listen,
+        )
+    try:
+        if not processor.prepare_database():
+            return 0
+        return processor.run()
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 def run_workers(config: Config, args: argparse.Namespace) -> int:
@@ -395,7 +408,13 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except ConfigError as exc:
         print(f"{prog}: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (NoServerKey, SchemaLockTimeout, DatabaseUnusable, PluginTableRefused) as exc:
+    except (
+        NoServerKey,
+        SchemaLockTimeout,
+        DatabaseUnusable,
+        PluginTableRefused,
+        EndpointError,
+    ) as exc:
         print(f"{prog}: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except DBAPIError as exc:  # init and friends: the database refused or is unreachable
