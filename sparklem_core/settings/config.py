@@ -44,6 +44,7 @@ ENV_VARS = {
     "SPARKLEM_DATABASE_URL": "database.url",
     "SPARKLEM_CERTIFICATES_DIR": "certificates",
     "SPARKLEM_GROUP_ID": "kafka.group.id",
+    "SPARKLEM_HTTP_LISTEN": "http.listen",
 }
 
 KAFKA_DEFAULTS = {"bootstrap.servers": "localhost:9092", "group.id": "sparklem-processor"}
