@@ -217,7 +217,12 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def run_workers(config: Config, args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from sparklem_core.processor.endpoint import workers_probe
+    from sparklem_core.processor.metrics import WorkersCollector
     from sparklem_core.processor.supervisor import Supervisor
+    from sparklem_core.testing.servers import free_port
 
     setup = prepare(config)  # fail here, once, rather than in every worker
     load_server_keys(config.certificates)
@@ -233,7 +238,25 @@ def run_workers(config: Config, args: argparse.Namespace) -> int:
     worker_args = ["--log-level", args.log_level]
     if args.config:
         worker_args += ["--config", args.config]
-    return Supervisor(args.workers, worker_args).run()
+    if not config.http.listen:
+        return Supervisor(args.workers, worker_args).run()
+    # One endpoint for the host: each worker listens on a port of its own on 127.0.0.1,
+    # this process answers for all of them.
+    ports: dict[int, int] = {}
+
+    def worker_env(n: int) -> dict[str, str]:
+        ports[n] = free_port()
+        return {"SPARKLEM_HTTP_LISTEN": f"127.0.0.1:{ports[n]}"}
+
+    registry = CollectorRegistry()
+    registry.register(WorkersCollector(lambda: dict(ports)))
+    probes = {path: workers_probe(lambda: dict(ports), path) for path in ("/healthz", "/readyz")}
+    endpoint = serve(config.http.listen, registry, probes, explicit=config.http.explicit_listen)
+    try:
+        return Supervisor(args.workers, worker_args, worker_env).run()
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 def cmd_demo(config: Config, args: argparse.Namespace) -> int:

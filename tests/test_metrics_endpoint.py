@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import GOOD, start
+from harness import GOOD, ProcessorProcess, start
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -41,7 +41,11 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def metric(url: str, name: str, **labels: str) -> float | None:
-    status, body = get(f"{url}/metrics")
+    """One sample's value; None when absent or the endpoint is not listening (yet)."""
+    try:
+        status, body = get(f"{url}/metrics")
+    except OSError:
+        return None
     assert status == 200
     return samples(body.decode()).get((name, tuple(sorted(labels.items()))))
 
@@ -268,3 +272,33 @@ def test_a_configured_port_in_use_stops_the_processor_in_one_line(
     lines = [line for line in proc.log().splitlines() if "http.listen" in line]
     assert lines and "cannot listen there" in lines[0]
     assert "Traceback" not in proc.log()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_workers_are_summed_behind_one_endpoint(
+    fleet, db, processors, tmp_path, broker, database_url
+):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = with_http(fleet.config(broker.bootstrap, database_url, batch_size=5), port)
+    proc = ProcessorProcess(tmp_path, config)
+    processors.append(proc)
+    proc.start(False, "--workers", "2")
+    wait_for(lambda: metric(url, "sparklem_worker_up", worker="1") == 1, 60, message="workers")
+    for n in range(12):
+        agent = f"edge-{n % 3}"
+        fleet.enroll(agent)
+        fleet.send(fleet.envelope(agent, "temperature", GOOD), key=agent)
+    fleet.flush()
+    db.wait_count("temperature_readings", 12, timeout=60)
+    wait_for(
+        lambda: metric(url, "sparklem_messages_stored_total", plugin="temperature") == 12,
+        20,
+        message="the workers' stored messages are not summed",
+    )
+    assert metric(url, "sparklem_worker_up", worker="0") == 1
+    assert metric(url, "sparklem_agents", state="enrolled") == 3  # the same in both: max
+    status, body = get(f"{url}/healthz")
+    checks = json.loads(body)["checks"]
+    assert status == 200
+    assert set(checks) == {"worker_0.loop_turned_s_ago", "worker_1.loop_turned_s_ago"}

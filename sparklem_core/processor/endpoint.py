@@ -59,6 +59,27 @@ def probe_body(checks: list[Check]) -> tuple[int, bytes]:
     return (200 if ok else 503), json.dumps(body, sort_keys=True).encode() + b"\n"
 
 
+def workers_probe(ports: Callable[[], dict[int, int]], path: str) -> Probe:
+    """A probe of the host under ``run --workers N``: every worker's checks, each prefixed."""
+    from sparklem_core.processor.metrics import fetch, worker_url
+
+    def probe() -> list[Check]:
+        checks = []
+        for n, port in sorted(ports().items()):
+            answer = fetch(worker_url(port, path))
+            try:
+                body = json.loads(answer[1]) if answer is not None else None
+                checks += [
+                    Check(f"worker_{n}.{name}", bool(c["ok"]), c["value"])
+                    for name, c in body["checks"].items()
+                ]
+            except (ValueError, KeyError, TypeError, AttributeError):  # None included
+                checks.append(Check(f"worker_{n}", False, "not answering"))
+        return checks or [Check("workers", False, "none running")]
+
+    return probe
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port); the config checked its form."""
     host, _, port = listen.rpartition(":")

@@ -251,3 +251,80 @@ class Metrics:
             self.redelivered.inc(stats.redelivered)
         self.batch_seconds.observe(seconds)
         self.last_commit.set_to_current_time()
+
+
+# --- run --workers N: one endpoint for the host ------------------------------------------
+
+# The same value in every worker (read from shared files): the host's is the largest, not
+# the sum. Everything else (counters, histograms, lag per partition owned by one worker)
+# is summed.
+SAME_IN_EVERY_WORKER = frozenset(
+    {"sparklem_agents", "sparklem_plugin_up", "sparklem_last_commit_timestamp_seconds"}
+)
+WORKER_SCRAPE_TIMEOUT_S = 2.0
+
+
+def worker_url(port: int, path: str) -> str:
+    return f"http://127.0.0.1:{port}{path}"
+
+
+def fetch(url: str) -> tuple[int, bytes] | None:
+    """GET ``url`` on a worker: (status, body), or None when it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=WORKER_SCRAPE_TIMEOUT_S) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (OSError, ValueError):
+        return None
+
+
+def merge_expositions(texts: Iterable[str]) -> list[Metric]:
+    """Workers' /metrics as one host's: samples summed, :data:`SAME_IN_EVERY_WORKER` maxed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    merged: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name not in merged:
+                merged[family.name] = Metric(family.name, family.documentation, family.type)
+                values[family.name] = {}
+            into = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sample.labels.items()))
+                if family.name in SAME_IN_EVERY_WORKER:
+                    into[key] = max(into.get(key, sample.value), sample.value)
+                else:
+                    into[key] = into.get(key, 0.0) + sample.value
+    for name, metric in merged.items():
+        for (sample_name, labels), value in values[name].items():
+            metric.add_sample(sample_name, dict(labels), value)
+    return list(merged.values())
+
+
+class WorkersCollector(Collector):
+    """The host's metrics: every worker's /metrics, scraped when this one is."""
+
+    def __init__(self, ports: Callable[[], Mapping[int, int]]) -> None:
+        """``ports()``: each running worker's endpoint port, by worker number."""
+        self._ports = ports
+
+    def collect(self) -> Iterator[Metric]:
+        texts, up = (
+            [],
+            GaugeMetricFamily(
+                "sparklem_worker_up", "1 when the worker's endpoint answered", labels=["worker"]
+            ),
+        )
+        for n, port in sorted(self._ports().items()):
+            answer = fetch(worker_url(port, "/metrics"))
+            ok = answer is not None and answer[0] == 200
+            if answer is not None and ok:
+                texts.append(answer[1].decode("utf-8", "replace"))
+            up.add_metric([str(n)], 1 if ok else 0)
+        yield from merge_expositions(texts)
+        yield up
