@@ -6,6 +6,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_for
 
 from sparklem_core.processor.batch import OffsetMark, PartitionKey
-from sparklem_core.processor.endpoint import Check, serve
+from sparklem_core.processor.endpoint import Check, Endpoint, serve
 from sparklem_core.processor.metrics import LagTracker
 from sparklem_core.settings.config import ConfigError, load_config
 from sparklem_core.testing.servers import free_port
@@ -97,27 +98,32 @@ def test_a_port_in_use_is_an_error_when_configured_and_a_warning_by_default(
         assert "port in use" in caplog.text
 
 
-@settings(max_examples=60, deadline=None)
-@given(request=st.binary(max_size=2000))
-def test_any_bytes_sent_to_the_endpoint_leave_it_answering(request: bytes) -> None:
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[Endpoint]:
+    """An endpoint alone, with a registry of its own and a probe that always passes."""
     from prometheus_client import CollectorRegistry
 
-    endpoint = _ENDPOINT.get("it") or serve(
+    served = serve(
         f"127.0.0.1:{free_port()}",
         CollectorRegistry(),
         {"/healthz": lambda: [Check("loop", True, 0)]},
     )
-    assert endpoint is not None
-    _ENDPOINT["it"] = endpoint
+    assert served is not None
+    yield served
+    served.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(request=st.binary(max_size=2000))
+def test_any_bytes_sent_to_the_endpoint_leave_it_answering(
+    endpoint: Endpoint, request: bytes
+) -> None:
     with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as conn:
         conn.sendall(request)
         conn.shutdown(socket.SHUT_WR)
         while conn.recv(65536):
             pass
     assert get(f"http://127.0.0.1:{endpoint.port}/healthz")[0] == 200
-
-
-_ENDPOINT: dict[str, Any] = {}
 
 
 # --- lag -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from harness import GOOD, ROOT, start
 from test_metrics_endpoint import get, with_http
 from waiting import wait_for
 
-from sparklem_core.testing.servers import free_port
+from sparklem_core.testing.servers import _end_process, _spawn, free_port
 
 DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "prometheus"
@@ -81,27 +81,17 @@ def prometheus(tmp_path: Path, promtool: str, scraped: str) -> Iterator[str]:
             }
         )
     )
-    log = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    command = [
+        str(Path(promtool).with_name("prometheus")),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",  # thrown away with tmp_path
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    proc = _spawn(command, tmp_path / "prometheus.log")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        _end_process(proc, kill=False, timeout=15)
 
 
 def query(prometheus: str, promql: str) -> list[dict]:
