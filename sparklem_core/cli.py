@@ -7,15 +7,18 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from sparklem_core import __version__
+from sparklem_core import __version__, wire
 from sparklem_core.logsetup import add_log_level_argument, setup_logging
 from sparklem_core.plugin_host import PluginHost
 from sparklem_core.processor.db_errors import DatabaseUnusable, check_database_url
 from sparklem_core.processor.endpoint import EndpointError, serve
+from sparklem_core.processor.pipeline import Pipeline
 from sparklem_core.processor.plugin_tables import PluginTableRefused
 from sparklem_core.processor.registry import (
     AgentRegistry,
@@ -149,7 +152,6 @@ def print_table(rows: Sequence[Sequence[str]], indent: str = "") -> None:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    from sparklem_core.processor.pipeline import Pipeline
     from sparklem_core.processor.processor import Processor
 
     if args.workers > 1:
@@ -161,29 +163,12 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     except NoServerKey as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
-    loaded = setup.plugins.loaded()
-    for info in setup.plugins.infos:
-        if not info.ok and info.status != "disabled":
-            log.warning("plugin %s not running: %s", info.name, info.status)
-    if not loaded:
-        log.error(
-            "no plugin could be loaded from installed packages or the plugins directory (%s); "
-            "see: sparklem plugins",
-            config.plugins_dir or "none",
-        )
+    if not plugins_loaded(config, setup):
         return EXIT_FAILURE
+    loaded = setup.plugins.loaded()
     registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
-    topics_by_plugin = plugin_topics(config, setup.plugins)
-    pipeline = Pipeline(
-        config.processor,
-        server_keys,
-        registry,
-        setup.plugins,
-        config.plugins,
-        setup.store,
-        topics=topics_by_plugin,
-    )
-    topics = sorted(set(topics_by_plugin.values()))
+    pipeline = make_pipeline(config, setup, server_keys, registry)
+    topics = sorted(set(pipeline.topics.values()))
     processor = Processor(config, pipeline, setup.store, topics)
     processor.install_signal_handlers()
     log.info(
@@ -214,6 +199,66 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     finally:
         if endpoint is not None:
             endpoint.close()
+
+
+def plugins_loaded(config: Config, setup: Setup) -> bool:
+    """Warn of each plugin that is not running; False, said, when none is."""
+    for info in setup.plugins.infos:
+        if not info.ok and info.status != "disabled":
+            log.warning("plugin %s not running: %s", info.name, info.status)
+    if not setup.plugins.loaded():
+        log.error(
+            "no plugin could be loaded from installed packages or the plugins directory (%s); "
+            "see: sparklem plugins",
+            config.plugins_dir or "none",
+        )
+        return False
+    return True
+
+
+def make_pipeline(
+    config: Config, setup: Setup, server_keys: dict[str, Any], registry: AgentRegistry
+) -> Pipeline:
+    """The processor's per-record path, as ``run`` and ``redrive`` use it."""
+    return Pipeline(
+        config.processor,
+        server_keys,
+        registry,
+        setup.plugins,
+        config.plugins,
+        setup.store,
+        topics=plugin_topics(config, setup.plugins),
+    )
+
+
+def cmd_redrive(config: Config, args: argparse.Namespace) -> int:
+    from sparklem_core.processor.redrive import Redrive, Selection
+    from sparklem_core.processor.writer import Unavailable
+
+    setup = prepare(config)
+    if not plugins_loaded(config, setup):
+        return EXIT_FAILURE
+    registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
+    pipeline = make_pipeline(config, setup, load_server_keys(config.certificates), registry)
+    setup.store.create_schema()
+    selection = Selection(tuple(args.reason or ()), args.plugin, args.agent, args.since)
+    progress = lambda s: print(f"redrive: {s.line()}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        summary = Redrive(pipeline, setup.store, progress).run(selection, dry_run=args.dry_run)
+    except Unavailable as exc:
+        print(
+            f"{PROG}: database unavailable ({mask_secrets(str(exc))}); what was redriven is "
+            "committed: run redrive again to go on",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    finally:
+        setup.store.dispose()
+    print(f"{'dry run, nothing changed: ' if args.dry_run else ''}{summary.line()}")
+    if summary.cut:
+        shown = ", ".join(summary.cut[:20]) + (" ..." if len(summary.cut) > 20 else "")
+        print(f"not redrivable (bytes cut when quarantined): {shown}")
+    return 0
 
 
 def run_workers(config: Config, args: argparse.Namespace) -> int:
@@ -358,6 +403,32 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     new.add_argument("name", metavar="NAME", help="the plugin's name, e.g. humidity")
     new.add_argument("--dir", help="where to write it (default: ./sparklem-NAME)")
+    redrive = sub.add_parser(
+        "redrive",
+        parents=[common],
+        help="process quarantined records again",
+        description="Judge quarantined records (rejected_messages) again with today's "
+        "plugins, settings and enrolled agents: each one is stored and leaves the quarantine, "
+        "or stays with its new reason. Safe while processors run; running it twice stores "
+        "nothing twice.",
+    )
+    redrive.add_argument(
+        "--reason",
+        action="append",
+        choices=wire.REASONS,
+        metavar="REASON",
+        help=f"only records refused for REASON (repeatable): {', '.join(wire.REASONS)}",
+    )
+    redrive.add_argument("--plugin", help="only records of this plugin")
+    redrive.add_argument("--agent", help="only records of this agent")
+    redrive.add_argument(
+        "--since",
+        type=_time,
+        metavar="TIME",
+        help="only records received at or after TIME (RFC 3339, or ms since the epoch)",
+    )
+    redrive.add_argument("--dry-run", action="store_true", help="judge and report, change nothing")
+    redrive.set_defaults(func=cmd_redrive)
     demo = sub.add_parser(
         "demo",
         parents=[common],
@@ -412,6 +483,15 @@ def _workers(value: str) -> int:
         return parse_workers(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive number or 'auto'") from None
+
+
+def _time(value: str) -> datetime:
+    from sparklem_core.processor.redrive import parse_time
+
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:

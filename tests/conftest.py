@@ -5,8 +5,8 @@ Sections (add new fixtures to the matching section, or open a new one below):
 1. Markers        -- tests using a real broker or PostgreSQL are marked ``e2e``.
 2. Kafka broker   -- ``broker``: one Tansu broker for the whole session.
 3. SQL databases  -- servers ``pg_server``, ``mariadb_server`` (session); fresh databases
-                     ``pg_url``, ``mysql_url``, ``database_url`` (sqlite + postgresql) and
-                     ``any_database_url`` (sqlite + postgresql + mariadb), per test.
+                     ``pg_url``, ``mysql_url``, and ``database_url`` (sqlite + postgresql +
+                     mariadb), per test.
 4. End to end     -- ``fleet`` (enrolled agents), ``db`` (queries), ``processors`` (stopped after).
 
 Polling helper for tests: ``from waiting import wait_for`` (tests/waiting.py).
@@ -149,25 +149,14 @@ def pg_url(pg_server: LocalPostgres) -> Iterator[str]:
 
 
 @pytest.fixture(
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)],
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLAlchemy URL of an empty database, once for SQLite and once for PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/db.sqlite3"
-    return request.getfixturevalue("pg_url")
-
-
-@pytest.fixture(
     params=[
         "sqlite",
         pytest.param("postgresql", marks=pytest.mark.e2e),
         pytest.param("mysql", marks=pytest.mark.e2e),
     ],
 )
-def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Like ``database_url``, and once more on MariaDB: for what must hold on every
-    supported database already (error handling, schema creation)."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLAlchemy URL of an empty database: once each on SQLite, PostgreSQL and MariaDB."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/db.sqlite3"
     return request.getfixturevalue("pg_url" if request.param == "postgresql" else "mysql_url")
@@ -175,11 +164,7 @@ def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def mariadb_server() -> Iterator[LocalMariaDB]:
-    """A local MariaDB server for the session; skips when the binaries are absent.
-
-    Not part of ``database_url``: full MariaDB support comes later. Tests that need every
-    database parametrize over fixture names (``database_url`` and ``mysql_url``).
-    """
+    """A local MariaDB server for the session; skips when the binaries are absent."""
     _skip_unless_available(LocalMariaDB.available())
     with LocalMariaDB() as server:
         yield server

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,30 @@ def temperature(*readings: tuple[str, float, str]) -> dict[str, Any]:
 GOOD = temperature(("cpu", 50.0, "C"))
 
 
-class Fleet:
-    """Enrolled agents with their keys, sending to per-test topics."""
+def run_python(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` (a script or ``-m module``) to its end, output captured."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
 
-    def __init__(self, root: Path, bootstrap: str) -> None:
+
+def install_metadata(directory: Path, name: str) -> None:
+    """What ``pip install`` of plugin ``name``'s package in ``directory`` leaves for
+    importlib.metadata (its ``sparklem`` entry point), without installing: with
+    ``directory`` on PYTHONPATH, every process finds the plugin as an installed one."""
+    info = directory / f"sparklem_{name}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: sparklem-{name}\nVersion: 0.1.0\n"
+    )
+    (info / "entry_points.txt").write_text(f"[sparklem]\n{name} = sparklem_{name}\n")
+
+
+class Fleet:
+    """Enrolled agents with their keys, sending to per-test topics (one per plugin)."""
+
+    def __init__(self, root: Path, bootstrap: str, plugins: Sequence[str] = PLUGINS) -> None:
         self.certificates = root / "certificates"
         create_server_key(self.certificates, bits=2048)
         (self.certificates / "agents").mkdir(exist_ok=True)
@@ -48,7 +69,7 @@ class Fleet:
         ((self.kid, server_key),) = load_server_keys(self.certificates).items()
         self.server_public = server_key.public_key()
         suffix = uuid.uuid4().hex[:10]
-        self.topics = {p: f"t{suffix}.{p}" for p in PLUGINS}
+        self.topics = {p: f"t{suffix}.{p}" for p in plugins}
         self.group = f"g{suffix}"
         self.keys: dict[str, RSA.RsaKey] = {}
         self.sessions: dict[str, wire.SessionKey] = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from Crypto.PublicKey import RSA
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from sparklem_core import wire
 from sparklem_core.plugin_host import PluginHost
@@ -160,6 +160,13 @@ class Env:
     def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         with self.store.engine.connect() as conn:
             return [tuple(row) for row in conn.execute(text(sql), params)]
+
+    def stored_offsets(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, next offset) of every stored partition mark."""
+        table = self.store.offsets  # through SQLAlchemy: "partition" is reserved on MariaDB
+        with self.store.engine.connect() as conn:
+            query = select(table.c.topic, table.c.partition, table.c.next_offset)
+            return [tuple(row) for row in conn.execute(query)]
 
     def count(self, table: str) -> int:
         return self.query(f"SELECT COUNT(*) FROM {table}")[0][0]

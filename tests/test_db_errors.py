@@ -227,8 +227,8 @@ def rsa_keys() -> tuple[RSA.RsaKey, RSA.RsaKey]:
 
 
 @pytest.fixture
-def world(tmp_path: Path, any_database_url: str, rsa_keys: Any) -> Iterator[World]:
-    made = World(tmp_path, any_database_url, *rsa_keys)
+def world(tmp_path: Path, database_url: str, rsa_keys: Any) -> Iterator[World]:
+    made = World(tmp_path, database_url, *rsa_keys)
     yield made
     made.store.dispose()
 

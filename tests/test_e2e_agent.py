@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from harness import Db, Fleet, ProcessorProcess
+from harness import Db, Fleet, ProcessorProcess, run_python
 from waiting import wait_for
 
 from sparklem_core.testing.servers import TansuBroker
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
 
 
 def test_bundle_round_trip_through_the_processor(tmp_path: Path, broker: TansuBroker,
@@ -32,7 +26,7 @@ def test_bundle_round_trip_through_the_processor(tmp_path: Path, broker: TansuBr
         env = {**os.environ, "SPARKLEM_CERTIFICATES_DIR": str(fleet.certificates)}
         passfile = tmp_path / "passphrase"
         passfile.write_text("correct horse battery staple 42\n")
-        made = _run([str(ROOT / "gen_config.py"), "--agent-id", "field-7", "--bootstrap",
+        made = run_python([str(ROOT / "gen_config.py"), "--agent-id", "field-7", "--bootstrap",
                      broker.bootstrap, "--config", str(proc.config_path), "--out",
                      str(tmp_path / "bundle"), "--passphrase-file", str(passfile)],
                     tmp_path, env)  # fmt: skip
@@ -41,7 +35,7 @@ def test_bundle_round_trip_through_the_processor(tmp_path: Path, broker: TansuBr
         assert (fleet.certificates / "agents" / "field-7.pem").exists()
 
         def send_once() -> subprocess.CompletedProcess[str]:
-            return _run(["-m", "sparklem_core.agent", "--bundle", str(bundle),
+            return run_python(["-m", "sparklem_core.agent", "--bundle", str(bundle),
                          "--passphrase-file", str(passfile), "--state-dir",
                          str(tmp_path / "state"), "--once"], tmp_path, env)  # fmt: skip
 
@@ -54,7 +48,7 @@ def test_bundle_round_trip_through_the_processor(tmp_path: Path, broker: TansuBr
         assert unit == "cpu"
         assert db.reasons() == {}
 
-        revoked = _run([str(ROOT / "gen_config.py"), "--config", str(proc.config_path),
+        revoked = run_python([str(ROOT / "gen_config.py"), "--config", str(proc.config_path),
                         "--revoke", "field-7"], tmp_path, env)  # fmt: skip
         assert revoked.returncode == 0, revoked.stdout + revoked.stderr
         wait_for(lambda: send_once().returncode == 0 and db.reasons().get("revoked_agent"),

@@ -34,6 +34,7 @@ from hypothesis.control import currently_in_test_context
 from pipeline_env import PLUGIN_TABLES, PU_TOPIC, TOPIC, Env, Keys, now_ms, reading, temperature
 from sparklem_plugins.pu_workload.server import MAX_CORES, MAX_GPUS
 from sparklem_plugins.temperature.server import MAX_READINGS
+from sqlalchemy import select
 
 from sparklem_core import wire
 from sparklem_core.processor.pipeline import Record
@@ -542,11 +543,12 @@ class Fuzz:
 
         _, stats = self.writer.write(records)  # must not raise, whatever the record holds
 
-        new = self.env.query(
-            'SELECT topic, partition, "offset", reason, detail FROM rejected_messages'
-            " WHERE id > :last",
-            last=last_rejection,
-        )
+        table = self.env.store.rejected  # SQLAlchemy quotes offset and partition for each
+        with self.env.store.engine.connect() as conn:
+            new = conn.execute(
+                select(table.c.topic, table.c.partition, table.c.offset, table.c.reason,
+                       table.c.detail).where(table.c.id > last_rejection)
+            ).all()  # fmt: skip
         by_record: dict[tuple[str, int, int], list[str]] = {}
         for topic, partition, offset, reason, detail in new:
             assert reason in wire.REASONS, reason
@@ -574,7 +576,7 @@ class Fuzz:
                 s=seq,
             )
             assert rows == [("good",)]
-        offsets = self.env.query("SELECT topic, partition, next_offset FROM sparklem_offsets")
+        offsets = self.env.stored_offsets()
         assert sorted(offsets) == sorted((t, p, n) for (t, p), n in self.env.offsets.items())
         self._keep_streams_usable()
         outcome = Counter(by_record.get((hostile.topic, hostile.partition, hostile.offset), []))
@@ -618,7 +620,12 @@ def keys() -> Keys:
 
 
 @pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)]
+    scope="module",
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.e2e),
+        pytest.param("mysql", marks=pytest.mark.e2e),
+    ],
 )
 def fuzz(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, keys: Keys
@@ -631,7 +638,9 @@ def fuzz(
         yield Fuzz(env)
         env.close()
         return
-    server = request.getfixturevalue("pg_server")
+    server = request.getfixturevalue(
+        "pg_server" if request.param == "postgresql" else "mariadb_server"
+    )
     server.start()  # no-op when running
     name = f"fuzz_{uuid.uuid4().hex[:16]}"
     env = Env(tmp, keys, server.create_database(name))

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from pipeline_env import PU_TOPIC, TOPIC, Env, Keys, reading, temperature
 from sparklem_plugins.pu_workload.server import MAX_CORES, MAX_GPUS
+from sqlalchemy import select
 
 from sparklem_core import wire
 from sparklem_core.processor.pipeline import Record
@@ -136,19 +137,15 @@ class Goods:
 
 
 def reasons_at(env: Env, record: Record) -> list[str]:
-    return [
-        reason
-        for (reason,) in env.query(
-            'SELECT reason FROM rejected_messages WHERE topic = :t AND "offset" = :o ORDER BY id',
-            t=record.topic,
-            o=record.offset,
-        )
-    ]
+    table = env.store.rejected  # SQLAlchemy quotes "offset" as each database wants it
+    where = (table.c.topic == record.topic) & (table.c.offset == record.offset)
+    with env.store.engine.connect() as conn:
+        return list(conn.scalars(select(table.c.reason).where(where).order_by(table.c.id)))
 
 
 def assert_offsets_cover(env: Env) -> None:
     """The committed offset of each partition is just past its last record."""
-    stored = env.query("SELECT topic, partition, next_offset FROM sparklem_offsets")
+    stored = env.stored_offsets()
     assert sorted(stored) == sorted((t, p, n) for (t, p), n in env.offsets.items())
 
 

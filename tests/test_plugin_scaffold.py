@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
+import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness import ROOT as PROJECT_ROOT
+from harness import install_metadata
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sparklem_core.admin.scaffold import files
+from sparklem_core.admin.scaffold import files, write_plugin
 from sparklem_core.cli import RESTART_NOTE, main
+from sparklem_core.testing import PluginHarness
 
 KIT = "sparklem_core.testing.plugin"
 
@@ -28,16 +35,6 @@ def run(args: list[str], cwd: Path, pythonpath: Path) -> subprocess.CompletedPro
     )
 
 
-def install_metadata(directory: Path, name: str) -> None:
-    """What ``pip install`` leaves for importlib.metadata: the distribution's entry points."""
-    info = directory / f"sparklem_{name}-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: sparklem-{name}\nVersion: 0.1.0\n"
-    )
-    (info / "entry_points.txt").write_text(f"[sparklem]\n{name} = sparklem_{name}\n")
-
-
 def test_new_plugin_passes_its_own_tests_and_is_listed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -52,7 +49,7 @@ def test_new_plugin_passes_its_own_tests_and_is_listed(
 
     tests = run(["-m", "pytest", "-q", "-p", KIT], target, target)
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "5 passed" in tests.stdout
+    assert "12 passed" in tests.stdout
 
     install_metadata(target, "humidity")
     listed = run([str(PROJECT_ROOT / "main.py"), "plugins"], tmp_path, target)
@@ -81,3 +78,42 @@ def test_an_existing_directory_is_never_overwritten(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already exists" in err
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+@pytest.fixture(scope="module")
+def scaffolded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PluginHarness]:
+    """A fresh scaffold's plugin (named ``scaffolded``), imported here, in the kit."""
+    directory = tmp_path_factory.mktemp("sparklem-scaffolded")
+    write_plugin("scaffolded", directory)
+    sys.path.insert(0, str(directory))
+    try:
+        module = importlib.import_module("sparklem_scaffolded")
+        harness = PluginHarness(module, tmp_path_factory.mktemp("kit"))
+        yield harness
+        harness.close()
+    finally:
+        sys.path.remove(str(directory))
+        for name in [m for m in sys.modules if m.partition(".")[0] == "sparklem_scaffolded"]:
+            del sys.modules[name]
+
+
+NUMBER_LIKE = st.from_regex(rb"\A\s{0,3}[-+]?[0-9._eE]{0,70}(nan|inf|infinity)?\s{0,3}\Z")
+
+
+@given(raw=st.binary(max_size=100) | NUMBER_LIKE | st.floats().map(lambda f: f"{f}\n".encode()))
+def test_the_agent_side_sends_one_storable_number_or_nothing(
+    scaffolded: PluginHarness, tmp_path_factory: pytest.TempPathFactory, raw: bytes
+) -> None:
+    """Whatever the source file holds, the scaffold's agent side sends nothing or a
+    sample the processor side stores (or refuses alone, above max_value): never a record
+    refused whole, as NaN (not JSON) would be."""
+    source = tmp_path_factory.getbasetemp() / "scaffolded-source"
+    source.write_bytes(raw)
+    data = scaffolded.collect({"source": str(source)})
+    if data is None:
+        return
+    ((sample,),) = data.values()
+    assert math.isfinite(sample["value"])
+    outcome = scaffolded.send(data)
+    assert outcome.stored
+    assert [r.reason for r in outcome.rejections] in ([], ["invalid_reading"])

@@ -155,15 +155,15 @@ def index_names(url: str) -> set[str]:
 
 
 @pytest.fixture
-def v1(tmp_path: Path, any_database_url: str) -> str:
+def v1(tmp_path: Path, database_url: str) -> str:
     """The gauge table created from version 1, with one row stored; the database URL."""
-    store = store_for(write_plugin(tmp_path / "v1", V1_COLUMNS), any_database_url)
+    store = store_for(write_plugin(tmp_path / "v1", V1_COLUMNS), database_url)
     try:
         assert gauge_changes(store) == [f"created table {TABLE}"]
         add_row(store, "old")
     finally:
         store.dispose()
-    return any_database_url
+    return database_url
 
 
 # --- upgrades ------------------------------------------------------------------------------------
@@ -205,10 +205,10 @@ def test_an_index_declared_anew_is_rebuilt_and_a_comment_ignored(tmp_path: Path,
     assert indexes["ix_gauge_readings_agent_measured"] == ["agent_id", "gauge", "measured_at"]
 
 
-def test_built_in_plugin_tables_are_seen_unchanged(tmp_path: Path, any_database_url: str) -> None:
+def test_built_in_plugin_tables_are_seen_unchanged(tmp_path: Path, database_url: str) -> None:
     for _ in range(2):
         host = PluginHost(ROOT / "plugins")
-        store = Store(any_database_url, "g")
+        store = Store(database_url, "g")
         host.register_tables(store.register_table, store.drop_registrations)
         assert set(store.plugin_tables) == {"temperature_readings", "pu_workload_readings"}
         try:

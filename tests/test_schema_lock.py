@@ -27,7 +27,7 @@ N = 4
 
 
 @pytest.fixture
-def config_path(tmp_path: Path, any_database_url: str) -> Path:
+def config_path(tmp_path: Path, database_url: str) -> Path:
     certificates = tmp_path / "certificates"
     create_server_key(certificates, bits=2048)  # the schema is what races here, not the key
     path = tmp_path / "config.yaml"
@@ -35,7 +35,7 @@ def config_path(tmp_path: Path, any_database_url: str) -> Path:
         yaml.safe_dump(
             {
                 "kafka": {"bootstrap.servers": "127.0.0.1:1"},  # init never connects
-                "database": {"url": any_database_url},
+                "database": {"url": database_url},
                 "certificates": str(certificates),
             }
         )
@@ -101,8 +101,8 @@ def test_concurrent_create_schema_threads(config_path: Path) -> None:
             store.dispose()
 
 
-def test_init_waits_for_the_lock_and_says_so(config_path: Path, any_database_url: str) -> None:
-    engine = store_module.make_engine(any_database_url)
+def test_init_waits_for_the_lock_and_says_so(config_path: Path, database_url: str) -> None:
+    engine = store_module.make_engine(database_url)
     output = config_path.parent / "init.out"
     try:
         with schema_lock(engine), open(output, "w") as out:
@@ -125,10 +125,10 @@ def test_init_waits_for_the_lock_and_says_so(config_path: Path, any_database_url
     assert_schema_at_head_once(config_path)
 
 
-def test_create_schema_gives_up_after_the_lock_timeout(any_database_url: str) -> None:
+def test_create_schema_gives_up_after_the_lock_timeout(database_url: str) -> None:
     holder, waiter = (
-        store_module.make_engine(any_database_url),
-        store_module.Store(any_database_url, "g"),
+        store_module.make_engine(database_url),
+        store_module.Store(database_url, "g"),
     )
     try:
         with (

@@ -20,7 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparklem_core.processor.batch import Batch
+from sparklem_core.processor.batch import Batch, Rejection, StreamKey, StreamMark
+from sparklem_core.processor.mysql_types import max_packet_bytes, packet_problem
 from sparklem_core.processor.store import Store
 
 WHEN = datetime(2026, 11, 23, 14, 5, 6, 789012, tzinfo=UTC)
@@ -117,7 +118,7 @@ def test_rows_the_database_refuses_raise_sqlalchemy_errors(stores, row) -> None:
 
 
 def test_migrations_build_exactly_the_declared_core_schema(database_url: str) -> None:
-    """The Alembic migrations and the core tables in storage.py describe one schema."""
+    """The Alembic migrations and the core tables in store.py describe one schema."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
@@ -137,3 +138,50 @@ def test_migrations_build_exactly_the_declared_core_schema(database_url: str) ->
         assert differences == []
     finally:
         store.dispose()
+
+
+def test_what_every_database_must_hold_alike(database_url: str) -> None:
+    """Microseconds, 4-byte characters, long text, 64-bit seqs, and ids that differ only
+    in case (two agents, not one): MySQL and MariaDB hold them only by mysql_types."""
+    store = Store(database_url, "g")
+    try:
+        store.create_schema()
+        raw = "😀" * 20_000 + "x" * 30_000  # 110 KB of UTF-8: more than a MySQL TEXT
+        rejection = Rejection("t", 0, 1, "Jetson-01", "p", "malformed", "d😀", raw, WHEN)
+        top = 2**63 - 1
+        store.commit(
+            Batch(
+                rejected=[rejection],
+                streams={
+                    StreamKey("Jetson-01", "p"): StreamMark(None, top),
+                    StreamKey("jetson-01", "p"): StreamMark(None, 7),
+                },
+            )
+        )
+        assert store.load_streams([("Jetson-01", "p"), ("jetson-01", "p")]) == {
+            ("Jetson-01", "p"): top,
+            ("jetson-01", "p"): 7,
+        }
+        with store.engine.connect() as conn:
+            (row,) = conn.execute(select(store.rejected)).mappings().all()
+        assert (row["raw"], row["detail"]) == (raw, "d😀")
+        assert row["received_at"].replace(tzinfo=UTC) == WHEN
+    finally:
+        store.dispose()
+
+
+def test_the_packet_limit_is_read_and_judged(database_url: str) -> None:
+    """MariaDB's max_allowed_packet bounds one statement; the processor warns at start
+    when a rejected record of max_message_bytes may not fit it."""
+    store = Store(database_url, "g")
+    try:
+        with store.engine.connect() as conn:
+            limit = max_packet_bytes(conn)
+    finally:
+        store.dispose()
+    if store.engine.dialect.name == "mysql":
+        assert limit is not None and packet_problem(limit, 1024 * 1024) is None  # defaults fit
+    else:
+        assert limit is None and packet_problem(limit, 10**9) is None
+    problem = packet_problem(4 * 1024 * 1024, 4 * 1024 * 1024)
+    assert problem is not None and "raise max_allowed_packet" in problem and "\n" not in problem

@@ -181,11 +181,15 @@ AGENT = '''\
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sparklem_core import hookimpl
+
+# One number and a newline; more is not a reading (a log file, /dev/zero): never read it all.
+MAX_SOURCE_BYTES = 64
 
 
 @hookimpl
@@ -194,9 +198,13 @@ def sparklem_collect(settings: Mapping[str, Any]) -> dict[str, Any] | None:
         return None  # nothing configured: send nothing
     path = Path(settings["source"])
     try:
-        value = float(path.read_text(encoding="ascii").strip())
+        with path.open("rb") as source:
+            raw = source.read(MAX_SOURCE_BYTES + 1)
+        value = float(raw.decode("ascii"))
     except (OSError, ValueError):
         return None  # no sensor here, or it could not be read: send nothing
+    if len(raw) > MAX_SOURCE_BYTES or not math.isfinite(value):
+        return None  # not one number (NaN and infinities are not JSON): send nothing
     return {"samples": [{"sensor": path.name, "value": value}]}
 '''
 
@@ -256,6 +264,15 @@ def test_collect_reads_the_source(plugin: PluginHarness, tmp_path: Path) -> None
     assert plugin.collect({"source": str(source)}) == {
         "samples": [{"sensor": "sensor0", "value": 42.5}]
     }
+
+
+@pytest.mark.parametrize("text", ["", "hot", "nan", "-inf", "1e999", "1" * 100, "4\\u00b02"])
+def test_collect_sends_nothing_but_one_finite_number(
+    plugin: PluginHarness, tmp_path: Path, text: str
+) -> None:
+    source = tmp_path / "sensor0"
+    source.write_text(text + "\\n", encoding="utf-8")
+    assert plugin.collect({"source": str(source)}) is None
 '''
 
 

@@ -63,6 +63,8 @@ class Rejection:
     detail: str
     raw: str
     received_at: datetime
+    seq: int | None = None  # once the message was decrypted: what redriving a reading needs
+    sent_at: datetime | None = None  # the plaintext's ``ts``
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +89,28 @@ class RejectedRecord:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Redriven:
+    """A ``sparklem_redriven`` row: a message, or one refused reading of it, that redrive
+    stored, and where that copy had been quarantined."""
+
+    agent_id: str
+    plugin: str
+    seq: int
+    part: str  # WHOLE_MESSAGE, or a refused reading's digest
+    topic: str
+    partition: int
+    offset: int
+    redriven_at: datetime
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Redriven.part of a whole message.
+WHOLE_MESSAGE = ""
+
+
 @dataclass
 class Batch:
     """What one consumed batch changes in the database, written in one transaction."""
@@ -96,12 +120,25 @@ class Batch:
     records: dict[RecordKey, RejectedRecord] = field(default_factory=dict)
     streams: dict[StreamKey, StreamMark] = field(default_factory=dict)
     offsets: dict[PartitionKey, OffsetMark] = field(default_factory=dict)
+    # Redrive: the quarantine rows it takes out (each must still be there, else Conflict)
+    # and what it stored (each new, else Conflict).
+    released_messages: list[int] = field(default_factory=list)  # rejected_messages ids
+    released_records: list[int] = field(default_factory=list)  # rejected_records ids
+    redriven: list[Redriven] = field(default_factory=list)
 
     def merge(self, other: Batch) -> None:
-        """Add ``other`` (a later batch) to this one; its marks win."""
+        """Add ``other`` (a later batch) to this one; its offsets win, and a stream's mark
+        moves from where it was before both to the higher ``seq`` of the two."""
         for table, rows in other.rows.items():
             self.rows.setdefault(table, []).extend(rows)
         self.rejected.extend(other.rejected)
         self.records.update(other.records)
-        self.streams.update(other.streams)
+        for key, mark in other.streams.items():
+            first = self.streams.get(key)
+            if first is not None:
+                mark = StreamMark(first.expected, max(first.last_seq, mark.last_seq))
+            self.streams[key] = mark
         self.offsets.update(other.offsets)
+        self.released_messages.extend(other.released_messages)
+        self.released_records.extend(other.released_records)
+        self.redriven.extend(other.redriven)

@@ -24,7 +24,7 @@ from Crypto.PublicKey import RSA
 
 from sparklem_core import wire
 from sparklem_core.plugin_api import Message, text_problem
-from sparklem_core.plugin_host import PluginHost
+from sparklem_core.plugin_host import PluginHost, PluginInfo
 from sparklem_core.processor.batch import (
     Batch,
     OffsetMark,
@@ -51,6 +51,11 @@ class Record:
     partition: int
     offset: int
     value: bytes | None
+
+
+# judge()'s rules: whether a message is new, and which part of it to store.
+Admit = Callable[[wire.Envelope, wire.Plaintext], bool]
+Narrow = Callable[[Message], Message]
 
 
 @dataclass
@@ -155,9 +160,9 @@ class Pipeline:
         batch, stats = Batch(), Stats(Counter(r.topic for r in records))
         now = datetime.now(UTC)
         self._load_offsets({(r.topic, r.partition) for r in records})
-        envelopes = [self._envelope(r) for r in records]
+        envelopes = [self.envelope(r) for r in records]
         self._load_seqs({(e.agent, e.plugin) for e in envelopes if isinstance(e, wire.Envelope)})
-        seq_now: dict[StreamKey, int] = {}
+        admit = self._admit_next_seq(batch, {})
         for record, envelope in zip(records, envelopes, strict=True):
             tp = PartitionKey(record.topic, record.partition)
             stored_next, stored_id = self._offsets.get(tp, (None, None))
@@ -179,35 +184,75 @@ class Pipeline:
                 current_id = topic_id(record.topic, False)
             expected = batch.offsets[tp].expected if tp in batch.offsets else stored_next
             batch.offsets[tp] = OffsetMark(expected, record.offset + 1, current_id)
-            authenticated = False
-            try:
-                if isinstance(envelope, wire.Rejected):
-                    raise envelope
-                wire.verify(envelope, self.registry.lookup(envelope.agent))
-                authenticated = True
-                self._message(record, envelope, batch, stats, seq_now, now)
-            except wire.Rejected as rejected:
-                self._reject(batch, stats, record, envelope, rejected, now, authenticated)
-            except Exception as exc:  # a bug met on this record: quarantine it, carry on
-                where = envelope.plugin if isinstance(envelope, wire.Envelope) else ""
-                first = (type(exc), where) not in self._tracebacks_logged
-                self._tracebacks_logged.add((type(exc), where))
-                log.warning(
-                    "%s[%d]@%d: %s while processing it; stored as %s",
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    _describe(exc)[:300],
-                    wire.PROCESSING_ERROR,
-                    exc_info=first,  # the traceback once per kind, not once per record
-                )
-                error = wire.Rejected(wire.PROCESSING_ERROR, _describe(exc))
-                self._reject(batch, stats, record, envelope, error, now, authenticated)
+            self.judge(record, envelope, batch, stats, now, admit)
         return batch, stats
+
+    def judge(
+        self,
+        record: Record,
+        envelope: wire.Envelope | wire.Rejected,
+        batch: Batch,
+        stats: Stats,
+        now: datetime,
+        admit: Admit,
+        narrow: Narrow | None = None,
+    ) -> None:
+        """Every check of one record; its rows or its rejections are added to ``batch``.
+
+        No offset bookkeeping: the consumer (:meth:`process`) and redrive both judge
+        records here. ``admit(envelope, plaintext)`` says whether the message is new
+        (False: a duplicate, counted and dropped); ``narrow(message)`` gives the part of
+        the message to store (redrive of a single refused reading) or raises
+        :class:`wire.Rejected`. ``now`` is when the record was received.
+        """
+        authenticated = False
+        plain: wire.Plaintext | None = None
+        try:
+            if isinstance(envelope, wire.Rejected):
+                raise envelope
+            wire.verify(envelope, self.registry.lookup(envelope.agent))
+            authenticated = True
+            info, plain = self._open(record, envelope, now)
+            if not admit(envelope, plain):
+                stats.duplicates += 1
+                return
+            self._message(record, envelope, info, plain, batch, stats, now, narrow)
+        except wire.Rejected as rejected:
+            self._reject(batch, stats, record, envelope, rejected, now, authenticated, plain)
+        except Exception as exc:  # a bug met on this record: quarantine it, carry on
+            where = envelope.plugin if isinstance(envelope, wire.Envelope) else ""
+            first = (type(exc), where) not in self._tracebacks_logged
+            self._tracebacks_logged.add((type(exc), where))
+            log.warning(
+                "%s[%d]@%d: %s while processing it; stored as %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                _describe(exc)[:300],
+                wire.PROCESSING_ERROR,
+                exc_info=first,  # the traceback once per kind, not once per record
+            )
+            error = wire.Rejected(wire.PROCESSING_ERROR, _describe(exc))
+            self._reject(batch, stats, record, envelope, error, now, authenticated, plain)
+
+    def _admit_next_seq(self, batch: Batch, seq_now: dict[StreamKey, int]) -> Admit:
+        """The consumer's rule: a message is new when its seq is above its stream's mark."""
+
+        def admit(env: wire.Envelope, plain: wire.Plaintext) -> bool:
+            stream = StreamKey(env.agent, env.plugin)
+            last = seq_now.get(stream, self._seq.get(stream, -1))
+            if plain.seq <= last:
+                log.debug("duplicate %s seq %d (last %d)", stream, plain.seq, last)
+                return False
+            seq_now[stream] = plain.seq
+            batch.streams[stream] = StreamMark(self._seq.get(stream), plain.seq)
+            return True
+
+        return admit
 
     def refuse(self, record: Record, batch: Batch, detail: str) -> tuple[Batch, Stats]:
         """``batch`` (of this one record) with its rows replaced by an ``invalid_payload``."""
-        envelope = self._envelope(record)
+        envelope = self.envelope(record)
         refused = Batch(streams=batch.streams, offsets=batch.offsets)
         stats = Stats(Counter([record.topic]))
         rejected = wire.Rejected(wire.INVALID_PAYLOAD, detail)
@@ -226,7 +271,8 @@ class Pipeline:
 
     # --- steps -------------------------------------------------------------------
 
-    def _envelope(self, record: Record) -> wire.Envelope | wire.Rejected:
+    def envelope(self, record: Record) -> wire.Envelope | wire.Rejected:
+        """The record's envelope, parsed but not verified, or why it has none."""
         value = record.value
         if value is None:
             return wire.Rejected(wire.MALFORMED, "record has no value")
@@ -242,16 +288,10 @@ class Pipeline:
         except Exception as exc:  # pragma: no cover - parse_envelope refuses what it cannot read
             return wire.Rejected(wire.PROCESSING_ERROR, _describe(exc))
 
-    def _message(
-        self,
-        record: Record,
-        env: wire.Envelope,
-        batch: Batch,
-        stats: Stats,
-        seq_now: dict[StreamKey, int],
-        now: datetime,
-    ) -> None:
-        """An authenticated record: the rest of the checks, then its plugin's rows."""
+    def _open(
+        self, record: Record, env: wire.Envelope, now: datetime
+    ) -> tuple[PluginInfo, wire.Plaintext]:
+        """An authenticated record's plugin and plaintext, once the checks before it pass."""
         if env.kid not in self.server_keys:
             raise wire.Rejected(wire.UNKNOWN_KEY, f"no server key with kid {env.kid}")
         info = self.plugins.get(env.plugin)
@@ -268,22 +308,23 @@ class Pipeline:
         skew_ms = plain.ts - now.timestamp() * 1000
         if skew_ms > self.settings.clock_skew_s * 1000:
             raise wire.Rejected(wire.CLOCK_SKEW, f"'ts' is {skew_ms / 1000:.0f} s in the future")
-        stream = StreamKey(env.agent, env.plugin)
-        last = seq_now.get(stream, self._seq.get(stream, -1))
-        if plain.seq <= last:
-            stats.duplicates += 1
-            log.debug("duplicate %s seq %d (last %d)", stream, plain.seq, last)
-            return
-        seq_now[stream] = plain.seq
-        batch.streams[stream] = StreamMark(self._seq.get(stream), plain.seq)
+        return info, plain
 
-        message = Message(
-            env.agent,
-            env.plugin,
-            plain.seq,
-            datetime.fromtimestamp(plain.ts / 1000, UTC),
-            plain.data,
-        )
+    def _message(
+        self,
+        record: Record,
+        env: wire.Envelope,
+        info: PluginInfo,
+        plain: wire.Plaintext,
+        batch: Batch,
+        stats: Stats,
+        now: datetime,
+        narrow: Narrow | None,
+    ) -> None:
+        """A new message: its plugin's rows, each checked, and its refused readings."""
+        message = Message(env.agent, env.plugin, plain.seq, sent_at(plain), plain.data)
+        if narrow is not None:
+            message = narrow(message)
         try:
             result = self.host.process(info, message, self.plugin_settings[env.plugin])
         except ValueError as exc:  # InvalidPayload included: the plugin refuses the payload
@@ -295,7 +336,9 @@ class Pipeline:
                     f"plugin wrote to table {table!r}, which it did not register",
                 )
         for refused in result.rejected:
-            self._reject_reading(batch, stats, record, env, refused.detail, refused.reading, now)
+            self._reject_reading(
+                batch, stats, record, env, plain, refused.detail, refused.reading, now
+            )
         for table, rows in result.rows.items():
             stored = batch.rows.setdefault(table, [])
             for row in rows:
@@ -304,7 +347,9 @@ class Pipeline:
                     stored.append(row)
                     stats.rows_by_table[table] += 1
                 else:
-                    self._reject_reading(batch, stats, record, env, f"{table}: {problem}", row, now)
+                    self._reject_reading(
+                        batch, stats, record, env, plain, f"{table}: {problem}", row, now
+                    )
         stats.stored_by_plugin[env.plugin] += 1
 
     def _reject(
@@ -316,6 +361,7 @@ class Pipeline:
         rejected: wire.Rejected,
         now: datetime,
         authenticated: bool,
+        plain: wire.Plaintext | None = None,
     ) -> None:
         known = isinstance(env, wire.Envelope)
         raw = record.value or b""
@@ -325,7 +371,9 @@ class Pipeline:
         agent = env.agent if known else None
         plugin = env.plugin if known else None
         batch.rejected.append(
-            self._rejection(record, agent, plugin, rejected.reason, rejected.detail, text, now)
+            self._rejection(
+                record, agent, plugin, rejected.reason, rejected.detail, text, now, plain
+            )
         )
         self._keep_record(batch, record, agent, plugin, authenticated, now)
         label = plugin if authenticated and plugin and plugin in self.plugins else ""  # see Stats
@@ -337,6 +385,7 @@ class Pipeline:
         stats: Stats,
         record: Record,
         env: wire.Envelope,
+        plain: wire.Plaintext,
         detail: str,
         reading: Any,
         now: datetime,
@@ -349,7 +398,9 @@ class Pipeline:
         if len(raw) > limit:
             raw = raw[:limit] + f"…[{len(raw) - limit} more characters]"
         batch.rejected.append(
-            self._rejection(record, env.agent, env.plugin, wire.INVALID_READING, detail, raw, now)
+            self._rejection(
+                record, env.agent, env.plugin, wire.INVALID_READING, detail, raw, now, plain
+            )
         )
         self._keep_record(batch, record, env.agent, env.plugin, True, now)
         stats.rejected_by[wire.INVALID_READING, env.plugin] += 1
@@ -382,7 +433,9 @@ class Pipeline:
         detail: str,
         raw: str,
         now: datetime,
+        plain: wire.Plaintext | None,
     ) -> Rejection:
+        """A ``rejected_messages`` row; ``seq`` and ``sent_at`` once the message was read."""
         return Rejection(
             record.topic,
             record.partition,
@@ -393,6 +446,8 @@ class Pipeline:
             storable_text(detail[:1000]),
             storable_text(raw),
             now,
+            plain.seq if plain is not None else None,
+            sent_at(plain) if plain is not None else None,
         )
 
     def _load_offsets(self, keys: set[tuple[str, int]]) -> None:
@@ -419,6 +474,11 @@ def storable_text(text: str) -> str:
     if _UNSTORABLE.search(text) is None:
         return text
     return text.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def sent_at(plain: wire.Plaintext) -> datetime:
+    """When the agent sent the message: its plaintext's ``ts``, UTC."""
+    return datetime.fromtimestamp(plain.ts / 1000, UTC)
 
 
 def _row_problem(row: Mapping[str, Any]) -> str | None:

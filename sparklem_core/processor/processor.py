@@ -36,6 +36,7 @@ from sparklem_core.logsetup import OncePerMinute
 from sparklem_core.processor.batch import Batch, PartitionKey
 from sparklem_core.processor.endpoint import Check
 from sparklem_core.processor.metrics import LagTracker, Metrics, Snapshot
+from sparklem_core.processor.mysql_types import max_packet_bytes, packet_problem
 from sparklem_core.processor.pipeline import Pipeline, Record, Stats
 from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import BatchWriter, Interrupted, Unavailable
@@ -125,8 +126,13 @@ class Processor:
             for attempt in self._retrying("database unavailable at start", TRANSIENT_DB_ERRORS):
                 with attempt:
                     self.store.create_schema()
+                    with self.store.engine.connect() as conn:
+                        max_packet = max_packet_bytes(conn)
         except Stopping:
             return False
+        problem = packet_problem(max_packet, self.settings.max_message_bytes)
+        if problem:
+            log.warning("%s", problem)
         return True
 
     def run(self) -> int:

@@ -37,6 +37,7 @@ from sqlalchemy import (
     Time,
     bindparam,
     create_engine,
+    delete,
     event,
     insert,
     select,
@@ -47,6 +48,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
 from sparklem_core.processor.batch import Batch
+from sparklem_core.processor.mysql_types import TABLE_OPTIONS
 from sparklem_core.processor.plugin_tables import PluginTable, TableChange, declare, upgrade
 from sparklem_core.processor.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
 
@@ -54,7 +56,13 @@ log = logging.getLogger(__name__)
 
 ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
 
-CORE_TABLES = ("rejected_messages", "rejected_records", "sparklem_streams", "sparklem_offsets")
+CORE_TABLES = (
+    "rejected_messages",
+    "rejected_records",
+    "sparklem_streams",
+    "sparklem_offsets",
+    "sparklem_redriven",
+)
 # A whole record of max_message_bytes (1 MiB by default) on every database: MySQL's BLOB
 # stops at 64 KiB.
 RECORD_BYTES = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
@@ -90,6 +98,10 @@ def _core_metadata() -> MetaData:
         Column("detail", Text, nullable=False),
         Column("raw", Text),
         Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+        # Once the message was decrypted: what redriving one of its readings needs.
+        Column("seq", BigInteger),
+        Column("sent_at", DateTime(timezone=True)),
+        **TABLE_OPTIONS,
     )
     # The bytes of each rejected record, once per record however many of its readings
     # were refused: whole once its signature verified (what redrive needs), else cut to
@@ -104,6 +116,7 @@ def _core_metadata() -> MetaData:
         Column("value", RECORD_BYTES, nullable=False),
         Column("received_at", DateTime(timezone=True), nullable=False),
         Index("ix_rejected_records_position", "topic", "partition", "offset"),
+        **TABLE_OPTIONS,
     )
     Table(
         "sparklem_streams",
@@ -112,6 +125,7 @@ def _core_metadata() -> MetaData:
         Column("plugin", String(64), primary_key=True),
         Column("last_seq", BigInteger, nullable=False),
         Column("updated_at", DateTime(timezone=True), nullable=False),
+        **TABLE_OPTIONS,
     )
     Table(
         "sparklem_offsets",
@@ -122,6 +136,22 @@ def _core_metadata() -> MetaData:
         Column("next_offset", BigInteger, nullable=False),
         Column("topic_id", String(32)),  # detects a topic deleted and created again
         Column("updated_at", DateTime(timezone=True), nullable=False),
+        **TABLE_OPTIONS,
+    )
+    # What redrive stored, once per message or refused reading: a record quarantined twice,
+    # or redriven twice, is stored once, even below its stream's mark.
+    Table(
+        "sparklem_redriven",
+        metadata,
+        Column("agent_id", String(64), primary_key=True),
+        Column("plugin", String(64), primary_key=True),
+        Column("seq", BigInteger, primary_key=True, autoincrement=False),
+        Column("part", String(64), primary_key=True),  # batch.WHOLE_MESSAGE, or a digest
+        Column("topic", String(255), nullable=False),  # where the stored copy was quarantined
+        Column("partition", Integer, nullable=False),
+        Column("offset", BigInteger, nullable=False),
+        Column("redriven_at", DateTime(timezone=True), nullable=False),
+        **TABLE_OPTIONS,
     )
     return metadata
 
@@ -176,6 +206,10 @@ class Store:
     def offsets(self) -> Table:
         return self.metadata.tables["sparklem_offsets"]
 
+    @property
+    def redriven(self) -> Table:
+        return self.metadata.tables["sparklem_redriven"]
+
     def register_table(
         self,
         owner: str,
@@ -190,7 +224,7 @@ class Store:
         """
         if name in self._owners:
             raise TableClash(f"table {name!r} is already registered by {self._owners[name]}")
-        table = Table(name, self.metadata, *columns)
+        table = Table(name, self.metadata, *columns, **TABLE_OPTIONS)
         try:
             declared = declare(owner, table, **declaration)
         except (TypeError, ValueError):
@@ -276,6 +310,13 @@ class Store:
             for key, mark in batch.offsets.items()
         ]  # fmt: skip
         with self.engine.begin() as conn:
+            self._release(conn, self.rejected, batch.released_messages)
+            self._release(conn, self.records, batch.released_records)
+            if batch.redriven:
+                try:
+                    conn.execute(insert(self.redriven), [r.row() for r in batch.redriven])
+                except IntegrityError as exc:  # another redrive stored it first
+                    raise Conflict(str(exc.orig)[:200]) from None
             for name, rows in batch.rows.items():
                 self._insert_rows(conn, self.metadata.tables[name], rows)
             if batch.rejected:
@@ -296,6 +337,12 @@ class Store:
             if key not in self._inserts:
                 self._inserts[key] = RowInsert(table, columns, self.engine.dialect)
             self._inserts[key].execute(conn, group)
+
+    @staticmethod
+    def _release(conn: Any, table: Table, ids: list[int]) -> None:
+        """Delete quarantine rows by id; :class:`Conflict` if another redrive took one first."""
+        if ids and conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount != len(ids):
+            raise Conflict(f"{table.name} changed by another redrive")
 
     @staticmethod
     def _move_marks(conn: Any, table: Table, key: tuple[str, ...], mark: str,
@@ -403,10 +450,15 @@ class RowInsert:
             raise StatementError(str(exc), self.sql, None, exc) from None
         if self.copy_sql is not None:
             self._copy(conn, values)
-        elif self.positional:
-            conn.exec_driver_sql(self.sql, values)
-        else:
-            conn.exec_driver_sql(self.sql, [dict(zip(self.names, v, strict=True)) for v in values])
+            return
+        try:
+            if self.positional:
+                conn.exec_driver_sql(self.sql, values)
+            else:
+                named = [dict(zip(self.names, v, strict=True)) for v in values]
+                conn.exec_driver_sql(self.sql, named)
+        except (TypeError, ValueError) as exc:  # PyMySQL refuses a value itself, unwrapped
+            raise StatementError(str(exc), self.sql, None, exc) from None
 
     def _values(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         """Each row's driver values, in parameter order."""

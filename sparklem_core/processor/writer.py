@@ -77,11 +77,11 @@ class BatchWriter:
                     raise
                 except Exception as exc:
                     if self._verdict(exc) is Verdict.TRANSIENT:
-                        raise Unavailable(_first_line(exc)) from exc
+                        raise Unavailable(first_line(exc)) from exc
                     if len(records) > 1:
                         log.warning(
                             "database refused a batch (%s); storing it record by record",
-                            _first_line(exc),
+                            first_line(exc),
                         )
                         return self._write_each(records, topic_id)
                     batch, stats = self._refuse(records[0], batch, exc)
@@ -98,7 +98,7 @@ class BatchWriter:
         try:
             return self.pipeline.process(records, topic_id)
         except SQLAlchemyError as exc:  # loading marks: no record's data is involved
-            raise Unavailable(_first_line(exc)) from exc
+            raise Unavailable(first_line(exc)) from exc
 
     def _write_each(self, records: Sequence[Record], topic_id: TopicId) -> tuple[Batch, Stats]:
         total, stats = Batch(), Stats()
@@ -113,7 +113,7 @@ class BatchWriter:
 
     def _refuse(self, record: Record, batch: Batch, exc: BaseException) -> tuple[Batch, Stats]:
         """Commit ``record`` as a rejection in place of the rows the database refused."""
-        reason = _first_line(exc)
+        reason = first_line(exc)
         log.warning(
             "%s[%d]@%d: the database refused its rows (%s); stored as invalid_payload",
             record.topic,
@@ -121,14 +121,8 @@ class BatchWriter:
             record.offset,
             reason,
         )
-        refused, stats = self.pipeline.refuse(record, batch, f"database refused its rows: {reason}")
-        try:
-            self.store.commit(refused)
-        except Conflict:
-            raise
-        except Exception as again:
-            # A rejection row holds only checked, escaped values: the database itself fails.
-            raise Unavailable(_first_line(again)) from again
+        refused, stats = self.pipeline.refuse(record, batch, refused_rows(reason))
+        commit_refusal(self.store, refused)
         return refused, stats
 
     def _verdict(self, exc: BaseException) -> Verdict:
@@ -137,6 +131,23 @@ class BatchWriter:
         return verdict
 
 
-def _first_line(exc: BaseException) -> str:
+def refused_rows(reason: str) -> str:
+    """The detail of a record whose rows the database refused."""
+    return f"database refused its rows: {reason}"
+
+
+def commit_refusal(store: Store, refused: Batch) -> None:
+    """Commit a batch that holds rejections instead of refused rows."""
+    try:
+        store.commit(refused)
+    except Conflict:
+        raise
+    except Exception as again:
+        # A rejection row holds only checked, escaped values: the database itself fails.
+        raise Unavailable(first_line(again)) from again
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error's message, for a log or a rejection detail."""
     text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
     return text.splitlines()[0][:300]
