@@ -76,12 +76,14 @@ class LagTracker:
         with self._lock:
             return list(self._parts)
 
-    def consumed(self, key: PartitionKey, offset: int) -> None:
-        """A record was consumed (the stored offset is not known before the first commit)."""
+    def consumed(self, firsts: Mapping[tuple[str, int], int]) -> None:
+        """Records were consumed: the first offset of each partition among them (the
+        oldest unstored one until the partition's first commit tells the stored offset)."""
         with self._lock:
-            part = self._parts.get(key)
-            if part is not None and part.stored_next is None and part.first_consumed is None:
-                part.first_consumed = offset
+            for key, offset in firsts.items():
+                part = self._parts.get(PartitionKey(*key))
+                if part is not None and part.stored_next is None and part.first_consumed is None:
+                    part.first_consumed = offset
 
     def stored(self, offsets: Mapping[PartitionKey, OffsetMark]) -> None:
         """A batch committed these partitions' next offsets."""

@@ -247,8 +247,11 @@ class Processor:
             records.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.value()))
         if records:
             self._broker_up()
+        if records and self.metrics is not None:
+            firsts: dict[tuple[str, int], int] = {}
             for record in records:
-                self.lag.consumed(PartitionKey(record.topic, record.partition), record.offset)
+                firsts.setdefault((record.topic, record.partition), record.offset)
+            self.lag.consumed(firsts)
         return records
 
     def _on_kafka_error(self, err: KafkaError) -> None:
