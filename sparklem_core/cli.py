@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -195,6 +196,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     try:
         if not processor.prepare_database():
             return 0
+        registry.use_database(setup.store)
         return processor.run()
     finally:
         if endpoint is not None:
@@ -241,6 +243,7 @@ def cmd_redrive(config: Config, args: argparse.Namespace) -> int:
     registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
     pipeline = make_pipeline(config, setup, load_server_keys(config.certificates), registry)
     setup.store.create_schema()
+    registry.use_database(setup.store)
     selection = Selection(tuple(args.reason or ()), args.plugin, args.agent, args.since)
     progress = lambda s: print(f"redrive: {s.line()}", file=sys.stderr, flush=True)  # noqa: E731
     try:
@@ -258,6 +261,29 @@ def cmd_redrive(config: Config, args: argparse.Namespace) -> int:
     if summary.cut:
         shown = ", ".join(summary.cut[:20]) + (" ..." if len(summary.cut) > 20 else "")
         print(f"not redrivable (bytes cut when quarantined): {shown}")
+    return 0
+
+
+def cmd_agents(config: Config, args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC
+
+    from sparklem_core.admin.fleet import FleetError, inventory, table_rows
+
+    check_database_url(config.database_url)
+    now = datetime.now(UTC)
+    try:
+        statuses = inventory(config, now)
+    except FleetError as exc:
+        raise CommandError(str(exc)) from None
+    if args.silent:
+        statuses = [s for s in statuses if s.silent]
+    if args.json:
+        print(json.dumps([s.document(now) for s in statuses], indent=2))
+    elif statuses:
+        print_table(table_rows(statuses, now))
+    else:
+        print("no silent agents" if args.silent else "no agents enrolled or seen")
     return 0
 
 
@@ -429,6 +455,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     redrive.add_argument("--dry-run", action="store_true", help="judge and report, change nothing")
     redrive.set_defaults(func=cmd_redrive)
+    agents = sub.add_parser(
+        "agents",
+        parents=[common],
+        help="the fleet: every enrolled or seen agent, and which went silent",
+        description="Every agent enrolled or revoked (certificates directory) or seen by the "
+        "processors (sparklem_agents): state, activity, last seen (relative and UTC), messages "
+        "stored, rejections. Silent: enrolled and no message for longer than "
+        "fleet.silent_after_s, by default three times its shortest collection interval.",
+    )
+    agents.add_argument("--silent", action="store_true", help="only agents that went silent")
+    agents.add_argument("--json", action="store_true", help="JSON for scripts, one object each")
+    agents.set_defaults(func=cmd_agents)
     demo = sub.add_parser(
         "demo",
         parents=[common],
@@ -526,6 +564,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `sparklem agents | head`: the reader left, nothing went wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except Exception:  # a bug, not a user mistake: say so with the traceback, exit non-zero
         log.exception("sparklem %s failed unexpectedly", args.command or "run")
         return EXIT_FAILURE

@@ -158,6 +158,8 @@ class SimulatedFleet:
     """Agents that speak the protocol from memory, plus a few bad actors."""
 
     def __init__(self, certificates: Path, server_key: RSA.RsaKey, count: int, config: Any):
+        from sparklem_core.admin.enrollment import record_intervals  # as gen_config does
+
         self.server_public = server_key.public_key()
         self.topics = {
             n: config.plugin_topic(n, f"sparklem.{n}") for n in ("temperature", "pu_workload")
@@ -167,6 +169,7 @@ class SimulatedFleet:
             agent_id = f"sim-{n:03d}"
             key = RSA.generate(2048)
             (certificates / "agents" / f"{agent_id}.pem").write_bytes(key.public_key().export_key())
+            record_intervals(certificates, agent_id, dict.fromkeys(self.topics, INTERVAL_S))
             self.agents.append((agent_id, key, wire.SessionKey(self.server_public)))
         self.impostor = RSA.generate(2048)
         self.rng = random.Random(7)

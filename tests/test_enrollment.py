@@ -264,7 +264,8 @@ def test_bundle_from_before_the_seal_says_reissue(sample: bytes) -> None:
         bundle_file.open_bundle(old, PASSPHRASE)
     message = str(caught.value)
     assert message == bundle_file.OLD_FORMAT and "\n" not in message
-    assert "re-issue" in message and "gen_config.py --agent-id ID --force" in message
+    assert "re-issue" in message and "sparklem-enroll --agent-id ID --force" in message
+    assert "gen_config.py" in message
 
 
 def _attacks(members: dict[str, bytes]) -> dict[str, list[tuple[str, bytes]]]:

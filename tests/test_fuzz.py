@@ -500,6 +500,7 @@ class Fuzz:
         self.pipeline = env.pipeline()
         self.writer = BatchWriter(self.pipeline, env.store)
         self.good_seq = 0
+        self.stored = 0  # messages stored so far: what the fleet inventory must count
         self.bad_seq: dict[str, int] = dict.fromkeys(PAYLOADS, 0)
 
     def good(self) -> tuple[Record, int]:
@@ -576,6 +577,10 @@ class Fuzz:
                 s=seq,
             )
             assert rows == [("good",)]
+        self.stored += stats.stored
+        inventory = dict(self.env.query("SELECT agent_id, messages FROM sparklem_agents"))
+        assert set(inventory) <= {GOOD_AGENT, BAD_AGENT}  # never a row for a forged id
+        assert sum(inventory.values()) == self.stored
         offsets = self.env.stored_offsets()
         assert sorted(offsets) == sorted((t, p, n) for (t, p), n in self.env.offsets.items())
         self._keep_streams_usable()

@@ -17,14 +17,18 @@ import yaml
 from sparklem_core.admin.enrollment import (
     AGENT_KEY_BITS,
     EnrollmentError,
+    agent_key_path,
     check_agent_id,
     check_bootstrap,
     create_agent,
     format_agents,
     list_agents,
     plugin_specs,
+    publish_enrolment,
     revoke,
+    revoked_key_path,
 )
+from sparklem_core.processor.enrolments import ENROLLED, REVOKED
 from sparklem_core.settings.config import (
     Config,
     ConfigError,
@@ -143,12 +147,24 @@ def cmd_enroll(config: Config, args: argparse.Namespace) -> int:
             "agent needs it (--passphrase-file or SPARKLEM_AGENT_PASSPHRASE)",
             file=sys.stderr,
         )
+    # Last: the bundle and its passphrase are shown whatever the database says.
+    retry = "re-issue the agent with --force once the database is reachable"
+    print(f"recorded:    {publish_enrolment(config, agent_id, ENROLLED, result.key_path, retry)}")
     return 0
 
 
 def cmd_revoke(config: Config, args: argparse.Namespace) -> int:
+    check_agent_id(args.revoke)
+    target = revoked_key_path(config.certificates, args.revoke)
+    if target.exists() and not agent_key_path(config.certificates, args.revoke).exists():
+        # revoked here before: recording it in the database again is what may be missing
+        where = publish_enrolment(config, args.revoke, REVOKED, target)
+        print(f"revoked: {args.revoke} was already revoked ({target}); {where}")
+        return 0
     path = revoke(config.certificates, args.revoke)
-    print(f"revoked: {args.revoke} (key moved to {path}); the processor refuses it within seconds")
+    where = publish_enrolment(config, args.revoke, REVOKED, path)
+    print(f"revoked: {args.revoke} (key moved to {path}); {where}")
+    print("every processor reading it refuses the agent within its registry_refresh_s")
     return 0
 
 

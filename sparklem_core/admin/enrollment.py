@@ -9,6 +9,7 @@ Every user-facing problem is an :class:`EnrollmentError` with a one-line message
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import secrets
@@ -18,13 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from Crypto.PublicKey import RSA
+from pydantic import Field, TypeAdapter, ValidationError
 
 from sparklem_core import wire
-from sparklem_core.files import read_regular_file, write_atomic
+from sparklem_core.files import UnusableFile, read_regular_file, write_atomic
 from sparklem_core.processor.registry import (
     AGENTS_DIR,
     KEY_PARSE_ERRORS,
@@ -40,6 +42,7 @@ from sparklem_core.settings.config import (
     Config,
     load_plugins,
 )
+from sparklem_core.settings.masking import mask_secrets
 from sparklem_core.settings.validation import (
     MAX_INTERVAL_S,
     SchemaError,
@@ -63,6 +66,13 @@ from sparklem_core.wire.bundle import (
 
 AGENT_KEY_BITS = 3072
 BOOTSTRAP_RE = re.compile(r"[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}")
+
+
+INTERVALS_SUFFIX = ".intervals.json"
+MAX_INTERVALS_BYTES = 64 * 1024
+_Intervals = TypeAdapter(
+    dict[Annotated[str, Field(max_length=64)], Annotated[float, Field(gt=0, le=MAX_INTERVAL_S)]]
+)
 
 
 class EnrollmentError(Exception):
@@ -167,6 +177,69 @@ def revoke(certificates: Path, agent_id: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, target)
     return target
+
+
+def intervals_path(certificates: Path, agent_id: str) -> Path:
+    return certificates / AGENTS_DIR / f"{agent_id}{INTERVALS_SUFFIX}"
+
+
+def record_intervals(certificates: Path, agent_id: str, intervals: Mapping[str, float]) -> Path:
+    """Write the agent's collection interval per plugin, as its bundle sets them."""
+    path = intervals_path(certificates, agent_id)
+    write_atomic(path, json.dumps(dict(intervals), sort_keys=True).encode(), 0o644, replace=True)
+    return path
+
+
+def read_intervals(certificates: Path, agent_id: str) -> dict[str, float]:
+    """The intervals recorded at enrolment; empty when none were (or the file is unusable)."""
+    try:
+        data = read_regular_file(intervals_path(certificates, agent_id), MAX_INTERVALS_BYTES)
+        return _Intervals.validate_json(data)
+    except (UnusableFile, ValidationError):
+        return {}
+
+
+def publish_enrolment(
+    config: Config,
+    agent_id: str,
+    state: str,
+    key_path: Path,
+    retry: str = "run the same command again once the database is reachable",
+) -> str:
+    """Record the agent's enrolment or revocation in the database for every processor host;
+    says where it was recorded. :class:`EnrollmentError`, saying ``retry``, when the
+    database cannot be written."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sparklem_core.processor import enrolments
+    from sparklem_core.processor.store import Store
+
+    url = make_url(config.database_url)
+    files_only = f"{state} in {certificates_text(config)} only"
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        return f"{files_only} (no database yet)"
+    store = Store(config.database_url, config.group_id)
+    try:
+        pem = read_regular_file(key_path)
+        published = enrolments.publish(store.engine, store.metadata, agent_id, state, pem)
+    except UnusableFile as exc:
+        raise EnrollmentError(f"{key_path} {exc}") from None
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        raise EnrollmentError(
+            f"{files_only}: the database refused it ({mask_secrets(reason)}); other processor "
+            f"hosts do not know yet: {retry}"
+        ) from None
+    finally:
+        store.dispose()
+    if not published:
+        return f"{files_only} (the database has no {enrolments.TABLE} table: run sparklem init)"
+    return f"{state} in {certificates_text(config)} and in the database (every processor host)"
+
+
+def certificates_text(config: Config) -> str:
+    return one_line(f"{config.certificates}/")
 
 
 @dataclass(frozen=True)
@@ -388,6 +461,8 @@ def create_agent(
     except BaseException:
         bundle_path.unlink(missing_ok=True)
         raise
+    # What the processor cannot learn from messages: when this agent counts as silent.
+    record_intervals(certificates, agent_id, {n: s["interval"] for n, s in plugins.items()})
     return Enrollment(
         agent_id,
         key_path,

@@ -112,6 +112,61 @@ WHOLE_MESSAGE = ""
 
 
 @dataclass
+class AgentActivity:
+    """What a batch saw of one authenticated agent: one ``sparklem_agents`` upsert, and one
+    ``sparklem_agent_plugins`` upsert per plugin it stored a message of (times are when
+    the processor received the records, never the agent's clock)."""
+
+    first_at: datetime
+    last_at: datetime
+    messages: int = 0  # stored
+    rejections: int = 0  # rejected_messages rows
+    last_rejection: str | None = None  # its reason
+    last_rejection_at: datetime | None = None
+    plugins: dict[str, PluginActivity] = field(default_factory=dict)
+
+    def seen(self, at: datetime) -> None:
+        self.first_at, self.last_at = min(self.first_at, at), max(self.last_at, at)
+
+    def stored(self, plugin: str, at: datetime) -> None:
+        self.seen(at)
+        self.messages += 1
+        activity = self.plugins.get(plugin)
+        if activity is None:
+            self.plugins[plugin] = PluginActivity(at, 1)
+        else:
+            activity.last_at = max(activity.last_at, at)
+            activity.messages += 1
+
+    def rejected(self, reason: str, at: datetime) -> None:
+        self.seen(at)
+        self.rejections += 1
+        if self.last_rejection_at is None or at >= self.last_rejection_at:
+            self.last_rejection, self.last_rejection_at = reason, at
+
+    def add(self, other: AgentActivity) -> None:
+        self.seen(other.first_at)
+        self.seen(other.last_at)
+        self.messages += other.messages
+        for plugin, activity in other.plugins.items():
+            mine = self.plugins.setdefault(plugin, PluginActivity(activity.last_at, 0))
+            mine.last_at = max(mine.last_at, activity.last_at)
+            mine.messages += activity.messages
+        self.rejections += other.rejections
+        at = other.last_rejection_at
+        if at is not None and (self.last_rejection_at is None or at >= self.last_rejection_at):
+            self.last_rejection, self.last_rejection_at = other.last_rejection, at
+
+
+@dataclass
+class PluginActivity:
+    """One agent's stored messages of one plugin in a batch."""
+
+    last_at: datetime
+    messages: int
+
+
+@dataclass
 class Batch:
     """What one consumed batch changes in the database, written in one transaction."""
 
@@ -125,6 +180,14 @@ class Batch:
     released_messages: list[int] = field(default_factory=list)  # rejected_messages ids
     released_records: list[int] = field(default_factory=list)  # rejected_records ids
     redriven: list[Redriven] = field(default_factory=list)
+    agents: dict[str, AgentActivity] = field(default_factory=dict)  # by agent id
+
+    def activity(self, agent_id: str, at: datetime) -> AgentActivity:
+        """The agent's entry, made on first use: only for an authenticated agent."""
+        entry = self.agents.get(agent_id)
+        if entry is None:
+            entry = self.agents[agent_id] = AgentActivity(at, at)
+        return entry
 
     def merge(self, other: Batch) -> None:
         """Add ``other`` (a later batch) to this one; its offsets win, and a stream's mark
@@ -142,3 +205,5 @@ class Batch:
         self.released_messages.extend(other.released_messages)
         self.released_records.extend(other.released_records)
         self.redriven.extend(other.redriven)
+        for agent_id, activity in other.agents.items():
+            self.activity(agent_id, activity.first_at).add(activity)  # a copy: both may be reused

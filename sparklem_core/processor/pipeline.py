@@ -88,7 +88,8 @@ class Stats:
 
     @property
     def rejected(self) -> Counter[str]:
-        """Rejections by reason."""
+        """Rejections by reason; ``rejected[wire.UNKNOWN_AGENT]`` counts the records of
+        agents never enrolled, which get no row in the fleet inventory (sparklem_agents)."""
         by_reason: Counter[str] = Counter()
         for (reason, _plugin), count in self.rejected_by.items():
             by_reason[reason] += count
@@ -351,6 +352,9 @@ class Pipeline:
                         batch, stats, record, env, plain, f"{table}: {problem}", row, now
                     )
         stats.stored_by_plugin[env.plugin] += 1
+        if narrow is None:
+            batch.activity(env.agent, now).stored(env.plugin, now)
+        # else a refused reading redriven: its message was counted when it was stored
 
     def _reject(
         self,
@@ -378,6 +382,8 @@ class Pipeline:
         self._keep_record(batch, record, agent, plugin, authenticated, now)
         label = plugin if authenticated and plugin and plugin in self.plugins else ""  # see Stats
         stats.rejected_by[rejected.reason, label] += 1
+        if authenticated and agent is not None:  # forged ids get no inventory row
+            batch.activity(agent, now).rejected(rejected.reason, now)
 
     def _reject_reading(
         self,
@@ -404,6 +410,7 @@ class Pipeline:
         )
         self._keep_record(batch, record, env.agent, env.plugin, True, now)
         stats.rejected_by[wire.INVALID_READING, env.plugin] += 1
+        batch.activity(env.agent, now).rejected(wire.INVALID_READING, now)
 
     def _keep_record(
         self,

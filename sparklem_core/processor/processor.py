@@ -51,6 +51,8 @@ _CLIENT_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.", "sock
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 # How often a processor that never held a partition says it still waits for the group.
 WAITING_LOG_EVERY_S = 10
+# A subscription pattern that no topic matches (a name has at least one character).
+_NO_TOPIC = "^$"
 _BROKER_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
 # How often high watermarks are read and an idle database is probed, for lag and /readyz.
 WATCH_EVERY_S = 2.0
@@ -105,6 +107,10 @@ class Processor:
         self._topic_ids: dict[str, tuple[str | None, float]] = {}  # topic -> (id, asked at)
         self._assigned: set[tuple[str, int]] = set()
         self._rebalancing = True  # from subscribe until the group hands out partitions
+        self._revoked_since_assign = False
+        # A cooperative rebalance that takes partitions away ends with a second round.
+        strategy = str(config.kafka.get("partition.assignment.strategy", ""))
+        self._cooperative = "cooperative" in strategy.lower()
         self._idle_since: float | None = None  # set by the loop
         self._idle_next_check = 0.0
         self._ever_assigned = False  # until the group's first answer: "waiting" lines
@@ -141,12 +147,7 @@ class Processor:
         except Stopping:
             return 0
         self.consumer = Consumer(self._consumer_conf())
-        self.consumer.subscribe(
-            self.topics,
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )
+        self._subscribe()
         if self.settings.dead_letter_topic:
             self._dead_letters = Producer({**self._client_conf(), "enable.idempotence": True})
         if self.metrics is not None:
@@ -169,7 +170,7 @@ class Processor:
         self._log_stats(final=True)
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
         if self.consumer is not None:
-            self._finish_rebalance(self.settings.shutdown_timeout_s / 2)
+            self._settle_before_leaving(self.settings.shutdown_timeout_s / 2)
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             # close() leaves the group cleanly, but can block while the broker is down.
@@ -280,7 +281,8 @@ class Processor:
         # Eager protocols hand out the whole assignment, cooperative ones the increment.
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
         self.lag.assigned(PartitionKey(tp.topic, tp.partition) for tp in partitions)
-        self._rebalancing = False
+        self._rebalancing = self._cooperative and self._revoked_since_assign
+        self._revoked_since_assign = False
         self._ever_assigned = True
         self.pipeline.forget_state()
 
@@ -290,12 +292,17 @@ class Processor:
         self._assigned -= gone
         self.lag.revoked(PartitionKey(*key) for key in gone)
         self._rebalancing = True  # the assign callback ends the rebalance, even with nothing
+        self._revoked_since_assign = True
         # Only reachable while a batch waits for the database (callbacks run inside
         # consume()): records of partitions we no longer own go to their new owner.
         self._in_hand = [r for r in self._in_hand if (r.topic, r.partition) not in gone]
         self._pending = [r for r in self._pending if (r.topic, r.partition) not in gone]
         self._carry = [r for r in self._carry if (r.topic, r.partition) not in gone]
         self.pipeline.forget_state()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_revoke(consumer, partitions)
+        self._revoked_since_assign = False  # lost, not handed over: no second round follows
 
     def _topic_id(self, topic: str, fresh: bool) -> str | None:
         """The broker's id of ``topic``; ``fresh`` asks the broker again (at most every 2 s)."""
@@ -309,25 +316,56 @@ class Processor:
             self._topic_ids[topic] = (known, time.monotonic())
         return known
 
-    def _finish_rebalance(self, timeout: float) -> None:
-        """Keep polling, for at most ``timeout`` s, until a rebalance in progress ends.
+    def _subscribe(self, rejoin: bool = False) -> None:
+        """Subscribe; ``rejoin``: subscribe again, which rejoins the group without leaving it."""
+        assert self.consumer is not None
+        topics = list(self.topics)
+        if rejoin and self._cooperative:
+            # Under the cooperative protocol librdkafka rejoins only for a changed
+            # subscription: add a pattern that matches no topic name.
+            topics.append(_NO_TOPIC)
+        self._rebalancing = True  # until the group answers with an assignment
+        self.consumer.subscribe(
+            topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
 
-        A member that leaves while its group is rebalancing can stay recorded as the
-        group's leader (Tansu 0.6): the other members then wait for its assignment
-        for minutes. Leaving after the rebalance is safe.
+    def _settle_before_leaving(self, timeout: float) -> None:
+        """Rejoin the group and let that rebalance end (at most ``timeout`` s) before leaving.
+
+        A member that leaves while its group rebalances, as that rebalance's leader, stays
+        recorded as the leader on Tansu 0.6 (LeaveGroup clears the leader only in a stable
+        group): every other member, new ones too, then waits for an assignment that never
+        comes. The member may not know of the rebalance yet (it learns at its next
+        heartbeat), so it rejoins first: as the leader it completes the rebalance, and it
+        then leaves a stable group, which is safe on every broker.
         """
         assert self.consumer is not None
-        if not self._rebalancing:
-            return
-        log.info("waiting up to %.0f s for the rebalance in progress before leaving", timeout)
-        deadline = time.monotonic() + timeout
-        while self._rebalancing and time.monotonic() < deadline:
+        if self._broker_down_since is not None:
+            return  # nobody to tell: close() gives up on its own
+        started = time.monotonic()
+        self._subscribe(rejoin=True)
+        while self._rebalancing and time.monotonic() - started < timeout:
             # Records fetched now are dropped uncommitted: their next owner reads them.
             try:
                 self.consumer.consume(self.settings.batch_size, 0.1)
             except KafkaException as exc:  # fatal: leave now, close() copes
                 log.warning("Kafka: %s; leaving the group now", exc)
                 return
+        if self._rebalancing:
+            log.warning(
+                "group %s did not settle within %.0f s; leaving it anyway",
+                self.config.group_id,
+                timeout,
+            )
+        else:
+            log.info(
+                "group %s settled in %.1f s; leaving it",
+                self.config.group_id,
+                time.monotonic() - started,
+            )
 
     def _check_idle(self) -> None:
         """Say so, at most once per ``idle_assignment_warn_s``, while holding no partition."""

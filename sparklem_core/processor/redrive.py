@@ -356,6 +356,8 @@ class Redrive:
         else:
             self._judge_part(unit, envelope, batch, outcome, known, WHOLE_MESSAGE, None)
         _finish(batch, unit, released)
+        for activity in batch.agents.values():  # its rejections were counted when made
+            activity.rejections, activity.last_rejection, activity.last_rejection_at = 0, None, None
         return batch, outcome
 
     def _judge_part(

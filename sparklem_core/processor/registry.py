@@ -33,9 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from Crypto.PublicKey import RSA
+from sqlalchemy.exc import SQLAlchemyError
 
 from sparklem_core import wire
 from sparklem_core.files import UnusableFile, _strerror, read_regular_file
+from sparklem_core.processor import enrolments
+from sparklem_core.processor.store import Store
+from sparklem_core.settings.masking import mask_secrets
 
 log = logging.getLogger(__name__)
 SERVER_KEY_GLOB = "server_private*.pem"
@@ -107,13 +111,20 @@ def load_server_keys(certificates: Path) -> dict[str, RSA.RsaKey]:
 
 
 class AgentRegistry:
-    """Public keys of enrolled and revoked agents, refreshed from disk."""
+    """Public keys of enrolled and revoked agents, refreshed from disk and, once given a
+    store (:meth:`use_database`), from its ``sparklem_enrolments`` table
+    (:mod:`.enrolments`): a revocation in either wins; a key on disk comes first."""
 
     def __init__(self, certificates: Path, refresh_s: float = 5.0) -> None:
         self.certificates = certificates
         self.refresh_s = refresh_s
+        self.store: Store | None = None  # see use_database
         self._enrolled: dict[str, AgentKey] = {}
         self._revoked: set[str] = set()
+        self._db_rows: dict[str, enrolments.DbEnrolment] = {}
+        self._db_keys: dict[str, AgentKey] = {}
+        self._db_revoked: set[str] = set()
+        self._db_problem = ""
         self._seen: dict[str, tuple[int, ...]] = {}  # agents/ file name -> its version
         self._unlistable: dict[str, str] = {}  # directory -> why it cannot be listed
         self._next_refresh = 0.0
@@ -123,17 +134,22 @@ class AgentRegistry:
         """The agent's public key, or :class:`wire.Rejected` saying why not."""
         if time.monotonic() >= self._next_refresh:
             self.refresh()
-        if agent_id in self._revoked:
+        if agent_id in self._revoked or agent_id in self._db_revoked:
             raise wire.Rejected(wire.REVOKED_AGENT, f"agent {agent_id!r} was revoked")
-        entry = self._enrolled.get(agent_id)
+        entry = self._enrolled.get(agent_id) or self._db_keys.get(agent_id)
         if entry is None:
             raise wire.Rejected(wire.UNKNOWN_AGENT, f"agent {agent_id!r} is not enrolled")
         if entry.key is None:
             raise wire.Rejected(wire.UNKNOWN_AGENT, entry.problem)
         return entry.key
 
+    def use_database(self, store: Store) -> None:
+        """Read enrolments from ``store`` too, from now on (once its schema is there)."""
+        self.store = store
+        self.refresh()
+
     def agents(self) -> dict[str, AgentKey]:
-        return dict(self._enrolled)
+        return {**self._db_keys, **self._enrolled}
 
     def revoked(self) -> set[str]:
         return set(self._revoked)
@@ -170,7 +186,49 @@ class AgentRegistry:
                 len(revoked),
             )
         self._enrolled, self._revoked, self._seen = enrolled, revoked, seen
+        if self.store is not None:
+            self._refresh_database(self.store)
         self._next_refresh = time.monotonic() + self.refresh_s
+
+    def _refresh_database(self, store: Store) -> None:
+        """Read ``sparklem_enrolments``; while it cannot be read, what was read stays."""
+        try:
+            rows = enrolments.read(store.engine, store.metadata, self._db_rows)
+        except SQLAlchemyError as exc:
+            problem = str(exc).splitlines()[0][:300]
+            if problem != self._db_problem:
+                log.error(
+                    "agent registry: cannot read %s (%s); the enrolments and revocations "
+                    "already read stay until it can",
+                    enrolments.TABLE,
+                    mask_secrets(problem),
+                )
+            self._db_problem = problem
+            return
+        self._db_problem = ""
+        keys, revoked = {}, set()
+        for agent_id, row in rows.items():
+            if row.state == enrolments.REVOKED:
+                revoked.add(agent_id)
+            elif row.state == enrolments.ENROLLED:
+                old = self._db_keys.get(agent_id)
+                if old is not None and self._db_rows.get(agent_id) == row:
+                    keys[agent_id] = old
+                else:
+                    shown = f"{agent_id!r}"
+                    key = parse_agent_key(
+                        agent_id, row.public_key.encode(), shown, enrolments.TABLE
+                    )
+                    if key.problem:
+                        log.warning("agent key refused: %s", one_line(key.problem))
+                    keys[agent_id] = key
+            elif self._db_rows.get(agent_id) != row:
+                log.warning("%s: agent %s has state %s; ignored", enrolments.TABLE,
+                            one_line(agent_id), one_line(row.state))  # fmt: skip
+        if keys.keys() != self._db_keys.keys() or revoked != self._db_revoked:
+            log.info("agent registry: %s: %d enrolled, %d revoked", enrolments.TABLE,
+                     len(keys), len(revoked))  # fmt: skip
+        self._db_rows, self._db_keys, self._db_revoked = rows, keys, revoked
 
     def _list(self, directory: str) -> list[str] | None:
         """The names in ``certificates/directory`` (none when it is absent); ``None`` when it
@@ -207,6 +265,11 @@ def read_agent_key(path: Path, shown: str) -> AgentKey:
         data = read_regular_file(path)
     except UnusableFile as exc:
         return AgentKey(agent_id, None, f"key file {shown} {exc}")
+    return parse_agent_key(agent_id, data, shown)
+
+
+def parse_agent_key(agent_id: str, data: bytes, shown: str, kind: str = "key file") -> AgentKey:
+    """The agent key in ``data``, from the ``kind`` named ``shown``, or why it is unusable."""
     misplaced = (
         f"{MISPLACED_SECRET}: {shown} holds a private key; move it away and keep only the "
         "public key"
@@ -216,7 +279,7 @@ def read_agent_key(path: Path, shown: str) -> AgentKey:
     try:
         key = RSA.import_key(data)
     except KEY_PARSE_ERRORS as exc:
-        return AgentKey(agent_id, None, f"key file {shown} is unreadable: {exc}")
+        return AgentKey(agent_id, None, f"{kind} {shown} is unreadable: {exc}")
     if key.has_private():  # a DER private key, say
         return AgentKey(agent_id, None, misplaced)
     if key.size_in_bits() < wire.MIN_RSA_BITS:

@@ -47,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
+from sparklem_core.processor.agent_inventory import upsert_agents
 from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.mysql_types import TABLE_OPTIONS
 from sparklem_core.processor.plugin_tables import PluginTable, TableChange, declare, upgrade
@@ -62,6 +63,9 @@ CORE_TABLES = (
     "sparklem_streams",
     "sparklem_offsets",
     "sparklem_redriven",
+    "sparklem_agents",
+    "sparklem_agent_plugins",
+    "sparklem_enrolments",
 )
 # A whole record of max_message_bytes (1 MiB by default) on every database: MySQL's BLOB
 # stops at 64 KiB.
@@ -151,6 +155,44 @@ def _core_metadata() -> MetaData:
         Column("partition", Integer, nullable=False),
         Column("offset", BigInteger, nullable=False),
         Column("redriven_at", DateTime(timezone=True), nullable=False),
+        **TABLE_OPTIONS,
+    )
+    # The fleet inventory: authenticated agents only (a forged id never gets a row), each
+    # updated once per batch by additive upserts (agent_inventory.py). Times are when the
+    # processor received the records.
+    Table(
+        "sparklem_agents",
+        metadata,
+        Column("agent_id", String(64), primary_key=True),
+        Column("first_seen", DateTime(timezone=True), nullable=False),
+        Column("last_seen", DateTime(timezone=True), nullable=False),
+        Column("messages", BigInteger, nullable=False),  # stored
+        Column("rejections", BigInteger, nullable=False),  # rejected_messages rows written
+        Column("last_rejection_reason", String(32)),
+        Column("last_rejection_at", DateTime(timezone=True)),
+        **TABLE_OPTIONS,
+    )
+    # A row per agent and plugin rather than a JSON column: two processors can then add
+    # to it with the same atomic upsert, where merging JSON differs on every database.
+    Table(
+        "sparklem_agent_plugins",
+        metadata,
+        Column("agent_id", String(64), primary_key=True),
+        Column("plugin", String(64), primary_key=True),
+        Column("last_message_at", DateTime(timezone=True), nullable=False),
+        Column("messages", BigInteger, nullable=False),
+        **TABLE_OPTIONS,
+    )
+    # Enrolments and revocations for every processor host (enrolments.py), beside the
+    # certificates directory of each.
+    Table(
+        "sparklem_enrolments",
+        metadata,
+        Column("agent_id", String(64), primary_key=True),
+        Column("state", String(16), nullable=False),  # enrolled | revoked
+        Column("fingerprint", String(64), nullable=False),  # of public_key: what changed
+        Column("public_key", Text, nullable=False),  # PEM
+        Column("updated_at", DateTime(timezone=True), nullable=False),
         **TABLE_OPTIONS,
     )
     return metadata
@@ -324,6 +366,8 @@ class Store:
             if batch.records:
                 conn.execute(insert(self.records), [r.row() for r in batch.records.values()])
             self._move_marks(conn, self.streams, ("agent_id", "plugin"), "last_seq", streams)
+            if batch.agents:
+                upsert_agents(conn, self.metadata, batch.agents)
             self._move_marks(conn, self.offsets, ("group_id", "topic", "partition"),
                              "next_offset", offsets)  # fmt: skip
 

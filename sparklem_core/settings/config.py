@@ -131,8 +131,8 @@ class ProcessorSettings(BaseModel):
         8.0,
         gt=0,
         le=3600,
-        description="longest wait to leave the group at a stop (half of it for a rebalance "
-        "in progress to finish, the rest for the Kafka consumer to close)",
+        description="longest wait to leave the group at a stop (half of it to rejoin the "
+        "group and let that rebalance finish, the rest for the Kafka consumer to close)",
     )
     topic_partitions: int = Field(
         6, gt=0, le=100_000, description="partitions of topics the processor creates"
@@ -177,6 +177,20 @@ class HttpSettings(BaseModel):
         return "listen" in self.model_fields_set
 
 
+class FleetSettings(BaseModel):
+    """``fleet:`` in config.yaml: what ``sparklem agents`` calls silent."""
+
+    model_config = STRICT
+
+    silent_after_s: float | None = Field(
+        None,
+        gt=0,
+        le=366 * 86400,
+        description="an agent without a message this long is silent; default: three times "
+        "its shortest collection interval, recorded at enrolment",
+    )
+
+
 class DatabaseSection(BaseModel):
     """``database:`` in config.yaml."""
 
@@ -212,6 +226,7 @@ class ConfigFile(BaseModel):
     plugins: dict[str, PluginSection | None] | None = Field(None, description="per plugin")
     processor: ProcessorSettings | None = None
     http: HttpSettings | None = None
+    fleet: FleetSettings | None = None
 
     @model_validator(mode="after")
     def _reserved(self) -> ConfigFile:
@@ -233,6 +248,7 @@ class Config:
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     source: str = "defaults"  # where the config came from, for the start line
 
     @property
@@ -289,6 +305,7 @@ def load_config(
         plugins={str(n): dict(s or {}) for n, s in (doc.get("plugins") or {}).items()},
         processor=parsed.processor or ProcessorSettings(),
         http=parsed.http or HttpSettings(),
+        fleet=parsed.fleet or FleetSettings(),
         source=source,
     )
     remember_secrets(config)

@@ -1,0 +1,195 @@
+"""The fleet inventory as operators read it: ``sparklem agents``.
+
+Every agent enrolled or revoked in the certificates directory or in the database
+(``sparklem_enrolments``: enrolled on another host; a revocation in either wins), and
+every agent the processors have stored a message or a rejection of (``sparklem_agents``:
+authenticated agents only), with its counts and whether it went silent: no message for
+longer than ``fleet.silent_after_s`` when configured, else three times its shortest
+collection interval. The processor learns the intervals at enrolment: ``gen_config``
+writes them next to the agent's public key (``agents/<id>.intervals.json``), as the wire
+contract carries no interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from sparklem_core.admin.enrollment import EnrollmentError, list_agents, read_intervals
+from sparklem_core.processor.enrolments import ENROLLED, REVOKED, TABLE
+from sparklem_core.processor.registry import one_line
+from sparklem_core.processor.store import Store
+from sparklem_core.processor.writer import first_line
+from sparklem_core.settings.config import Config, mask_secrets
+
+SILENT_INTERVALS = 3  # silent after this many collection intervals without a message
+NEVER_SEEN, ACTIVE, SILENT = "never seen", "active", "silent"
+SEEN = "seen"  # no threshold to judge by: no interval recorded and none configured
+
+
+class FleetError(Exception):
+    """What keeps ``agents`` from answering, in one line."""
+
+
+@dataclass(frozen=True)
+class PluginSeen:
+    last_message_at: datetime
+    messages: int
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """One line of ``sparklem agents``."""
+
+    agent_id: str
+    state: str  # enrolled | revoked | not enrolled (its key removed since it was seen)
+    activity: str  # active | silent | never seen | seen (silent_after_s unknown)
+    silent_after_s: float | None  # None: no interval recorded and none configured
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    messages: int = 0
+    rejections: int = 0
+    last_rejection_reason: str | None = None
+    last_rejection_at: datetime | None = None
+    plugins: dict[str, PluginSeen] = field(default_factory=dict)
+
+    @property
+    def silent(self) -> bool:
+        """Enrolled and quiet for too long (or never heard from): someone should look."""
+        return self.state == ENROLLED and self.activity in (SILENT, NEVER_SEEN)
+
+    def document(self, now: datetime) -> dict[str, Any]:
+        """The JSON form: times in RFC 3339 UTC, ``last_seen_ago_s`` relative to ``now``."""
+        doc = asdict(self)
+        for key, value in list(doc.items()):
+            if isinstance(value, datetime):
+                doc[key] = _iso(value)
+        doc["plugins"] = {
+            name: {"last_message_at": _iso(p.last_message_at), "messages": p.messages}
+            for name, p in self.plugins.items()
+        }
+        doc["silent"] = self.silent
+        doc["last_seen_ago_s"] = (
+            None if self.last_seen is None else round((now - self.last_seen).total_seconds(), 3)
+        )
+        return doc
+
+
+def inventory(config: Config, now: datetime) -> list[AgentStatus]:
+    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable."""
+    try:
+        files = {e.agent_id: e.status for e in list_agents(config.certificates)}
+    except EnrollmentError as exc:
+        raise FleetError(str(exc)) from None
+    seen, plugins, in_database = _read_tables(config)
+    for agent_id, state in in_database.items():  # enrolled or revoked on another host
+        if state == REVOKED or agent_id not in files:
+            files[agent_id] = state
+    statuses = []
+    for agent_id in sorted(files.keys() | seen.keys()):
+        row = seen.get(agent_id, {})
+        threshold = config.fleet.silent_after_s
+        if threshold is None:
+            intervals = read_intervals(config.certificates, agent_id)
+            threshold = SILENT_INTERVALS * min(intervals.values()) if intervals else None
+        last = row.get("last_seen")
+        if last is None:
+            activity = NEVER_SEEN
+        elif threshold is None:
+            activity = SEEN
+        elif (now - last).total_seconds() > threshold:
+            activity = SILENT
+        else:
+            activity = ACTIVE
+        statuses.append(
+            AgentStatus(
+                agent_id,
+                files.get(agent_id, "not enrolled"),
+                activity,
+                threshold,
+                plugins=plugins.get(agent_id, {}),
+                **row,
+            )
+        )
+    return statuses
+
+
+def _read_tables(
+    config: Config,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, PluginSeen]], dict[str, str]]:
+    """sparklem_agents by agent, sparklem_agent_plugins by agent and plugin, and the
+    states in sparklem_enrolments (only those we write)."""
+    store = Store(config.database_url, config.group_id)
+    agents = store.metadata.tables["sparklem_agents"]
+    per_plugin = store.metadata.tables["sparklem_agent_plugins"]
+    enrolled = store.metadata.tables[TABLE]
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(select(agents)).mappings().all()
+            plugin_rows = conn.execute(select(per_plugin)).all()
+            states = dict(
+                conn.execute(
+                    select(enrolled.c.agent_id, enrolled.c.state).where(
+                        enrolled.c.state.in_((ENROLLED, REVOKED))
+                    )
+                ).all()
+            )
+    except SQLAlchemyError as exc:
+        where = mask_secrets(config.database_url)
+        raise FleetError(
+            f"cannot read the fleet inventory from {where}: {mask_secrets(first_line(exc))} "
+            "(run sparklem init to create or upgrade the schema)"
+        ) from None
+    finally:
+        store.dispose()
+    seen = {}
+    for row in rows:
+        values = {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+        seen[values.pop("agent_id")] = values
+    plugins: dict[str, dict[str, PluginSeen]] = {}
+    for agent_id, plugin, last, messages in plugin_rows:
+        plugins.setdefault(agent_id, {})[plugin] = PluginSeen(as_utc(last), messages)
+    return seen, plugins, states
+
+
+def table_rows(statuses: list[AgentStatus], now: datetime) -> list[tuple[str, ...]]:
+    """The text table's rows, header first: last seen both relative and absolute."""
+    rows = [("AGENT", "STATE", "ACTIVITY", "LAST SEEN", "LAST SEEN (UTC)", "MESSAGES",
+             "REJECTIONS", "LAST REJECTION")]  # fmt: skip
+    for s in statuses:
+        last = s.last_seen
+        rows.append(
+            (
+                one_line(s.agent_id),
+                s.state,
+                s.activity + (" (!)" if s.silent else ""),
+                "-" if last is None else f"{ago((now - last).total_seconds())} ago",
+                "-" if last is None else last.strftime("%Y-%m-%d %H:%M:%S"),
+                str(s.messages),
+                str(s.rejections),
+                s.last_rejection_reason or "-",
+            )
+        )
+    return rows
+
+
+def ago(seconds: float) -> str:
+    """A duration the way people read it: ``42s``, ``7m``, ``3h``, ``12d``."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def as_utc(value: datetime) -> datetime:
+    """A time read back from the database: naive (SQLite, MariaDB) means UTC, as written."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

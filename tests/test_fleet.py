@@ -1,0 +1,169 @@
+"""``sparklem agents``: the fleet as the certificates directory and the processors know it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from Crypto.PublicKey import RSA
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sparklem_core import cli
+from sparklem_core.admin import enrollment
+from sparklem_core.admin.enrollment import intervals_path, read_intervals, record_intervals
+from sparklem_core.processor import enrolments
+from sparklem_core.processor.batch import AgentActivity, Batch
+from sparklem_core.processor.store import Store
+
+LONG_AGO = datetime(2026, 1, 1, tzinfo=UTC)
+AHEAD = datetime.now(UTC) + timedelta(days=1)  # seen "later than now": active whatever the clock
+
+
+@pytest.fixture(scope="module")
+def agent_pem() -> bytes:
+    return RSA.generate(2048).public_key().export_key(format="PEM")
+
+
+def agents_cli(config: Path, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = cli.main(["agents", "--config", str(config), *args])
+        except SystemExit as exc:
+            status = int(exc.code or 0)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, agent_pem: bytes) -> Path:
+    """Enrolled: quiet (silent), busy (active), new (never seen), far (on another host,
+    never seen); revoked: old."""
+    certs = tmp_path / "certs"
+    for directory in ("agents", "revoked"):
+        (certs / directory).mkdir(parents=True)
+    for agent in ("quiet", "busy", "new"):
+        (certs / "agents" / f"{agent}.pem").write_bytes(agent_pem)
+        record_intervals(certs, agent, {"temperature": 60, "pu_workload": 10})
+    (certs / "revoked" / "old.pem").write_bytes(agent_pem)
+    url = f"sqlite:///{tmp_path}/db.sqlite3"
+    store = Store(url, "g")
+    store.create_schema()
+    seen = {"quiet": LONG_AGO, "busy": AHEAD, "old": LONG_AGO}
+    batch = Batch(agents={agent: AgentActivity(at, at) for agent, at in seen.items()})
+    batch.agents["busy"].stored("temperature", AHEAD)
+    batch.agents["busy"].rejected("clock_skew", AHEAD)
+    store.commit(batch)
+    enrolments.publish(store.engine, store.metadata, "far", "enrolled", agent_pem)  # elsewhere
+    store.dispose()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"certificates: {certs}\ndatabase:\n  url: {url}\n")
+    return config
+
+
+def test_every_enrolled_or_seen_agent_with_its_state_and_activity(fleet: Path) -> None:
+    status, out, err = agents_cli(fleet, "--json")
+    assert status == 0, err
+    listed = {a["agent_id"]: a for a in json.loads(out)}
+    summary = {k: (a["state"], a["activity"], a["silent"]) for k, a in listed.items()}
+    assert summary == {
+        "busy": ("enrolled", "active", False),
+        "far": ("enrolled", "never seen", True),
+        "new": ("enrolled", "never seen", True),
+        "old": ("revoked", "seen", False),  # no interval recorded: not judged
+        "quiet": ("enrolled", "silent", True),
+    }
+    busy = listed["busy"]
+    assert (busy["messages"], busy["rejections"], busy["last_rejection_reason"]) == (
+        1,
+        1,
+        "clock_skew",
+    )
+    assert busy["silent_after_s"] == 30  # three times the shortest interval
+    assert set(busy["plugins"]) == {"temperature"}
+    assert listed["quiet"]["last_seen"] == "2026-01-01T00:00:00Z"
+    assert listed["quiet"]["last_seen_ago_s"] > 0
+
+
+def test_silent_lists_only_silent_agents_and_the_text_table_says_when(fleet: Path) -> None:
+    status, out, _ = agents_cli(fleet, "--silent")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["AGENT", "STATE", "ACTIVITY"]
+    assert [line.split()[0] for line in lines[1:]] == ["far", "new", "quiet"]
+    assert "2026-01-01 00:00:00" in lines[3] and " ago" in lines[3]
+
+
+def test_configured_threshold_overrides_the_intervals(fleet: Path) -> None:
+    fleet.write_text(fleet.read_text() + "fleet:\n  silent_after_s: 31000000\n")
+    _, out, _ = agents_cli(fleet, "--json")
+    assert {a["agent_id"]: a["activity"] for a in json.loads(out)}["quiet"] == "active"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("fleet:\n  silent_after_s: -1\n", "fleet.silent_after_s"),
+        ("fleet:\n  silence: 3\n", "unknown key(s) silence"),
+    ],
+)
+def test_bad_fleet_settings_are_one_line_errors(tmp_path: Path, config: str, message: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(config)
+    status, _, err = agents_cli(path)
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_database_without_the_inventory_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"certificates: {tmp_path}\ndatabase:\n  url: sqlite:///{tmp_path}/x.db\n")
+    status, _, err = agents_cli(path)
+    assert status == 1 and "sparklem init" in err and len(err.strip().splitlines()) == 1
+
+
+def test_enrolment_records_the_intervals(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "server_private.pem").write_bytes(RSA.generate(2048).export_key(format="PEM"))
+    enrollment.create_agent(
+        certs,
+        "edge-9",
+        bootstrap="kafka.example:9092",
+        plugins={"temperature": {"topic": "sparklem.temperature", "interval": 15}},
+        out_dir=tmp_path / "out",
+        passphrase="x" * 32,
+        bits=2048,
+    )
+    assert read_intervals(certs, "edge-9") == {"temperature": 15}
+
+
+@given(data=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_a_hostile_intervals_file_counts_as_none(data: bytes) -> None:
+    with contextlib.ExitStack() as stack:
+        import tempfile
+
+        certs = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        (certs / "agents").mkdir()
+        intervals_path(certs, "a").write_bytes(data)
+        intervals = read_intervals(certs, "a")
+    assert all(0 < v <= enrollment.MAX_INTERVAL_S for v in intervals.values())
+
+
+def test_a_reader_that_leaves_early_is_no_error(fleet: Path) -> None:
+    """`sparklem agents --json | head -1`: the pipe closes, the command ends quietly."""
+    import subprocess
+    import sys
+
+    from harness import ROOT
+
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "agents", "--config", str(fleet), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # the reader is gone before a byte is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
