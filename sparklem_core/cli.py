@@ -290,10 +290,9 @@ def cmd_agents(config: Config, args: argparse.Namespace) -> int:
 def run_workers(config: Config, args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
-    from sparklem_core.processor.endpoint import workers_probe
+    from sparklem_core.processor.endpoint import free_port, workers_probe
     from sparklem_core.processor.metrics import WorkersCollector
     from sparklem_core.processor.supervisor import Supervisor
-    from sparklem_core.testing.servers import free_port
 
     setup = prepare(config)  # fail here, once, rather than in every worker
     load_server_keys(config.certificates)

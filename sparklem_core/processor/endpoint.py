@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 log = logging.getLogger(__name__)
 
+LOCALHOST = "127.0.0.1"
 WORKERS = 4
 MAX_WAITING = 64  # connections accepted but not yet answered; more are closed at once
 READ_DEADLINE_S = 5.0  # the whole request head must arrive within this
@@ -224,3 +225,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s: " + format, self.address_string(), *args)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    The OS picks it (bind to port 0); there is an unavoidable small race between
+    closing the probe socket and the server binding the port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return sock.getsockname()[1]
