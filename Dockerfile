@@ -12,6 +12,7 @@
 #   docker run --rm -v "$PWD/config.tar.xz:/app/config.tar.xz:ro" \
 #       -e SPARKLEM_AGENT_PASSPHRASE --entrypoint python3 sparklem \
 #       -m sparklem_core.agent --bundle config.tar.xz
+#   (add --no-healthcheck: the HEALTHCHECK below asks the processor's /healthz)
 #
 # No secret is part of the image: keys, bundles and passwords arrive by volume or environment.
 
@@ -34,7 +35,8 @@ FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    SPARKLEM_CERTIFICATES_DIR=/app/certificates
+    SPARKLEM_CERTIFICATES_DIR=/app/certificates \
+    SPARKLEM_HTTP_LISTEN=0.0.0.0:9500
 
 RUN groupadd --system --gid 10001 sparklem \
     && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home \
@@ -49,6 +51,12 @@ COPY --chown=10001:10001 plugins/ plugins/
 RUN mkdir -p /app/certificates && chown 10001:10001 /app /app/certificates
 
 USER 10001:10001
+
+# /metrics, /healthz, /readyz. The health check is /healthz (the loop turns), never
+# /readyz: a processor catching up on lag, or waiting for its database, must not be restarted.
+EXPOSE 9500
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=4 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9500/healthz', timeout=4)"]
 
 ENTRYPOINT ["python3", "main.py"]
 CMD ["run"]

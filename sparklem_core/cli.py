@@ -18,6 +18,7 @@ from sparklem_core import __version__, wire
 from sparklem_core.logsetup import add_log_level_argument, setup_logging
 from sparklem_core.plugin_host import PluginHost
 from sparklem_core.processor.db_errors import DatabaseUnusable, check_database_url
+from sparklem_core.processor.endpoint import EndpointError, serve
 from sparklem_core.processor.pipeline import Pipeline
 from sparklem_core.processor.plugin_tables import PluginTableRefused
 from sparklem_core.processor.registry import (
@@ -187,10 +188,22 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         len(registry.agents()),
         config.source,
     )
-    if not processor.prepare_database():
-        return 0
-    registry.use_database(setup.store)
-    return processor.run()
+    endpoint = None
+    if processor.metrics is not None:
+        endpoint = serve(
+            config.http.listen,
+            processor.metrics.registry,
+            {"/healthz": processor.liveness, "/readyz": processor.readiness},
+            explicit=config.http.explicit_listen,
+        )
+    try:
+        if not processor.prepare_database():
+            return 0
+        registry.use_database(setup.store)
+        return processor.run()
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 def plugins_loaded(config: Config, setup: Setup) -> bool:
@@ -278,6 +291,10 @@ def cmd_agents(config: Config, args: argparse.Namespace) -> int:
 
 
 def run_workers(config: Config, args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from sparklem_core.processor.endpoint import free_port, workers_probe
+    from sparklem_core.processor.metrics import WorkersCollector
     from sparklem_core.processor.supervisor import Supervisor
 
     setup = prepare(config)  # fail here, once, rather than in every worker
@@ -294,7 +311,25 @@ def run_workers(config: Config, args: argparse.Namespace) -> int:
     worker_args = ["--log-level", args.log_level]
     if args.config:
         worker_args += ["--config", args.config]
-    return Supervisor(args.workers, worker_args).run()
+    if not config.http.listen:
+        return Supervisor(args.workers, worker_args).run()
+    # One endpoint for the host: each worker listens on a port of its own on 127.0.0.1,
+    # this process answers for all of them.
+    ports: dict[int, int] = {}
+
+    def worker_env(n: int) -> dict[str, str]:
+        ports[n] = free_port()
+        return {"SPARKLEM_HTTP_LISTEN": f"127.0.0.1:{ports[n]}"}
+
+    registry = CollectorRegistry()
+    registry.register(WorkersCollector(lambda: dict(ports)))
+    probes = {path: workers_probe(lambda: dict(ports), path) for path in ("/healthz", "/readyz")}
+    endpoint = serve(config.http.listen, registry, probes, explicit=config.http.explicit_listen)
+    try:
+        return Supervisor(args.workers, worker_args, worker_env).run()
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 def cmd_prune(config: Config, args: argparse.Namespace) -> int:
@@ -561,7 +596,13 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except ConfigError as exc:
         print(f"{prog}: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (NoServerKey, SchemaLockTimeout, DatabaseUnusable, PluginTableRefused) as exc:
+    except (
+        NoServerKey,
+        SchemaLockTimeout,
+        DatabaseUnusable,
+        PluginTableRefused,
+        EndpointError,
+    ) as exc:
         print(f"{prog}: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except DBAPIError as exc:  # init and friends: the database refused or is unreachable

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,6 +179,15 @@ def mysql_url(mariadb_server: LocalMariaDB) -> Iterator[str]:
     yield url
     mariadb_server.start()
     mariadb_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Debian's ``promtool`` (package ``prometheus``, which .ci/run installs)."""
+    found = shutil.which("promtool")
+    _skip_unless_available(None if found else "promtool not found (apt-get install prometheus)")
+    assert found is not None
+    return found
 
 
 # ======================================================================================

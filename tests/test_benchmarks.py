@@ -185,3 +185,11 @@ def test_parse_benchmark_smoke() -> None:
     for figures in shapes.values():
         assert figures["envelope_ms"] >= 0 and figures["pipeline_ms"] >= 0
     assert report["slowest_shape"] in shapes
+
+
+def test_metrics_benchmark_smoke() -> None:
+    report = run_module("benchmarks.metrics", "--messages", "600", "--agents", "3", "--runs", "1")
+    assert report["messages"] == 600 and report["scrapes"] > 0
+    for key in ("off_msgs_s", "on_msgs_s", "off_cpu_ms_per_kmsg", "on_cpu_ms_per_kmsg"):
+        assert report[key]["median"] > 0, key
+    assert report["msgs_s_on_off_pair_ratio"]["median"] > 0

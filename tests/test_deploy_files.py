@@ -303,3 +303,30 @@ def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
         ".ruff_cache",
     ):
         assert ignored(path, patterns), f"{path} would be sent to the Docker build"
+
+
+def test_processor_health_is_healthz_never_readyz(services: dict) -> None:
+    """A processor catching up on lag is healthy: restarts go by /healthz only."""
+    command = healthcheck_command(services["processor"])
+    assert "/healthz" in command and "/readyz" not in command
+    assert env_of(services["processor"])["SPARKLEM_HTTP_LISTEN"] == "0.0.0.0:9500"
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    (healthcheck,) = re.findall(r"^HEALTHCHECK (?:.*\\\n)*.*", dockerfile, re.MULTILINE)
+    assert "/healthz" in healthcheck and "/readyz" not in healthcheck
+    assert "SPARKLEM_HTTP_LISTEN=0.0.0.0:9500" in dockerfile
+
+
+def test_monitoring_profile_scrapes_the_processor(services: dict) -> None:
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    assert any(v.startswith("./deploy/prometheus:") for v in prometheus["volumes"])
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    assert job["dns_sd_configs"] == [{"names": ["processor"], "type": "A", "port": 9500}]
+    assert scrape["rule_files"] == ["alerts.yml"]
+
+
+def test_grafana_dashboard_is_json_with_prometheus_queries() -> None:
+    dashboard = json.loads((ROOT / "deploy/grafana/sparklem-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert exprs and all("sparklem_" in e or "up{" in e for e in exprs)

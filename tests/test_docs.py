@@ -19,7 +19,7 @@ from sparklem_core.admin.scaffold import files, write_plugin
 from sparklem_core.plugin_host import PluginHost
 from sparklem_core.processor import plugin_tables
 from sparklem_core.processor.store import Store
-from sparklem_core.settings.config import ProcessorSettings
+from sparklem_core.settings.config import HttpSettings, ProcessorSettings
 from sparklem_core.settings.validation import plugin_settings
 from sparklem_core.testing.plugin import MakeHarness
 
@@ -251,7 +251,9 @@ def documented_settings(text: str) -> dict[str, tuple[str, str]]:
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 3 and re.fullmatch(r"`(processor|plugins)\.[a-z_]+\.?[a-z_]*`", cells[0]):
+        if len(cells) >= 3 and re.fullmatch(
+            r"`(processor|http|plugins)\.[a-z_]+\.?[a-z_]*`", cells[0]
+        ):
             rows[cells[0].strip("`")] = (cells[1], cells[2].strip("`"))
     return rows
 
@@ -273,6 +275,9 @@ def declared_settings() -> dict[str, tuple[str, Any]]:
         f"processor.{name}": ("", info.default)
         for name, info in ProcessorSettings.model_fields.items()
     }
+    declared.update(
+        (f"http.{name}", ("", info.default)) for name, info in HttpSettings.model_fields.items()
+    )
     for name, info in PluginHost(PROJECT_ROOT / "plugins").loaded().items():
         assert info.manifest is not None
         for setting in info.manifest.settings:

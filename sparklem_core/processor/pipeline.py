@@ -60,22 +60,48 @@ Narrow = Callable[[Message], Message]
 
 @dataclass
 class Stats:
-    consumed: int = 0
-    stored: int = 0  # messages whose rows were committed
-    rows: int = 0
+    """What one or more batches did, broken down the way /metrics labels it.
+
+    Label values are bounded: topics the processor subscribes to, loaded plugins, their
+    tables, rejection reasons; a rejection's plugin only when authenticated and loaded
+    (else ``""``), never a name a record chose.
+    """
+
+    consumed_by_topic: Counter[str] = field(default_factory=Counter)
+    stored_by_plugin: Counter[str] = field(default_factory=Counter)  # messages committed
+    rows_by_table: Counter[str] = field(default_factory=Counter)
+    rejected_by: Counter[tuple[str, str]] = field(default_factory=Counter)  # (reason, plugin)
     duplicates: int = 0
     redelivered: int = 0  # records below the offset already committed to the database
-    # by reason; rejected[wire.UNKNOWN_AGENT] counts the records of agents never enrolled,
-    # which get no row in the fleet inventory (sparklem_agents)
-    rejected: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def consumed(self) -> int:
+        return self.consumed_by_topic.total()
+
+    @property
+    def stored(self) -> int:
+        return self.stored_by_plugin.total()
+
+    @property
+    def rows(self) -> int:
+        return self.rows_by_table.total()
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Rejections by reason; ``rejected[wire.UNKNOWN_AGENT]`` counts the records of
+        agents never enrolled, which get no row in the fleet inventory (sparklem_agents)."""
+        by_reason: Counter[str] = Counter()
+        for (reason, _plugin), count in self.rejected_by.items():
+            by_reason[reason] += count
+        return by_reason
 
     def add(self, other: Stats) -> None:
-        self.consumed += other.consumed
-        self.stored += other.stored
-        self.rows += other.rows
+        self.consumed_by_topic.update(other.consumed_by_topic)
+        self.stored_by_plugin.update(other.stored_by_plugin)
+        self.rows_by_table.update(other.rows_by_table)
+        self.rejected_by.update(other.rejected_by)
         self.duplicates += other.duplicates
         self.redelivered += other.redelivered
-        self.rejected.update(other.rejected)
 
 
 class Pipeline:
@@ -132,7 +158,7 @@ class Pipeline:
         id changed comes from a topic that was deleted and created again (or a broker
         that lost its data), so it is new, not a redelivery.
         """
-        batch, stats = Batch(), Stats(consumed=len(records))
+        batch, stats = Batch(), Stats(Counter(r.topic for r in records))
         now = datetime.now(UTC)
         self._load_offsets({(r.topic, r.partition) for r in records})
         envelopes = [self.envelope(r) for r in records]
@@ -229,7 +255,7 @@ class Pipeline:
         """``batch`` (of this one record) with its rows replaced by an ``invalid_payload``."""
         envelope = self.envelope(record)
         refused = Batch(streams=batch.streams, offsets=batch.offsets)
-        stats = Stats(consumed=1)
+        stats = Stats(Counter([record.topic]))
         rejected = wire.Rejected(wire.INVALID_PAYLOAD, detail)
         kept = batch.records.get(RecordKey(record.topic, record.partition, record.offset))
         # Rows are only made of messages whose signature verified.
@@ -320,12 +346,12 @@ class Pipeline:
                 problem = _row_problem(row)
                 if problem is None:
                     stored.append(row)
-                    stats.rows += 1
+                    stats.rows_by_table[table] += 1
                 else:
                     self._reject_reading(
                         batch, stats, record, env, plain, f"{table}: {problem}", row, now
                     )
-        stats.stored += 1
+        stats.stored_by_plugin[env.plugin] += 1
         if narrow is None:
             batch.activity(env.agent, now).stored(env.plugin, now)
         # else a refused reading redriven: its message was counted when it was stored
@@ -354,7 +380,8 @@ class Pipeline:
             )
         )
         self._keep_record(batch, record, agent, plugin, authenticated, now)
-        stats.rejected[rejected.reason] += 1
+        label = plugin if authenticated and plugin and plugin in self.plugins else ""  # see Stats
+        stats.rejected_by[rejected.reason, label] += 1
         if authenticated and agent is not None:  # forged ids get no inventory row
             batch.activity(agent, now).rejected(rejected.reason, now)
 
@@ -382,7 +409,7 @@ class Pipeline:
             )
         )
         self._keep_record(batch, record, env.agent, env.plugin, True, now)
-        stats.rejected[wire.INVALID_READING] += 1
+        stats.rejected_by[wire.INVALID_READING, env.plugin] += 1
         batch.activity(env.agent, now).rejected(wire.INVALID_READING, now)
 
     def _keep_record(

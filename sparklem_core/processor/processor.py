@@ -22,7 +22,7 @@ from confluent_kafka import (
     TopicCollection,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tenacity import (
@@ -33,7 +33,9 @@ from tenacity import (
 )
 
 from sparklem_core.logsetup import OncePerMinute
-from sparklem_core.processor.batch import Batch
+from sparklem_core.processor.batch import Batch, PartitionKey
+from sparklem_core.processor.endpoint import Check
+from sparklem_core.processor.metrics import LagTracker, Metrics, Snapshot
 from sparklem_core.processor.mysql_types import max_packet_bytes, packet_problem
 from sparklem_core.processor.pipeline import Pipeline, Record, Stats
 from sparklem_core.processor.retention import BackgroundPruner, Pruner, Target
@@ -53,6 +55,8 @@ WAITING_LOG_EVERY_S = 10
 # A subscription pattern that no topic matches (a name has at least one character).
 _NO_TOPIC = "^$"
 _BROKER_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
+# How often high watermarks are read and an idle database is probed, for lag and /readyz.
+WATCH_EVERY_S = 2.0
 
 
 # librdkafka's own log lines, instead of raw lines on stderr.
@@ -86,7 +90,21 @@ class Processor:
         self._window = Stats()
         self._window_start = self._last_stats = time.monotonic()
         self._stop = threading.Event()
-        self.writer = BatchWriter(pipeline, store, stopping=self._stop.is_set)
+        self.lag = LagTracker()
+        # Off with the endpoint (http.listen ""): nothing is counted twice for no reader.
+        self.metrics = (
+            Metrics(self.snapshot, topics, pipeline.plugins) if config.http.listen else None
+        )
+        self.writer = BatchWriter(
+            pipeline,
+            store,
+            stopping=self._stop.is_set,
+            committed=self.metrics.commit_seconds.observe if self.metrics else lambda _s: None,
+        )
+        self._turned = time.monotonic()  # the loop's last turn, for /healthz
+        self._last_commit = 0.0  # monotonic
+        self._waiting_for_database = False
+        self._database_answers = True  # the watcher's last probe while no batch commits
         self._broker_down_since: float | None = None
         self._in_hand: list[Record] = []  # the records being stored now
         self._pending: list[Record] = []  # consumed, to be stored after those in hand
@@ -145,6 +163,8 @@ class Processor:
         self._subscribe()
         if self.settings.dead_letter_topic:
             self._dead_letters = Producer({**self._client_conf(), "enable.idempotence": True})
+        if self.metrics is not None:
+            threading.Thread(target=self._watch, name="watch", daemon=True).start()
         if self._pruner is not None:
             self._pruner.start()
         try:
@@ -234,6 +254,7 @@ class Processor:
 
     def _consume(self, count: int, timeout: float) -> list[Record]:
         assert self.consumer is not None
+        self._turned = time.monotonic()
         records = []
         for msg in self.consumer.consume(count, timeout):
             err = msg.error()
@@ -244,6 +265,11 @@ class Processor:
             records.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.value()))
         if records:
             self._broker_up()
+        if records and self.metrics is not None:
+            firsts: dict[tuple[str, int], int] = {}
+            for record in records:
+                firsts.setdefault((record.topic, record.partition), record.offset)
+            self.lag.consumed(firsts)
         return records
 
     def _on_kafka_error(self, err: KafkaError) -> None:
@@ -271,6 +297,7 @@ class Processor:
         log.info("assigned %s", _describe(partitions))
         # Eager protocols hand out the whole assignment, cooperative ones the increment.
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        self.lag.assigned(PartitionKey(tp.topic, tp.partition) for tp in partitions)
         self._rebalancing = self._cooperative and self._revoked_since_assign
         self._revoked_since_assign = False
         self._ever_assigned = True
@@ -280,6 +307,7 @@ class Processor:
         log.info("revoked %s", _describe(partitions))
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned -= gone
+        self.lag.revoked(PartitionKey(*key) for key in gone)
         self._rebalancing = True  # the assign callback ends the rebalance, even with nothing
         self._revoked_since_assign = True
         # Only reachable while a batch waits for the database (callbacks run inside
@@ -419,6 +447,7 @@ class Processor:
                 "database unavailable", Unavailable, wait=self._wait_polling
             ):
                 with attempt:
+                    started = time.perf_counter()
                     batch, stats = self.writer.write(self._in_hand, self._topic_id)
         except Interrupted as exc:
             log.warning("stopping with %s; they will be consumed again", exc)
@@ -429,6 +458,11 @@ class Processor:
             self._in_hand = []
             if self.consumer is not None:
                 self.consumer.resume(self.consumer.assignment())
+        self._waiting_for_database = False
+        self._last_commit = time.monotonic()
+        self.lag.stored(batch.offsets)
+        if self.metrics is not None:
+            self.metrics.batch_committed(stats, time.perf_counter() - started)
         self._commit_offsets(batch)
         self._send_dead_letters(batch)
         self.stats.add(stats)
@@ -489,12 +523,14 @@ class Processor:
         )
 
     def _wait(self, seconds: float) -> None:
+        self._turned = time.monotonic()  # waiting for a server is alive, not stuck
         if self._stop.wait(seconds):
             raise Stopping
 
     def _wait_polling(self, seconds: float) -> None:
         """Wait for the database while staying in the consumer group (paused partitions)."""
         assert self.consumer is not None
+        self._waiting_for_database = True
         self.consumer.pause(self.consumer.assignment())
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -503,6 +539,69 @@ class Processor:
             self._carry.extend(self._consume(self.settings.batch_size, 0.2))
         if not self._in_hand:
             raise _NothingInHand  # every record in hand went to another processor
+
+    # --- health and metrics -------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """What /metrics reads from the processor's parts when scraped."""
+        cache = self.pipeline.session_key.cache_info()
+        registry = self.pipeline.registry
+        return Snapshot(
+            lags=self.lag.lags(),
+            enrolled=len(registry.agents()),
+            revoked=len(registry.revoked()),
+            key_cache_hits=cache.hits,
+            key_cache_misses=cache.misses,
+            plugins_up={i.name: i.ok for i in self.pipeline.host.infos},
+        )
+
+    def liveness(self) -> list[Check]:
+        """/healthz: the loop turns (a processor catching up is alive)."""
+        idle = time.monotonic() - self._turned
+        return [Check("loop_turned_s_ago", idle < self.config.http.alive_max_s, round(idle, 3))]
+
+    def readiness(self) -> list[Check]:
+        """/readyz: database writable, broker reachable, group joined, lag small."""
+        database = not self._waiting_for_database and self._database_answers
+        lag_s = self.lag.max_seconds()
+        return [
+            Check("database", database, "writable" if database else "unavailable"),
+            Check("broker", self._broker_down_since is None, self._broker_down_since is None),
+            Check(
+                "group_joined",
+                self._ever_assigned and not self._rebalancing,
+                len(self._assigned),
+            ),
+            Check("lag_seconds", lag_s < self.config.http.ready_max_lag_s, round(lag_s, 3)),
+        ]
+
+    def _watch(self) -> None:
+        """Beside the loop: read high watermarks, probe the database while nothing commits."""
+        while not self._stop.wait(WATCH_EVERY_S):
+            self._sample_watermarks()
+            if time.monotonic() - self._last_commit > WATCH_EVERY_S:
+                self._database_answers = self.store.probe()
+            else:
+                self._database_answers = True
+
+    def _sample_watermarks(self) -> None:
+        keys = self.lag.partitions()
+        if not keys:
+            return
+        try:
+            futures = self._admin.list_offsets(
+                {TopicPartition(*key): OffsetSpec.latest() for key in keys},
+                request_timeout=WATCH_EVERY_S,
+            )
+        except KafkaException:
+            return
+        highs = {}
+        for tp, future in futures.items():
+            try:
+                highs[PartitionKey(tp.topic, tp.partition)] = future.result().offset
+            except KafkaException:  # the broker is down: the loop says so
+                continue
+        self.lag.sampled(highs)
 
     # --- logging -----------------------------------------------------------------------
 

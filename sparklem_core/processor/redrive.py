@@ -343,7 +343,7 @@ class Redrive:
         known: _Known,
     ) -> tuple[Batch, Stats]:
         """Today's verdict on ``unit``: what to write in place of ``released``."""
-        batch, outcome = Batch(), Stats(consumed=1)
+        batch, outcome = Batch(), Stats(Counter([unit.record.topic]))
         envelope = self.pipeline.envelope(unit.record)
         if unit.readings:
             for rejection, part in zip(released, _parts(released), strict=True):
@@ -382,7 +382,7 @@ class Redrive:
         if outcome.stored == stored:
             return
         if part != WHOLE_MESSAGE and outcome.rows == rows:  # the reading refused again
-            outcome.stored -= 1
+            outcome.stored_by_plugin[read[0][0][1]] -= 1  # key: (agent, plugin, seq, part)
             return
         (key, plain), record = read[0], unit.record
         batch.redriven.append(

@@ -151,6 +151,9 @@ class AgentRegistry:
     def agents(self) -> dict[str, AgentKey]:
         return {**self._db_keys, **self._enrolled}
 
+    def revoked(self) -> set[str]:
+        return set(self._revoked)
+
     def refresh(self) -> None:
         enrolled, seen = {}, {}
         for name in self._list(AGENTS_DIR) or []:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,15 @@ def parse_workers(value: str) -> int:
 
 
 class Supervisor:
-    def __init__(self, count: int, worker_args: Sequence[str]) -> None:
+    def __init__(
+        self,
+        count: int,
+        worker_args: Sequence[str],
+        worker_env: Callable[[int], Mapping[str, str]] = lambda _n: {},
+    ) -> None:
+        """``worker_env(n)``: environment variables for worker ``n``, asked at each start."""
         self.count = count
+        self.worker_env = worker_env
         self.command = [sys.executable, "-m", "sparklem_core.cli", "run", *worker_args]
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.restarts: dict[int, int] = {}
@@ -69,7 +76,7 @@ class Supervisor:
         return self._shutdown()
 
     def _spawn(self, n: int) -> None:
-        env = {**os.environ, WORKER_ENV: str(n)}
+        env = {**os.environ, **self.worker_env(n), WORKER_ENV: str(n)}
         # A worker ignores SIGINT from the terminal: the parent forwards SIGTERM instead.
         self.workers[n] = subprocess.Popen(
             self.command, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -20,6 +20,7 @@ Whatever the records hold, the result is rows or rejections, or :class:`Unavaila
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -45,12 +46,18 @@ class Interrupted(Exception):
 
 class BatchWriter:
     def __init__(
-        self, pipeline: Pipeline, store: Store, stopping: Callable[[], bool] = lambda: False
+        self,
+        pipeline: Pipeline,
+        store: Store,
+        stopping: Callable[[], bool] = lambda: False,
+        committed: Callable[[float], None] = lambda _seconds: None,
     ) -> None:
-        """``stopping()`` is asked between records when a batch is stored one by one."""
+        """``stopping()`` is asked between records when a batch is stored one by one;
+        ``committed(seconds)`` is told how long each transaction that committed took."""
         self.pipeline = pipeline
         self.store = store
         self.stopping = stopping
+        self.committed = committed
 
     def write(
         self, records: Sequence[Record], topic_id: TopicId = lambda _t, _f: None
@@ -63,7 +70,9 @@ class BatchWriter:
             batch, stats = self._process(records, topic_id)
             try:
                 try:
+                    started = time.perf_counter()
                     self.store.commit(batch)
+                    self.committed(time.perf_counter() - started)
                 except Conflict:
                     raise
                 except Exception as exc:

@@ -46,6 +46,7 @@ ENV_VARS = {
     "SPARKLEM_DATABASE_URL": "database.url",
     "SPARKLEM_CERTIFICATES_DIR": "certificates",
     "SPARKLEM_GROUP_ID": "kafka.group.id",
+    "SPARKLEM_HTTP_LISTEN": "http.listen",
 }
 
 KAFKA_DEFAULTS = {"bootstrap.servers": "localhost:9092", "group.id": "sparklem-processor"}
@@ -193,6 +194,41 @@ class ProcessorSettings(BaseModel):
     )
 
 
+DEFAULT_HTTP_PORT = 9500  # beside Prometheus exporters' range, clear of OTel's 9464
+
+
+def _listen(value: str) -> str:
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    odd_host = not host or any(c.isspace() or c == "\0" for c in host)
+    if not sep or odd_host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('must be "HOST:PORT" (port 1-65535), or "" for no HTTP endpoint')
+    return value
+
+
+class HttpSettings(BaseModel):
+    """``http:`` in config.yaml: the processor's /metrics, /healthz and /readyz."""
+
+    model_config = STRICT
+
+    listen: Annotated[str, AfterValidator(_listen)] = Field(
+        f"127.0.0.1:{DEFAULT_HTTP_PORT}",
+        description='HOST:PORT of /metrics, /healthz, /readyz; "" turns the endpoint off',
+    )
+    ready_max_lag_s: float = Field(
+        300.0, gt=0, le=366 * 86400, description="/readyz fails while lag exceeds this"
+    )
+    alive_max_s: float = Field(
+        120.0, gt=0, le=86400, description="/healthz fails when the loop has not turned this long"
+    )
+
+    @property
+    def explicit_listen(self) -> bool:
+        """Whether ``listen`` was configured (its default port being taken is only a warning)."""
+        return "listen" in self.model_fields_set
+
+
 class FleetSettings(BaseModel):
     """``fleet:`` in config.yaml: what ``sparklem agents`` calls silent."""
 
@@ -241,6 +277,7 @@ class ConfigFile(BaseModel):
     )
     plugins: dict[str, PluginSection | None] | None = Field(None, description="per plugin")
     processor: ProcessorSettings | None = None
+    http: HttpSettings | None = None
     fleet: FleetSettings | None = None
     retention: dict[str, Duration] | None = Field(
         None,
@@ -267,6 +304,7 @@ class Config:
     plugins_dir: Path | None = None
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
     #: How long each bounded table keeps rows; tables kept forever are absent.
     retention: dict[str, timedelta] = field(default_factory=lambda: _retention(DEFAULT_RETENTION))
@@ -325,6 +363,7 @@ def load_config(
         plugins_dir=Path(parsed.plugins_dir) if parsed.plugins_dir else default_plugins_dir(),
         plugins={str(n): dict(s or {}) for n, s in (doc.get("plugins") or {}).items()},
         processor=parsed.processor or ProcessorSettings(),
+        http=parsed.http or HttpSettings(),
         fleet=parsed.fleet or FleetSettings(),
         retention=_retention({**DEFAULT_RETENTION, **(parsed.retention or {})}),
         source=source,

@@ -22,7 +22,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,24 +30,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-__all__ = ["LocalMariaDB", "LocalPostgres", "LocalServerError", "TansuBroker", "free_port"]
+from sparklem_core.processor.endpoint import LOCALHOST, free_port
 
-LOCALHOST = "127.0.0.1"
+__all__ = ["LocalMariaDB", "LocalPostgres", "LocalServerError", "TansuBroker", "free_port"]
 
 
 class LocalServerError(RuntimeError):
     """A local server could not be found, started or stopped."""
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago.
-
-    The OS picks it (bind to port 0); there is an unavoidable small race between
-    closing the probe socket and the server binding the port.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        return sock.getsockname()[1]
 
 
 def _tail(path: Path | None, lines: int = 40) -> str:

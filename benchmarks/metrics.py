@@ -1,0 +1,252 @@
+"""What the metrics endpoint costs: processor throughput with it on and off.
+
+``python3 -m benchmarks.metrics [--messages N] [--agents A] [--readings R] [--runs K]
+[--scrape-every S] [--timeout T]``
+
+The messages of :mod:`benchmarks.pipeline` are produced once to a Tansu broker; then
+``main.py run`` works through that backlog 2K times, alternately with ``http.listen: ""``
+(off) and with the endpoint on and scraped every S seconds (on): each run with a new
+consumer group and a new SQLite file, the order within each pair alternated, so drift of
+the machine falls on both. Each run is timed from its first commit seen in the database
+until every message is stored, and by the processor's CPU time over that span (all its
+threads: a figure less sensitive than wall time to other work on the machine). Prints
+each run, then per figure the median and spread of each side and the median of the
+per-pair on/off ratios (each pair ran back to back), then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.pipeline import (
+    PARTITIONS,
+    ROOT,
+    BenchError,
+    ProcessorWatch,
+    Workload,
+    _cpu_seconds,
+    _produce,
+    _stored_rows,
+    build_workload,
+    progress,
+)
+from sparklem_core.testing.servers import TansuBroker, _end_process, free_port
+
+
+@dataclass(frozen=True)
+class Run:
+    msgs_s: float
+    cpu_ms_per_kmsg: float  # the processor's CPU time (all threads) per 1,000 messages
+    scrapes: int
+
+
+def run_once(
+    work: Workload, bootstrap: str, n: int, on: bool, scrape_s: float, timeout: float
+) -> Run:
+    """One processor over the whole backlog, timed from its first commit."""
+    group = f"bench{work.suffix}-m{n}"
+    url = f"sqlite:///{work.root / f'metrics-{n}.db'}"
+    port = free_port()
+    config = {
+        "kafka": {"bootstrap.servers": bootstrap, "group.id": group},
+        "database": {"url": url},
+        "certificates": str(work.certificates),
+        "plugins": {p: {"topic": t} for p, t in work.topics.items()},
+        "processor": {"stats_interval_s": 30, "topic_partitions": PARTITIONS},
+        "http": {"listen": f"127.0.0.1:{port}" if on else ""},
+    }
+    config_path, log_path = work.root / f"metrics-{n}.yaml", work.root / f"metrics-{n}.log"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLEM_")}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=work.root,
+        )
+    stop, scrapes = threading.Event(), [0]
+
+    def scrape() -> None:
+        while not stop.wait(scrape_s):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    r.read()
+                scrapes[0] += 1
+            except OSError:
+                pass  # not listening yet
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    if on:
+        scraper.start()
+    count = len(work.values)
+    try:
+        watch = ProcessorWatch(proc, log_path, url, group)
+        first = watch.until(1, timeout)
+        cpu_first, already = _cpu_seconds(proc.pid), watch.stored
+        ended = watch.until(count, timeout)
+        cpu = _cpu_seconds(proc.pid) - cpu_first
+        watch.engine.dispose()
+    finally:
+        stop.set()
+        _end_process(proc, kill=False, timeout=30)
+    if _stored_rows(url, work.prefix) != work.total_rows:
+        raise BenchError(f"run {n} did not store every row")
+    if already >= count:
+        raise BenchError("the backlog was stored in one commit: use more --messages")
+    messages = count - already
+    return Run(messages / (ended - first), 1e6 * cpu / messages, scrapes[0])
+
+
+def bookkeeping_us_per_batch(batch_size: int = 500, repeat: int = 2000) -> dict[str, float]:
+    """In-process cost of what the loop adds per batch when metrics are on, in µs.
+
+    What the loop calls for a committed batch of ``batch_size`` records over 2 topics,
+    2 plugins and 2 tables: the lag tracker per record, then per batch the tracker and
+    the counters fed from the batch's Stats; and one scrape of the exposition.
+    """
+    from collections import Counter
+
+    from prometheus_client import generate_latest
+
+    from sparklem_core.processor.batch import OffsetMark, PartitionKey
+    from sparklem_core.processor.metrics import LagTracker, Metrics, Snapshot
+    from sparklem_core.processor.pipeline import Stats
+
+    lag = LagTracker()
+    keys = [PartitionKey(f"topic{t}", p) for t in range(2) for p in range(PARTITIONS)]
+    lag.assigned(keys)
+    lag.sampled({k: 10**9 for k in keys})
+    metrics = Metrics(
+        lambda: Snapshot(lag.lags(), 100, 2, 10, 2, {"a": True, "b": True}),
+        ["topic0", "topic1"],
+        ["a", "b"],
+    )
+    stats = Stats(
+        Counter({"topic0": batch_size // 2, "topic1": batch_size // 2}),
+        Counter({"a": batch_size // 2, "b": batch_size // 2}),
+        Counter({"a_rows": 4 * batch_size, "b_rows": batch_size // 2}),
+        Counter({("malformed", ""): 1}),
+    )
+    marks = {k: OffsetMark(None, 1000, None) for k in keys}
+    started = time.perf_counter()
+    for n in range(repeat):
+        firsts: dict[tuple[str, int], int] = {}
+        for i in range(batch_size):  # as Processor._consume does
+            firsts.setdefault(tuple(keys[i % len(keys)]), n * batch_size + i)
+        lag.consumed(firsts)
+        lag.stored(marks)
+        metrics.batch_committed(stats, 0.05)
+        metrics.commit_seconds.observe(0.01)
+    per_batch = (time.perf_counter() - started) / repeat * 1e6
+    started = time.perf_counter()
+    for _ in range(200):
+        generate_latest(metrics.registry)
+    per_scrape = (time.perf_counter() - started) / 200 * 1e6
+    return {"per_batch_us": round(per_batch, 1), "per_scrape_us": round(per_scrape, 1)}
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """Median, extremes, and the spread (max - min) as a percentage of the median."""
+    ordered = sorted(values)
+    return {
+        "median": round(statistics.median(ordered), 4),
+        "min": round(ordered[0], 4),
+        "max": round(ordered[-1], 4),
+        "spread_pct": round(100 * (ordered[-1] - ordered[0]) / statistics.median(ordered), 1),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m benchmarks.metrics",
+        description="Processor throughput with the metrics endpoint on and off, interleaved.",
+    )
+    parser.add_argument("--messages", type=int, default=20_000, help="backlog size")
+    parser.add_argument("--agents", type=int, default=20, help="enrolled agents")
+    parser.add_argument("--readings", type=int, default=8, help="readings per temperature msg")
+    parser.add_argument("--runs", type=int, default=5, help="pairs of runs (on and off)")
+    parser.add_argument("--scrape-every", type=float, default=1.0, help="seconds between scrapes")
+    parser.add_argument("--timeout", type=float, default=600, help="longest run, seconds")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if min(args.messages, args.agents, args.readings, args.runs) < 1 or args.scrape_every <= 0:
+        print("benchmarks.metrics: every number must be positive", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="sparklem-bench-metrics-"))
+    try:
+        work = build_workload(root, args.messages, args.agents, args.readings)
+        with TansuBroker(log_path=root / "tansu.log") as broker:
+            broker.create_topics(list(work.topics.values()), partitions=PARTITIONS)
+            progress(f"producing {len(work.values)} messages once")
+            _produce(broker.bootstrap, work)
+            runs: dict[str, list[Run]] = {"off": [], "on": []}
+            for pair in range(args.runs):
+                for on in (pair % 2 == 0, pair % 2 == 1):  # on first, then off first, ...
+                    n = 2 * pair + on
+                    run = run_once(work, broker.bootstrap, n, on, args.scrape_every, args.timeout)
+                    side = "on" if on else "off"
+                    runs[side].append(run)
+                    print(
+                        f"run {n:2d} metrics {side:3s}: {run.msgs_s:9,.0f} msgs/s, "
+                        f"{run.cpu_ms_per_kmsg:6.0f} CPU ms per 1,000 msgs",
+                        flush=True,
+                    )
+        report: dict[str, Any] = {"messages": len(work.values), "runs_per_side": args.runs}
+        report["bookkeeping"] = bookkeeping = bookkeeping_us_per_batch()
+        print(
+            f"in-process, metrics on: {bookkeeping['per_batch_us']:,.0f} µs per batch of 500 "
+            f"records, {bookkeeping['per_scrape_us']:,.0f} µs per scrape"
+        )
+        report["scrape_every_s"] = args.scrape_every
+        report["scrapes"] = sum(r.scrapes for r in runs["on"])
+        for figure, unit in (("msgs_s", "msgs/s"), ("cpu_ms_per_kmsg", "CPU ms/1,000 msgs")):
+            for side in ("off", "on"):
+                values = [getattr(r, figure) for r in runs[side]]
+                report[f"{side}_{figure}"] = summary(values)
+                report[f"{side}_{figure}_runs"] = [round(v, 1) for v in values]
+                s = report[f"{side}_{figure}"]
+                print(
+                    f"metrics {side:3s}: {unit} median {s['median']:,.1f}, min {s['min']:,.1f}, "
+                    f"max {s['max']:,.1f}, spread {s['spread_pct']}%"
+                )
+            # Each pair ran back to back: its ratio cancels the machine's slower drift.
+            ratios = [
+                getattr(on, figure) / getattr(off, figure)
+                for on, off in zip(runs["on"], runs["off"], strict=True)
+            ]
+            report[f"{figure}_on_off_pair_ratio"] = summary(ratios)
+            print(
+                f"  on/off per pair: median {statistics.median(ratios):.3f} "
+                f"(from {min(ratios):.3f} to {max(ratios):.3f})"
+            )
+        print(json.dumps(report))
+        return 0
+    except BenchError as exc:
+        print(f"benchmarks.metrics: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
