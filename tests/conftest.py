@@ -8,6 +8,7 @@ Sections (add new fixtures to the matching section, or open a new one below):
                      ``pg_url``, ``mysql_url``, and ``database_url`` (sqlite + postgresql +
                      mariadb), per test.
 4. End to end     -- ``fleet`` (enrolled agents), ``db`` (queries), ``processors`` (stopped after).
+5. Pipeline       -- ``keys``, ``env``: the pipeline and store without Kafka (pipeline_env.py).
 
 Polling helper for tests: ``from waiting import wait_for`` (tests/waiting.py).
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from harness import Db, Fleet, ProcessorProcess
+from pipeline_env import Env, Keys
 
 from sparklem_core.settings.masking import forget_secrets
 from sparklem_core.testing.servers import LocalMariaDB, LocalPostgres, TansuBroker
@@ -217,3 +219,22 @@ def processors() -> Iterator[list[ProcessorProcess]]:
     yield started
     for proc in started:
         proc.close()
+
+
+# ======================================================================================
+# 5. The pipeline without Kafka (tests/pipeline_env.py)
+# ======================================================================================
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    """Server and agent keys, made once per module (RSA generation is slow)."""
+    return Keys.generate()
+
+
+@pytest.fixture
+def env(tmp_path: Path, keys: Keys, database_url: str) -> Iterator[Env]:
+    """A Pipeline and Store on ``database_url``, sealing as enrolled agents would."""
+    world = Env(tmp_path, keys, database_url)
+    yield world
+    world.close()

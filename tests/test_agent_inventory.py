@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
-from pipeline_env import Env, Keys, reading, run, temperature
+from pipeline_env import Env, reading, run, temperature
 from sqlalchemy import select
 from test_redrive import today
 
@@ -20,18 +17,6 @@ from sparklem_core.processor.redrive import Redrive
 from sparklem_core.processor.store import Store
 
 T0 = datetime(2026, 11, 30, 3, 0, 0, 123456, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return Keys.generate()
-
-
-@pytest.fixture
-def env(tmp_path: Path, keys: Keys, database_url: str) -> Iterator[Env]:
-    world = Env(tmp_path, keys, database_url)
-    yield world
-    world.close()
 
 
 def agents(store: Store) -> dict[str, tuple]:

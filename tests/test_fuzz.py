@@ -619,11 +619,6 @@ class Fuzz:
         return sum(self.env.count(table) for table in PLUGIN_TABLES)
 
 
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return Keys.generate()
-
-
 @pytest.fixture(
     scope="module",
     params=[

@@ -9,13 +9,12 @@ the bad one becomes a rejection with its expected reason. Timing belongs in
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_env import PU_TOPIC, TOPIC, Env, Keys, reading, temperature
+from pipeline_env import PU_TOPIC, TOPIC, Env, reading, temperature
 from sparklem_plugins.pu_workload.server import MAX_CORES, MAX_GPUS
 from sqlalchemy import select
 
@@ -24,18 +23,6 @@ from sparklem_core.processor.pipeline import Record
 from sparklem_core.processor.writer import BatchWriter
 
 BAD_AGENT, GOOD_AGENT = "edge-1", "edge-2"  # two streams: bad seqs never shadow good ones
-
-
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return Keys.generate()
-
-
-@pytest.fixture
-def env(tmp_path: Path, keys: Keys, database_url: str) -> Iterator[Env]:
-    world = Env(tmp_path, keys, database_url)
-    yield world
-    world.close()
 
 
 @dataclass(frozen=True)

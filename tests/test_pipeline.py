@@ -31,11 +31,6 @@ from sparklem_core.processor.batch import Batch, StreamMark
 from sparklem_core.processor.store import Conflict
 
 
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return Keys.generate()
-
-
 @pytest.fixture
 def env(tmp_path: Path, keys: Keys) -> Iterator[Env]:
     world = Env(tmp_path, keys, f"sqlite:///{tmp_path}/db.sqlite3")

@@ -33,18 +33,6 @@ from sparklem_core.testing.plugin import MakeHarness
 QUARANTINE = ("rejected_messages", "rejected_records")
 
 
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return Keys.generate()
-
-
-@pytest.fixture
-def env(tmp_path: Path, keys: Keys, database_url: str) -> Iterator[Env]:
-    world = Env(tmp_path, keys, database_url)
-    yield world
-    world.close()
-
-
 def today(env: Env, max_celsius: float = 150) -> Pipeline:
     """The pipeline as the command builds it: today's registry, plugins and settings."""
     return Pipeline(
