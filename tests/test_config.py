@@ -16,7 +16,7 @@ import pytest
 import yaml
 from Crypto.PublicKey import RSA
 from harness import ROOT as PROJECT_ROOT
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sparklem_core import plugin_api, wire
@@ -611,6 +611,15 @@ keys = st.one_of(
             "dead_letter_topic",
             "sasl.password",
             "group.id",
+            "http",
+            "listen",
+            "ready_max_lag_s",
+            "retention",
+            "rejected_messages",
+            "temperature_readings",
+            "prune_batch_rows",
+            "fleet",
+            "silent_after_s",
         ]
     ),  # fmt: skip
     st.text(max_size=8),
@@ -626,6 +635,7 @@ documents = st.dictionaries(keys, values, max_size=5)
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(doc=documents)
+@example(doc={"retention": {"\n": None}}).via("a key holding a newline, in a mapping of keys")
 def test_any_document_gives_a_config_or_one_error_line(tmp_path: Path, doc: dict[Any, Any]) -> None:
     path = tmp_path / "random.yaml"
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")

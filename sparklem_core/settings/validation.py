@@ -264,7 +264,8 @@ def _known_keys(model: type[BaseModel], parent: Sequence[Any]) -> list[str]:
 
 
 def _join(where: str, loc: Sequence[Any], text: str, labels: Mapping[str, str]) -> str:
-    key = ".".join(str(part) for part in loc)
+    # A key is the user's text: cut like an unknown key, no newline or secret gets out.
+    key = ".".join(_short(part) for part in loc)
     full = f"{where}.{key}" if where and key else where or key
     full = labels.get(full, full)
     return f"{full}: {text}" if full else text
