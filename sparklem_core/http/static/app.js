@@ -356,7 +356,7 @@ function rangeSeconds() {
 /** A reading from /readings ({series, values, time}) or the stream (the row itself). */
 function ingest(plugin, reading) {
   if (!isObject(reading)) return;
-  const t = seconds(field(reading, "time") ?? field(reading, "measured_at"));
+  const t = seconds(reading.time);
   if (t === null) return;
   if (plugin === "temperature") {
     charts.temperature.add(String(field(reading, "sensor")), t, field(reading, "celsius"));
@@ -420,7 +420,8 @@ function openStream(agent) {
     const data = isObject(event.data) ? event.data : {};
     const row = isObject(data.row) ? data.row : data;
     window.sparklem.stream.events += 1;
-    ingest(event.plugin ?? data.plugin, row);
+    // ``at`` is the reading's time whatever the plugin calls its time column.
+    ingest(event.plugin, { ...row, time: event.at ?? field(row, "measured_at") });
     const since = Date.now() / 1000 - rangeSeconds();
     for (const chart of Object.values(charts)) chart.trim(since);
   });
