@@ -67,9 +67,9 @@ class AgentStatus:
         doc = asdict(self)
         for key, value in list(doc.items()):
             if isinstance(value, datetime):
-                doc[key] = _iso(value)
+                doc[key] = iso(value)
         doc["plugins"] = {
-            name: {"last_message_at": _iso(p.last_message_at), "messages": p.messages}
+            name: {"last_message_at": iso(p.last_message_at), "messages": p.messages}
             for name, p in self.plugins.items()
         }
         doc["silent"] = self.silent
@@ -79,13 +79,16 @@ class AgentStatus:
         return doc
 
 
-def inventory(config: Config, now: datetime) -> list[AgentStatus]:
-    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable."""
+def inventory(config: Config, now: datetime, store: Store | None = None) -> list[AgentStatus]:
+    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable.
+
+    Read through ``store`` when given (a long-lived server's), else a Store of its own.
+    """
     try:
         files = {e.agent_id: e.status for e in list_agents(config.certificates)}
     except EnrollmentError as exc:
         raise FleetError(str(exc)) from None
-    seen, plugins, in_database = _read_tables(config)
+    seen, plugins, in_database = _read_tables(config, store)
     for agent_id, state in in_database.items():  # enrolled or revoked on another host
         if state == REVOKED or agent_id not in files:
             files[agent_id] = state
@@ -119,11 +122,11 @@ def inventory(config: Config, now: datetime) -> list[AgentStatus]:
 
 
 def _read_tables(
-    config: Config,
+    config: Config, shared: Store | None
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, PluginSeen]], dict[str, str]]:
     """sparklem_agents by agent, sparklem_agent_plugins by agent and plugin, and the
     states in sparklem_enrolments (only those we write)."""
-    store = Store(config.database_url, config.group_id)
+    store = shared or Store(config.database_url, config.group_id)
     agents = store.metadata.tables["sparklem_agents"]
     per_plugin = store.metadata.tables["sparklem_agent_plugins"]
     enrolled = store.metadata.tables[TABLE]
@@ -145,7 +148,8 @@ def _read_tables(
             "(run sparklem init to create or upgrade the schema)"
         ) from None
     finally:
-        store.dispose()
+        if shared is None:
+            store.dispose()
     seen = {}
     for row in rows:
         values = {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
@@ -191,5 +195,6 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _iso(value: datetime) -> str:
+def iso(value: datetime) -> str:
+    """RFC 3339 in UTC with a Z, as every JSON answer writes times."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
