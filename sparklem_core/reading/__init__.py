@@ -1,0 +1,1 @@
+"""Reading what the processor stored: the feed (``feed``), shared by ``serve`` and ``tail``."""
