@@ -11,10 +11,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pipeline_env import Env, reading, run, temperature
 from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, String, delete, select
+from test_redrive import redrive
 
 from sparklem_core.admin.fleet import as_utc
 from sparklem_core.processor.batch import Batch, Rejection
+from sparklem_core.processor.retention import Pruner, targets
 from sparklem_core.processor.store import Store
 from sparklem_core.reading.feed import (
     START,
@@ -23,6 +26,7 @@ from sparklem_core.reading.feed import (
     format_event_id,
     parse_event_id,
 )
+from sparklem_core.settings.config import DEFAULT_RETENTION, ProcessorSettings, parse_duration
 
 T0 = datetime(2026, 11, 30, 3, 0, 0, 123456, tzinfo=UTC)
 TABLE = "probe_readings"
@@ -211,6 +215,47 @@ def _sqlite_reader(tmp_path_factory) -> FeedReader:
         s = probe_store(f"sqlite:///{tmp_path_factory.mktemp('feed')}/db.sqlite3")
         _READERS[key] = FeedReader(s.engine)
     return _READERS[key]
+
+
+def test_retention_prunes_the_feed_by_commit_time(store: Store) -> None:
+    """The default 1d bounds sparklem_feed by committed_at; readers carry on after it."""
+    feed = store.metadata.tables["sparklem_feed"]
+    with store.engine.begin() as conn:  # 250 old commits (two parts each), then a young one
+        conn.execute(feed.insert(), [
+            {"commit_seq": seq, "part": part, "committed_at": T0 - timedelta(days=2),
+             "events": "[]"}
+            for seq in range(1, 251) for part in (0, 1)
+        ])  # fmt: skip
+        conn.execute(store.metadata.tables["sparklem_feed_head"].update().values(commit_seq=250))
+    store.commit(Batch(rejected=[rejection(1)]))  # committed now: kept
+    keep = parse_duration(DEFAULT_RETENTION["sparklem_feed"])
+    assert keep == timedelta(days=1)
+    pruner = Pruner(store, targets(store, {"sparklem_feed": keep}),
+                    ProcessorSettings(prune_batch_rows=100, prune_busy_fraction=1.0))  # fmt: skip
+    report = pruner.run_pass()
+    assert [(t.table, t.rows, t.finished) for t in report.tables] == [("sparklem_feed", 500, True)]
+    reader = FeedReader(store.engine)
+    assert [e.id for e in reader.read_after(START)] == ["251-0-0"] and reader.head() == "251-0-0"
+
+
+def test_redriven_readings_reach_the_feed_and_latest(env: Env) -> None:
+    """Redrive stores through Store.commit(): what it stores is fed and becomes latest."""
+    run(env.pipeline(), [env.record(env.envelope(temperature(reading("a", 40.0)), seq=3,
+                                                  agent="edge-9"))])  # fmt: skip
+    reader = FeedReader(env.store.engine)
+    (quarantined,) = reader.read_after(START)
+    assert (quarantined.kind, quarantined.data["reason"]) == ("rejection", "unknown_agent")
+    env.enroll("edge-9")
+    assert redrive(env).stored == 1
+    (redriven,) = reader.read_after(quarantined.id)
+    assert (redriven.kind, redriven.plugin, redriven.agent_id) == ("reading", "temperature",
+                                                                    "edge-9")  # fmt: skip
+    assert (redriven.data["row"]["sensor"], redriven.data["row"]["celsius"]) == ("a", 40.0)
+    t = env.store.metadata.tables["sparklem_latest"]
+    with env.store.engine.connect() as conn:
+        assert conn.execute(select(t.c.table_name, t.c.agent_id, t.c.series)).all() == [
+            ("temperature_readings", "edge-9", '["a"]')
+        ]
 
 
 # --- concurrent writers ----------------------------------------------------------------
