@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sparklem_core.admin.enrollment import EnrollmentError, list_agents, read_intervals
 from sparklem_core.processor.enrolments import ENROLLED, REVOKED, TABLE
+from sparklem_core.processor.read_side import rfc3339
 from sparklem_core.processor.registry import one_line
 from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import first_line
@@ -67,9 +68,9 @@ class AgentStatus:
         doc = asdict(self)
         for key, value in list(doc.items()):
             if isinstance(value, datetime):
-                doc[key] = iso(value)
+                doc[key] = rfc3339(value)
         doc["plugins"] = {
-            name: {"last_message_at": iso(p.last_message_at), "messages": p.messages}
+            name: {"last_message_at": rfc3339(p.last_message_at), "messages": p.messages}
             for name, p in self.plugins.items()
         }
         doc["silent"] = self.silent
@@ -193,8 +194,3 @@ def ago(seconds: float) -> str:
 def as_utc(value: datetime) -> datetime:
     """A time read back from the database: naive (SQLite, MariaDB) means UTC, as written."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def iso(value: datetime) -> str:
-    """RFC 3339 in UTC with a Z, as every JSON answer writes times."""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -14,10 +14,9 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sparklem_core.admin.fleet import iso
 from sparklem_core.processor.writer import first_line
 from sparklem_core.settings.config import mask_secrets
 
@@ -124,8 +123,7 @@ class Broadcaster:
 
 def sse(event: FeedEvent) -> str:
     """One event in the SSE wire format: id, event, data."""
-    document = {**asdict(event), "at": iso(event.at)}
-    data = json.dumps(document, separators=(",", ":"), default=str)
+    data = json.dumps(event.as_json(), separators=(",", ":"))
     return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 

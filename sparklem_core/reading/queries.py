@@ -39,12 +39,11 @@ from sparklem_core.admin.fleet import (
     NEVER_SEEN,
     SILENT,
     AgentStatus,
-    as_utc,
     inventory,
-    iso,
 )
 from sparklem_core.processor.enrolments import ENROLLED, REVOKED
 from sparklem_core.processor.plugin_tables import PluginTable
+from sparklem_core.processor.read_side import rfc3339
 from sparklem_core.processor.store import Store
 from sparklem_core.reading.catalog import ReadError
 from sparklem_core.reading.timeparse import parse_time
@@ -84,7 +83,7 @@ class Page:
 
 def iso_or_none(value: datetime | None) -> str | None:
     """A time read back from the database as RFC 3339 UTC (naive means UTC, as written)."""
-    return None if value is None else iso(as_utc(value))
+    return None if value is None else rfc3339(value)
 
 
 def parse_limit(text: str | None) -> int:
@@ -501,8 +500,7 @@ def delete_agent_data(store: Store, agent_id: str) -> dict[str, int]:
     """Remove one agent's rows from every plugin table (and its latest values), at once."""
     _check_text("agent_id", agent_id)
     tables = [t.table for t in store.plugin_tables.values() if AGENT in t.table.c]
-    if "sparklem_latest" in store.metadata.tables:
-        tables.append(store.metadata.tables["sparklem_latest"])
+    tables.append(store.metadata.tables[LATEST])
     deleted = {}
     with store.engine.begin() as conn:
         for table in tables:
