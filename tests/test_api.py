@@ -11,6 +11,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
@@ -27,6 +28,8 @@ from api_env import (
     temperature_rows,
 )
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sparklem_core.http.app import create_app
 from sparklem_core.reading.queries import AGGREGATES, BUCKETS
@@ -292,3 +295,58 @@ def test_serve_refuses_other_addresses_without_tokens_and_a_taken_port(tmp_path:
         taken.close()
     bad = serve(tmp_path, "--listen", "nowhere")
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+
+
+# --- hostile query strings ----------------------------------------------------------------
+
+NAMES = ("agent", "from", "to", "limit", "cursor", "table", "field", "agg", "bucket", "group_by",
+         "sensor", "unit", "unit_index", "reason", "plugin", "state", "silent", "kind",
+         "last_event_id")  # fmt: skip
+VALUES = ("a-1", "0", "-1", "1e3", "2026-11-28T23:58:30Z", "0001-01-01T00:00:00+01:00",
+          "9999-12-31T23:59:59-01:00", "celsius", "avg", "count", "1m", "1d", "agent_id",
+          "sensor", "true", "cpu", "99999999999999999999", "9999999999999999999", "WyIxIiwgMV0",
+          "1-0-0", "", "\x00", "é", "%", "'; DROP TABLE sparklem_agents; --")  # fmt: skip
+PATHS = ("/api/v1/agents", "/api/v1/readings/temperature", "/api/v1/readings/pu_workload",
+         "/api/v1/aggregate/temperature", "/api/v1/aggregate/pu_workload", "/api/v1/rejections",
+         "/api/v1/plugins", "/api/v1/readings/{x}", "/api/v1/aggregate/{x}")  # fmt: skip
+pairs = st.lists(
+    st.tuples(st.sampled_from(NAMES) | st.text(max_size=12),
+              st.sampled_from(VALUES) | st.text(max_size=40)),
+    max_size=6,
+)  # fmt: skip
+
+
+def test_no_query_string_makes_a_500(sqlite_app: TestClient) -> None:
+    @settings(max_examples=400)
+    @given(st.sampled_from(PATHS), pairs, st.text(max_size=20))
+    def check(path: str, params: list[tuple[str, str]], segment: str) -> None:
+        url = path.replace("{x}", quote(segment, safe="")) + "?" + urlencode(params)
+        answer = sqlite_app.get(url)
+        assert answer.status_code in (200, 400, 404), (url, answer.text)
+        if answer.status_code != 200:
+            assert isinstance(answer.json()["error"], str)
+
+    check()
+
+
+def test_no_query_string_makes_a_500_on_delete_or_stream(tmp_path: Path) -> None:
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
+    store = open_schema(config)
+    commit(store, TEMPERATURE, temperature_rows(20))
+
+    @settings(max_examples=100)
+    @given(pairs, st.text(max_size=20))
+    def check(params: list[tuple[str, str]], segment: str) -> None:
+        query = urlencode(params)
+        deleted = client.delete(f"/api/v1/agents/{quote(segment, safe='')}/data?{query}")
+        assert deleted.status_code in (200, 400, 404, 405), deleted.text
+        with httpx.stream("GET", f"{server.url}/api/v1/stream?{query}", timeout=20) as answer:
+            assert answer.status_code in (200, 400), query
+
+    try:
+        with TestClient(create_app(config, store)) as client, running(
+            create_app(config, store)
+        ) as server:  # fmt: skip
+            check()
+    finally:
+        store.dispose()

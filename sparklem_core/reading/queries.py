@@ -436,7 +436,7 @@ def rejections(store: Store, f: RejectionFilters, limit: int, cursor: str | None
         where.append(t.c.received_at < f.end)
     page_where = list(where)
     if cursor is not None:
-        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
+        if not (cursor.isascii() and cursor.isdigit()) or not int(cursor[:20]) < INT64:
             raise ReadError("cursor", "cursor is not one this API gave: pass 'next' unchanged")
         page_where.append(t.c.id < int(cursor))
     listed = [t.c[k] for k in ("id", "topic", "partition", "offset", "agent_id", "plugin",
