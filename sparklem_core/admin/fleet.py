@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sparklem_core.admin.enrollment import EnrollmentError, list_agents, read_intervals
 from sparklem_core.processor.enrolments import ENROLLED, REVOKED, TABLE
+from sparklem_core.processor.read_side import rfc3339
 from sparklem_core.processor.registry import one_line
 from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import first_line
@@ -67,9 +68,9 @@ class AgentStatus:
         doc = asdict(self)
         for key, value in list(doc.items()):
             if isinstance(value, datetime):
-                doc[key] = _iso(value)
+                doc[key] = rfc3339(value)
         doc["plugins"] = {
-            name: {"last_message_at": _iso(p.last_message_at), "messages": p.messages}
+            name: {"last_message_at": rfc3339(p.last_message_at), "messages": p.messages}
             for name, p in self.plugins.items()
         }
         doc["silent"] = self.silent
@@ -79,13 +80,16 @@ class AgentStatus:
         return doc
 
 
-def inventory(config: Config, now: datetime) -> list[AgentStatus]:
-    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable."""
+def inventory(config: Config, now: datetime, store: Store | None = None) -> list[AgentStatus]:
+    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable.
+
+    Read through ``store`` when given (a long-lived server's), else a Store of its own.
+    """
     try:
         files = {e.agent_id: e.status for e in list_agents(config.certificates)}
     except EnrollmentError as exc:
         raise FleetError(str(exc)) from None
-    seen, plugins, in_database = _read_tables(config)
+    seen, plugins, in_database = _read_tables(config, store)
     for agent_id, state in in_database.items():  # enrolled or revoked on another host
         if state == REVOKED or agent_id not in files:
             files[agent_id] = state
@@ -119,11 +123,11 @@ def inventory(config: Config, now: datetime) -> list[AgentStatus]:
 
 
 def _read_tables(
-    config: Config,
+    config: Config, shared: Store | None
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, PluginSeen]], dict[str, str]]:
     """sparklem_agents by agent, sparklem_agent_plugins by agent and plugin, and the
     states in sparklem_enrolments (only those we write)."""
-    store = Store(config.database_url, config.group_id)
+    store = shared or Store(config.database_url, config.group_id)
     agents = store.metadata.tables["sparklem_agents"]
     per_plugin = store.metadata.tables["sparklem_agent_plugins"]
     enrolled = store.metadata.tables[TABLE]
@@ -145,7 +149,8 @@ def _read_tables(
             "(run sparklem init to create or upgrade the schema)"
         ) from None
     finally:
-        store.dispose()
+        if shared is None:
+            store.dispose()
     seen = {}
     for row in rows:
         values = {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
@@ -189,7 +194,3 @@ def ago(seconds: float) -> str:
 def as_utc(value: datetime) -> datetime:
     """A time read back from the database: naive (SQLite, MariaDB) means UTC, as written."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -3,7 +3,8 @@
 What "older" means, per kind of table:
 
 * ``rejected_messages`` and ``rejected_records``: by ``received_at``, when the processor
-  stored the row (arrival), on its index.
+  stored the row (arrival), on its index; the feed (``sparklem_feed``) likewise by
+  ``committed_at``, keyed by ``commit_seq``.
 * A plugin table: by its declared time column (when the reading was measured), and only
   once the row has also been *stored* longer than the retention. Plugin tables have no
   arrival column, so arrival is known from their integer id: each pass records the
@@ -56,8 +57,13 @@ from sparklem_core.settings.config import ConfigError, ProcessorSettings
 
 log = logging.getLogger(__name__)
 
-#: The core tables that may be bounded, all pruned by arrival (``received_at``).
-ARRIVAL_TABLES = ("rejected_messages", "rejected_records")
+#: The core tables that may be bounded, all pruned by arrival: (time column, key column),
+#: the key rising with arrival (keyset batches walk it).
+ARRIVAL_TABLES = {
+    "rejected_messages": ("received_at", "id"),
+    "rejected_records": ("received_at", "id"),
+    "sparklem_feed": ("committed_at", "commit_seq"),  # a commit's parts go together
+}
 LEASE_NAME = "prune"
 #: Arrival marks are this fine a fraction of the retention.
 MARKS_PER_RETENTION = 100
@@ -71,6 +77,7 @@ class Target:
     keep: timedelta
     time: str  # the time column compared with the cutoff
     by_arrival: bool  # time is the arrival time itself (else arrival comes from the id marks)
+    key: str = "id"  # the integer column that rises with arrival
 
     @property
     def name(self) -> str:
@@ -78,8 +85,7 @@ class Target:
 
     @property
     def id(self) -> Column[Any]:
-        (column,) = self.table.primary_key.columns
-        return column
+        return self.table.c[self.key]
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,8 @@ def targets(store: Store, retention: Mapping[str, timedelta]) -> list[Target]:
     for name, keep in sorted(retention.items()):
         declared = store.plugin_tables.get(name)
         if name in ARRIVAL_TABLES:
-            found.append(Target(store.metadata.tables[name], keep, "received_at", True))
+            time_column, key = ARRIVAL_TABLES[name]
+            found.append(Target(store.metadata.tables[name], keep, time_column, True, key))
         elif declared is not None:
             key = list(declared.table.primary_key.columns)
             if len(key) != 1 or not isinstance(key[0].type, Integer):
@@ -122,7 +129,7 @@ def targets(store: Store, retention: Mapping[str, timedelta]) -> list[Target]:
                     f"retention.{name}: plugin {declared.owner}'s table has no integer id "
                     "primary key, which pruning needs to tell late arrivals; remove the key"
                 )
-            found.append(Target(declared.table, keep, declared.time, False))
+            found.append(Target(declared.table, keep, declared.time, False, key[0].name))
         else:
             choices = ", ".join([*ARRIVAL_TABLES, *sorted(store.plugin_tables)])
             raise ConfigError(
