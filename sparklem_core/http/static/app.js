@@ -9,6 +9,7 @@ const HISTORY_PAGE = 1000;
 const HISTORY_MAX_PAGES = 50;
 const MAX_POINTS_PER_SERIES = 20_000;
 const RENDER_DELAY_MS = 200;
+const STREAM_WAIT_MS = 2000;
 const PLUGINS = ["temperature", "pu_workload"]; // the plugins the charts below draw
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777",
   "#4b5563", "#65a30d", "#9333ea"];
@@ -313,8 +314,10 @@ async function selectAgent(agent) {
   if (agent === null) return;
   $("agent-name").textContent = agent;
   // The stream first, then the history: a reading stored in between is on one or the other,
-  // and a point seen twice is the same point (one value per series and time).
-  openStream(agent);
+  // and a point seen twice is the same point (one value per series and time). The history
+  // waits for the stream to open (or STREAM_WAIT_MS, when a proxy holds the stream back).
+  await opened(openStream(agent), STREAM_WAIT_MS);
+  if (generation !== state.generation) return;
   const to = new Date(Date.now() + 300_000); // agents' clocks run a little ahead, too
   const from = new Date(Date.now() - rangeSeconds() * 1000);
   try {
@@ -387,6 +390,19 @@ function field(reading, name) {
 
 /* ---------- live stream ---------- */
 
+/** Resolves when ``source`` opens, fails, or after ``ms``, whichever comes first. */
+function opened(source, ms) {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    source.addEventListener("open", done, { once: true });
+    source.addEventListener("error", done, { once: true });
+  });
+}
+
 function openStream(agent) {
   const query = new URLSearchParams({ agent, kind: "reading" });
   const source = new EventSource(`${API}/stream?${query}`);
@@ -425,6 +441,7 @@ function openStream(agent) {
     const since = Date.now() / 1000 - rangeSeconds();
     for (const chart of Object.values(charts)) chart.trim(since);
   });
+  return source;
 }
 
 function closeStream() {
