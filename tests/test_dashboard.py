@@ -269,6 +269,10 @@ def test_the_dashboard_shows_the_fleet_and_an_agents_charts_and_follows_the_stre
         message="the reading stored during the test did not reach the chart",
     )
     assert browser.execute_script("return window.sparklem.stream.events") >= 1
+    drawn = str(sum(len(points) for points in served.seeded.charts["temperature"].values()) + 1)
+    chart = browser.find_element(By.ID, "chart-temperature")
+    wait_for(lambda: chart.get_attribute("data-points") == drawn,
+             timeout=30, message="the chart was not drawn again")  # fmt: skip
     assert browser.execute_script("return window.notReloaded") is True
     screenshot(browser, tmp_path, f"dashboard-live-{'token' if served.token else 'open'}.png")
     assert console_errors(browser) == []
