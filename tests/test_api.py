@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -350,3 +351,23 @@ def test_no_query_string_makes_a_500_on_delete_or_stream(tmp_path: Path) -> None
             check()
     finally:
         store.dispose()
+
+
+def test_the_processor_and_agent_never_load_fastapi() -> None:
+    code = (
+        "import sys, sparklem_core.cli, sparklem_core.processor.processor, "
+        "sparklem_core.agent.agent, sparklem_core.reading.queries; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', "
+        "'starlette')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_serve_setting_is_documented() -> None:
+    from sparklem_core.settings.config import ServeSettings
+
+    text = (Path(__file__).parent.parent / "docs" / "reading.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `serve\.([a-z_]+)` \|", text, re.M))
+    assert documented == set(ServeSettings.model_fields)
