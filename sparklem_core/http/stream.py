@@ -32,8 +32,9 @@ KINDS = ("reading", "rejection")
 
 @dataclass(eq=False)  # by identity: kept in a set
 class Subscriber:
-    """One connected client: its queue, and whether it was dropped for being slow."""
+    """One connected client: what it wants, its queue, whether it was dropped as slow."""
 
+    wanted: Callable[[FeedEvent], bool]
     queue: asyncio.Queue[FeedEvent]
     dropped: bool = False
 
@@ -65,14 +66,14 @@ class Broadcaster:
     _task: asyncio.Task[None] | None = None
     _ready: asyncio.Event | None = None
 
-    async def subscribe(self) -> Subscriber:
-        """A new client's queue: every event read from now on goes there too."""
+    async def subscribe(self, wanted: Callable[[FeedEvent], bool]) -> Subscriber:
+        """A new client's queue: every ``wanted`` event read from now on goes there too."""
         if self._task is None:
             self._ready = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="sparklem-feed")
         assert self._ready is not None
         await self._ready.wait()  # the cursor is set: nothing committed from now is missed
-        subscriber = Subscriber(asyncio.Queue(self.buffer))
+        subscriber = Subscriber(wanted, asyncio.Queue(self.buffer))
         self.subscribers.add(subscriber)
         return subscriber
 
@@ -111,7 +112,8 @@ class Broadcaster:
 
     def _fan_out(self, events: list[FeedEvent]) -> None:
         for subscriber in list(self.subscribers):
-            for event in events:
+            # Filtered here, not by the client: only what it wants counts against its buffer.
+            for event in filter(subscriber.wanted, events):
                 try:
                     subscriber.queue.put_nowait(event)
                 except asyncio.QueueFull:
@@ -137,7 +139,7 @@ async def events(
     """The text of one client's stream: catch-up after ``last_event_id``, then live events."""
     from sparklem_core.reading.feed import parse_event_id
 
-    subscriber = await broadcaster.subscribe()  # first: what is read after this is queued
+    subscriber = await broadcaster.subscribe(wanted)  # first: what is read from now is queued
     try:
         yield f"retry: {RETRY_MS}\n\n"
         last = None if last_event_id is None else parse_event_id(last_event_id)
@@ -163,7 +165,7 @@ async def events(
                 continue
             if last is not None and parse_event_id(event.id) <= last:
                 continue  # already sent from the table
-            if wanted(event) and not subscriber.dropped:
+            if not subscriber.dropped:
                 yield sse(event)
     finally:
         broadcaster.unsubscribe(subscriber)
