@@ -29,7 +29,6 @@ import json
 import random
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -41,12 +40,11 @@ import httpx
 import yaml
 from sqlalchemy import text
 
-from sparklem_core.plugin_host import PluginHost
+from benchmarks.databases import ROOT, database, new_store
 from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.endpoint import free_port
 from sparklem_core.processor.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
 TABLE = "temperature_readings"
 INGEST_BATCH = 2000
 DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -94,14 +92,6 @@ def progress(message: str) -> None:
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 2)
-
-
-def new_store(url: str) -> Store:
-    store = Store(url, "bench")
-    host = PluginHost(ROOT / "plugins", enabled=lambda name: name == "temperature")
-    host.register_tables(store.register_table, store.drop_registrations)
-    store.create_schema()
-    return store
 
 
 def fill(store: Store, rows: int, agents: int, days: int) -> None:
@@ -298,16 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--clients must be between 0 and --agents")
     figures: list[Figures] = []
     for name in args.db.split(","):
-        with tempfile.TemporaryDirectory(prefix="sparklem-api-") as tmp:
-            if name == "sqlite":
-                figures.append(measure(name, f"sqlite:///{tmp}/db.sqlite3", args, Path(tmp)))
-            elif name == "postgresql":
-                from sparklem_core.testing.servers import LocalPostgres
-
-                with LocalPostgres() as pg:
-                    figures.append(measure(name, pg.url, args, Path(tmp)))
-            else:
-                build_parser().error(f"--db: {name!r} is not sqlite or postgresql")
+        try:
+            with database(name) as (url, tmp):
+                figures.append(measure(name, url, args, tmp))
+        except ValueError as exc:
+            build_parser().error(str(exc))
         f = figures[-1]
         print(
             f"{f.database:<10} {f.rows:,} rows, {f.agents:,} agents: latest ({f.latest_items:,} "

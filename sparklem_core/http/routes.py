@@ -26,6 +26,7 @@ from sparklem_core.http.auth import (
     session_cookie,
 )
 from sparklem_core.http.errors import ApiError
+from sparklem_core.processor.plugin_tables import PluginTable
 from sparklem_core.processor.store import Store
 from sparklem_core.reading import queries
 from sparklem_core.reading.catalog import Catalog, ReadError
@@ -138,11 +139,7 @@ def readings(
 ) -> dict[str, Any]:
     """Without from/to: the latest reading per agent and series; with: the history."""
     ctx = context(request)
-    declared = ctx.catalog.table(plugin, _one(request, "table"))
-    f = queries.parse_filters(
-        declared, agent or (), _series(request, READING_PARAMS),
-        _one(request, "from"), _one(request, "to"),
-    )  # fmt: skip
+    declared, f = _selection(ctx, request, plugin, READING_PARAMS)
     limit_n = queries.parse_limit(_one(request, "limit"))
     if not f.ranged:
         if _one(request, "cursor") is not None:
@@ -152,10 +149,17 @@ def readings(
     return {"readings": page.items, "next": page.next}
 
 
-def _series(request: Request, fixed: Iterable[str]) -> dict[str, list[str]]:
-    """Every parameter not among ``fixed``: a series key filter (checked by the query)."""
+def _selection(
+    ctx: Context, request: Request, plugin: str, fixed: Iterable[str]
+) -> tuple[PluginTable, queries.Filters]:
+    """The plugin's table and the rows asked for: agents, time range, and every parameter
+    not among ``fixed`` as a series key filter (unknown names refused by the query)."""
+    declared = ctx.catalog.table(plugin, _one(request, "table"))
     known = set(fixed)
-    return {k: request.query_params.getlist(k) for k in request.query_params if k not in known}
+    series = {k: request.query_params.getlist(k) for k in request.query_params if k not in known}
+    agents = request.query_params.getlist("agent")
+    start, end = _one(request, "from"), _one(request, "to")
+    return declared, queries.parse_filters(declared, agents, series, start, end)
 
 
 AGGREGATE_PARAMS = ("field", "agg", "bucket", "group_by", "agent", "from", "to", "table")
@@ -176,11 +180,7 @@ def aggregate(
 ) -> dict[str, Any]:
     """``agg`` of ``field`` per group of series keys, per time bucket if asked."""
     ctx = context(request)
-    declared = ctx.catalog.table(plugin, _one(request, "table"))
-    f = queries.parse_filters(
-        declared, agent or (), _series(request, AGGREGATE_PARAMS),
-        _one(request, "from"), _one(request, "to"),
-    )  # fmt: skip
+    declared, f = _selection(ctx, request, plugin, AGGREGATE_PARAMS)
     field_name, agg_name, bucket_name = (_one(request, n) for n in ("field", "agg", "bucket"))
     groups = queries.aggregate(
         ctx.store.engine, declared, f, field_name, agg_name, bucket_name, group_by or ()
