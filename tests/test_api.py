@@ -371,3 +371,23 @@ def test_every_serve_setting_is_documented() -> None:
     text = (Path(__file__).parent.parent / "docs" / "reading.md").read_text(encoding="utf-8")
     documented = set(re.findall(r"^\| `serve\.([a-z_]+)` \|", text, re.M))
     assert documented == set(ServeSettings.model_fields)
+
+
+def test_tokens_from_the_environment_and_bad_ones_in_one_line(tmp_path: Path) -> None:
+    from sparklem_core.settings.config import ConfigError, load_config
+    from sparklem_core.settings.masking import mask_secrets
+
+    path = tmp_path / "config.yaml"
+    path.write_text("serve: {listen: '127.0.0.1:8700'}\n")
+    env = {
+        "SPARKLEM_READ_TOKENS": f"{READ_TOKEN},{READ_TOKEN}x",
+        "SPARKLEM_ADMIN_TOKENS": ADMIN_TOKEN,
+    }
+    config = load_config(path, env=env)
+    assert config.serve.read_tokens == [READ_TOKEN, READ_TOKEN + "x"]
+    assert config.serve.admin_tokens == [ADMIN_TOKEN] and config.serve.tokens
+    assert ADMIN_TOKEN not in mask_secrets(f"got {ADMIN_TOKEN}")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, env={"SPARKLEM_READ_TOKENS": "short"})
+    assert str(refused.value).startswith("SPARKLEM_READ_TOKENS item 1: a token must be")
+    assert "short" not in str(refused.value).split(":", 1)[1]
