@@ -25,6 +25,7 @@ Nothing is asserted: the issue's bars are latest p95 <= 200 ms and day p95 <= 50
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import subprocess
@@ -169,6 +170,10 @@ def stream_latency(
     ready = threading.Barrier(clients + 1)
 
     def listen(agent: str) -> None:
+        with contextlib.suppress(httpx.HTTPError):  # serve stopped at the end
+            follow(agent)
+
+    def follow(agent: str) -> None:
         with httpx.stream("GET", f"{url}/api/v1/stream", params={"agent": agent},
                           timeout=httpx.Timeout(60.0)) as answer:  # fmt: skip
             lines = answer.iter_lines()

@@ -1,5 +1,9 @@
 """The API's routes under /api/v1: thin over :mod:`sparklem_core.reading.queries`.
 
+Answers that can be large are returned as ``JSONResponse``: their documents hold only
+JSON types already, and FastAPI's generic encoding took longer than the query itself
+(20,000 latest values).
+
 Query strings are hostile: every parameter is checked against the plugin's declaration
 (an unknown name is a 400 naming it), every value is bound. Blocking database calls run
 in FastAPI's thread pool (plain ``def`` routes).
@@ -13,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from sparklem_core.http.auth import (
@@ -106,7 +110,7 @@ def plugins(request: Request) -> dict[str, Any]:
 @api.get("/agents")
 def agents(
     request: Request, state: Many = None, silent: Text = None, agent: Many = None
-) -> dict[str, Any]:
+) -> JSONResponse:
     """The fleet: state, enrolment, last seen, counts, silent flag; filtered."""
     _only(request, ("state", "silent", "agent"))
     if silent not in (None, "true", "false"):
@@ -120,7 +124,7 @@ def agents(
         silent=silent == "true",
         ids=agent or (),
     )
-    return {"agents": found}
+    return JSONResponse({"agents": found})
 
 
 READING_PARAMS = ("agent", "from", "to", "limit", "cursor", "table")
@@ -136,7 +140,7 @@ def readings(
     limit: Text = None,
     cursor: Text = None,
     table: Text = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Without from/to: the latest reading per agent and series; with: the history."""
     ctx = context(request)
     declared, f = _selection(ctx, request, plugin, READING_PARAMS)
@@ -144,9 +148,9 @@ def readings(
     if not f.ranged:
         if _one(request, "cursor") is not None:
             raise ApiError(400, "cursor pages a history: give from or to", "cursor")
-        return {"latest": queries.latest(ctx.store, declared, f, datetime.now(UTC))}
+        return JSONResponse({"latest": queries.latest(ctx.store, declared, f, datetime.now(UTC))})
     page = queries.history(ctx.store.engine, declared, f, limit_n, _one(request, "cursor"))
-    return {"readings": page.items, "next": page.next}
+    return JSONResponse({"readings": page.items, "next": page.next})
 
 
 def _selection(
@@ -177,7 +181,7 @@ def aggregate(
     from_: Annotated[str | None, Query(alias="from", max_length=4096)] = None,
     to: Text = None,
     table: Text = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """``agg`` of ``field`` per group of series keys, per time bucket if asked."""
     ctx = context(request)
     declared, f = _selection(ctx, request, plugin, AGGREGATE_PARAMS)
@@ -185,21 +189,23 @@ def aggregate(
     groups = queries.aggregate(
         ctx.store.engine, declared, f, field_name, agg_name, bucket_name, group_by or ()
     )
-    return {
-        "field": field_name,
-        "agg": agg_name,
-        "bucket": bucket_name,
-        "groups": [
-            {
-                "key": g.key,
-                "points": [
-                    {"t": queries.iso_or_none(p.t), "value": p.value, "count": p.count}
-                    for p in g.points
-                ],
-            }
-            for g in groups
-        ],  # fmt: skip
-    }
+    return JSONResponse(
+        {
+            "field": field_name,
+            "agg": agg_name,
+            "bucket": bucket_name,
+            "groups": [
+                {
+                    "key": g.key,
+                    "points": [
+                        {"t": queries.iso_or_none(p.t), "value": p.value, "count": p.count}
+                        for p in g.points
+                    ],
+                }
+                for g in groups
+            ],  # fmt: skip
+        }
+    )
 
 
 @api.get("/rejections")
@@ -212,7 +218,7 @@ def rejections(
     to: Text = None,
     limit: Text = None,
     cursor: Text = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Rejected messages, newest first, with counts by reason under the same filters."""
     _only(request, ("reason", "agent", "plugin", "from", "to", "limit", "cursor"))
     f = queries.parse_rejection_filters(
@@ -222,7 +228,9 @@ def rejections(
         context(request).store, f, queries.parse_limit(_one(request, "limit")),
         _one(request, "cursor"),
     )  # fmt: skip
-    return {"counts": found.counts, "rejections": found.page.items, "next": found.page.next}
+    return JSONResponse(
+        {"counts": found.counts, "rejections": found.page.items, "next": found.page.next}
+    )
 
 
 @api.delete("/agents/{agent_id}/data")
