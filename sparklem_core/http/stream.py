@@ -30,16 +30,7 @@ RETRY_MS = 2000  # how soon an EventSource reconnects
 KINDS = ("reading", "rejection")
 
 
-@dataclass(eq=False)  # by identity: kept in a set
-class Subscriber:
-    """One connected client: what it wants, its queue, whether it was dropped as slow."""
-
-    wanted: Callable[[FeedEvent], bool]
-    queue: asyncio.Queue[FeedEvent]
-    dropped: bool = False
-
-
-@dataclass
+@dataclass(frozen=True)
 class StreamFilter:
     """What one client asked for; empty: everything."""
 
@@ -55,6 +46,15 @@ class StreamFilter:
         )
 
 
+@dataclass(eq=False)  # by identity: kept in sets
+class Subscriber:
+    """One connected client: what it wants, its queue, whether it was dropped as slow."""
+
+    wanted: StreamFilter
+    queue: asyncio.Queue[FeedEvent]
+    dropped: bool = False
+
+
 @dataclass(eq=False)
 class Broadcaster:
     """The process's one feed reader, fanned out to every client's bounded queue."""
@@ -62,11 +62,15 @@ class Broadcaster:
     reader: FeedReader
     poll_s: float
     buffer: int
-    subscribers: set[Subscriber] = field(default_factory=set)
+    # Clients by the agents they follow, and those that follow every agent: an event is
+    # offered only to its agent's clients (a hundred clients each on one agent cost one
+    # dictionary lookup per event, not a hundred filter calls).
+    by_agent: dict[str, set[Subscriber]] = field(default_factory=dict)
+    any_agent: set[Subscriber] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
     _ready: asyncio.Event | None = None
 
-    async def subscribe(self, wanted: Callable[[FeedEvent], bool]) -> Subscriber:
+    async def subscribe(self, wanted: StreamFilter) -> Subscriber:
         """A new client's queue: every ``wanted`` event read from now on goes there too."""
         if self._task is None:
             self._ready = asyncio.Event()
@@ -74,11 +78,20 @@ class Broadcaster:
         assert self._ready is not None
         await self._ready.wait()  # the cursor is set: nothing committed from now is missed
         subscriber = Subscriber(wanted, asyncio.Queue(self.buffer))
-        self.subscribers.add(subscriber)
+        for agent in wanted.agents:
+            self.by_agent.setdefault(agent, set()).add(subscriber)
+        if not wanted.agents:
+            self.any_agent.add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        self.subscribers.discard(subscriber)
+        self.any_agent.discard(subscriber)
+        for agent in subscriber.wanted.agents:
+            followers = self.by_agent.get(agent)
+            if followers is not None:
+                followers.discard(subscriber)
+                if not followers:
+                    del self.by_agent[agent]
 
     async def close(self) -> None:
         if self._task is not None:
@@ -111,16 +124,18 @@ class Broadcaster:
                 await asyncio.sleep(self.poll_s)
 
     def _fan_out(self, events: list[FeedEvent]) -> None:
-        for subscriber in list(self.subscribers):
-            # Filtered here, not by the client: only what it wants counts against its buffer.
-            for event in filter(subscriber.wanted, events):
+        # Filtered here, not by the client: only what it wants counts against its buffer.
+        for event in events:
+            followers = self.by_agent.get(event.agent_id or "", ())
+            for subscriber in (*followers, *self.any_agent):
+                if subscriber.dropped or not subscriber.wanted(event):
+                    continue
                 try:
                     subscriber.queue.put_nowait(event)
                 except asyncio.QueueFull:
                     subscriber.dropped = True  # its generator ends at its next event
-                    self.subscribers.discard(subscriber)
+                    self.unsubscribe(subscriber)
                     log.info("stream: a client fell %d events behind; dropped", self.buffer)
-                    break
 
 
 def sse(event: FeedEvent) -> str:
@@ -131,7 +146,7 @@ def sse(event: FeedEvent) -> str:
 
 async def events(
     broadcaster: Broadcaster,
-    wanted: Callable[[FeedEvent], bool],
+    wanted: StreamFilter,
     last_event_id: str | None,
     keepalive_s: float,
     disconnected: Callable[[], Any],
