@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -350,3 +351,43 @@ def test_no_query_string_makes_a_500_on_delete_or_stream(tmp_path: Path) -> None
             check()
     finally:
         store.dispose()
+
+
+def test_the_processor_and_agent_never_load_fastapi() -> None:
+    code = (
+        "import sys, sparklem_core.cli, sparklem_core.processor.processor, "
+        "sparklem_core.agent.agent, sparklem_core.reading.queries; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', "
+        "'starlette')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_serve_setting_is_documented() -> None:
+    from sparklem_core.settings.config import ServeSettings
+
+    text = (Path(__file__).parent.parent / "docs" / "reading.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `serve\.([a-z_]+)` \|", text, re.M))
+    assert documented == set(ServeSettings.model_fields)
+
+
+def test_tokens_from_the_environment_and_bad_ones_in_one_line(tmp_path: Path) -> None:
+    from sparklem_core.settings.config import ConfigError, load_config
+    from sparklem_core.settings.masking import mask_secrets
+
+    path = tmp_path / "config.yaml"
+    path.write_text("serve: {listen: '127.0.0.1:8700'}\n")
+    env = {
+        "SPARKLEM_READ_TOKENS": f"{READ_TOKEN},{READ_TOKEN}x",
+        "SPARKLEM_ADMIN_TOKENS": ADMIN_TOKEN,
+    }
+    config = load_config(path, env=env)
+    assert config.serve.read_tokens == [READ_TOKEN, READ_TOKEN + "x"]
+    assert config.serve.admin_tokens == [ADMIN_TOKEN] and config.serve.tokens
+    assert ADMIN_TOKEN not in mask_secrets(f"got {ADMIN_TOKEN}")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, env={"SPARKLEM_READ_TOKENS": "short"})
+    assert str(refused.value).startswith("SPARKLEM_READ_TOKENS item 1: a token must be")
+    assert "short" not in str(refused.value).split(":", 1)[1]

@@ -172,3 +172,27 @@ def test_a_bad_last_event_id_is_a_400(tmp_path: Path, bad: str) -> None:
         answer = client.get("/api/v1/stream", headers={"Last-Event-ID": bad})
         assert answer.status_code == 400 and answer.json()["param"] == "last_event_id"
     store.dispose()
+
+
+def test_only_what_a_client_asked_for_fills_its_buffer(tmp_path: Path) -> None:
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
+    store = open_schema(config)
+    rows = temperature_rows(60)  # 20 or so for each of three agents
+    mine = [r for r in rows if r["agent_id"] == "a-1"]
+
+    async def scenario() -> list[str]:
+        broadcaster = Broadcaster(FeedReader(store.engine), poll_s=0.05, buffer=len(mine))
+        stream = events(broadcaster, StreamFilter(agents=("a-1",)), None, 30, _never_disconnected)
+        assert (await anext(stream)).startswith("retry:")
+        await asyncio.to_thread(commit, store, TEMPERATURE, rows)  # 60 events in one page
+        got = [await asyncio.wait_for(anext(stream), 20) for _ in mine]
+        await stream.aclose()
+        await broadcaster.close()
+        return got
+
+    try:
+        got = asyncio.run(asyncio.wait_for(scenario(), 60))
+    finally:
+        store.dispose()
+    celsius = [json.loads(text.split("data: ", 1)[1])["data"]["row"]["celsius"] for text in got]
+    assert celsius == [r["celsius"] for r in mine]

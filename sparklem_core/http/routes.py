@@ -1,5 +1,9 @@
 """The API's routes under /api/v1: thin over :mod:`sparklem_core.reading.queries`.
 
+Answers that can be large are returned as ``JSONResponse``: their documents hold only
+JSON types already, and FastAPI's generic encoding took longer than the query itself
+(20,000 latest values).
+
 Query strings are hostile: every parameter is checked against the plugin's declaration
 (an unknown name is a 400 naming it), every value is bound. Blocking database calls run
 in FastAPI's thread pool (plain ``def`` routes).
@@ -13,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from sparklem_core.http.auth import (
@@ -26,6 +30,7 @@ from sparklem_core.http.auth import (
     session_cookie,
 )
 from sparklem_core.http.errors import ApiError
+from sparklem_core.processor.plugin_tables import PluginTable
 from sparklem_core.processor.store import Store
 from sparklem_core.reading import queries
 from sparklem_core.reading.catalog import Catalog, ReadError
@@ -105,7 +110,7 @@ def plugins(request: Request) -> dict[str, Any]:
 @api.get("/agents")
 def agents(
     request: Request, state: Many = None, silent: Text = None, agent: Many = None
-) -> dict[str, Any]:
+) -> JSONResponse:
     """The fleet: state, enrolment, last seen, counts, silent flag; filtered."""
     _only(request, ("state", "silent", "agent"))
     if silent not in (None, "true", "false"):
@@ -119,7 +124,7 @@ def agents(
         silent=silent == "true",
         ids=agent or (),
     )
-    return {"agents": found}
+    return JSONResponse({"agents": found})
 
 
 READING_PARAMS = ("agent", "from", "to", "limit", "cursor", "table")
@@ -135,27 +140,30 @@ def readings(
     limit: Text = None,
     cursor: Text = None,
     table: Text = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Without from/to: the latest reading per agent and series; with: the history."""
     ctx = context(request)
-    declared = ctx.catalog.table(plugin, _one(request, "table"))
-    f = queries.parse_filters(
-        declared, agent or (), _series(request, READING_PARAMS),
-        _one(request, "from"), _one(request, "to"),
-    )  # fmt: skip
+    declared, f = _selection(ctx, request, plugin, READING_PARAMS)
     limit_n = queries.parse_limit(_one(request, "limit"))
     if not f.ranged:
         if _one(request, "cursor") is not None:
             raise ApiError(400, "cursor pages a history: give from or to", "cursor")
-        return {"latest": queries.latest(ctx.store, declared, f, datetime.now(UTC))}
+        return JSONResponse({"latest": queries.latest(ctx.store, declared, f, datetime.now(UTC))})
     page = queries.history(ctx.store.engine, declared, f, limit_n, _one(request, "cursor"))
-    return {"readings": page.items, "next": page.next}
+    return JSONResponse({"readings": page.items, "next": page.next})
 
 
-def _series(request: Request, fixed: Iterable[str]) -> dict[str, list[str]]:
-    """Every parameter not among ``fixed``: a series key filter (checked by the query)."""
+def _selection(
+    ctx: Context, request: Request, plugin: str, fixed: Iterable[str]
+) -> tuple[PluginTable, queries.Filters]:
+    """The plugin's table and the rows asked for: agents, time range, and every parameter
+    not among ``fixed`` as a series key filter (unknown names refused by the query)."""
+    declared = ctx.catalog.table(plugin, _one(request, "table"))
     known = set(fixed)
-    return {k: request.query_params.getlist(k) for k in request.query_params if k not in known}
+    series = {k: request.query_params.getlist(k) for k in request.query_params if k not in known}
+    agents = request.query_params.getlist("agent")
+    start, end = _one(request, "from"), _one(request, "to")
+    return declared, queries.parse_filters(declared, agents, series, start, end)
 
 
 AGGREGATE_PARAMS = ("field", "agg", "bucket", "group_by", "agent", "from", "to", "table")
@@ -173,33 +181,31 @@ def aggregate(
     from_: Annotated[str | None, Query(alias="from", max_length=4096)] = None,
     to: Text = None,
     table: Text = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """``agg`` of ``field`` per group of series keys, per time bucket if asked."""
     ctx = context(request)
-    declared = ctx.catalog.table(plugin, _one(request, "table"))
-    f = queries.parse_filters(
-        declared, agent or (), _series(request, AGGREGATE_PARAMS),
-        _one(request, "from"), _one(request, "to"),
-    )  # fmt: skip
+    declared, f = _selection(ctx, request, plugin, AGGREGATE_PARAMS)
     field_name, agg_name, bucket_name = (_one(request, n) for n in ("field", "agg", "bucket"))
     groups = queries.aggregate(
         ctx.store.engine, declared, f, field_name, agg_name, bucket_name, group_by or ()
     )
-    return {
-        "field": field_name,
-        "agg": agg_name,
-        "bucket": bucket_name,
-        "groups": [
-            {
-                "key": g.key,
-                "points": [
-                    {"t": queries.iso_or_none(p.t), "value": p.value, "count": p.count}
-                    for p in g.points
-                ],
-            }
-            for g in groups
-        ],  # fmt: skip
-    }
+    return JSONResponse(
+        {
+            "field": field_name,
+            "agg": agg_name,
+            "bucket": bucket_name,
+            "groups": [
+                {
+                    "key": g.key,
+                    "points": [
+                        {"t": queries.iso_or_none(p.t), "value": p.value, "count": p.count}
+                        for p in g.points
+                    ],
+                }
+                for g in groups
+            ],  # fmt: skip
+        }
+    )
 
 
 @api.get("/rejections")
@@ -212,7 +218,7 @@ def rejections(
     to: Text = None,
     limit: Text = None,
     cursor: Text = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Rejected messages, newest first, with counts by reason under the same filters."""
     _only(request, ("reason", "agent", "plugin", "from", "to", "limit", "cursor"))
     f = queries.parse_rejection_filters(
@@ -222,7 +228,9 @@ def rejections(
         context(request).store, f, queries.parse_limit(_one(request, "limit")),
         _one(request, "cursor"),
     )  # fmt: skip
-    return {"counts": found.counts, "rejections": found.page.items, "next": found.page.next}
+    return JSONResponse(
+        {"counts": found.counts, "rejections": found.page.items, "next": found.page.next}
+    )
 
 
 @api.delete("/agents/{agent_id}/data")

@@ -30,15 +30,7 @@ RETRY_MS = 2000  # how soon an EventSource reconnects
 KINDS = ("reading", "rejection")
 
 
-@dataclass(eq=False)  # by identity: kept in a set
-class Subscriber:
-    """One connected client: its queue, and whether it was dropped for being slow."""
-
-    queue: asyncio.Queue[FeedEvent]
-    dropped: bool = False
-
-
-@dataclass
+@dataclass(frozen=True)
 class StreamFilter:
     """What one client asked for; empty: everything."""
 
@@ -54,6 +46,15 @@ class StreamFilter:
         )
 
 
+@dataclass(eq=False)  # by identity: kept in sets
+class Subscriber:
+    """One connected client: what it wants, its queue, whether it was dropped as slow."""
+
+    wanted: StreamFilter
+    queue: asyncio.Queue[FeedEvent]
+    dropped: bool = False
+
+
 @dataclass(eq=False)
 class Broadcaster:
     """The process's one feed reader, fanned out to every client's bounded queue."""
@@ -61,23 +62,36 @@ class Broadcaster:
     reader: FeedReader
     poll_s: float
     buffer: int
-    subscribers: set[Subscriber] = field(default_factory=set)
+    # Clients by the agents they follow, and those that follow every agent: an event is
+    # offered only to its agent's clients (a hundred clients each on one agent cost one
+    # dictionary lookup per event, not a hundred filter calls).
+    by_agent: dict[str, set[Subscriber]] = field(default_factory=dict)
+    any_agent: set[Subscriber] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
     _ready: asyncio.Event | None = None
 
-    async def subscribe(self) -> Subscriber:
-        """A new client's queue: every event read from now on goes there too."""
+    async def subscribe(self, wanted: StreamFilter) -> Subscriber:
+        """A new client's queue: every ``wanted`` event read from now on goes there too."""
         if self._task is None:
             self._ready = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="sparklem-feed")
         assert self._ready is not None
         await self._ready.wait()  # the cursor is set: nothing committed from now is missed
-        subscriber = Subscriber(asyncio.Queue(self.buffer))
-        self.subscribers.add(subscriber)
+        subscriber = Subscriber(wanted, asyncio.Queue(self.buffer))
+        for agent in wanted.agents:
+            self.by_agent.setdefault(agent, set()).add(subscriber)
+        if not wanted.agents:
+            self.any_agent.add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        self.subscribers.discard(subscriber)
+        self.any_agent.discard(subscriber)
+        for agent in subscriber.wanted.agents:
+            followers = self.by_agent.get(agent)
+            if followers is not None:
+                followers.discard(subscriber)
+                if not followers:
+                    del self.by_agent[agent]
 
     async def close(self) -> None:
         if self._task is not None:
@@ -110,15 +124,18 @@ class Broadcaster:
                 await asyncio.sleep(self.poll_s)
 
     def _fan_out(self, events: list[FeedEvent]) -> None:
-        for subscriber in list(self.subscribers):
-            for event in events:
+        # Filtered here, not by the client: only what it wants counts against its buffer.
+        for event in events:
+            followers = self.by_agent.get(event.agent_id or "", ())
+            for subscriber in (*followers, *self.any_agent):
+                if subscriber.dropped or not subscriber.wanted(event):
+                    continue
                 try:
                     subscriber.queue.put_nowait(event)
                 except asyncio.QueueFull:
                     subscriber.dropped = True  # its generator ends at its next event
-                    self.subscribers.discard(subscriber)
+                    self.unsubscribe(subscriber)
                     log.info("stream: a client fell %d events behind; dropped", self.buffer)
-                    break
 
 
 def sse(event: FeedEvent) -> str:
@@ -129,7 +146,7 @@ def sse(event: FeedEvent) -> str:
 
 async def events(
     broadcaster: Broadcaster,
-    wanted: Callable[[FeedEvent], bool],
+    wanted: StreamFilter,
     last_event_id: str | None,
     keepalive_s: float,
     disconnected: Callable[[], Any],
@@ -137,7 +154,7 @@ async def events(
     """The text of one client's stream: catch-up after ``last_event_id``, then live events."""
     from sparklem_core.reading.feed import parse_event_id
 
-    subscriber = await broadcaster.subscribe()  # first: what is read after this is queued
+    subscriber = await broadcaster.subscribe(wanted)  # first: what is read from now is queued
     try:
         yield f"retry: {RETRY_MS}\n\n"
         last = None if last_event_id is None else parse_event_id(last_event_id)
@@ -163,7 +180,7 @@ async def events(
                 continue
             if last is not None and parse_event_id(event.id) <= last:
                 continue  # already sent from the table
-            if wanted(event) and not subscriber.dropped:
+            if not subscriber.dropped:
                 yield sse(event)
     finally:
         broadcaster.unsubscribe(subscriber)

@@ -275,7 +275,10 @@ class ServeSettings(BaseModel):
         0.2, gt=0, le=60, description="how often the shared feed reader looks for new events"
     )
     client_buffer: int = Field(
-        1000, gt=0, le=1_000_000, description="events queued per /stream client; more: dropped"
+        4000,
+        gt=0,
+        le=1_000_000,
+        description="events (of those it asked for) queued per /stream client; more: dropped",
     )
 
     @property
