@@ -10,6 +10,7 @@ DIR (``SPARKLEM_SCREENSHOTS=docs`` refreshes the README's ``docs/dashboard.png``
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.select import Select
 from waiting import wait_for
 
 from sparklem_core.processor.endpoint import LOCALHOST, free_port
@@ -47,6 +49,9 @@ CHARTS_JS = """
 return Object.fromEntries(Object.entries(window.sparklem.charts)
     .map(([name, chart]) => [name, chart.snapshot()]));
 """
+
+#: The fleet table's rows' classes, read at once (the table is redrawn every 10 s).
+ROW_CLASSES_JS = "return [...document.querySelectorAll('#fleet tbody tr')].map(r => r.className)"
 
 
 @dataclass
@@ -137,14 +142,15 @@ def seed(env: Env) -> Seeded:
 
 
 @contextlib.contextmanager
-def serving(tmp_path: Path, env: Env, serve: dict[str, Any]) -> Iterator[str]:
-    """``main.py serve`` on a free port over ``env``'s database; yields the dashboard's URL."""
+def serving(tmp_path: Path, env: Env, sections: dict[str, Any]) -> Iterator[str]:
+    """``main.py serve`` on a free port over ``env``'s database, with these config sections;
+    yields the dashboard's URL."""
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
         "database": {"url": env.url},
         "certificates": str(env.certs),
         "plugins_dir": str(tmp_path / "plugins"),
-        "serve": serve,
+        **sections,
     }))  # fmt: skip
     port = free_port()
     log = tmp_path / "serve.log"
@@ -172,12 +178,17 @@ def serving(tmp_path: Path, env: Env, serve: dict[str, Any]) -> Iterator[str]:
 
 @pytest.fixture
 def served(request: pytest.FixtureRequest, tmp_path: Path, keys: Keys) -> Iterator[Served]:
-    """The seeded database, served open on loopback, or with a read token (param "token")."""
+    """The seeded database served open on loopback; param "token": with a read token,
+    "silent": agents are silent a second after their last message."""
     token = getattr(request, "param", None) == "token"
+    silent = getattr(request, "param", None) == "silent"
+    sections = {"serve": {"read_tokens": [TOKEN]} if token else {}}
+    if silent:
+        sections["fleet"] = {"silent_after_s": 1}
     env = Env(tmp_path, keys, f"sqlite:///{tmp_path / 'db.sqlite3'}")
     try:
         seeded = seed(env)
-        with serving(tmp_path, env, {"read_tokens": [TOKEN]} if token else {}) as url:
+        with serving(tmp_path, env, sections) as url:
             yield Served(env, url, seeded, token)
     finally:
         env.close()
@@ -189,6 +200,11 @@ def answers(url: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
+
+
+def api(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
 
 
 def screenshot(driver: WebDriver, tmp_path: Path, name: str) -> None:
@@ -275,13 +291,30 @@ def test_the_dashboard_shows_the_fleet_and_an_agents_charts_and_follows_the_stre
              timeout=30, message="the chart was not drawn again")  # fmt: skip
     assert browser.execute_script("return window.notReloaded") is True
     screenshot(browser, tmp_path, f"dashboard-live-{'token' if served.token else 'open'}.png")
+
+    # A day is drawn from /aggregate: each series' average per minute, at the minute's start.
+    browser.execute_script("window.sparklem.loaded = null")
+    Select(browser.find_element(By.ID, "range")).select_by_value("86400")
+    wait_for(lambda: browser.execute_script("return window.sparklem.loaded") == "edge-1",
+             timeout=30, message="the day's averages did not load")  # fmt: skip
+    expected = copy.deepcopy(served.seeded.charts)
+    expected["temperature"]["cpu_thermal"].append([ts / 1000, 77.25])
+    assert charts(browser) == {
+        name: {label: [[t // 60 * 60, v] for t, v in points] for label, points in lines.items()}
+        for name, lines in expected.items()
+    }
     assert console_errors(browser) == []
 
 
-def test_text_from_the_api_is_shown_as_text(served: Served, browser: WebDriver) -> None:
+@pytest.mark.parametrize("served", ["silent"], indirect=True)
+def test_text_from_the_api_is_shown_as_text_and_silent_agents_are_marked(
+    served: Served, browser: WebDriver
+) -> None:
     hostile = "<img src=x onerror=window.pwned=1>"
     data = {"readings": [{"sensor": hostile, "value": 30.0}]}
     run(served.env.pipeline(), [served.env.record(served.env.envelope(data, seq=9))])
+    wait_for(lambda: len(api(served.url + "api/v1/agents?silent=true")["agents"]) == 3,
+             timeout=30, message="the agents did not go silent")  # fmt: skip
     browser.get(served.url + "#agent=edge-1")
     wait_for(lambda: browser.execute_script("return window.sparklem?.loaded") == "edge-1",
              timeout=30, message="the charts of edge-1 did not load")  # fmt: skip
@@ -289,4 +322,6 @@ def test_text_from_the_api_is_shown_as_text(served: Served, browser: WebDriver) 
     assert hostile in browser.find_element(By.ID, "chart-temperature").text
     assert browser.execute_script("return window.pwned") is None
     assert not browser.find_elements(By.CSS_SELECTOR, "img")
+    assert set(browser.execute_script(ROW_CLASSES_JS)) == {"silent", "silent selected"}
+    assert "3 agents, 3 silent" in browser.find_element(By.ID, "fleet-summary").text
     assert console_errors(browser) == [], json.dumps(console_errors(browser))

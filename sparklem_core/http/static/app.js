@@ -10,7 +10,15 @@ const HISTORY_MAX_PAGES = 50;
 const MAX_POINTS_PER_SERIES = 20_000;
 const RENDER_DELAY_MS = 200;
 const STREAM_WAIT_MS = 2000;
-const PLUGINS = ["temperature", "pu_workload"]; // the plugins the charts below draw
+const RAW_UP_TO_S = 3600; // longer ranges are drawn from /aggregate: one average a minute
+// The plugins the charts draw: the series keys and the values they read.
+const PLUGINS = {
+  temperature: { series: ["sensor"], values: ["celsius"] },
+  pu_workload: {
+    series: ["unit", "unit_index"],
+    values: ["utilization_pct", "mem_used_bytes", "mem_total_bytes"],
+  },
+};
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777",
   "#4b5563", "#65a30d", "#9333ea"];
 
@@ -322,7 +330,10 @@ async function selectAgent(agent) {
   const from = new Date(Date.now() - rangeSeconds() * 1000);
   try {
     await Promise.all(
-      PLUGINS.map((plugin) => loadHistory(agent, plugin, from, to, generation)),
+      Object.keys(PLUGINS).map((plugin) =>
+        rangeSeconds() <= RAW_UP_TO_S
+          ? loadHistory(agent, plugin, from, to, generation)
+          : loadAverages(agent, plugin, from, to, generation)),
     );
   } catch (error) {
     if (generation === state.generation) showError(error);
@@ -350,6 +361,35 @@ async function loadHistory(agent, plugin, from, to, generation) {
     cursor = typeof body.next === "string" && body.next ? body.next : null;
     if (!cursor) return;
   }
+}
+
+/** The range in 1-minute averages of each value, per series: bounded whatever the rate. */
+async function loadAverages(agent, plugin, from, to, generation) {
+  const { series, values } = PLUGINS[plugin];
+  const readings = new Map(); // series and minute -> {series, values, time}
+  await Promise.all(values.map(async (name) => {
+    const query = new URLSearchParams({
+      field: name,
+      agg: "avg",
+      bucket: "1m",
+      agent,
+      from: from.toISOString(),
+      to: to.toISOString(),
+    });
+    for (const key of series) query.append("group_by", key);
+    const body = await api(`aggregate/${encodeURIComponent(plugin)}?${query}`);
+    for (const group of Array.isArray(body.groups) ? body.groups : []) {
+      if (!isObject(group) || !isObject(group.key) || !Array.isArray(group.points)) continue;
+      for (const point of group.points) {
+        if (!isObject(point)) continue;
+        const id = JSON.stringify([group.key, point.t]);
+        if (!readings.has(id)) readings.set(id, { series: group.key, values: {}, time: point.t });
+        readings.get(id).values[name] = point.value;
+      }
+    }
+  }));
+  if (generation !== state.generation) return;
+  for (const reading of readings.values()) ingest(plugin, reading);
 }
 
 function rangeSeconds() {
