@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import os
 import shutil
@@ -26,14 +27,18 @@ from typing import Any
 import pytest
 import yaml
 from harness import ROOT
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from pipeline_env import PU_TOPIC, Env, Keys, now_ms, run
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
+from sparklem_plugins.temperature.server import MAX_SENSOR_CHARS
 from waiting import wait_for
 
+from sparklem_core import check_text
 from sparklem_core.processor.endpoint import LOCALHOST, free_port
 
 pytestmark = pytest.mark.e2e  # a browser and a server process
@@ -325,3 +330,50 @@ def test_text_from_the_api_is_shown_as_text_and_silent_agents_are_marked(
     assert set(browser.execute_script(ROW_CLASSES_JS)) == {"silent", "silent selected"}
     assert "3 agents, 3 silent" in browser.find_element(By.ID, "fleet-summary").text
     assert console_errors(browser) == [], json.dumps(console_errors(browser))
+
+
+#: Markup an agent could name a sensor; hypothesis adds any storable text.
+MARKUP = (
+    "<script>window.pwned=1</script>",
+    "<svg onload=window.pwned=1>",
+    '"><iframe src=javascript:window.pwned=1>',
+    "&lt;b&gt;&amp;",
+    "\u202eevil",
+)
+#: The temperature chart's legend labels, as the page shows them.
+LEGEND_JS = """return [...document.querySelectorAll('#chart-temperature .u-legend .u-label')]
+    .map(e => e.textContent)"""
+#: Elements the page never makes: any of them would come from markup in API text.
+FOREIGN_JS = "return document.querySelectorAll('img, iframe, svg, object, embed').length"
+
+
+def test_sensor_names_from_the_stream_are_shown_as_text(served: Served, browser: WebDriver) -> None:
+    """Any storable sensor name an agent sends reaches the open page's chart and legend as
+    that exact text, and no markup in it becomes an element or runs."""
+    browser.get(served.url + "#agent=edge-1")
+    wait_for(lambda: browser.execute_script("return window.sparklem?.loaded") == "edge-1",
+             timeout=30, message="the charts of edge-1 did not load")  # fmt: skip
+    wait_for(lambda: browser.execute_script("return window.sparklem.stream.state") == "live",
+             timeout=30, message="the stream did not open")  # fmt: skip
+    pipeline = served.env.pipeline()
+    seqs = itertools.count(10)
+
+    @settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(name=st.sampled_from(MARKUP) | st.text(min_size=1, max_size=40))
+    def shown_as_text(name: str) -> None:
+        try:
+            check_text(name, "sensor", MAX_SENSOR_CHARS)
+        except ValueError:
+            assume(False)  # the plugin rejects it: never stored, never streamed
+        ts = now_ms()
+        data = {"readings": [{"sensor": name, "value": 30.0, "ts": ts}]}
+        run(pipeline, [served.env.record(served.env.envelope(data, seq=next(seqs), ts=ts))])
+        wait_for(lambda: [ts / 1000, 30.0] in charts(browser)["temperature"].get(name, []),
+                 timeout=30, message=f"{name!r} did not reach the chart")  # fmt: skip
+        wait_for(lambda: name in browser.execute_script(LEGEND_JS),
+                 timeout=30, message=f"{name!r} is not in the legend")  # fmt: skip
+        assert browser.execute_script(FOREIGN_JS) == 0
+        assert browser.execute_script("return window.pwned") is None
+
+    shown_as_text()
+    assert console_errors(browser) == []
