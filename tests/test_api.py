@@ -294,6 +294,13 @@ def test_serve_refuses_other_addresses_without_tokens_and_a_taken_port(tmp_path:
         assert busy.stderr.strip().count("\n") == 0
     finally:
         taken.close()
+    (tmp_path / "audit").mkdir()
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3",
+                         audit_log=str(tmp_path / "audit"))  # fmt: skip
+    command = ["-m", "sparklem_core.cli", "serve", "--config", config.source]
+    done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "serve.audit_log" in done.stderr
+    assert done.stderr.strip().count("\n") == 0
     bad = serve(tmp_path, "--listen", "nowhere")
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
 
