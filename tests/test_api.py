@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import re
@@ -32,8 +34,10 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparklem_core import cli
 from sparklem_core.http.app import create_app
 from sparklem_core.reading.queries import AGGREGATES, BUCKETS
+from sparklem_core.settings.config import Config
 
 TEMPERATURE = "temperature_readings"
 GROUPINGS = ((), ("agent_id",), ("sensor",), ("agent_id", "sensor"))
@@ -274,35 +278,38 @@ def test_a_real_server_answers_on_every_database(tmp_path: Path, database_url: s
 # --- serve, the command ----------------------------------------------------------------------
 
 
-def serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
-    command = ["-m", "sparklem_core.cli", "serve", "--config", config.source, *args]
-    return subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=60)
+def serve(config: Config, *args: str) -> tuple[int, str]:
+    """``sparklem serve`` in this process: every refusal comes before uvicorn starts."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):
+        try:
+            status = cli.main(["serve", "--config", config.source, *args])
+        except SystemExit as exc:  # argparse
+            status = int(exc.code or 0)
+    return status, err.getvalue().strip()
 
 
-def test_serve_refuses_other_addresses_without_tokens_and_a_taken_port(tmp_path: Path) -> None:
-    refused = serve(tmp_path, "--listen", "0.0.0.0:8620")
-    assert refused.returncode == 1
-    assert refused.stderr.strip().count("\n") == 0 and "without tokens" in refused.stderr
+def test_serve_refuses_in_one_line(tmp_path: Path) -> None:
     from sparklem_core.http.server import bind
+    from sparklem_core.processor.endpoint import free_port
 
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
+    status, said = serve(config, "--listen", "0.0.0.0:8620")
+    assert status == 1 and "without tokens" in said and "\n" not in said
     taken = bind("127.0.0.1:0", tokens=False)
     try:
-        port = taken.getsockname()[1]
-        busy = serve(tmp_path, "--listen", f"127.0.0.1:{port}")
-        assert busy.returncode == 1 and "in use" in busy.stderr
-        assert busy.stderr.strip().count("\n") == 0
+        status, said = serve(config, "--listen", f"127.0.0.1:{taken.getsockname()[1]}")
+        assert status == 1 and "in use" in said and "\n" not in said
     finally:
         taken.close()
+    status, said = serve(config, "--listen", "nowhere")
+    assert status == 2 and "HOST:PORT" in said
+    status, said = serve(config, "--help")
+    assert status == 0 and "--listen HOST:PORT" in said and "loopback only" in said
     (tmp_path / "audit").mkdir()
-    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3",
-                         audit_log=str(tmp_path / "audit"))  # fmt: skip
-    command = ["-m", "sparklem_core.cli", "serve", "--config", config.source]
-    done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and "serve.audit_log" in done.stderr
-    assert done.stderr.strip().count("\n") == 0
-    bad = serve(tmp_path, "--listen", "nowhere")
-    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+    unwritable = make_config(tmp_path, config.database_url, audit_log=str(tmp_path / "audit"))
+    status, said = serve(unwritable, "--listen", f"127.0.0.1:{free_port()}")
+    assert status == 1 and said.endswith("cannot append to it (Is a directory)")
 
 
 # --- hostile query strings ----------------------------------------------------------------
