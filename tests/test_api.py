@@ -405,3 +405,23 @@ def test_tokens_from_the_environment_and_bad_ones_in_one_line(tmp_path: Path) ->
         load_config(path, env={"SPARKLEM_READ_TOKENS": "short"})
     assert str(refused.value).startswith("SPARKLEM_READ_TOKENS item 1: a token must be")
     assert "short" not in str(refused.value).split(":", 1)[1]
+
+
+def test_without_the_schema_a_503_and_cors_only_when_configured(tmp_path: Path) -> None:
+    from sparklem_core.reading.catalog import open_store
+
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3", cors_origins=["http://ui"])
+    _plugins, store = open_store(config)  # no create_schema: the processor never ran init
+    preflight = {"Origin": "http://ui", "Access-Control-Request-Method": "GET"}
+    with TestClient(create_app(config, store)) as client:
+        answer = client.get("/api/v1/rejections")
+        assert answer.status_code == 503 and "python3 main.py init" in answer.json()["error"]
+        allowed = client.options("/api/v1/agents", headers=preflight)
+        assert allowed.headers.get("access-control-allow-origin") == "http://ui"
+        other = client.options("/api/v1/agents", headers={**preflight, "Origin": "http://evil"})
+        assert "access-control-allow-origin" not in other.headers
+    store.dispose()
+    closed = make_config(tmp_path / "closed", f"sqlite:///{tmp_path}/db.sqlite3")
+    with TestClient(create_app(closed)) as client:
+        answer = client.get("/api/v1/plugins", headers={"Origin": "http://ui"})
+        assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
