@@ -288,6 +288,28 @@ def cmd_agents(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tail(config: Config, args: argparse.Namespace) -> int:
+    import threading
+
+    from sparklem_core.reading.feed import START
+    from sparklem_core.reading.tail import TailError, TailFilter, follow, open_feed, printer
+
+    check_database_url(config.database_url)
+    try:
+        reader = open_feed(config.database_url)
+    except TailError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        after = START if args.from_start else args.since or reader.head()
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        show = TailFilter(frozenset(args.plugin), frozenset(args.agent), args.rejected)
+        write = printer(sys.stdout, as_json=args.json, colour=colour)
+        follow(reader, after, show, write, threading.Event())  # until Ctrl-C
+    finally:
+        reader.engine.dispose()
+    return 0
+
+
 def run_workers(config: Config, args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
@@ -538,6 +560,45 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="where to listen (default: serve.listen, 127.0.0.1:8620)",
     )
     serve.set_defaults(func=cmd_serve)
+    tail = sub.add_parser(
+        "tail",
+        parents=[common],
+        help="stored readings and rejections, live, one line each",
+        description="Follow what the processors store, as they commit it: one line per "
+        "reading (time, agent, plugin, series and values) or rejection (reason, detail), "
+        "read from the database's feed (sparklem_feed), no HTTP server needed. Starts at "
+        "the newest event; Ctrl-C ends it. Text from records is escaped: no control "
+        "character reaches the terminal. Colour on a terminal unless NO_COLOR is set.",
+    )
+    tail.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="P",
+        help="only this plugin's events (repeat for several)",
+    )
+    tail.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="A",
+        help="only this agent's events (repeat for several)",
+    )
+    tail.add_argument("--rejected", action="store_true", help="only rejections")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument(
+        "--from-start",
+        action="store_true",
+        help="begin with the oldest event the feed still holds (retention: 1d)",
+    )
+    start.add_argument(
+        "--since",
+        type=_event_id,
+        metavar="EVENT_ID",
+        help="resume after this event id (COMMITSEQ-PART-N, as --json prints)",
+    )
+    tail.set_defaults(func=cmd_tail)
     demo = sub.add_parser(
         "demo",
         parents=[common],
@@ -601,6 +662,16 @@ def _workers(value: str) -> int:
         return parse_workers(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive number or 'auto'") from None
+
+
+def _event_id(value: str) -> str:
+    from sparklem_core.reading.feed import parse_event_id
+
+    try:
+        parse_event_id(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def _time(value: str) -> datetime:

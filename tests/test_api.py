@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import re
@@ -32,8 +34,10 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparklem_core import cli
 from sparklem_core.http.app import create_app
 from sparklem_core.reading.queries import AGGREGATES, BUCKETS
+from sparklem_core.settings.config import Config
 
 TEMPERATURE = "temperature_readings"
 GROUPINGS = ((), ("agent_id",), ("sensor",), ("agent_id", "sensor"))
@@ -274,28 +278,38 @@ def test_a_real_server_answers_on_every_database(tmp_path: Path, database_url: s
 # --- serve, the command ----------------------------------------------------------------------
 
 
-def serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
-    command = ["-m", "sparklem_core.cli", "serve", "--config", config.source, *args]
-    return subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=60)
+def serve(config: Config, *args: str) -> tuple[int, str]:
+    """``sparklem serve`` in this process: every refusal comes before uvicorn starts."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):
+        try:
+            status = cli.main(["serve", "--config", config.source, *args])
+        except SystemExit as exc:  # argparse
+            status = int(exc.code or 0)
+    return status, err.getvalue().strip()
 
 
-def test_serve_refuses_other_addresses_without_tokens_and_a_taken_port(tmp_path: Path) -> None:
-    refused = serve(tmp_path, "--listen", "0.0.0.0:8620")
-    assert refused.returncode == 1
-    assert refused.stderr.strip().count("\n") == 0 and "without tokens" in refused.stderr
+def test_serve_refuses_in_one_line(tmp_path: Path) -> None:
     from sparklem_core.http.server import bind
+    from sparklem_core.processor.endpoint import free_port
 
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
+    status, said = serve(config, "--listen", "0.0.0.0:8620")
+    assert status == 1 and "without tokens" in said and "\n" not in said
     taken = bind("127.0.0.1:0", tokens=False)
     try:
-        port = taken.getsockname()[1]
-        busy = serve(tmp_path, "--listen", f"127.0.0.1:{port}")
-        assert busy.returncode == 1 and "in use" in busy.stderr
-        assert busy.stderr.strip().count("\n") == 0
+        status, said = serve(config, "--listen", f"127.0.0.1:{taken.getsockname()[1]}")
+        assert status == 1 and "in use" in said and "\n" not in said
     finally:
         taken.close()
-    bad = serve(tmp_path, "--listen", "nowhere")
-    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+    status, said = serve(config, "--listen", "nowhere")
+    assert status == 2 and "HOST:PORT" in said
+    status, said = serve(config, "--help")
+    assert status == 0 and "--listen HOST:PORT" in said and "loopback only" in said
+    (tmp_path / "audit").mkdir()
+    unwritable = make_config(tmp_path, config.database_url, audit_log=str(tmp_path / "audit"))
+    status, said = serve(unwritable, "--listen", f"127.0.0.1:{free_port()}")
+    assert status == 1 and said.endswith("cannot append to it (Is a directory)")
 
 
 # --- hostile query strings ----------------------------------------------------------------
@@ -391,3 +405,23 @@ def test_tokens_from_the_environment_and_bad_ones_in_one_line(tmp_path: Path) ->
         load_config(path, env={"SPARKLEM_READ_TOKENS": "short"})
     assert str(refused.value).startswith("SPARKLEM_READ_TOKENS item 1: a token must be")
     assert "short" not in str(refused.value).split(":", 1)[1]
+
+
+def test_without_the_schema_a_503_and_cors_only_when_configured(tmp_path: Path) -> None:
+    from sparklem_core.reading.catalog import open_store
+
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3", cors_origins=["http://ui"])
+    _plugins, store = open_store(config)  # no create_schema: the processor never ran init
+    preflight = {"Origin": "http://ui", "Access-Control-Request-Method": "GET"}
+    with TestClient(create_app(config, store)) as client:
+        answer = client.get("/api/v1/rejections")
+        assert answer.status_code == 503 and "python3 main.py init" in answer.json()["error"]
+        allowed = client.options("/api/v1/agents", headers=preflight)
+        assert allowed.headers.get("access-control-allow-origin") == "http://ui"
+        other = client.options("/api/v1/agents", headers={**preflight, "Origin": "http://evil"})
+        assert "access-control-allow-origin" not in other.headers
+    store.dispose()
+    closed = make_config(tmp_path / "closed", f"sqlite:///{tmp_path}/db.sqlite3")
+    with TestClient(create_app(closed)) as client:
+        answer = client.get("/api/v1/plugins", headers={"Origin": "http://ui"})
+        assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers

@@ -156,7 +156,8 @@ def test_the_feed_holds_every_reading_and_rejection_once_in_commit_order(store: 
         "reading", "probe", TABLE, "edge-1", T0,
     )  # fmt: skip
     assert first.data == {"row": {"agent_id": "edge-1", "sensor": "cpu", "celsius": 1.0,
-                                  "measured_at": "2026-11-30T03:00:00.123456Z"}}  # fmt: skip
+                                  "measured_at": "2026-11-30T03:00:00.123456Z"},
+                          "time": "measured_at"}  # fmt: skip
     assert (rejected_.kind, rejected_.table, rejected_.data["reason"]) == (
         "rejection", None, "malformed",
     )  # fmt: skip

@@ -110,11 +110,27 @@ def require_admin(request: Request) -> Caller:
     return caller
 
 
+class AuditLogError(Exception):
+    """The audit log cannot be written: serve does not start."""
+
+
 class Audit:
     """Admin actions, one JSON line each, to ``serve.audit_log`` or else the log."""
 
     def __init__(self, path: str | None) -> None:
+        """:class:`AuditLogError` now if ``path`` cannot be appended to, not at a deletion."""
         self.path = Path(path) if path else None
+        if self.path is not None:
+            try:
+                os.close(self._open())
+            except OSError as exc:
+                raise AuditLogError(
+                    f"serve.audit_log {self.path}: cannot append to it ({exc.strerror})"
+                ) from None
+
+    def _open(self) -> int:
+        assert self.path is not None
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def write(self, caller: Caller, action: str, **details: Any) -> None:
         line = json.dumps(
@@ -125,7 +141,7 @@ class Audit:
         if self.path is None:
             audit_log.warning("%s", line)
             return
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = self._open()
         try:
             os.write(fd, (line + "\n").encode())
         finally:

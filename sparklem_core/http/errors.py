@@ -64,4 +64,6 @@ def install(app: FastAPI) -> None:
     async def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
         # Unreachable or refusing: the server is fine, the database is not (yet).
         log.warning("database error: %s", mask_secrets(first_line(exc)))
-        return error_response(503, "the database did not answer; try again")
+        return error_response(
+            503, "the database did not answer, or lacks its tables (python3 main.py init)"
+        )

@@ -82,13 +82,17 @@ class SessionRequest(BaseModel):
 
 @public.post("/session")
 def open_session(body: SessionRequest, request: Request, response: Response) -> dict[str, Any]:
-    """Check a token and keep it in the HttpOnly session cookie (for EventSource)."""
+    """Check a token and keep it in the HttpOnly session cookie (for EventSource).
+
+    No Path attribute: the browser scopes it to this URL's directory (…/api/v1), which
+    still holds when a proxy serves the API under a prefix.
+    """
     caller = context(request).tokens.check(body.token[:4096])
     if caller is None:
         raise ApiError(401, "this token is not valid", "token")
     response.set_cookie(
         COOKIE, session_cookie(body.token), httponly=True, samesite="strict",
-        secure=request.url.scheme == "https", path="/api/",
+        secure=request.url.scheme == "https", path=None,
     )  # fmt: skip
     return {"admin": caller.admin}
 
@@ -96,7 +100,7 @@ def open_session(body: SessionRequest, request: Request, response: Response) -> 
 @public.delete("/session")
 def close_session(response: Response) -> dict[str, Any]:
     """Forget the session cookie."""
-    response.delete_cookie(COOKIE, path="/api/")
+    response.delete_cookie(COOKIE, path=None)
     return {}
 
 

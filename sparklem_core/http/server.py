@@ -60,9 +60,14 @@ def run(config: Config, listen: str) -> int:
     import uvicorn
 
     from sparklem_core.http.app import create_app
+    from sparklem_core.http.auth import AuditLogError
 
     sock = bind(listen, config.serve.tokens)
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except AuditLogError as exc:
+        sock.close()
+        raise ServeError(str(exc)) from None
     server = uvicorn.Server(
         uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=GRACEFUL_S)
     )

@@ -11,9 +11,11 @@ polling ``commit_seq > cursor`` never skips one (:mod:`sparklem_core.reading.fee
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import operator
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -42,10 +44,19 @@ def series_key(values: list[Any], limit: int) -> str:
     """``sparklem_latest.series``: the JSON array of a row's series values other than
     agent_id (``["cpu_thermal"]``, ``["gpu", 0]``), or beyond ``limit`` characters
     ``#sha256:`` and the array's digest (the values are in ``row`` either way)."""
-    text = json.dumps(values, ensure_ascii=False, default=_jsonable)
+    try:
+        text = _SERIES_ENCODER.encode(values)
+    except ValueError:  # a non-finite float
+        text = _SERIES_ENCODER.encode(_finite(values))
     if len(text) <= limit:
         return text
     return _DIGEST_PREFIX + hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _series_key(values: tuple[Any, ...], limit: int) -> str:
+    """series_key, remembered: a fleet's series (sensor names, units) are few."""
+    return series_key(list(values), limit)
 
 
 def _jsonable(value: Any) -> Any:
@@ -61,12 +72,18 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # C: "..." escaped
+# Made once: json.dumps with options builds an encoder at every call.
+_ENCODER = json.JSONEncoder(default=_jsonable, allow_nan=False)
+_SERIES_ENCODER = json.JSONEncoder(default=_jsonable, allow_nan=False, ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
     """JSON text of what the read side stores; NaN and infinities become null."""
     try:
-        return json.dumps(value, default=_jsonable, allow_nan=False)
+        return _ENCODER.encode(value)
     except ValueError:  # a non-finite float: rare, so only then walked
-        return json.dumps(_finite(value), default=_jsonable, allow_nan=False)
+        return _ENCODER.encode(_finite(value))
 
 
 def _finite(value: Any) -> Any:
@@ -87,54 +104,111 @@ def write(
     now: datetime,
 ) -> None:
     """Upsert the batch's latest readings, then append its feed parts (last: see above)."""
-    events: list[dict[str, Any]] = []
-    latest: dict[tuple[str, str, str], tuple[datetime, dict[str, Any]]] = {}
+    events: list[str] = []  # each event's JSON text
+    latest: dict[tuple[str, str, str], tuple[datetime, str]] = {}
     limit = metadata.tables["sparklem_latest"].c.series.type.length
+    texts: dict[Any, str] = {}  # JSON of the strings seen in this batch
     for name, rows in batch.rows.items():
         declared = plugin_tables.get(name)
         if declared is None or not rows:
             continue
-        _readings(declared, rows, events, latest, limit)
-    events.extend(_rejection(r) for r in batch.rejected)
+        _readings(declared, rows, events, latest, limit, texts)
+    events.extend(dumps(_rejection(r)) for r in batch.rejected)
     if latest:
         _upsert_latest(conn, metadata.tables["sparklem_latest"], latest, now)
     if events:
         _append_feed(conn, metadata, events, now)
 
 
+def _value_json(value: Any) -> str:
+    """One value as JSON text, as :func:`dumps` writes it."""
+    if type(value) is float:
+        return repr(value) if math.isfinite(value) else "null"
+    return dumps(value)
+
+
+_NONE = type(None)
+
+
+def _column_json(values: list[Any], texts: dict[Any, str]) -> list[str]:
+    """A column's values as JSON texts, by C loops for a column of one plain type (what a
+    batch's columns are), nulls allowed: strings and integers once per batch each."""
+    kinds = set(map(type, values))
+    kinds.discard(_NONE)
+    if kinds == {str} or kinds == {int} or not kinds:
+        missing = set(values).difference(texts)
+        texts.update({v: "null" if v is None else _quote(v) if type(v) is str else repr(v)
+                      for v in missing})  # fmt: skip
+        return list(map(texts.__getitem__, values))
+    if kinds == {float} and None not in values and all(map(math.isfinite, values)):
+        return list(map(float.__repr__, values))
+    return list(map(_value_json, values))
+
+
 def _readings(
     declared: PluginTable,
     rows: list[dict[str, Any]],
-    events: list[dict[str, Any]],
-    latest: dict[tuple[str, str, str], tuple[datetime, dict[str, Any]]],
+    events: list[str],
+    latest: dict[tuple[str, str, str], tuple[datetime, str]],
     limit: int,
+    texts: dict[Any, str],
 ) -> None:
-    """One feed event per row; the newest row per series into ``latest``."""
-    name, plugin, when = declared.name, declared.owner, declared.time
+    """One feed event per row; the newest row per series into ``latest``.
+
+    The JSON is written here, column by column, rather than by json.dumps of each event:
+    a batch repeats its strings (agent ids, series names) and times (one per message),
+    each encoded once per batch, and per row there is one string format, no Python call.
+    """
+    name, when = declared.name, declared.time
     columns = (*declared.series, *declared.values, when)
-    others = [c for c in declared.series if c != "agent_id"]
-    keys: dict[tuple[Any, ...], str] = {}  # a batch repeats its series: dumped once each
-    for row in rows:
-        agent_id = row.get("agent_id")
-        shown = {c: row.get(c) for c in columns}
-        events.append(
-            {"kind": "reading", "plugin": plugin, "table": name, "agent_id": agent_id,
-             "time": when, "row": shown}
-        )  # fmt: skip
-        values = tuple(row.get(c) for c in others)
+    get = operator.itemgetter(*columns) if len(columns) > 1 else lambda r: (r[when],)
+    try:
+        table = list(map(get, rows))
+    except KeyError:  # a nullable column the plugin left out
+        table = [tuple(row.get(c) for c in columns) for row in rows]
+    by_column = list(zip(*table, strict=True))
+    times = by_column[-1]
+    aware = {i: t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+             for i, t in {id(t): t for t in times}.items()}  # fmt: skip
+    time_texts = {i: _quote(rfc3339(t)) for i, t in aware.items()}
+    encoded = [_column_json(list(c), texts) for c in by_column[:-1]]
+    encoded.append(list(map(time_texts.__getitem__, map(id, times))))
+    if "agent_id" in declared.series:
+        agents = by_column[columns.index("agent_id")]
+        agent_texts = encoded[columns.index("agent_id")]
+    else:
+        agents = tuple(row.get("agent_id") for row in rows)
+        agent_texts = _column_json(list(agents), texts)
+
+    def quoted(text: str) -> str:  # inside a %-template
+        return _quote(text).replace("%", "%%")
+
+    row_template = "{" + ", ".join(f"{quoted(c)}: %s" for c in columns) + "}"
+    event_template = (
+        f'{{"kind": "reading", "plugin": {quoted(declared.owner)}, "table": {quoted(name)}, '
+        f'"time": {quoted(when)}, "agent_id": %s, "row": {row_template}}}'
+    )
+    events.extend(map(event_template.__mod__, zip(agent_texts, *encoded, strict=True)))
+    # The newest row of each series, the later one on a tie: the last of each in a stable
+    # sort by time.
+    measured = list(map(aware.__getitem__, map(id, times)))
+    others = [by_column[j] for j, c in enumerate(declared.series) if c != "agent_id"]
+    series: list[Any] = list(zip(agents, *others, strict=True))  # (agent, other values)
+    order = sorted(range(len(rows)), key=measured.__getitem__)
+    try:
+        newest = dict(zip(map(series.__getitem__, order), order, strict=True))
+    except TypeError:  # an unhashable value (the database took it): keyed by its JSON
+        newest = {dumps(series[i]): i for i in order}
+    for i in newest.values():
+        agent_id, *values = series[i]
         try:
-            series = keys[values]
-        except KeyError:
-            series = keys[values] = series_key(list(values), limit)
-        except TypeError:  # an unhashable value: not memoized
-            series = series_key(list(values), limit)
-        measured = row[when]
-        if measured.tzinfo is None:
-            measured = measured.replace(tzinfo=UTC)
-        key = (name, "" if agent_id is None else str(agent_id), series)
+            series_text = _series_key(tuple(values), limit)
+        except TypeError:  # unhashable
+            series_text = series_key(values, limit)
+        key = (name, "" if agent_id is None else str(agent_id), series_text)
         held = latest.get(key)
-        if held is None or measured >= held[0]:  # later in the batch wins a tie
-            latest[key] = (measured, shown)
+        if held is None or measured[i] >= held[0]:
+            latest[key] = (measured[i], row_template % tuple(e[i] for e in encoded))
 
 
 def _rejection(r: Rejection) -> dict[str, Any]:
@@ -163,22 +237,32 @@ def _newer_wins(old: Any, new: Any) -> list[tuple[str, Any]]:
 def _upsert_latest(
     conn: Connection,
     table: Table,
-    latest: dict[tuple[str, str, str], tuple[datetime, dict[str, Any]]],
+    latest: dict[tuple[str, str, str], tuple[datetime, str]],
     now: datetime,
 ) -> None:
     # In key order: two processors lock shared series in one order, never deadlocking.
     rows = [
         {"table_name": name, "agent_id": agent_id, "series": series, "measured_at": measured,
-         "stored_at": now, "row": dumps(shown)}
-        for (name, agent_id, series), (measured, shown) in sorted(latest.items(),
-                                                                  key=lambda kv: kv[0])
+         "stored_at": now, "row": text}
+        for (name, agent_id, series), (measured, text) in sorted(latest.items(),
+                                                                 key=lambda kv: kv[0])
     ]  # fmt: skip
-    conn.execute(cached_upsert(conn.dialect.name, table, _newer_wins), rows)
+    _latest_upsert(table, conn.dialect).execute(conn, rows)
 
 
-def _append_feed(
-    conn: Connection, metadata: MetaData, events: list[dict[str, Any]], now: datetime
-) -> None:
+_LATEST_COLUMNS = ("table_name", "agent_id", "series", "measured_at", "stored_at", "row")
+
+
+@functools.lru_cache(maxsize=16)
+def _latest_upsert(table: Table, dialect: Any) -> Any:
+    """Prepared once: SQLAlchemy's own executemany costs more than the upsert itself."""
+    from sparklem_core.processor.store import RowInsert  # store imports this module
+
+    statement = cached_upsert(dialect.name, table, _newer_wins)
+    return RowInsert(table, _LATEST_COLUMNS, dialect, statement)
+
+
+def _append_feed(conn: Connection, metadata: MetaData, events: list[str], now: datetime) -> None:
     head = metadata.tables["sparklem_feed_head"]
     statement = update(head).where(head.c.id == 1).values(commit_seq=head.c.commit_seq + 1)
     if conn.dialect.update_returning:
@@ -191,7 +275,7 @@ def _append_feed(
         conn.execute(insert(head).values(id=1, commit_seq=seq))
     parts = [
         {"commit_seq": seq, "part": i // PART_EVENTS, "committed_at": now,
-         "events": dumps(events[i : i + PART_EVENTS])}
+         "events": "[" + ", ".join(events[i : i + PART_EVENTS]) + "]"}
         for i in range(0, len(events), PART_EVENTS)
     ]  # fmt: skip
     conn.execute(insert(metadata.tables["sparklem_feed"]), parts)

@@ -534,11 +534,15 @@ class RowInsert:
     the server takes 2-3 times faster than row-by-row INSERTs.
     """
 
-    def __init__(self, table: Table, columns: tuple[str, ...], dialect: Any) -> None:
+    def __init__(
+        self, table: Table, columns: tuple[str, ...], dialect: Any, statement: Any = None
+    ) -> None:
+        """``statement``: an INSERT of ``table`` to run instead of the plain one (an upsert;
+        never sent as a COPY)."""
         unknown = set(columns) - set(table.c.keys())
         if unknown:  # what insert(table) says of them
             raise CompileError(f"Unconsumed column names: {', '.join(sorted(unknown))}")
-        compiled = insert(table).compile(
+        compiled = (insert(table) if statement is None else statement).compile(
             dialect=dialect, column_keys=list(columns), for_executemany=True
         )
         self.sql = compiled.string
@@ -553,7 +557,7 @@ class RowInsert:
                 # Date and time conversions are slow and a batch repeats their values.
                 self.processors[key] = (processor, isinstance(column_type, _TEMPORAL))
         self.copy_sql: str | None = None
-        if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        if statement is None and dialect.name == "postgresql" and dialect.driver == "psycopg":
             quote = dialect.identifier_preparer.quote
             names = ", ".join(quote(table.c[key].name) for key in self.order)
             self.copy_sql = (

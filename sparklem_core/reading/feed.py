@@ -43,8 +43,9 @@ class FeedEvent:
     """One stored reading or rejection.
 
     ``at`` is when the reading was measured, or when the rejected record was received.
-    ``data`` holds the rest of the stored event: ``{"row": {...}}`` for a reading (its
-    declared series, values and time columns, times RFC 3339); for a rejection
+    ``data`` holds the rest of the stored event: ``{"row": {...}, "time": column}`` for a
+    reading (its declared series, values and time columns in that order, times RFC 3339,
+    and the time column's name); for a rejection
     ``reason``, ``detail``, ``topic``, ``partition``, ``offset``, ``received_at``.
     Every string in it came from an agent or an attacker: escape it before display.
     """
@@ -173,10 +174,9 @@ def _event(seq: int, part: int, index: int, raw: Any, committed_at: datetime) ->
         if not isinstance(row, dict):
             log.warning("feed event %s has no row: skipped", event_id)
             return None
-        data: dict[str, Any] = {"row": row}
-        at = _time(
-            row.get(raw.get("time")) if isinstance(raw.get("time"), str) else None, committed_at
-        )
+        time_column = _text(raw.get("time"))
+        data: dict[str, Any] = {"row": row, "time": time_column}
+        at = _time(row.get(time_column) if time_column is not None else None, committed_at)
     else:
         data = {k: raw.get(k) for k in ("reason", "detail", "topic", "partition", "offset",
                                         "received_at")}  # fmt: skip
