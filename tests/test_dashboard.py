@@ -55,6 +55,8 @@ return Object.fromEntries(Object.entries(window.sparklem.charts)
     .map(([name, chart]) => [name, chart.snapshot()]));
 """
 
+#: The page is done: the fleet drawn, and the charts of edge-1.
+DRAWN_JS = "return window.sparklem?.ready && window.sparklem.loaded === 'edge-1'"
 #: The fleet table's rows' classes, read at once (the table is redrawn every 10 s).
 ROW_CLASSES_JS = "return [...document.querySelectorAll('#fleet tbody tr')].map(r => r.className)"
 
@@ -260,8 +262,8 @@ def test_the_dashboard_shows_the_fleet_and_an_agents_charts_and_follows_the_stre
     browser.get(served.url + "#agent=edge-1")
     if served.token:
         sign_in(browser)  # and the stream below works on the session cookie alone
-    wait_for(lambda: browser.execute_script("return window.sparklem?.loaded") == "edge-1",
-             timeout=30, message="the charts of edge-1 did not load")  # fmt: skip
+    wait_for(lambda: browser.execute_script(DRAWN_JS), timeout=30,
+             message="the fleet and the charts of edge-1 were not drawn")  # fmt: skip
 
     rows = browser.find_elements(By.CSS_SELECTOR, "#fleet tbody tr")
     listed = {row.get_attribute("data-agent"): row.text for row in rows}
@@ -321,8 +323,8 @@ def test_text_from_the_api_is_shown_as_text_and_silent_agents_are_marked(
     wait_for(lambda: len(api(served.url + "api/v1/agents?silent=true")["agents"]) == 3,
              timeout=30, message="the agents did not go silent")  # fmt: skip
     browser.get(served.url + "#agent=edge-1")
-    wait_for(lambda: browser.execute_script("return window.sparklem?.loaded") == "edge-1",
-             timeout=30, message="the charts of edge-1 did not load")  # fmt: skip
+    wait_for(lambda: browser.execute_script(DRAWN_JS), timeout=30,
+             message="the fleet and the charts of edge-1 were not drawn")  # fmt: skip
     assert hostile in charts(browser)["temperature"]
     assert hostile in browser.find_element(By.ID, "chart-temperature").text
     assert browser.execute_script("return window.pwned") is None
@@ -351,8 +353,8 @@ def test_sensor_names_from_the_stream_are_shown_as_text(served: Served, browser:
     """Any storable sensor name an agent sends reaches the open page's chart and legend as
     that exact text, and no markup in it becomes an element or runs."""
     browser.get(served.url + "#agent=edge-1")
-    wait_for(lambda: browser.execute_script("return window.sparklem?.loaded") == "edge-1",
-             timeout=30, message="the charts of edge-1 did not load")  # fmt: skip
+    wait_for(lambda: browser.execute_script(DRAWN_JS), timeout=30,
+             message="the fleet and the charts of edge-1 were not drawn")  # fmt: skip
     wait_for(lambda: browser.execute_script("return window.sparklem.stream.state") == "live",
              timeout=30, message="the stream did not open")  # fmt: skip
     pipeline = served.env.pipeline()

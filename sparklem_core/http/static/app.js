@@ -191,7 +191,7 @@ function showLogin() {
   $("login").hidden = false;
   $("main").hidden = true;
   closeStream();
-  clearInterval(state.fleetTimer);
+  clearTimeout(state.fleetTimer);
   state.fleetTimer = null;
   $("token").focus();
 }
@@ -219,14 +219,33 @@ $("login").addEventListener("submit", async (event) => {
 
 /* ---------- fleet ---------- */
 
-async function loadFleet() {
-  const [fleet, rejections] = await Promise.all([api("agents"), api("rejections?limit=1")]);
-  window.sparklem.agents = Array.isArray(fleet.agents) ? fleet.agents : [];
-  window.sparklem.rejections = rejections && isObject(rejections.counts) ? rejections.counts : {};
-  renderFleet();
+async function loadRejections() {
+  const body = await api("rejections?limit=1");
+  window.sparklem.rejections = isObject(body) && isObject(body.counts) ? body.counts : {};
   renderRejections();
-  clearError();
+}
+
+async function loadAgents() {
+  const body = await api("agents");
+  window.sparklem.agents = isObject(body) && Array.isArray(body.agents) ? body.agents : [];
+  renderFleet();
   window.sparklem.ready = true;
+}
+
+/** The fleet and the rejections again, FLEET_REFRESH_MS after the last refresh ended (a
+ * large fleet's answer may take longer than that: refreshes never pile up). */
+function scheduleRefresh() {
+  clearTimeout(state.fleetTimer);
+  state.fleetTimer = setTimeout(async () => {
+    try {
+      await Promise.all([loadAgents(), loadRejections()]);
+      clearError();
+    } catch (error) {
+      showError(error);
+      if (error instanceof AuthNeeded) return; // signing in starts again
+    }
+    scheduleRefresh();
+  }, FLEET_REFRESH_MS);
 }
 
 function renderFleet() {
@@ -530,8 +549,10 @@ function relative(time) {
   return `${Math.floor(age / 86400)} d ago`;
 }
 
+const collator = new Intl.Collator("en", { numeric: true }); // one: sorting 10,000 agents
+
 function naturalOrder(a, b) {
-  return a.localeCompare(b, "en", { numeric: true });
+  return collator.compare(a, b);
 }
 
 function sameList(a, b) {
@@ -542,14 +563,14 @@ function sameList(a, b) {
 
 async function start() {
   try {
-    await loadFleet();
+    await loadRejections(); // small and quick: whether a token is needed, before the rest
   } catch (error) {
     showError(error);
     return;
   }
-  clearInterval(state.fleetTimer);
-  state.fleetTimer = setInterval(() => loadFleet().catch(showError), FLEET_REFRESH_MS);
-  await selectAgent(agentFromHash());
+  const fleet = loadAgents().then(clearError, showError);
+  await Promise.all([fleet, selectAgent(agentFromHash())]);
+  scheduleRefresh();
 }
 
 window.addEventListener("hashchange", () => selectAgent(agentFromHash()));
