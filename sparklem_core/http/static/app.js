@@ -4,6 +4,7 @@ import uPlot from "./vendor/uplot/uPlot.esm.js";
 
 const API = "api/v1"; // relative: the page works under any prefix the server sits behind
 const FLEET_REFRESH_MS = 10_000;
+const FLEET_ROWS = 500; // a table of 10,000 rows takes seconds to lay out, and nobody reads it
 const CLOCK_TICK_MS = 5_000;
 const HISTORY_PAGE = 1000;
 const HISTORY_MAX_PAGES = 50;
@@ -248,12 +249,15 @@ function scheduleRefresh() {
   }, FLEET_REFRESH_MS);
 }
 
+/** Silent agents first, then by id; at most FLEET_ROWS rows (the filter finds the rest). */
 function renderFleet() {
-  const agents = [...window.sparklem.agents].sort(
-    (a, b) => Number(Boolean(b.silent)) - Number(Boolean(a.silent)) ||
-      naturalOrder(String(a.agent_id), String(b.agent_id)),
-  );
-  const rows = agents.map((agent) => {
+  const agents = window.sparklem.agents;
+  const wanted = $("fleet-filter").value.trim().toLowerCase();
+  const shown = agents
+    .filter((a) => !wanted || `${a.agent_id} ${a.state}`.toLowerCase().includes(wanted))
+    .sort((a, b) => Number(Boolean(b.silent)) - Number(Boolean(a.silent)) ||
+      naturalOrder(String(a.agent_id), String(b.agent_id)));
+  const rows = shown.slice(0, FLEET_ROWS).map((agent) => {
     const id = String(agent.agent_id);
     const tr = document.createElement("tr");
     tr.dataset.agent = id;
@@ -286,9 +290,13 @@ function renderFleet() {
   $("fleet").tBodies[0].replaceChildren(...rows);
   const silent = agents.filter((a) => a.silent).length;
   const plural = agents.length === 1 ? "" : "s";
+  const more = shown.length > FLEET_ROWS ? `; the first ${FLEET_ROWS} of ${count(shown.length)}` +
+    " shown, filter to find others" : "";
   $("fleet-summary").textContent =
-    `${agents.length} agent${plural}` + (silent ? `, ${silent} silent` : "");
+    `${count(agents.length)} agent${plural}` + (silent ? `, ${count(silent)} silent` : "") + more;
 }
+
+$("fleet-filter").addEventListener("input", () => renderFleet());
 
 function renderRejections() {
   const counts = Object.entries(window.sparklem.rejections)
