@@ -12,12 +12,17 @@ const MAX_POINTS_PER_SERIES = 20_000;
 const RENDER_DELAY_MS = 200;
 const STREAM_WAIT_MS = 2000;
 const RAW_UP_TO_S = 3600; // longer ranges are drawn from /aggregate: one average a minute
-// The plugins the charts draw: the series keys and the values they read.
+// The plugins the charts draw: the series keys, and the values read with the series filter
+// each needs (memory is on the cpu and gpu rows only).
 const PLUGINS = {
-  temperature: { series: ["sensor"], values: ["celsius"] },
+  temperature: { series: ["sensor"], values: { celsius: {} } },
   pu_workload: {
     series: ["unit", "unit_index"],
-    values: ["utilization_pct", "mem_used_bytes", "mem_total_bytes"],
+    values: {
+      utilization_pct: {},
+      mem_used_bytes: { unit: ["cpu", "gpu"] },
+      mem_total_bytes: { unit: ["cpu", "gpu"] },
+    },
   },
 };
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777",
@@ -394,7 +399,7 @@ async function loadHistory(agent, plugin, from, to, generation) {
 async function loadAverages(agent, plugin, from, to, generation) {
   const { series, values } = PLUGINS[plugin];
   const readings = new Map(); // series and minute -> {series, values, time}
-  await Promise.all(values.map(async (name) => {
+  await Promise.all(Object.entries(values).map(async ([name, only]) => {
     const query = new URLSearchParams({
       field: name,
       agg: "avg",
@@ -404,6 +409,9 @@ async function loadAverages(agent, plugin, from, to, generation) {
       to: to.toISOString(),
     });
     for (const key of series) query.append("group_by", key);
+    for (const [key, wanted] of Object.entries(only)) {
+      for (const value of wanted) query.append(key, value);
+    }
     const body = await api(`aggregate/${encodeURIComponent(plugin)}?${query}`);
     for (const group of Array.isArray(body.groups) ? body.groups : []) {
       if (!isObject(group) || !isObject(group.key) || !Array.isArray(group.points)) continue;
