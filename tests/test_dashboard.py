@@ -30,21 +30,18 @@ from harness import ROOT
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pipeline_env import PU_TOPIC, Env, Keys, now_ms, run
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 from sparklem_plugins.temperature.server import MAX_SENSOR_CHARS
 from waiting import wait_for
 
+from benchmarks.dashboard import headless_chromium
 from sparklem_core import check_text
 from sparklem_core.processor.endpoint import LOCALHOST, free_port
 
 pytestmark = pytest.mark.e2e  # a browser and a server process
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 MINUTE_MS = 60_000
 GIB = 2**30
 TOKEN = "dashboard-test-token-0123456789"
@@ -80,15 +77,10 @@ class Served:
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[WebDriver]:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.fail("no Chromium: apt-get install -y chromium chromium-driver (.ci/run does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1400,1250", "--lang=en-US"):  # fmt: skip
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        driver = headless_chromium()
+    except RuntimeError as exc:
+        pytest.fail(f"{exc} (.ci/run does)")
     yield driver
     driver.quit()
 
