@@ -60,7 +60,7 @@ def create_app(config: Config, store: Store | None = None) -> FastAPI:
     )
     app.state.tokens = Tokens(config.serve)
     app.state.context = routes.Context(
-        config, store, Catalog.of(store), Audit(config.serve.audit_log), app.state.tokens
+        config, store, Catalog.of(store), Audit(config.serve.audit_log)
     )
     app.state.broadcaster = get_broadcaster
     errors.install(app)
