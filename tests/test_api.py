@@ -10,6 +10,7 @@ import math
 import re
 import subprocess
 import sys
+import threading
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,7 @@ from api_env import (
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from waiting import wait_for
 
 from sparklem_core import cli
 from sparklem_core.http.app import create_app
@@ -264,7 +266,7 @@ def test_delete_an_agents_data_is_audited(tmp_path: Path) -> None:
     rows = temperature_rows(60)
     commit(store, TEMPERATURE, rows)
     as_admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    with TestClient(create_app(config, store)) as client:
+    with TestClient(create_app(config)) as client:  # serve's own (reader's) Store
         answer = client.delete("/api/v1/agents/a-1/data", headers=as_admin)
         assert answer.status_code == 200, answer.text
         deleted = answer.json()["deleted"]
@@ -278,6 +280,28 @@ def test_delete_an_agents_data_is_audited(tmp_path: Path) -> None:
     assert entry["action"] == "delete_agent_data" and entry["agent"] == "a-1"
     assert entry["counts"] == deleted and ADMIN_TOKEN not in line
     assert entry["token"] == hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()[:8]
+
+
+def test_reads_on_sqlite_never_hold_up_the_processors_commits(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from sparklem_core.reading.catalog import open_store
+
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
+    writer = open_schema(config)
+    _plugins, reader = open_store(config, reader=True)
+    try:
+        with reader.engine.connect() as conn:  # a read transaction, left open
+            conn.execute(text("SELECT count(*) FROM temperature_readings")).scalar()
+            committing = threading.Thread(
+                target=commit, args=(writer, TEMPERATURE, temperature_rows(5)), daemon=True
+            )
+            committing.start()
+            wait_for(lambda: not committing.is_alive(), timeout=10,
+                     message="the processor's commit waited for serve's read")  # fmt: skip
+    finally:
+        reader.dispose()
+        writer.dispose()
 
 
 # --- auth ----------------------------------------------------------------------------------

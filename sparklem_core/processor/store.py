@@ -269,15 +269,20 @@ def core_metadata() -> MetaData:
     return _core_metadata()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the settings the exactly-once guarantee needs on SQLite."""
+def make_engine(url: str, *, reader: bool = False) -> Engine:
+    """An engine with the settings the exactly-once guarantee needs on SQLite.
+
+    ``reader``: a reading process's (``serve``): on SQLite its transactions begin
+    DEFERRED, a snapshot that never holds the write lock, so reads do not hold up the
+    processors' commits (a write, serve's DELETE, takes the lock at its statement).
+    """
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, "BEGIN" if reader else "BEGIN IMMEDIATE")
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, begin: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
@@ -290,13 +295,13 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Take the write lock up front: no deadlock-prone upgrade from a read lock.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the write lock up front: no deadlock-prone upgrade from a read lock.
+        conn.exec_driver_sql(begin)
 
 
 class Store:
-    def __init__(self, url: str, group_id: str) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, url: str, group_id: str, *, reader: bool = False) -> None:
+        self.engine = make_engine(url, reader=reader)
         self.group_id = group_id
         self.metadata = _core_metadata()
         self._owners: dict[str, str] = dict.fromkeys(CORE_TABLES, "sparklem core")
