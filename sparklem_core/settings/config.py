@@ -230,7 +230,8 @@ class HttpSettings(BaseModel):
 
 
 class FleetSettings(BaseModel):
-    """``fleet:`` in config.yaml: what ``sparklem agents`` calls silent."""
+    """``fleet:`` in config.yaml: what ``sparklem agents`` calls silent, and how often the
+    processor counts agents by state."""
 
     model_config = STRICT
 
@@ -240,6 +241,13 @@ class FleetSettings(BaseModel):
         le=366 * 86400,
         description="an agent without a message this long is silent; default: three times "
         "its shortest collection interval, recorded at enrolment",
+    )
+    count_every_s: float = Field(
+        30,
+        gt=0,
+        le=86400,
+        description="how often the processor counts agents by state for /metrics "
+        "(sparklem_agents): one read of the inventory and enrolment tables",
     )
 
 
