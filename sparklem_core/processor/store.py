@@ -160,7 +160,7 @@ def _core_metadata() -> MetaData:
         Column("topic", String(255), nullable=False),  # where the stored copy was quarantined
         Column("partition", Integer, nullable=False),
         Column("offset", BigInteger, nullable=False),
-        Column("redriven_at", DateTime(timezone=True), nullable=False),
+        Column("redriven_at", DateTime(timezone=True), nullable=False, index=True),
         **TABLE_OPTIONS,
     )
     # The fleet inventory: authenticated agents only (a forged id never gets a row), each

@@ -92,7 +92,13 @@ _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 #: Longer than any sensible retention, short enough that ``now - duration`` cannot overflow.
 MAX_RETENTION = timedelta(days=36500)
 #: Tables bounded out of the box; ``retention: {TABLE: 0}`` keeps one forever.
-DEFAULT_RETENTION = {"rejected_messages": "30d", "rejected_records": "30d"}
+DEFAULT_RETENTION = {
+    "rejected_messages": "30d",
+    "rejected_records": "30d",
+    # Longer than the quarantine: a copy of a redriven message still quarantined (or
+    # restored from a backup) must find the row that says it was stored.
+    "sparklem_redriven": "90d",
+}
 
 
 def parse_duration(value: object) -> timedelta | None:
