@@ -601,7 +601,7 @@ def _utc(value: datetime) -> datetime:
 
 def parse_time(text: str) -> datetime:
     """An RFC 3339 time (with its zone) or milliseconds since the epoch, as UTC."""
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not int("²"), which str.isdigit() accepts
         ms = int(text)
         if ms > MAX_TS_MS:
             raise ValueError(f"{text} ms is after the year 9999")
@@ -614,4 +614,7 @@ def parse_time(text: str) -> datetime:
         ) from None
     if value.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone: add Z or an offset such as +01:00")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00:00-02:00 is after the year 9999 in UTC
+        raise ValueError(f"{text!r} is outside the years 1 to 9999 in UTC") from None
