@@ -10,6 +10,7 @@ import math
 import re
 import subprocess
 import sys
+import threading
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,7 @@ from api_env import (
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from waiting import wait_for
 
 from sparklem_core import cli
 from sparklem_core.http.app import create_app
@@ -144,6 +146,56 @@ def test_aggregate_refuses_what_the_declaration_does_not_have(sqlite_app: TestCl
     assert missing.status_code == 404 and missing.json()["param"] == "plugin"
 
 
+# --- latest --------------------------------------------------------------------------------
+
+
+def test_latest_per_agent_and_series_on_every_database(tmp_path: Path, database_url: str) -> None:
+    config = make_config(tmp_path, database_url)
+    store = open_schema(config)
+    rows = temperature_rows(120)
+    for start in range(0, 120, 40):  # three batches: latest kept across them
+        commit(store, TEMPERATURE, rows[start : start + 40])
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["agent_id"], row["sensor"])
+        if key not in newest or row["measured_at"] > newest[key]["measured_at"]:
+            newest[key] = row
+    try:
+        with TestClient(create_app(config, store)) as client:
+            every = client.get("/api/v1/readings/temperature").json()["latest"]
+            assert {(r["agent_id"], r["series"]["sensor"]): (r["time"], r["values"]["celsius"])
+                    for r in every} == {
+                key: (iso(row["measured_at"]), row["celsius"]) for key, row in newest.items()
+            }  # fmt: skip
+            assert all(isinstance(r["age_s"], float) for r in every)
+            params = {"agent": ["a-1", "a-3"], "sensor": "board"}
+            some = client.get("/api/v1/readings/temperature", params=params).json()["latest"]
+            assert sorted(r["agent_id"] for r in some) == ["a-1", "a-3"]
+            assert {r["series"]["sensor"] for r in some} == {"board"}
+    finally:
+        store.dispose()
+
+
+def test_latest_skips_rows_it_cannot_read(sqlite_app: TestClient) -> None:
+    from sqlalchemy import insert
+
+    store = sqlite_app.app.state.context.store
+    table = store.metadata.tables["sparklem_latest"]
+    now = datetime.now(UTC)
+    hostile = ["not json", '{"sensor": "x"}', "1, 2", '{"sensor": "y", "celsius": 1, '
+               '"measured_at": "yesterday"}', "[" * 10_000]  # fmt: skip
+    with store.engine.begin() as conn:
+        conn.execute(insert(table), [
+            {"table_name": TEMPERATURE, "agent_id": f"zz-{n}", "series": f"[{n}]",
+             "measured_at": now, "stored_at": now, "row": text}
+            for n, text in enumerate(hostile)
+        ])  # fmt: skip
+    answer = sqlite_app.get("/api/v1/readings/temperature")
+    assert answer.status_code == 200
+    agents = {r["agent_id"] for r in answer.json()["latest"]}
+    assert agents == {"a-1", "a-2", "a-3"}
+
+
 # --- history -------------------------------------------------------------------------------
 
 
@@ -214,7 +266,7 @@ def test_delete_an_agents_data_is_audited(tmp_path: Path) -> None:
     rows = temperature_rows(60)
     commit(store, TEMPERATURE, rows)
     as_admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    with TestClient(create_app(config, store)) as client:
+    with TestClient(create_app(config)) as client:  # serve's own (reader's) Store
         answer = client.delete("/api/v1/agents/a-1/data", headers=as_admin)
         assert answer.status_code == 200, answer.text
         deleted = answer.json()["deleted"]
@@ -228,6 +280,28 @@ def test_delete_an_agents_data_is_audited(tmp_path: Path) -> None:
     assert entry["action"] == "delete_agent_data" and entry["agent"] == "a-1"
     assert entry["counts"] == deleted and ADMIN_TOKEN not in line
     assert entry["token"] == hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()[:8]
+
+
+def test_reads_on_sqlite_never_hold_up_the_processors_commits(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from sparklem_core.reading.catalog import open_store
+
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
+    writer = open_schema(config)
+    _plugins, reader = open_store(config, reader=True)
+    try:
+        with reader.engine.connect() as conn:  # a read transaction, left open
+            conn.execute(text("SELECT count(*) FROM temperature_readings")).scalar()
+            committing = threading.Thread(
+                target=commit, args=(writer, TEMPERATURE, temperature_rows(5)), daemon=True
+            )
+            committing.start()
+            wait_for(lambda: not committing.is_alive(), timeout=10,
+                     message="the processor's commit waited for serve's read")  # fmt: skip
+    finally:
+        reader.dispose()
+        writer.dispose()
 
 
 # --- auth ----------------------------------------------------------------------------------

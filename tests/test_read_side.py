@@ -4,6 +4,7 @@ the feed read back through FeedReader."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -168,6 +169,65 @@ def test_the_feed_holds_every_reading_and_rejection_once_in_commit_order(store: 
     assert [e.id for e in reader.read_after("2-1-999", 2)] == ["2-2-0", "2-2-1"]
     assert reader.read_after("3-0-0") == [] and reader.read_after("99-0-0") == []
     json.dumps([e.as_json() for e in events])  # every event is plain JSON
+
+
+_MIXED: dict[int, Store] = {}
+
+
+def mixed_store(tmp_path_factory) -> Store:
+    """One SQLite store, with nullable columns of every plain type, for every example."""
+    key = id(tmp_path_factory)
+    if key not in _MIXED:
+        store = Store(f"sqlite:///{tmp_path_factory.mktemp('mixed')}/db.sqlite3", "g")
+        store.register_table(
+            "mixed", "mixed_readings",
+            Column("id", Integer, primary_key=True),
+            Column("agent_id", String(64), nullable=False),
+            Column("label", String(64)),
+            Column("n", BigInteger),
+            Column("x", Float),
+            Column("measured_at", DateTime(timezone=True), nullable=False),
+            time="measured_at", series=("agent_id", "label"), values=("n", "x"),
+        )  # fmt: skip
+        store.create_schema()
+        _MIXED[key] = store
+    return _MIXED[key]
+
+
+mixed_rows = st.lists(
+    st.fixed_dictionaries({
+        "agent_id": st.sampled_from(["a", "b\u202e\x1b"]),
+        "label": st.none() | st.text(max_size=8),
+        "n": st.none() | st.integers(-(2**63), 2**63 - 1),
+        "x": st.none() | st.floats(),
+        "measured_at": st.sampled_from([T0, T0 + timedelta(hours=1)]),
+    }),
+    min_size=1, max_size=12,
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=mixed_rows)
+def test_feed_and_latest_rows_hold_the_values_as_json_would(tmp_path_factory, rows) -> None:
+    """Whatever the values (text of any kind, 64-bit integers, NaN, infinities, nulls),
+    the feed's and latest's rows parse back to them (non-finite floats as null)."""
+    store = mixed_store(tmp_path_factory)
+    reader = FeedReader(store.engine)
+    after = reader.head()
+    store.commit(Batch(rows={"mixed_readings": rows}))
+    expected = [
+        {**r, "x": r["x"] if r["x"] is None or math.isfinite(r["x"]) else None,
+         "measured_at": r["measured_at"].isoformat().replace("+00:00", "Z")}
+        for r in rows
+    ]  # fmt: skip
+    assert [e.data["row"] for e in read_all(reader, after, 1000)] == expected
+    t = store.metadata.tables["sparklem_latest"]
+    with store.engine.connect() as conn:
+        stored = {(a, s): json.loads(r) for a, s, r in
+                  conn.execute(select(t.c.agent_id, t.c.series, t.c.row))}  # fmt: skip
+    for r in expected:  # each row's series holds it or a row measured as late or later
+        held = stored[(r["agent_id"], json.dumps([r["label"]], ensure_ascii=False))]
+        assert held["measured_at"] >= r["measured_at"]
 
 
 def test_a_tampered_feed_row_is_skipped_not_raised(store: Store) -> None:

@@ -23,12 +23,12 @@ STATIC = Path(__file__).parent / "static"  # the dashboard (index.html, app.js, 
 def create_app(config: Config, store: Store | None = None) -> FastAPI:
     """The API under /api/v1 and the dashboard at /, reading through ``store``.
 
-    Without ``store``, the plugins are loaded and a Store declared from ``config``
-    (and disposed of at shutdown).
+    Without ``store``, the plugins are loaded and a reader's Store declared from
+    ``config`` (and disposed of at shutdown).
     """
     owned = store is None
     if store is None:
-        _plugins, store = open_store(config)
+        _plugins, store = open_store(config, reader=True)
     broadcaster = None
 
     def get_broadcaster():  # noqa: ANN202  # one per process, started by the first client
@@ -60,7 +60,7 @@ def create_app(config: Config, store: Store | None = None) -> FastAPI:
     )
     app.state.tokens = Tokens(config.serve)
     app.state.context = routes.Context(
-        config, store, Catalog.of(store), Audit(config.serve.audit_log), app.state.tokens
+        config, store, Catalog.of(store), Audit(config.serve.audit_log)
     )
     app.state.broadcaster = get_broadcaster
     errors.install(app)

@@ -37,7 +37,9 @@ def rfc3339(value: datetime) -> str:
     """``2026-11-30T04:00:00.123456Z``; a naive time is UTC, as the database hands it back."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    elif value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat()[:-6] + "Z"  # without its "+00:00"
 
 
 def series_key(values: list[Any], limit: int) -> str:
@@ -74,7 +76,7 @@ def _jsonable(value: Any) -> Any:
 
 _quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # C: "..." escaped
 # Made once: json.dumps with options builds an encoder at every call.
-_ENCODER = json.JSONEncoder(default=_jsonable, allow_nan=False)
+_ENCODER = json.JSONEncoder(default=_jsonable, allow_nan=False, separators=(",", ":"))
 _SERIES_ENCODER = json.JSONEncoder(default=_jsonable, allow_nan=False, ensure_ascii=False)
 
 
@@ -122,26 +124,39 @@ def write(
 
 def _value_json(value: Any) -> str:
     """One value as JSON text, as :func:`dumps` writes it."""
-    if type(value) is float:
-        return repr(value) if math.isfinite(value) else "null"
-    return dumps(value)
+    write = _SCALARS.get(type(value))
+    return dumps(value) if write is None else write(value)
+
+
+def _float_json(value: float) -> str:
+    return float.__repr__(value) if math.isfinite(value) else "null"
 
 
 _NONE = type(None)
+# What json.dumps writes for each plain type, without its per-call set-up.
+_SCALARS: dict[type, Any] = {
+    str: _quote,
+    int: int.__repr__,
+    float: _float_json,
+    bool: lambda value: "true" if value else "false",
+    _NONE: lambda _value: "null",
+}
+_MEMOIZED = frozenset({str, int, _NONE})  # hashable, and never equal across types
+_FLOATS = frozenset({float, _NONE})
 
 
 def _column_json(values: list[Any], texts: dict[Any, str]) -> list[str]:
-    """A column's values as JSON texts, by C loops for a column of one plain type (what a
-    batch's columns are), nulls allowed: strings and integers once per batch each."""
+    """A column's values as JSON texts: by C loops for a column of floats, once per batch
+    for each string or integer (a batch repeats its agent ids, names, indexes)."""
     kinds = set(map(type, values))
-    kinds.discard(_NONE)
-    if kinds == {str} or kinds == {int} or not kinds:
+    if kinds <= _FLOATS and all(map(math.isfinite, filter(None, values))):  # nulls allowed
+        if _NONE not in kinds:
+            return list(map(float.__repr__, values))
+        return ["null" if v is None else float.__repr__(v) for v in values]
+    if kinds <= _MEMOIZED:
         missing = set(values).difference(texts)
-        texts.update({v: "null" if v is None else _quote(v) if type(v) is str else repr(v)
-                      for v in missing})  # fmt: skip
+        texts.update({v: _SCALARS[type(v)](v) for v in missing})
         return list(map(texts.__getitem__, values))
-    if kinds == {float} and None not in values and all(map(math.isfinite, values)):
-        return list(map(float.__repr__, values))
     return list(map(_value_json, values))
 
 
@@ -183,10 +198,10 @@ def _readings(
     def quoted(text: str) -> str:  # inside a %-template
         return _quote(text).replace("%", "%%")
 
-    row_template = "{" + ", ".join(f"{quoted(c)}: %s" for c in columns) + "}"
+    row_template = "{" + ",".join(f"{quoted(c)}:%s" for c in columns) + "}"
     event_template = (
-        f'{{"kind": "reading", "plugin": {quoted(declared.owner)}, "table": {quoted(name)}, '
-        f'"time": {quoted(when)}, "agent_id": %s, "row": {row_template}}}'
+        f'{{"kind":"reading","plugin":{quoted(declared.owner)},"table":{quoted(name)},'
+        f'"time":{quoted(when)},"agent_id":%s,"row":{row_template}}}'
     )
     events.extend(map(event_template.__mod__, zip(agent_texts, *encoded, strict=True)))
     # The newest row of each series, the later one on a tie: the last of each in a stable
@@ -275,7 +290,7 @@ def _append_feed(conn: Connection, metadata: MetaData, events: list[str], now: d
         conn.execute(insert(head).values(id=1, commit_seq=seq))
     parts = [
         {"commit_seq": seq, "part": i // PART_EVENTS, "committed_at": now,
-         "events": "[" + ", ".join(events[i : i + PART_EVENTS]) + "]"}
+         "events": "[" + ",".join(events[i : i + PART_EVENTS]) + "]"}
         for i in range(0, len(events), PART_EVENTS)
     ]  # fmt: skip
     conn.execute(insert(metadata.tables["sparklem_feed"]), parts)

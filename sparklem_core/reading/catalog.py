@@ -27,11 +27,12 @@ class ReadError(ValueError):
         self.not_found = not_found
 
 
-def open_store(config: Config) -> tuple[PluginHost, Store]:
-    """Load the plugins and declare every table (core and plugins) on a Store."""
+def open_store(config: Config, *, reader: bool = False) -> tuple[PluginHost, Store]:
+    """Load the plugins and declare every table (core and plugins) on a Store
+    (a ``reader``'s: see :func:`~sparklem_core.processor.store.make_engine`)."""
     plugins = load_plugins(config)
     check_database_url(config.database_url)  # a permanent mistake: no retry loop for it
-    store = Store(config.database_url, config.group_id)
+    store = Store(config.database_url, config.group_id, reader=reader)
     plugins.register_tables(store.register_table, store.drop_registrations)
     return plugins, store
 

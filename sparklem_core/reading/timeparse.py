@@ -30,4 +30,4 @@ def parse_time(text: str, name: str | None = None) -> datetime:
     try:
         return value.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first datetime
-        raise ValueError(f"{where}{shown} is out of range in UTC") from None
+        raise ValueError(f"{where}{shown} is outside the years 1 to 9999 in UTC") from None

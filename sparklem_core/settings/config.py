@@ -95,7 +95,14 @@ _DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 #: Longer than any sensible retention, short enough that ``now - duration`` cannot overflow.
 MAX_RETENTION = timedelta(days=36500)
 #: Tables bounded out of the box; ``retention: {TABLE: 0}`` keeps one forever.
-DEFAULT_RETENTION = {"rejected_messages": "30d", "rejected_records": "30d", "sparklem_feed": "1d"}
+DEFAULT_RETENTION = {
+    "rejected_messages": "30d",
+    "rejected_records": "30d",
+    # Longer than the quarantine: a copy of a redriven message still quarantined (or
+    # restored from a backup) must find the row that says it was stored.
+    "sparklem_redriven": "90d",
+    "sparklem_feed": "1d",  # the stored events tail and /stream resume from
+}
 
 
 def parse_duration(value: object) -> timedelta | None:
@@ -288,7 +295,8 @@ class ServeSettings(BaseModel):
 
 
 class FleetSettings(BaseModel):
-    """``fleet:`` in config.yaml: what ``sparklem agents`` calls silent."""
+    """``fleet:`` in config.yaml: what ``sparklem agents`` calls silent, and how often the
+    processor counts agents by state."""
 
     model_config = STRICT
 
@@ -298,6 +306,13 @@ class FleetSettings(BaseModel):
         le=366 * 86400,
         description="an agent without a message this long is silent; default: three times "
         "its shortest collection interval, recorded at enrolment",
+    )
+    count_every_s: float = Field(
+        30,
+        gt=0,
+        le=86400,
+        description="how often the processor counts agents by state for /metrics "
+        "(sparklem_agents): one read of the inventory and enrolment tables",
     )
 
 
