@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sparklem_core.admin.enrollment import EnrollmentError, agent_files, read_intervals
 from sparklem_core.processor.enrolments import ENROLLED, REVOKED, TABLE
+from sparklem_core.processor.read_side import rfc3339
 from sparklem_core.processor.registry import one_line
 from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import first_line
@@ -71,9 +72,9 @@ class AgentStatus:
         doc = asdict(self)
         for key, value in list(doc.items()):
             if isinstance(value, datetime):
-                doc[key] = _iso(value)
+                doc[key] = rfc3339(value)
         doc["plugins"] = {
-            name: {"last_message_at": _iso(p.last_message_at), "messages": p.messages}
+            name: {"last_message_at": rfc3339(p.last_message_at), "messages": p.messages}
             for name, p in self.plugins.items()
         }
         doc["silent"] = self.silent
@@ -83,13 +84,17 @@ class AgentStatus:
         return doc
 
 
-def inventory(config: Config, now: datetime) -> list[AgentStatus]:
-    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable."""
-    store = Store(config.database_url, config.group_id)
+def inventory(config: Config, now: datetime, store: Store | None = None) -> list[AgentStatus]:
+    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable.
+
+    Read through ``store`` when given (a long-lived server's), else a Store of its own.
+    """
+    reading = store or Store(config.database_url, config.group_id)
     try:
-        seen, plugins, in_database = _read_tables(config, store, whole=True)
+        seen, plugins, in_database = _read_tables(config, reading, whole=True)
     finally:
-        store.dispose()
+        if store is None:
+            reading.dispose()
     states = enrolment_states(config, in_database)
     statuses = []
     for agent_id in sorted(states.keys() | seen.keys()):
@@ -226,7 +231,3 @@ def ago(seconds: float) -> str:
 def as_utc(value: datetime) -> datetime:
     """A time read back from the database: naive (SQLite, MariaDB) means UTC, as written."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
