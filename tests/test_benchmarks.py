@@ -87,6 +87,18 @@ def test_api_benchmark_smoke() -> None:
     assert result["day_points"] > 0 and result["ingest_rows_s"] > 0
 
 
+@pytest.mark.e2e  # Chromium and serve
+def test_dashboard_benchmark_smoke() -> None:
+    report = run_module(
+        "benchmarks.dashboard", "--agents", "20", "--cores", "2", "--sensors", "2",
+        "--hours", "0.05", "--loads", "1",
+    )  # fmt: skip
+    (result,) = report["dashboard"]
+    assert result["database"] == "sqlite" and result["agents"] == 20
+    assert result["hour_points"] > 0 and result["day_points"] > 0
+    assert result["fleet_p50_ms"] > 0 and result["day_p50_ms"] > 0
+
+
 @pytest.mark.parametrize(
     ("module", "flags"),
     [
@@ -97,6 +109,7 @@ def test_api_benchmark_smoke() -> None:
         ("benchmarks.parse", ("--size", "--repeat")),
         ("benchmarks.prune", ("--rows", "--db", "--window", "--batch-rows", "--busy-fraction")),
         ("benchmarks.api", ("--rows", "--agents", "--days", "--db", "--clients", "--rate")),
+        ("benchmarks.dashboard", ("--agents", "--cores", "--hours", "--loads", "--db")),
     ],
 )
 def test_benchmark_help(module: str, flags: tuple[str, ...]) -> None:
