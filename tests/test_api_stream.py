@@ -136,8 +136,12 @@ def test_a_slow_client_is_dropped_and_the_others_get_everything(tmp_path: Path) 
     async def scenario() -> tuple[list[str], list[str]]:
         broadcaster = Broadcaster(FeedReader(store.engine), poll_s=0.05, buffer=5)
         every = StreamFilter()
-        slow = events(broadcaster, every, None, 30, _never_disconnected)
-        fast = events(broadcaster, every, None, 30, _never_disconnected)
+        slow = events(
+            broadcaster, await broadcaster.subscribe(every), None, 30, _never_disconnected
+        )
+        fast = events(
+            broadcaster, await broadcaster.subscribe(every), None, 30, _never_disconnected
+        )
         assert (await anext(slow)).startswith("retry:")  # subscribed; then reads nothing
         assert (await anext(fast)).startswith("retry:")
         fast_got = []
@@ -182,7 +186,8 @@ def test_only_what_a_client_asked_for_fills_its_buffer(tmp_path: Path) -> None:
 
     async def scenario() -> list[str]:
         broadcaster = Broadcaster(FeedReader(store.engine), poll_s=0.05, buffer=len(mine))
-        stream = events(broadcaster, StreamFilter(agents=("a-1",)), None, 30, _never_disconnected)
+        one_agent = await broadcaster.subscribe(StreamFilter(agents=("a-1",)))
+        stream = events(broadcaster, one_agent, None, 30, _never_disconnected)
         assert (await anext(stream)).startswith("retry:")
         await asyncio.to_thread(commit, store, TEMPERATURE, rows)  # 60 events in one page
         got = [await asyncio.wait_for(anext(stream), 20) for _ in mine]
@@ -196,3 +201,36 @@ def test_only_what_a_client_asked_for_fills_its_buffer(tmp_path: Path) -> None:
         store.dispose()
     celsius = [json.loads(text.split("data: ", 1)[1])["data"]["row"]["celsius"] for text in got]
     assert celsius == [r["celsius"] for r in mine]
+
+
+def test_a_new_client_is_told_where_its_stream_begins(tmp_path: Path) -> None:
+    """Its first message sets Last-Event-ID, so a reconnect gets what came while it was away."""
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
+    store = open_schema(config)
+    commit(store, TEMPERATURE, temperature_rows(3))  # stored before the client came
+
+    async def scenario() -> tuple[str, list[str]]:
+        broadcaster = Broadcaster(FeedReader(store.engine), poll_s=0.05, buffer=100)
+        stream = events(broadcaster, await broadcaster.subscribe(StreamFilter()), None, 30,
+                        _never_disconnected)  # fmt: skip
+        first = await anext(stream)
+        await stream.aclose()  # the client goes away; two more are stored meanwhile
+        await asyncio.to_thread(commit, store, TEMPERATURE, temperature_rows(2, 7))
+        since = first.split("id: ", 1)[1].strip()
+        again = events(broadcaster, await broadcaster.subscribe(StreamFilter()), since, 30,
+                       _never_disconnected)  # fmt: skip
+        await anext(again)
+        got = [await asyncio.wait_for(anext(again), 20) for _ in range(2)]
+        await again.aclose()
+        await broadcaster.close()
+        return first, got
+
+    try:
+        first, got = asyncio.run(asyncio.wait_for(scenario(), 60))
+    finally:
+        store.dispose()
+    assert first.startswith("retry: ") and "\nid: " in first
+    assert FeedReader(store.engine).read_after("0-0-0")[2].id == first.split("id: ", 1)[1].strip()
+    assert [json.loads(t.split("data: ", 1)[1])["data"]["row"]["celsius"] for t in got] == [
+        r["celsius"] for r in temperature_rows(2, 7)
+    ]

@@ -275,9 +275,11 @@ async def stream(
         except ValueError as exc:
             raise ApiError(400, str(exc), "last_event_id") from None
     ctx = context(request)
+    broadcaster = request.app.state.broadcaster()
+    wanted = StreamFilter(tuple(plugin or ()), tuple(agent or ()), tuple(kind or ()))
     body = events(
-        request.app.state.broadcaster(),
-        StreamFilter(tuple(plugin or ()), tuple(agent or ()), tuple(kind or ())),
+        broadcaster,
+        await broadcaster.subscribe(wanted),  # before the headers: the client's "open" is safe
         resume,
         ctx.config.serve.stream_keepalive_s,
         request.is_disconnected,

@@ -52,6 +52,7 @@ class Subscriber:
 
     wanted: StreamFilter
     queue: asyncio.Queue[FeedEvent]
+    since: str  # the feed's last event read when it subscribed: its queue holds what follows
     dropped: bool = False
 
 
@@ -67,6 +68,7 @@ class Broadcaster:
     # dictionary lookup per event, not a hundred filter calls).
     by_agent: dict[str, set[Subscriber]] = field(default_factory=dict)
     any_agent: set[Subscriber] = field(default_factory=set)
+    cursor: str = ""  # the last event read from the feed (set before any client subscribes)
     _task: asyncio.Task[None] | None = None
     _ready: asyncio.Event | None = None
 
@@ -77,7 +79,7 @@ class Broadcaster:
             self._task = asyncio.create_task(self._run(), name="sparklem-feed")
         assert self._ready is not None
         await self._ready.wait()  # the cursor is set: nothing committed from now is missed
-        subscriber = Subscriber(wanted, asyncio.Queue(self.buffer))
+        subscriber = Subscriber(wanted, asyncio.Queue(self.buffer), self.cursor)
         for agent in wanted.agents:
             self.by_agent.setdefault(agent, set()).add(subscriber)
         if not wanted.agents:
@@ -105,7 +107,7 @@ class Broadcaster:
         cursor = None
         while cursor is None:
             try:
-                cursor = await asyncio.to_thread(self.reader.head)
+                cursor = self.cursor = await asyncio.to_thread(self.reader.head)
             except Exception as exc:  # the database is down: keep trying, say why
                 log.warning("stream: cannot read the feed: %s", mask_secrets(first_line(exc)))
                 await asyncio.sleep(max(self.poll_s, 1.0))
@@ -118,7 +120,7 @@ class Broadcaster:
                 await asyncio.sleep(max(self.poll_s, 1.0))
                 continue
             if events:
-                cursor = events[-1].id
+                cursor = self.cursor = events[-1].id
                 self._fan_out(events)
             if len(events) < PAGE:
                 await asyncio.sleep(self.poll_s)
@@ -146,17 +148,22 @@ def sse(event: FeedEvent) -> str:
 
 async def events(
     broadcaster: Broadcaster,
-    wanted: StreamFilter,
+    subscriber: Subscriber,
     last_event_id: str | None,
     keepalive_s: float,
     disconnected: Callable[[], Any],
 ) -> AsyncIterator[str]:
-    """The text of one client's stream: catch-up after ``last_event_id``, then live events."""
+    """The text of one client's stream: catch-up after ``last_event_id``, then live events.
+
+    ``subscriber`` is subscribed before the response starts, so nothing committed after
+    the client's connection opened is missed; a new client's first message sets its
+    Last-Event-ID to where its queue begins, so that a reconnect resumes from there.
+    """
     from sparklem_core.reading.feed import parse_event_id
 
-    subscriber = await broadcaster.subscribe(wanted)  # first: what is read from now is queued
+    wanted = subscriber.wanted
     try:
-        yield f"retry: {RETRY_MS}\n\n"
+        yield f"retry: {RETRY_MS}\nid: {last_event_id or subscriber.since}\n\n"
         last = None if last_event_id is None else parse_event_id(last_event_id)
         if last_event_id is not None:
             cursor = last_event_id
