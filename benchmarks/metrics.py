@@ -134,7 +134,7 @@ def bookkeeping_us_per_batch(batch_size: int = 500, repeat: int = 2000) -> dict[
     lag.assigned(keys)
     lag.sampled({k: 10**9 for k in keys})
     metrics = Metrics(
-        lambda: Snapshot(lag.lags(), 100, 2, 10, 2, {"a": True, "b": True}),
+        lambda: Snapshot(lag.lags(), {"active": 100, "revoked": 2}, 10, 2, {"a": True, "b": True}),
         ["topic0", "topic1"],
         ["a", "b"],
     )

@@ -30,6 +30,7 @@ from sparklem_core.processor.registry import (
 from sparklem_core.processor.retention import Target, targets
 from sparklem_core.processor.schema_lock import SchemaLockTimeout
 from sparklem_core.processor.store import Store
+from sparklem_core.reading.catalog import open_store
 from sparklem_core.settings.config import (
     Config,
     ConfigError,
@@ -65,10 +66,7 @@ class Setup:
 
 def prepare(config: Config) -> Setup:
     """Load plugins, check their settings, declare every table (core and plugins) on a Store."""
-    plugins = load_plugins(config)
-    check_database_url(config.database_url)  # a permanent mistake: no retry loop for it
-    store = Store(config.database_url, config.group_id)
-    plugins.register_tables(store.register_table, store.drop_registrations)
+    plugins, store = open_store(config)
     return Setup(config, plugins, store, targets(store, config.retention))
 
 
@@ -387,6 +385,15 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
     return 0 if all(done.finished for done in report.tables) else EXIT_FAILURE
 
 
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from sparklem_core.http.server import ServeError, run
+
+    try:
+        return run(config, args.listen or config.serve.listen)
+    except ServeError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from sparklem_core.demo import DemoError, run_demo
 
@@ -536,6 +543,23 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     agents.add_argument("--silent", action="store_true", help="only agents that went silent")
     agents.add_argument("--json", action="store_true", help="JSON for scripts, one object each")
     agents.set_defaults(func=cmd_agents)
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="the read API and dashboard (HTTP)",
+        description="Serve the read API under /api/v1 (readings, aggregates, agents, "
+        "rejections, a live stream; OpenAPI at /docs) and the dashboard at /, from the "
+        "database in the config. Run any number beside the processors. Without "
+        "serve.read_tokens or serve.admin_tokens it listens on loopback only. See "
+        "docs/reading.md.",
+    )
+    serve.add_argument(
+        "--listen",
+        type=_listen_arg,
+        metavar="HOST:PORT",
+        help="where to listen (default: serve.listen, 127.0.0.1:8620)",
+    )
+    serve.set_defaults(func=cmd_serve)
     tail = sub.add_parser(
         "tail",
         parents=[common],
@@ -622,6 +646,15 @@ def _port(value: str) -> int:
     return port
 
 
+def _listen_arg(value: str) -> str:
+    from sparklem_core.settings.config import check_listen
+
+    try:
+        return check_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _workers(value: str) -> int:
     from sparklem_core.processor.supervisor import parse_workers
 
@@ -642,7 +675,7 @@ def _event_id(value: str) -> str:
 
 
 def _time(value: str) -> datetime:
-    from sparklem_core.processor.redrive import parse_time
+    from sparklem_core.reading.timeparse import parse_time
 
     try:
         return parse_time(value)

@@ -76,6 +76,17 @@ def test_prune_benchmark_smoke() -> None:
     assert result["alone_rows_s"] > 0 and result["pruning_rows_s"] > 0
 
 
+def test_api_benchmark_smoke() -> None:
+    report = run_module(
+        "benchmarks.api", "--rows", "2000", "--agents", "20", "--db", "sqlite",
+        "--requests", "3", "--clients", "2", "--seconds", "1",
+    )  # fmt: skip
+    (result,) = report["results"]
+    assert result["database"] == "sqlite" and result["latest_items"] == 40
+    assert result["latest_p95_ms"] > 0 and result["day_p95_ms"] > 0
+    assert result["day_points"] > 0 and result["ingest_rows_s"] > 0
+
+
 @pytest.mark.parametrize(
     ("module", "flags"),
     [
@@ -85,6 +96,7 @@ def test_prune_benchmark_smoke() -> None:
         ),
         ("benchmarks.parse", ("--size", "--repeat")),
         ("benchmarks.prune", ("--rows", "--db", "--window", "--batch-rows", "--busy-fraction")),
+        ("benchmarks.api", ("--rows", "--agents", "--days", "--db", "--clients", "--rate")),
     ],
 )
 def test_benchmark_help(module: str, flags: tuple[str, ...]) -> None:

@@ -12,13 +12,16 @@ import pytest
 from Crypto.PublicKey import RSA
 from hypothesis import given
 from hypothesis import strategies as st
+from pipeline_env import Env, reading, run, temperature
 
 from sparklem_core import cli
 from sparklem_core.admin import enrollment
 from sparklem_core.admin.enrollment import intervals_path, read_intervals, record_intervals
+from sparklem_core.admin.fleet import count_by_state, inventory
 from sparklem_core.processor import enrolments
 from sparklem_core.processor.batch import AgentActivity, Batch
 from sparklem_core.processor.store import Store
+from sparklem_core.settings.config import load_config
 
 LONG_AGO = datetime(2026, 1, 1, tzinfo=UTC)
 AHEAD = datetime.now(UTC) + timedelta(days=1)  # seen "later than now": active whatever the clock
@@ -167,3 +170,40 @@ def test_a_reader_that_leaves_early_is_no_error(fleet: Path) -> None:
     proc.stdout.close()  # the reader is gone before a byte is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
+
+
+def test_agents_are_counted_by_state_from_what_the_pipeline_stored(env: Env) -> None:
+    """What /metrics exports as sparklem_agents{state}, on each database: agents that sent
+    (one since gone silent, one with no interval recorded), agents never seen (one
+    enrolled on another host), a revoked one and one whose key was removed (not counted)."""
+    for agent in ("busy", "quiet", "unjudged", "gone", "dropped", "new"):
+        env.enroll(agent)
+    record_intervals(env.certs, "busy", {"temperature": 3600})
+    record_intervals(env.certs, "quiet", {"temperature": 1})  # silent after 3 s
+    senders = ("busy", "quiet", "unjudged", "gone", "dropped")
+    run(
+        env.pipeline(),
+        [env.record(env.envelope(temperature(reading()), seq=1, agent=a)) for a in senders],
+    )
+    assert env.count("sparklem_agents") == len(senders)
+    (env.certs / "agents" / "gone.pem").rename(env.certs / "revoked" / "gone.pem")
+    (env.certs / "agents" / "dropped.pem").unlink()
+    pem = env.keys.agent.public_key().export_key(format="PEM")
+    enrolments.publish(env.store.engine, env.store.metadata, "far", "enrolled", pem)
+    enrolments.publish(env.store.engine, env.store.metadata, "edge-2", "revoked", pem)
+    path = env.tmp / "config.yaml"
+    path.write_text(json.dumps({"certificates": str(env.certs), "database": {"url": env.url}}))
+    config = load_config(path, env={})
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    counts = count_by_state(config, env.store, later)
+    # edge-1 (enrolled by the world, no interval, never sent): never seen
+    assert counts == {"active": 1, "silent": 1, "seen": 1, "never_seen": 3, "revoked": 2}
+    # The same as `sparklem agents` shows (one rule for both).
+    shown = [(s.state, s.activity) for s in inventory(config, later) if s.state != "not enrolled"]
+    assert sum(1 for state, _ in shown if state == "revoked") == counts["revoked"]
+    for activity, label in (
+        ("active", "active"),
+        ("silent", "silent"),
+        ("never seen", "never_seen"),
+    ):
+        assert sum(1 for s, a in shown if s == "enrolled" and a == activity) == counts[label]

@@ -161,6 +161,7 @@ def test_metrics_and_probes_of_a_running_processor(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     config = with_http(fleet.config(broker.bootstrap, database_url), port)
+    config["fleet"] = {"count_every_s": 0.5}  # agents by state, counted every half second
     start(processors, tmp_path, config)
     fleet.enroll("edge-2")
     for _ in range(5):
@@ -177,7 +178,16 @@ def test_metrics_and_probes_of_a_running_processor(
     assert metric(url, "sparklem_records_consumed_total", topic=topic) == 6
     assert metric(url, "sparklem_rows_stored_total", table="temperature_readings") == 5
     assert metric(url, "sparklem_records_rejected_total", reason="malformed", plugin="") == 1
-    assert metric(url, "sparklem_agents", state="enrolled") == 2
+    # edge-1 sent (no interval recorded: "seen", not judged), edge-2 never did
+    wait_for(
+        lambda: (
+            metric(url, "sparklem_agents", state="seen") == 1
+            and metric(url, "sparklem_agents", state="never_seen") == 1
+        ),
+        20,
+        message="agents not counted by state",
+    )
+    assert metric(url, "sparklem_agents", state="revoked") == 0
     assert metric(url, "sparklem_plugin_up", plugin="temperature") == 1
     assert metric(url, "sparklem_batch_duration_seconds_count") >= 1
     assert metric(url, "sparklem_commit_duration_seconds_count") >= 1
@@ -282,6 +292,7 @@ def test_workers_are_summed_behind_one_endpoint(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     config = with_http(fleet.config(broker.bootstrap, database_url, batch_size=5), port)
+    config["fleet"] = {"count_every_s": 0.5}
     proc = ProcessorProcess(tmp_path, config)
     processors.append(proc)
     proc.start(False, "--workers", "2")
@@ -298,7 +309,11 @@ def test_workers_are_summed_behind_one_endpoint(
         message="the workers' stored messages are not summed",
     )
     assert metric(url, "sparklem_worker_up", worker="0") == 1
-    assert metric(url, "sparklem_agents", state="enrolled") == 3  # the same in both: max
+    wait_for(  # counted by each worker, the same in both: the host's is their max
+        lambda: metric(url, "sparklem_agents", state="seen") == 3,
+        20,
+        message="the workers' agents by state are not maxed",
+    )
     status, body = get(f"{url}/healthz")
     checks = json.loads(body)["checks"]
     assert status == 200

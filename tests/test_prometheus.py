@@ -56,8 +56,7 @@ def test_promtool_accepts_the_live_exposition(promtool: str, scraped: str) -> No
     body = wait_for(with_lag, 15, message="no lag in /metrics")
     done = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
     assert done.returncode == 0, (done.stdout + done.stderr).decode()
-    # What the rules and the dashboard ask for is exposed (the inventory's silent agents
-    # are a documented placeholder).
+    # What the rules and the dashboard ask for is exposed.
     exposed = set(re.findall(rb"^(sparklem_\w+)", body, re.MULTILINE))
     asked = set(re.findall(rb"sparklem_[a-z_]+", (RULES / "alerts.yml").read_bytes()))
     asked |= set(re.findall(rb"sparklem_[a-z_]+", DASHBOARD.read_bytes()))

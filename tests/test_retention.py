@@ -113,6 +113,46 @@ def test_rejections_are_pruned_by_arrival_old_ones_only(store: Store) -> None:
     assert counts(store, "rejected_messages", "reason") == {"young": 30}
 
 
+def add_redriven(store: Store, redriven_at: datetime, count: int, part: str) -> None:
+    rows = [
+        {"agent_id": "a", "plugin": "p", "seq": i, "part": part, "topic": "t", "partition": 0,
+         "offset": i, "redriven_at": redriven_at + timedelta(microseconds=i % 7)}
+        for i in range(count)
+    ]  # fmt: skip
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(store.redriven), rows)
+
+
+def test_redriven_rows_are_pruned_by_when_they_were_redriven(store: Store) -> None:
+    """sparklem_redriven has no integer id: its batches are ranges of redriven_at."""
+    add_redriven(store, T0 - 91 * DAY, 250, "old")
+    add_redriven(store, T0 - 89 * DAY, 30, "young")
+    p = pruner(store, {"sparklem_redriven": 90 * DAY}, Clock(T0))
+    assert [(t.table, t.rows) for t in p.run_pass(dry_run=True).tables] == [
+        ("sparklem_redriven", 250)
+    ]
+    report = p.run_pass()
+    assert [(t.table, t.rows, t.finished) for t in report.tables] == [
+        ("sparklem_redriven", 250, True)
+    ]
+    assert counts(store, "sparklem_redriven", "part") == {"young": 30}
+
+
+def test_redriven_rows_kept_less_long_than_the_quarantine_are_warned_of(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    targets(store, {"sparklem_redriven": 90 * DAY, "rejected_messages": 30 * DAY,
+                    "rejected_records": 30 * DAY})  # fmt: skip
+    assert caplog.text == ""
+    targets(store, {"sparklem_redriven": 90 * DAY, "rejected_messages": 30 * DAY})
+    assert caplog.text.count("retention.sparklem_redriven (90d) is shorter") == 1
+    assert "than retention.rejected_records (forever)" in caplog.text
+    caplog.clear()
+    targets(store, {"sparklem_redriven": 7 * DAY, "rejected_messages": 30 * DAY,
+                    "rejected_records": 30 * DAY})  # fmt: skip
+    assert caplog.text.count("retention.sparklem_redriven (7d) is shorter") == 2
+
+
 def test_dry_run_counts_and_changes_nothing(store: Store) -> None:
     add_rejections(store, T0 - 31 * DAY, 120, "old")
     add_readings(store, T0 - 40 * DAY, 10, "a")
@@ -263,11 +303,13 @@ def test_defaults_bound_the_rejection_tables_and_0_keeps_forever(tmp_path: Path)
         "rejected_messages": 30 * DAY,
         "rejected_records": 30 * DAY,
         "sparklem_feed": DAY,
+        "sparklem_redriven": 90 * DAY,
     }
     path = write_config(tmp_path, {"retention": {"rejected_records": 0, TABLE: "7d"}})
     assert load_config(path, env={}).retention == {
         "rejected_messages": 30 * DAY,
         "sparklem_feed": DAY,
+        "sparklem_redriven": 90 * DAY,
         TABLE: 7 * DAY,
     }
 

@@ -17,12 +17,20 @@ from sqlalchemy import (
     String,
     insert,
     select,
+    text,
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparklem_core.processor.batch import Batch, Rejection, StreamKey, StreamMark
+from sparklem_core.processor.batch import (
+    Batch,
+    OffsetMark,
+    PartitionKey,
+    Rejection,
+    StreamKey,
+    StreamMark,
+)
 from sparklem_core.processor.mysql_types import max_packet_bytes, packet_problem
-from sparklem_core.processor.store import Store
+from sparklem_core.processor.store import Conflict, Store
 
 WHEN = datetime(2026, 11, 23, 14, 5, 6, 789012, tzinfo=UTC)
 
@@ -185,3 +193,32 @@ def test_the_packet_limit_is_read_and_judged(database_url: str) -> None:
         assert limit is None and packet_problem(limit, 10**9) is None
     problem = packet_problem(4 * 1024 * 1024, 4 * 1024 * 1024)
     assert problem is not None and "raise max_allowed_packet" in problem and "\n" not in problem
+
+
+def test_many_marks_move_together_or_not_at_all(database_url: str) -> None:
+    """A batch moving the marks of many streams and partitions (on MySQL/MariaDB one
+    UPDATE moves them all): each from its expected value, and none when any one was
+    moved by someone else."""
+    store = Store(database_url, "g")
+    store.create_schema()
+    streams = [StreamKey(f"edge-{n}", "temperature") for n in range(30)]
+    parts = [PartitionKey("sparklem.temperature", p) for p in range(12)]
+
+    def batch(expected: int | None, to: int, topic_id: str | None = None) -> Batch:
+        return Batch(
+            streams={k: StreamMark(expected, to) for k in streams},
+            offsets={k: OffsetMark(expected, to, topic_id) for k in parts},
+        )
+
+    store.commit(batch(None, 1))
+    store.commit(batch(1, 2, "id-2"))
+    assert store.load_streams(streams) == dict.fromkeys(streams, 2)
+    assert store.load_offsets(parts) == dict.fromkeys(parts, (2, "id-2"))
+    with store.engine.begin() as conn:  # another processor moved one stream's mark
+        conn.execute(text("UPDATE sparklem_streams SET last_seq = 3 WHERE agent_id = 'edge-7'"))
+    with pytest.raises(Conflict):
+        store.commit(batch(2, 4, "id-4"))
+    marks = store.load_streams(streams)
+    assert marks == {**dict.fromkeys(streams, 2), streams[7]: 3}
+    assert store.load_offsets(parts) == dict.fromkeys(parts, (2, "id-2"))
+    store.dispose()

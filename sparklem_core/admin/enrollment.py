@@ -252,10 +252,10 @@ class AgentEntry:
     problem: str = ""  # why the file is not a usable key
 
 
-def list_agents(certificates: Path) -> list[AgentEntry]:
-    """Enrolled then revoked agents, each sorted by id; files are read like the registry
-    reads them (regular files only, bounded)."""
-    entries = []
+def agent_files(certificates: Path) -> list[tuple[str, Path]]:
+    """(status, path) of every agent key file, enrolled then revoked, each sorted by name;
+    listed only, none read (the agent's id is the name without ``.pem``)."""
+    files = []
     for status, directory in (("enrolled", AGENTS_DIR), ("revoked", REVOKED_DIR)):
         try:
             names = sorted(n for n in os.listdir(certificates / directory) if n.endswith(".pem"))
@@ -265,16 +265,23 @@ def list_agents(certificates: Path) -> list[AgentEntry]:
             raise EnrollmentError(
                 f"cannot list {certificates / directory}: {_reason(exc)}"
             ) from None
-        for name in names:
-            path = certificates / directory / name
-            try:
-                modified = datetime.fromtimestamp(path.lstat().st_mtime, UTC)
-            except OSError:  # removed since the listing
-                continue
-            agent = read_agent_key(path, one_line(f"{directory}/{name}"))
-            entries.append(
-                AgentEntry(agent.agent_id, status, agent.fingerprint, modified, path, agent.problem)
-            )
+        files.extend((status, certificates / directory / name) for name in names)
+    return files
+
+
+def list_agents(certificates: Path) -> list[AgentEntry]:
+    """Enrolled then revoked agents, each sorted by id; files are read like the registry
+    reads them (regular files only, bounded)."""
+    entries = []
+    for status, path in agent_files(certificates):
+        try:
+            modified = datetime.fromtimestamp(path.lstat().st_mtime, UTC)
+        except OSError:  # removed since the listing
+            continue
+        agent = read_agent_key(path, one_line(f"{path.parent.name}/{path.name}"))
+        entries.append(
+            AgentEntry(agent.agent_id, status, agent.fingerprint, modified, path, agent.problem)
+        )
     return entries
 
 

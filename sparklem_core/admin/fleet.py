@@ -19,8 +19,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparklem_core.admin.enrollment import EnrollmentError, list_agents, read_intervals
+from sparklem_core.admin.enrollment import EnrollmentError, agent_files, read_intervals
 from sparklem_core.processor.enrolments import ENROLLED, REVOKED, TABLE
+from sparklem_core.processor.read_side import rfc3339
 from sparklem_core.processor.registry import one_line
 from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import first_line
@@ -29,6 +30,10 @@ from sparklem_core.settings.config import Config, mask_secrets
 SILENT_INTERVALS = 3  # silent after this many collection intervals without a message
 NEVER_SEEN, ACTIVE, SILENT = "never seen", "active", "silent"
 SEEN = "seen"  # no threshold to judge by: no interval recorded and none configured
+NOT_ENROLLED = "not enrolled"  # seen, its key removed since
+#: The states :func:`count_by_state` counts, as metric label values (bounded).
+COUNTED = {ACTIVE: "active", SILENT: "silent", NEVER_SEEN: "never_seen", SEEN: "seen",
+           REVOKED: "revoked"}  # fmt: skip
 
 
 class FleetError(Exception):
@@ -67,9 +72,9 @@ class AgentStatus:
         doc = asdict(self)
         for key, value in list(doc.items()):
             if isinstance(value, datetime):
-                doc[key] = _iso(value)
+                doc[key] = rfc3339(value)
         doc["plugins"] = {
-            name: {"last_message_at": _iso(p.last_message_at), "messages": p.messages}
+            name: {"last_message_at": rfc3339(p.last_message_at), "messages": p.messages}
             for name, p in self.plugins.items()
         }
         doc["silent"] = self.silent
@@ -79,37 +84,27 @@ class AgentStatus:
         return doc
 
 
-def inventory(config: Config, now: datetime) -> list[AgentStatus]:
-    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable."""
+def inventory(config: Config, now: datetime, store: Store | None = None) -> list[AgentStatus]:
+    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable.
+
+    Read through ``store`` when given (a long-lived server's), else a Store of its own.
+    """
+    reading = store or Store(config.database_url, config.group_id)
     try:
-        files = {e.agent_id: e.status for e in list_agents(config.certificates)}
-    except EnrollmentError as exc:
-        raise FleetError(str(exc)) from None
-    seen, plugins, in_database = _read_tables(config)
-    for agent_id, state in in_database.items():  # enrolled or revoked on another host
-        if state == REVOKED or agent_id not in files:
-            files[agent_id] = state
+        seen, plugins, in_database = _read_tables(config, reading, whole=True)
+    finally:
+        if store is None:
+            reading.dispose()
+    states = enrolment_states(config, in_database)
     statuses = []
-    for agent_id in sorted(files.keys() | seen.keys()):
+    for agent_id in sorted(states.keys() | seen.keys()):
         row = seen.get(agent_id, {})
-        threshold = config.fleet.silent_after_s
-        if threshold is None:
-            intervals = read_intervals(config.certificates, agent_id)
-            threshold = SILENT_INTERVALS * min(intervals.values()) if intervals else None
-        last = row.get("last_seen")
-        if last is None:
-            activity = NEVER_SEEN
-        elif threshold is None:
-            activity = SEEN
-        elif (now - last).total_seconds() > threshold:
-            activity = SILENT
-        else:
-            activity = ACTIVE
+        threshold = silent_after(config, agent_id)
         statuses.append(
             AgentStatus(
                 agent_id,
-                files.get(agent_id, "not enrolled"),
-                activity,
+                states.get(agent_id, NOT_ENROLLED),
+                activity(row.get("last_seen"), threshold, now),
                 threshold,
                 plugins=plugins.get(agent_id, {}),
                 **row,
@@ -118,19 +113,68 @@ def inventory(config: Config, now: datetime) -> list[AgentStatus]:
     return statuses
 
 
+def count_by_state(config: Config, store: Store, now: datetime) -> dict[str, int]:
+    """How many agents :func:`inventory` would show in each of :data:`COUNTED` states:
+    enrolled ones by activity, and revoked ones (agents no longer enrolled are not
+    counted). Reads only ids, states and last-seen times; :class:`FleetError` if unreadable.
+    """
+    seen, _plugins, in_database = _read_tables(config, store, whole=False)
+    counts = dict.fromkeys(COUNTED.values(), 0)
+    for agent_id, state in enrolment_states(config, in_database).items():
+        if state == REVOKED:
+            counts[COUNTED[REVOKED]] += 1
+        else:
+            last = seen.get(agent_id, {}).get("last_seen")
+            counts[COUNTED[activity(last, silent_after(config, agent_id), now)]] += 1
+    return counts
+
+
+def enrolment_states(config: Config, in_database: dict[str, str]) -> dict[str, str]:
+    """Each agent's state from the certificates directory and ``sparklem_enrolments``
+    (enrolled on another host): a revocation in either wins."""
+    try:
+        states = {path.name.removesuffix(".pem"): status
+                  for status, path in agent_files(config.certificates)}  # fmt: skip
+    except EnrollmentError as exc:
+        raise FleetError(str(exc)) from None
+    for agent_id, state in in_database.items():
+        if state == REVOKED or agent_id not in states:
+            states[agent_id] = state
+    return states
+
+
+def silent_after(config: Config, agent_id: str) -> float | None:
+    """The agent's silence threshold: ``fleet.silent_after_s``, else three times its
+    shortest collection interval; None when neither is known."""
+    if config.fleet.silent_after_s is not None:
+        return config.fleet.silent_after_s
+    intervals = read_intervals(config.certificates, agent_id)
+    return SILENT_INTERVALS * min(intervals.values()) if intervals else None
+
+
+def activity(last_seen: datetime | None, threshold: float | None, now: datetime) -> str:
+    """active, silent, never seen, or seen (no threshold to judge by)."""
+    if last_seen is None:
+        return NEVER_SEEN
+    if threshold is None:
+        return SEEN
+    return SILENT if (now - last_seen).total_seconds() > threshold else ACTIVE
+
+
 def _read_tables(
-    config: Config,
+    config: Config, store: Store, *, whole: bool
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, PluginSeen]], dict[str, str]]:
-    """sparklem_agents by agent, sparklem_agent_plugins by agent and plugin, and the
-    states in sparklem_enrolments (only those we write)."""
-    store = Store(config.database_url, config.group_id)
+    """sparklem_agents by agent (``whole``: every column, else only ``last_seen``),
+    sparklem_agent_plugins by agent and plugin (only when ``whole``), and the states in
+    sparklem_enrolments (only those we write)."""
     agents = store.metadata.tables["sparklem_agents"]
     per_plugin = store.metadata.tables["sparklem_agent_plugins"]
     enrolled = store.metadata.tables[TABLE]
     try:
         with store.engine.connect() as conn:
-            rows = conn.execute(select(agents)).mappings().all()
-            plugin_rows = conn.execute(select(per_plugin)).all()
+            columns = [agents] if whole else [agents.c.agent_id, agents.c.last_seen]
+            rows = conn.execute(select(*columns)).mappings().all()
+            plugin_rows = conn.execute(select(per_plugin)).all() if whole else []
             states = dict(
                 conn.execute(
                     select(enrolled.c.agent_id, enrolled.c.state).where(
@@ -144,8 +188,6 @@ def _read_tables(
             f"cannot read the fleet inventory from {where}: {mask_secrets(first_line(exc))} "
             "(run sparklem init to create or upgrade the schema)"
         ) from None
-    finally:
-        store.dispose()
     seen = {}
     for row in rows:
         values = {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
@@ -189,7 +231,3 @@ def ago(seconds: float) -> str:
 def as_utc(value: datetime) -> datetime:
     """A time read back from the database: naive (SQLite, MariaDB) means UTC, as written."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -8,6 +8,7 @@ tables, rejection reasons; nothing per agent, nothing a record chose.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -21,6 +22,8 @@ from prometheus_client.registry import Collector
 from sparklem_core import wire
 from sparklem_core.processor.batch import OffsetMark, PartitionKey
 from sparklem_core.processor.pipeline import Stats
+
+log = logging.getLogger(__name__)
 
 # Batches take milliseconds to seconds; a database outage is not in them (retries are).
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -134,11 +137,35 @@ class Snapshot:
     """What is read at scrape time from the processor's parts (no counting of its own)."""
 
     lags: list[PartitionLag]
-    enrolled: int
-    revoked: int
+    agents: Mapping[str, int]  # by state, as last counted (empty until the first count)
     key_cache_hits: int
     key_cache_misses: int
     plugins_up: Mapping[str, bool]
+
+
+class AgentStates(threading.Thread):
+    """Agents by state, counted every ``every_s`` beside the loop (never per scrape nor per
+    batch); while a count fails, the last one stays (logged once until one succeeds)."""
+
+    def __init__(
+        self, count: Callable[[], Mapping[str, int]], every_s: float, stop: threading.Event
+    ) -> None:
+        super().__init__(name="sparklem-agent-states", daemon=True)
+        self._count, self._every_s, self._stop = count, every_s, stop
+        self.latest: Mapping[str, int] = {}
+        self._failing = False
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.latest = dict(self._count())
+                self._failing = False
+            except Exception as exc:  # the database is down, or the schema is older
+                if not self._failing:
+                    log.warning("cannot count agents by state for /metrics: %s", exc)
+                self._failing = True
+            if self._stop.wait(self._every_s):
+                return
 
 
 class _SnapshotCollector(Collector):
@@ -162,12 +189,16 @@ class _SnapshotCollector(Collector):
             seconds.add_metric([lag.topic, str(lag.partition)], lag.seconds)
         yield records
         yield seconds
-        agents = GaugeMetricFamily(
-            "sparklem_agents", "Agents in the registry by state", labels=["state"]
-        )
-        agents.add_metric(["enrolled"], s.enrolled)
-        agents.add_metric(["revoked"], s.revoked)
-        yield agents
+        if s.agents:
+            agents = GaugeMetricFamily(
+                "sparklem_agents",
+                "Enrolled agents by activity (active, silent, never_seen, seen: no silence "
+                "threshold known), and revoked agents",
+                labels=["state"],
+            )
+            for state, n in sorted(s.agents.items()):
+                agents.add_metric([state], n)
+            yield agents
         yield CounterMetricFamily(
             "sparklem_session_key_cache_hits", "Session keys found cached", value=s.key_cache_hits
         )

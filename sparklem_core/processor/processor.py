@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
@@ -32,10 +33,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from sparklem_core.admin.fleet import count_by_state
 from sparklem_core.logsetup import OncePerMinute
 from sparklem_core.processor.batch import Batch, PartitionKey
 from sparklem_core.processor.endpoint import Check
-from sparklem_core.processor.metrics import LagTracker, Metrics, Snapshot
+from sparklem_core.processor.metrics import AgentStates, LagTracker, Metrics, Snapshot
 from sparklem_core.processor.mysql_types import max_packet_bytes, packet_problem
 from sparklem_core.processor.pipeline import Pipeline, Record, Stats
 from sparklem_core.processor.retention import BackgroundPruner, Pruner, Target
@@ -94,6 +96,15 @@ class Processor:
         # Off with the endpoint (http.listen ""): nothing is counted twice for no reader.
         self.metrics = (
             Metrics(self.snapshot, topics, pipeline.plugins) if config.http.listen else None
+        )
+        self.agent_states = (
+            AgentStates(
+                lambda: count_by_state(config, store, datetime.now(UTC)),
+                config.fleet.count_every_s,
+                self._stop,
+            )
+            if self.metrics
+            else None
         )
         self.writer = BatchWriter(
             pipeline,
@@ -165,6 +176,8 @@ class Processor:
             self._dead_letters = Producer({**self._client_conf(), "enable.idempotence": True})
         if self.metrics is not None:
             threading.Thread(target=self._watch, name="watch", daemon=True).start()
+        if self.agent_states is not None:
+            self.agent_states.start()
         if self._pruner is not None:
             self._pruner.start()
         try:
@@ -545,11 +558,9 @@ class Processor:
     def snapshot(self) -> Snapshot:
         """What /metrics reads from the processor's parts when scraped."""
         cache = self.pipeline.session_key.cache_info()
-        registry = self.pipeline.registry
         return Snapshot(
             lags=self.lag.lags(),
-            enrolled=len(registry.agents()),
-            revoked=len(registry.revoked()),
+            agents=self.agent_states.latest if self.agent_states else {},
             key_cache_hits=cache.hits,
             key_cache_misses=cache.misses,
             plugins_up={i.name: i.ok for i in self.pipeline.host.infos},

@@ -5,6 +5,8 @@ What "older" means, per kind of table:
 * ``rejected_messages`` and ``rejected_records``: by ``received_at``, when the processor
   stored the row (arrival), on its index; the feed (``sparklem_feed``) likewise by
   ``committed_at``, keyed by ``commit_seq``.
+* ``sparklem_redriven``: by ``redriven_at``, when redrive stored the message, on its index.
+  Its key is not an integer id: batches are ranges of that time instead.
 * A plugin table: by its declared time column (when the reading was measured), and only
   once the row has also been *stored* longer than the retention. Plugin tables have no
   arrival column, so arrival is known from their integer id: each pass records the
@@ -53,16 +55,17 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from sparklem_core.processor.store import Store
-from sparklem_core.settings.config import ConfigError, ProcessorSettings
+from sparklem_core.settings.config import ConfigError, ProcessorSettings, format_duration
 
 log = logging.getLogger(__name__)
 
 #: The core tables that may be bounded, all pruned by arrival: (time column, key column),
-#: the key rising with arrival (keyset batches walk it).
-ARRIVAL_TABLES = {
+#: the key rising with arrival (keyset batches walk it; None: batches are time ranges).
+ARRIVAL_TABLES: dict[str, tuple[str, str | None]] = {
     "rejected_messages": ("received_at", "id"),
     "rejected_records": ("received_at", "id"),
     "sparklem_feed": ("committed_at", "commit_seq"),  # a commit's parts go together
+    "sparklem_redriven": ("redriven_at", None),
 }
 LEASE_NAME = "prune"
 #: Arrival marks are this fine a fraction of the retention.
@@ -77,7 +80,7 @@ class Target:
     keep: timedelta
     time: str  # the time column compared with the cutoff
     by_arrival: bool  # time is the arrival time itself (else arrival comes from the id marks)
-    key: str = "id"  # the integer column that rises with arrival
+    key: str | None = "id"  # the integer column that rises with arrival; None: none
 
     @property
     def name(self) -> str:
@@ -86,6 +89,11 @@ class Target:
     @property
     def id(self) -> Column[Any]:
         return self.table.c[self.key]
+
+    @property
+    def has_id(self) -> bool:
+        """Whether a key rises with arrival (batches are its ranges, else time ranges)."""
+        return self.key is not None
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,18 @@ def targets(store: Store, retention: Mapping[str, timedelta]) -> list[Target]:
             raise ConfigError(
                 f"retention.{name}: no such core or plugin table can be pruned "
                 f"(these can: {choices}); remove or rename the key"
+            )
+    redriven = retention.get("sparklem_redriven")
+    for quarantine in ("rejected_messages", "rejected_records"):
+        kept = retention.get(quarantine)  # None: forever
+        if redriven is not None and (kept is None or kept > redriven):
+            log.warning(
+                "retention.sparklem_redriven (%s) is shorter than retention.%s (%s): a "
+                "quarantined copy of a message redriven that long ago would be stored again "
+                "by the next redrive; make it at least as long, or 0",
+                format_duration(redriven),
+                quarantine,
+                "forever" if kept is None else format_duration(kept),
             )
     return found
 
@@ -211,6 +231,8 @@ class Pruner:
 
     def _prune(self, target: Target) -> TablePruned:
         cutoff = self._cutoff(target)
+        if not target.has_id:
+            return self._prune_by_time(target, cutoff)
         with self.store.engine.begin() as conn:
             self._renew(conn)
             if target.by_arrival:
@@ -245,6 +267,34 @@ class Pruner:
             if bound is None:  # that was the last, short batch
                 break
             after = bound
+            self._rest(time.monotonic() - started)
+        if deleted:
+            log.info("pruned %d rows from %s (older than %s)", deleted, target.name, target.keep)
+        return TablePruned(target.name, target.keep, deleted)
+
+    def _prune_by_time(self, target: Target, cutoff: datetime) -> TablePruned:
+        """Prune a table without an integer id (arrival tables only): each batch deletes
+        the rows up to the time of the ``prune_batch_rows``-th oldest, found on the time
+        index (rows of one time, rare at microseconds, go in one batch)."""
+        time_column = target.table.c[target.time]
+        n = self.settings.prune_batch_rows
+        deleted = 0
+        while True:
+            if self.stop.is_set():
+                return TablePruned(target.name, target.keep, deleted, finished=False)
+            started = time.monotonic()
+            with self.store.engine.begin() as conn:
+                self._renew(conn)
+                bound = conn.execute(
+                    select(time_column).where(time_column < cutoff)
+                    .order_by(time_column).offset(n - 1).limit(1)
+                ).scalar()  # fmt: skip
+                where = [time_column < cutoff]
+                if bound is not None:
+                    where.append(time_column <= bound)
+                deleted += conn.execute(delete(target.table).where(*where)).rowcount
+            if bound is None:  # that was the last, short batch
+                break
             self._rest(time.monotonic() - started)
         if deleted:
             log.info("pruned %d rows from %s (older than %s)", deleted, target.name, target.keep)

@@ -13,6 +13,7 @@ plugin tables are created and upgraded from what plugins register
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -35,11 +36,14 @@ from sqlalchemy import (
     Table,
     Text,
     Time,
+    and_,
     bindparam,
+    case,
     create_engine,
     delete,
     event,
     insert,
+    or_,
     select,
     tuple_,
     update,
@@ -163,7 +167,7 @@ def _core_metadata() -> MetaData:
         Column("topic", String(255), nullable=False),  # where the stored copy was quarantined
         Column("partition", Integer, nullable=False),
         Column("offset", BigInteger, nullable=False),
-        Column("redriven_at", DateTime(timezone=True), nullable=False),
+        Column("redriven_at", DateTime(timezone=True), nullable=False, index=True),
         **TABLE_OPTIONS,
     )
     # The fleet inventory: authenticated agents only (a forged id never gets a row), each
@@ -269,15 +273,20 @@ def core_metadata() -> MetaData:
     return _core_metadata()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the settings the exactly-once guarantee needs on SQLite."""
+def make_engine(url: str, *, reader: bool = False) -> Engine:
+    """An engine with the settings the exactly-once guarantee needs on SQLite.
+
+    ``reader``: a reading process's (``serve``): on SQLite its transactions begin
+    DEFERRED, a snapshot that never holds the write lock, so reads do not hold up the
+    processors' commits (a write, serve's DELETE, takes the lock at its statement).
+    """
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, "BEGIN" if reader else "BEGIN IMMEDIATE")
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, begin: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
@@ -290,13 +299,13 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Take the write lock up front: no deadlock-prone upgrade from a read lock.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the write lock up front: no deadlock-prone upgrade from a read lock.
+        conn.exec_driver_sql(begin)
 
 
 class Store:
-    def __init__(self, url: str, group_id: str) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, url: str, group_id: str, *, reader: bool = False) -> None:
+        self.engine = make_engine(url, reader=reader)
         self.group_id = group_id
         self.metadata = _core_metadata()
         self._owners: dict[str, str] = dict.fromkeys(CORE_TABLES, "sparklem core")
@@ -466,8 +475,9 @@ class Store:
                     moves: list[tuple[dict[str, Any], int | None]]) -> None:  # fmt: skip
         """Insert new marks and move existing ones from their expected value, all or none.
 
-        One executemany per kind; the UPDATE's row count proves that no other processor
-        moved any of these marks since we read them.
+        One executemany per kind (on MySQL/MariaDB one UPDATE moving them all); the
+        UPDATE's row count proves that no other processor moved any of these marks since
+        we read them.
         """
         fresh = [values for values, expected in moves if expected is None]
         moved = [{**values, "expected": expected} for values, expected in moves
@@ -492,7 +502,17 @@ class Store:
                  **({"v_topic_id": m["topic_id"]} if "topic_id" in c else {})}
                 for m in moved
             ]  # fmt: skip
-            if conn.dialect.supports_sane_multi_rowcount:
+            if conn.dialect.name in ("mysql", "mariadb"):
+                # Its drivers run an executemany of an UPDATE as one statement per mark,
+                # a round trip each: every mark in one UPDATE instead, whose row count is
+                # the rows it matched (SQLAlchemy connects with FOUND_ROWS).
+                changed = 0
+                for start in range(0, len(moved), MARKS_PER_UPDATE):
+                    chunk = moved[start : start + MARKS_PER_UPDATE]
+                    columns = (mark, "updated_at", *(("topic_id",) if "topic_id" in c else ()))
+                    one = _moves_in_one(table, key, mark, columns, len(chunk))
+                    changed += conn.execute(one, _numbered(chunk, (*key, *columns))).rowcount
+            elif conn.dialect.supports_sane_multi_rowcount:
                 changed = conn.execute(statement, params).rowcount
             else:  # a driver that cannot count an executemany: one statement per mark
                 changed = sum(conn.execute(statement, p).rowcount for p in params)
@@ -517,6 +537,39 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+#: Marks moved by one UPDATE on MySQL/MariaDB (a batch moves one per stream and partition).
+MARKS_PER_UPDATE = 500
+
+
+@functools.lru_cache(maxsize=256)
+def _moves_in_one(
+    table: Table, key: tuple[str, ...], mark: str, columns: tuple[str, ...], n: int
+) -> Any:
+    """``UPDATE table SET col = CASE WHEN key = k_i THEN v_i .. END WHERE (key = k_i AND
+    mark = e_i) OR ..`` for ``n`` marks: all moved at once, each only from its expected
+    value; parameters as :func:`_numbered` names them."""
+    c = table.c
+    keys = [and_(*(c[k] == bindparam(f"{k}_{i}") for k in key)) for i in range(n)]
+    values = {
+        column: case(
+            *((keys[i], bindparam(f"{column}_{i}", type_=c[column].type)) for i in range(n)),
+            else_=c[column],
+        )
+        for column in columns
+    }
+    moved_from = or_(*(and_(keys[i], c[mark] == bindparam(f"expected_{i}")) for i in range(n)))
+    return update(table).where(moved_from).values(values)
+
+
+def _numbered(moves: list[dict[str, Any]], columns: tuple[str, ...]) -> dict[str, Any]:
+    """The parameters of :func:`_moves_in_one` for ``moves`` (each with its ``expected``)."""
+    return {
+        f"{column}_{i}": move[column]
+        for i, move in enumerate(moves)
+        for column in (*columns, "expected")
+    }
 
 
 _TEMPORAL = (Date, DateTime, Time)

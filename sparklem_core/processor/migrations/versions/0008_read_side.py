@@ -1,7 +1,7 @@
 """The read side: sparklem_latest, sparklem_feed and its head (issue 11).
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-30
 """
 
@@ -10,8 +10,8 @@ from alembic import op
 
 from sparklem_core.processor.mysql_types import TABLE_OPTIONS  # ids compared byte for byte
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
