@@ -7,7 +7,7 @@ import json
 import math
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -121,6 +121,17 @@ def test_latest_holds_the_newest_reading_per_series(store: Store, batches) -> No
     for (agent, sensor), (at, r) in got.items():
         assert r == {"agent_id": agent, "sensor": sensor, "celsius": r["celsius"],
                      "measured_at": at.isoformat().replace("+00:00", "Z")}  # fmt: skip
+
+
+def test_latest_compares_times_in_any_zone_as_utc(store: Store) -> None:
+    """05:00+02:00 is 03:00Z: older than 03:30Z, on databases that store wall times too."""
+    plus2 = timezone(timedelta(hours=2))
+    store.commit(Batch(rows={TABLE: [row("edge-1", "cpu", 1.0, T0 + timedelta(minutes=30))]}))
+    store.commit(Batch(rows={TABLE: [row("edge-1", "cpu", 2.0, T0.astimezone(plus2))]}))
+    ((at, held),) = latest(store).values()
+    assert (at, held["celsius"]) == (T0 + timedelta(minutes=30), 1.0)
+    (late,) = FeedReader(store.engine).read_after("1-0-0")
+    assert late.at == T0 and late.data["row"]["measured_at"] == "2026-11-30T03:00:00.123456Z"
 
 
 def test_a_series_too_long_for_the_key_is_kept_by_its_digest(store: Store) -> None:

@@ -35,11 +35,14 @@ _DIGEST_PREFIX = "#sha256:"
 
 def rfc3339(value: datetime) -> str:
     """``2026-11-30T04:00:00.123456Z``; a naive time is UTC, as the database hands it back."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    elif value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat()[:-6] + "Z"  # without its "+00:00"
+    return _utc(value).isoformat()[:-6] + "Z"  # without its "+00:00"
+
+
+def _utc(value: datetime) -> datetime:
+    """In UTC: SQLite and MariaDB store and compare the wall time, without its zone."""
+    if value.tzinfo is UTC:
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def series_key(values: list[Any], limit: int) -> str:
@@ -183,8 +186,7 @@ def _readings(
         table = [tuple(row.get(c) for c in columns) for row in rows]
     by_column = list(zip(*table, strict=True))
     times = by_column[-1]
-    aware = {i: t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-             for i, t in {id(t): t for t in times}.items()}  # fmt: skip
+    aware = {i: _utc(t) for i, t in {id(t): t for t in times}.items()}
     time_texts = {i: _quote(rfc3339(t)) for i, t in aware.items()}
     encoded = [_column_json(list(c), texts) for c in by_column[:-1]]
     encoded.append(list(map(time_texts.__getitem__, map(id, times))))
