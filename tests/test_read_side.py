@@ -299,7 +299,7 @@ _groups = st.fixed_dictionaries(
 def test_hostile_feed_parts_give_events_or_nothing(tmp_path_factory, parts: list[Any]) -> None:
     """Whatever a part holds (groups of wrong types, rows that do not match their columns,
     huge integers), the reader answers checked FeedEvents, in id order, and never raises."""
-    reader = _sqlite_reader(tmp_path_factory)
+    reader = _sqlite_reader(tmp_path_factory, "hostile")
     feed = core_metadata().tables["sparklem_feed"]
     with reader.engine.begin() as conn:
         conn.execute(delete(feed))
@@ -337,14 +337,14 @@ def test_a_hostile_event_id_is_a_value_error(tmp_path_factory, text: str) -> Non
         assert events == []
 
 
-_READERS: dict[int, FeedReader] = {}
+_READERS: dict[tuple[int, str], FeedReader] = {}
 
 
-def _sqlite_reader(tmp_path_factory) -> FeedReader:
-    """One empty SQLite database for every example (hypothesis calls the test many times)."""
-    key = id(tmp_path_factory)
+def _sqlite_reader(tmp_path_factory, name: str = "feed") -> FeedReader:
+    """One SQLite database per name for every example (hypothesis calls a test many times)."""
+    key = (id(tmp_path_factory), name)
     if key not in _READERS:
-        s = probe_store(f"sqlite:///{tmp_path_factory.mktemp('feed')}/db.sqlite3")
+        s = probe_store(f"sqlite:///{tmp_path_factory.mktemp(name)}/db.sqlite3")
         _READERS[key] = FeedReader(s.engine)
     return _READERS[key]
 
