@@ -3,10 +3,11 @@
 ``sparklem_latest`` gets one upsert per series per batch (the batch's newest reading of
 it), which replaces the stored one only if it was measured at the same time or later: a
 late spooled reading never hides a newer one. The feed gets the batch's stored readings
-and rejections as JSON parts under one ``commit_seq``, taken from ``sparklem_feed_head``
-last in the transaction: its row lock, held until the commit, serializes the commits
-that write the feed, so a later commit always has a higher ``commit_seq`` and a reader
-polling ``commit_seq > cursor`` never skips one (:mod:`sparklem_core.reading.feed`).
+and rejections by columns (:class:`Group`), as JSON parts under one ``commit_seq``,
+taken from ``sparklem_feed_head`` last in the transaction: its row lock, held until the
+commit, serializes the commits that write the feed, so a later commit always has a higher
+``commit_seq`` and a reader polling ``commit_seq > cursor`` never skips one
+(:mod:`sparklem_core.reading.feed`).
 """
 
 from __future__ import annotations
