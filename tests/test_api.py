@@ -467,17 +467,20 @@ def test_no_query_string_makes_a_500(sqlite_app: TestClient) -> None:
 
 
 def test_no_query_string_makes_a_500_on_delete_or_stream(tmp_path: Path) -> None:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3", admin_tokens=[ADMIN_TOKEN])
     store = open_schema(config)
     commit(store, TEMPERATURE, temperature_rows(20))
+    as_admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     @settings(max_examples=100)
     @given(pairs, st.text(max_size=20))
     def check(params: list[tuple[str, str]], segment: str) -> None:
         query = urlencode(params)
-        deleted = client.delete(f"/api/v1/agents/{quote(segment, safe='')}/data?{query}")
+        deleted = client.delete(f"/api/v1/agents/{quote(segment, safe='')}/data?{query}",
+                                headers=as_admin)  # fmt: skip
         assert deleted.status_code in (200, 400, 404, 405), deleted.text
-        with httpx.stream("GET", f"{server.url}/api/v1/stream?{query}", timeout=20) as answer:
+        with httpx.stream("GET", f"{server.url}/api/v1/stream?{query}", headers=as_admin,
+                          timeout=20) as answer:  # fmt: skip
             assert answer.status_code in (200, 400), query
 
     try:
@@ -547,3 +550,19 @@ def test_without_the_schema_a_503_and_cors_only_when_configured(tmp_path: Path) 
     with TestClient(create_app(closed)) as client:
         answer = client.get("/api/v1/plugins", headers={"Origin": "http://ui"})
         assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+
+
+def test_without_tokens_data_can_be_read_but_never_deleted(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
+    store = open_schema(config)
+    commit(store, TEMPERATURE, temperature_rows(5))
+    try:
+        with TestClient(create_app(config, store)) as client:
+            assert client.get("/api/v1/readings/temperature").status_code == 200
+            refused = client.delete("/api/v1/agents/a-1/data")
+            assert refused.status_code == 403 and "serve.admin_tokens" in refused.json()["error"]
+            assert client.get("/api/v1/readings/temperature").json()["latest"]
+    finally:
+        store.dispose()
