@@ -257,6 +257,54 @@ def test_agents_from_the_fleet_inventory(sqlite_app: TestClient) -> None:
     assert sqlite_app.get("/api/v1/agents", params={"state": "asleep"}).json()["param"] == "state"
 
 
+def test_agents_in_pages_by_agent_id(sqlite_app: TestClient) -> None:
+    whole = sqlite_app.get("/api/v1/agents").json()
+    assert whole["next"] is None and len(whole["agents"]) == len(AGENTS)
+    first = sqlite_app.get("/api/v1/agents", params={"limit": "2"}).json()
+    assert [a["agent_id"] for a in first["agents"]] == ["a-1", "a-2"]
+    rest = sqlite_app.get("/api/v1/agents", params={"limit": "2", "cursor": first["next"]})
+    assert [a["agent_id"] for a in rest.json()["agents"]] == ["a-3"]
+    assert rest.json()["next"] is None
+    ids = [a["agent_id"] for a in first["agents"] + rest.json()["agents"]]
+    assert ids == [a["agent_id"] for a in whole["agents"]]
+    assert first["agents"][0].keys() == whole["agents"][0].keys()
+    bad = sqlite_app.get("/api/v1/agents", params={"limit": "two"}).json()
+    assert bad["param"] == "limit"
+
+
+def test_agents_pages_join_to_the_unpaged_answer(sqlite_app: TestClient) -> None:
+    filters = st.lists(
+        st.tuples(st.sampled_from(("state", "silent", "agent")),
+                  st.sampled_from(("active", "never_seen", "silent", "true", "false", *AGENTS))),
+        max_size=3,
+    )  # fmt: skip
+
+    @settings(max_examples=60)
+    @given(filters, st.integers(1, len(AGENTS) + 1), st.sampled_from(("", *AGENTS)) | st.text())
+    def check(params: list[tuple[str, str]], limit: int, start: str) -> None:
+        params = [(k, v) for k, v in params if k != "silent"] + [
+            p for p in params if p[0] == "silent"][:1]  # fmt: skip
+        unpaged = sqlite_app.get("/api/v1/agents", params=[*params, ("cursor", start)])
+        if unpaged.status_code == 400:
+            return
+        assert unpaged.status_code == 200, unpaged.text
+        expected = unpaged.json()["agents"]
+        assert all(a["agent_id"] > start for a in expected)
+        pages, cursor = [], start
+        while True:
+            answer = sqlite_app.get(
+                "/api/v1/agents", params=[*params, ("limit", str(limit)), ("cursor", cursor)]
+            ).json()
+            assert len(answer["agents"]) <= limit
+            pages.extend(answer["agents"])
+            if answer["next"] is None:
+                break
+            cursor = answer["next"]
+        assert [a["agent_id"] for a in pages] == [a["agent_id"] for a in expected]
+
+    check()
+
+
 def test_delete_an_agents_data_is_audited(tmp_path: Path) -> None:
     audit = tmp_path / "audit.log"
     config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3",
@@ -419,17 +467,20 @@ def test_no_query_string_makes_a_500(sqlite_app: TestClient) -> None:
 
 
 def test_no_query_string_makes_a_500_on_delete_or_stream(tmp_path: Path) -> None:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3", admin_tokens=[ADMIN_TOKEN])
     store = open_schema(config)
     commit(store, TEMPERATURE, temperature_rows(20))
+    as_admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     @settings(max_examples=100)
     @given(pairs, st.text(max_size=20))
     def check(params: list[tuple[str, str]], segment: str) -> None:
         query = urlencode(params)
-        deleted = client.delete(f"/api/v1/agents/{quote(segment, safe='')}/data?{query}")
+        deleted = client.delete(f"/api/v1/agents/{quote(segment, safe='')}/data?{query}",
+                                headers=as_admin)  # fmt: skip
         assert deleted.status_code in (200, 400, 404, 405), deleted.text
-        with httpx.stream("GET", f"{server.url}/api/v1/stream?{query}", timeout=20) as answer:
+        with httpx.stream("GET", f"{server.url}/api/v1/stream?{query}", headers=as_admin,
+                          timeout=20) as answer:  # fmt: skip
             assert answer.status_code in (200, 400), query
 
     try:
@@ -499,3 +550,19 @@ def test_without_the_schema_a_503_and_cors_only_when_configured(tmp_path: Path) 
     with TestClient(create_app(closed)) as client:
         answer = client.get("/api/v1/plugins", headers={"Origin": "http://ui"})
         assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+
+
+def test_without_tokens_data_can_be_read_but_never_deleted(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
+    store = open_schema(config)
+    commit(store, TEMPERATURE, temperature_rows(5))
+    try:
+        with TestClient(create_app(config, store)) as client:
+            assert client.get("/api/v1/readings/temperature").status_code == 200
+            refused = client.delete("/api/v1/agents/a-1/data")
+            assert refused.status_code == 403 and "serve.admin_tokens" in refused.json()["error"]
+            assert client.get("/api/v1/readings/temperature").json()["latest"]
+    finally:
+        store.dispose()

@@ -12,14 +12,20 @@ contract carries no interval.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Container
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparklem_core.admin.enrollment import EnrollmentError, agent_files, read_intervals
+from sparklem_core.admin.enrollment import (
+    EnrollmentError,
+    agent_files,
+    read_intervals,
+    recorded_intervals,
+)
 from sparklem_core.processor.enrolments import ENROLLED, REVOKED, TABLE
 from sparklem_core.processor.read_side import rfc3339
 from sparklem_core.processor.registry import one_line
@@ -69,10 +75,10 @@ class AgentStatus:
 
     def document(self, now: datetime) -> dict[str, Any]:
         """The JSON form: times in RFC 3339 UTC, ``last_seen_ago_s`` relative to ``now``."""
-        doc = asdict(self)
-        for key, value in list(doc.items()):
-            if isinstance(value, datetime):
-                doc[key] = rfc3339(value)
+        doc = {}  # not asdict: its deep copies cost more than the rest of the fleet view
+        for name in _FIELDS:
+            value = getattr(self, name)
+            doc[name] = rfc3339(value) if isinstance(value, datetime) else value
         doc["plugins"] = {
             name: {"last_message_at": rfc3339(p.last_message_at), "messages": p.messages}
             for name, p in self.plugins.items()
@@ -82,6 +88,9 @@ class AgentStatus:
             None if self.last_seen is None else round((now - self.last_seen).total_seconds(), 3)
         )
         return doc
+
+
+_FIELDS = tuple(f.name for f in fields(AgentStatus))
 
 
 def inventory(config: Config, now: datetime, store: Store | None = None) -> list[AgentStatus]:
@@ -96,10 +105,11 @@ def inventory(config: Config, now: datetime, store: Store | None = None) -> list
         if store is None:
             reading.dispose()
     states = enrolment_states(config, in_database)
+    recorded = recorded_intervals(config.certificates)
     statuses = []
     for agent_id in sorted(states.keys() | seen.keys()):
         row = seen.get(agent_id, {})
-        threshold = silent_after(config, agent_id)
+        threshold = silent_after(config, agent_id, recorded)
         statuses.append(
             AgentStatus(
                 agent_id,
@@ -120,12 +130,13 @@ def count_by_state(config: Config, store: Store, now: datetime) -> dict[str, int
     """
     seen, _plugins, in_database = _read_tables(config, store, whole=False)
     counts = dict.fromkeys(COUNTED.values(), 0)
+    recorded = recorded_intervals(config.certificates)
     for agent_id, state in enrolment_states(config, in_database).items():
         if state == REVOKED:
             counts[COUNTED[REVOKED]] += 1
         else:
             last = seen.get(agent_id, {}).get("last_seen")
-            counts[COUNTED[activity(last, silent_after(config, agent_id), now)]] += 1
+            counts[COUNTED[activity(last, silent_after(config, agent_id, recorded), now)]] += 1
     return counts
 
 
@@ -143,11 +154,16 @@ def enrolment_states(config: Config, in_database: dict[str, str]) -> dict[str, s
     return states
 
 
-def silent_after(config: Config, agent_id: str) -> float | None:
+def silent_after(
+    config: Config, agent_id: str, recorded: Container[str] | None = None
+) -> float | None:
     """The agent's silence threshold: ``fleet.silent_after_s``, else three times its
-    shortest collection interval; None when neither is known."""
+    shortest collection interval; None when neither is known. ``recorded``: the agents
+    with intervals on file (:func:`recorded_intervals`), so that no other file is tried."""
     if config.fleet.silent_after_s is not None:
         return config.fleet.silent_after_s
+    if recorded is not None and agent_id not in recorded:
+        return None
     intervals = read_intervals(config.certificates, agent_id)
     return SILENT_INTERVALS * min(intervals.values()) if intervals else None
 

@@ -37,7 +37,9 @@ class Caller:
     admin: bool
 
 
-OPEN = Caller("none", admin=True)  # no tokens configured: loopback only, everything allowed
+# No tokens configured: loopback only, and reading only. Deleting data always takes an admin
+# token, so that any local process (or a page a local browser opens) cannot.
+OPEN = Caller("none", admin=False)
 
 
 class Tokens:
@@ -105,6 +107,9 @@ def require_read(request: Request) -> Caller:
 def require_admin(request: Request) -> Caller:
     """Dependency of admin routes: 401 without a token, 403 with a read-only one."""
     caller = require_read(request)
+    if caller is OPEN:
+        raise ApiError(403, "this needs an admin token: set serve.admin_tokens "
+                       "(or SPARKLEM_ADMIN_TOKENS) and send it as a bearer token")  # fmt: skip
     if not caller.admin:
         raise ApiError(403, "this needs an admin token (serve.admin_tokens)")
     return caller
