@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, MetaData, Table, case, insert, select, update
 
 from sparklem_core.processor.agent_inventory import cached_upsert
@@ -94,8 +95,15 @@ else:
     _encode = _ENCODER.encode
 
 
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME  # times through _jsonable: RFC 3339, "Z"
+
+
 def dumps(value: Any) -> str:
     """JSON text of what the read side stores; NaN and infinities become null."""
+    try:  # orjson writes NaN and infinities as null itself, 5-10 times faster
+        return orjson.dumps(value, default=_jsonable, option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, a lone surrogate
+        pass
     try:
         return _encode(value)
     except ValueError:  # a non-finite float: rare, so only then walked
