@@ -183,6 +183,17 @@ def test_the_feed_holds_every_reading_and_rejection_once_in_commit_order(store: 
     json.dumps([e.as_json() for e in events])  # every event is plain JSON
 
 
+def test_text_beyond_ascii_is_stored_as_it_came(store: Store) -> None:
+    """The feed and latest hold any Unicode (written raw, not escaped) on every database."""
+    name = "cpu \U0001f321\u2028\u00e9"
+    store.commit(Batch(rows={TABLE: [row("edge-\u00e9", name, 1.5, T0)]},
+                       rejected=[rejection(1, "d\u00e9tail \U0001f4a5")]))  # fmt: skip
+    reading, rejected = FeedReader(store.engine).read_after(START)
+    assert (reading.agent_id, reading.data["row"]["sensor"]) == ("edge-\u00e9", name)
+    assert rejected.data["detail"] == "d\u00e9tail \U0001f4a5"
+    assert latest(store)[("edge-\u00e9", name)][1]["sensor"] == name
+
+
 _MIXED: dict[int, Store] = {}
 
 
