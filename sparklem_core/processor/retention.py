@@ -18,12 +18,15 @@ What "older" means, per kind of table:
 The pruner deletes ``prune_batch_rows`` rows per transaction, an id range found by
 keyset on the primary key up to the newest old row (found on the time index for the
 rejection tables, from the marks for plugin tables), and rests between batches so that
-it takes at most ``prune_busy_fraction`` of the database's time; on SQLite each batch's ``BEGIN
-IMMEDIATE`` is the only time it holds the writer lock. Among processors sharing a
-database one prunes at a time: it holds a lease (``sparklem_leases``), renewed in every
-batch's own transaction, and taken over once it expires. Each batch commits whole or not
-at all, so a pass stopped by SIGTERM or a crash leaves no partial state; the next pass
-carries on.
+it takes at most ``prune_busy_fraction`` of the database's time: it rests
+``1/fraction - 1`` times as long as it held the batch's transaction open (never counting
+its wait to begin it). On SQLite each batch is the only time it holds the writer lock, and
+it takes its turn at that lock with the process's other writers (``Store.write``): a
+never-idle ingestion loop in the same process cannot starve it, nor does it get more.
+Among processors sharing a database one prunes at a time: it holds a lease
+(``sparklem_leases``), renewed in every batch's own transaction, and taken over once it
+expires. Each batch commits whole or not at all, so a pass stopped by SIGTERM or a crash
+leaves no partial state; the next pass carries on.
 """
 
 from __future__ import annotations
@@ -179,6 +182,7 @@ class Pruner:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.holder = f"{socket.gethostname()[:150]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.deleted = 0  # rows this pruner has deleted so far, all passes (for progress)
         self._leases = store.metadata.tables["sparklem_leases"]
         self._marks = store.metadata.tables["sparklem_arrival_marks"]
 
@@ -230,7 +234,7 @@ class Pruner:
         cutoff = self._cutoff(target)
         if not target.has_id:
             return self._prune_by_time(target, cutoff)
-        with self.store.engine.begin() as conn:
+        with self.store.write() as conn:
             self._renew(conn)
             if target.by_arrival:
                 max_id = self._newest_old(conn, target, cutoff)
@@ -249,10 +253,10 @@ class Pruner:
             where = self._old(target, cutoff, max_id)
             if after is not None:
                 where.append(target.id > after)
-            # Timed with the wait for SQLite's writer lock: the busier ingestion keeps
-            # the database, the longer the pruner rests.
-            started = time.monotonic()
-            with self.store.engine.begin() as conn:
+            with self.store.write() as conn:
+                # Timed from BEGIN on: the rest is proportional to the time the pruner
+                # kept the database (or SQLite's writer lock), not to its wait for it.
+                started = time.monotonic()
                 self._renew(conn)
                 bound = conn.execute(
                     select(target.id).where(*where).order_by(target.id).offset(n - 1).limit(1)
@@ -261,6 +265,7 @@ class Pruner:
                     where.append(target.id <= bound)
                 gone = conn.execute(delete(target.table).where(*where)).rowcount
             deleted += gone
+            self.deleted += gone
             if bound is None:  # that was the last, short batch
                 break
             after = bound
@@ -279,8 +284,8 @@ class Pruner:
         while True:
             if self.stop.is_set():
                 return TablePruned(target.name, target.keep, deleted, finished=False)
-            started = time.monotonic()
-            with self.store.engine.begin() as conn:
+            with self.store.write() as conn:
+                started = time.monotonic()
                 self._renew(conn)
                 bound = conn.execute(
                     select(time_column).where(time_column < cutoff)
@@ -289,7 +294,9 @@ class Pruner:
                 where = [time_column < cutoff]
                 if bound is not None:
                     where.append(time_column <= bound)
-                deleted += conn.execute(delete(target.table).where(*where)).rowcount
+                gone = conn.execute(delete(target.table).where(*where)).rowcount
+            deleted += gone
+            self.deleted += gone
             if bound is None:  # that was the last, short batch
                 break
             self._rest(time.monotonic() - started)
@@ -310,10 +317,11 @@ class Pruner:
             .order_by(time_column.desc(), target.id.desc()).limit(1)
         ).scalar()  # fmt: skip
 
-    def _rest(self, batch_s: float) -> None:
-        """Leave the database to ingestion for a while (SQLite: the writer lock too)."""
+    def _rest(self, held_s: float) -> None:
+        """Leave the database (SQLite: the writer lock too) to ingestion for a while, in
+        proportion to ``held_s``, the time the batch's transaction was open."""
         fraction = self.settings.prune_busy_fraction
-        self.stop.wait(batch_s * (1 / fraction - 1))
+        self.stop.wait(held_s * (1 / fraction - 1))
 
     # --- arrival marks -----------------------------------------------------------------
 
@@ -359,7 +367,7 @@ class Pruner:
 
     def _take_lease(self) -> bool:
         try:
-            with self.store.engine.begin() as conn:
+            with self.store.write() as conn:
                 if self._renew(conn, strict=False):
                     return True
                 exists = conn.execute(
@@ -393,7 +401,7 @@ class Pruner:
     def _release_lease(self) -> None:
         c = self._leases.c
         try:
-            with self.store.engine.begin() as conn:
+            with self.store.write() as conn:
                 conn.execute(
                     update(self._leases)
                     .where(c.name == LEASE_NAME, c.holder == self.holder)
