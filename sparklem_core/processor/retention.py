@@ -250,9 +250,8 @@ class Pruner:
         while True:
             if self.stop.is_set():
                 return TablePruned(target.name, target.keep, deleted, finished=False)
-            where = self._old(target, cutoff, max_id)
-            if after is not None:
-                where.append(target.id > after)
+            span = [] if after is None else [target.id > after]
+            where = [*self._old(target, cutoff, max_id), *span]
             with self.store.write() as conn:
                 # Timed from BEGIN on: the rest is proportional to the time the pruner
                 # kept the database (or SQLite's writer lock), not to its wait for it.
@@ -262,7 +261,9 @@ class Pruner:
                     select(target.id).where(*where).order_by(target.id).offset(n - 1).limit(1)
                 ).scalar()
                 if bound is not None:
-                    where.append(target.id <= bound)
+                    # The batch's range alone (bound <= max_id): given max_id too, SQLite
+                    # may end its rowid scan there, walking every old row in each batch.
+                    where = [*self._old(target, cutoff, None), *span, target.id <= bound]
                 gone = conn.execute(delete(target.table).where(*where)).rowcount
             deleted += gone
             self.deleted += gone
@@ -291,9 +292,8 @@ class Pruner:
                     select(time_column).where(time_column < cutoff)
                     .order_by(time_column).offset(n - 1).limit(1)
                 ).scalar()  # fmt: skip
-                where = [time_column < cutoff]
-                if bound is not None:
-                    where.append(time_column <= bound)
+                # bound < cutoff: the one upper end, or SQLite may scan up to the cutoff.
+                where = [time_column < cutoff] if bound is None else [time_column <= bound]
                 gone = conn.execute(delete(target.table).where(*where)).rowcount
             deleted += gone
             self.deleted += gone
