@@ -252,7 +252,7 @@ class Pruner:
                 return TablePruned(target.name, target.keep, deleted, finished=False)
             span = [] if after is None else [target.id > after]
             where = [*self._old(target, cutoff, max_id), *span]
-            with self.store.write() as conn:
+            with self.store.write(checkpoint=True) as conn:
                 # Timed from BEGIN on: the rest is proportional to the time the pruner
                 # kept the database (or SQLite's writer lock), not to its wait for it.
                 started = time.monotonic()
@@ -285,7 +285,7 @@ class Pruner:
         while True:
             if self.stop.is_set():
                 return TablePruned(target.name, target.keep, deleted, finished=False)
-            with self.store.write() as conn:
+            with self.store.write(checkpoint=True) as conn:
                 started = time.monotonic()
                 self._renew(conn)
                 bound = conn.execute(

@@ -369,10 +369,19 @@ class Store:
             return {(topic, part): (off, tid) for topic, part, off, tid in rows}
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction, begun in this process's turn at SQLite's writer lock."""
-        with self.turn, self.engine.begin() as conn:
-            yield conn
+    def write(self, *, checkpoint: bool = False) -> Iterator[Connection]:
+        """A write transaction, begun in this process's turn at SQLite's writer lock.
+
+        ``checkpoint``: on SQLite, then copy the write-ahead log into the database, still
+        in the turn, so that the pages this transaction wrote are not left to the next
+        writer's commit (SQLite checkpoints in whichever commit finds the log long).
+        """
+        with self.turn, self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+            if checkpoint and self.engine.dialect.name == "sqlite":
+                # On the driver's connection: outside any transaction, which it needs.
+                conn.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def commit(self, batch: Batch) -> None:
         """Write a whole batch in one transaction, or nothing (:class:`Conflict` or DB error)."""
