@@ -1,7 +1,7 @@
-"""Benchmarks of the processor: ``python3 -m benchmarks.pipeline --help`` and
-``python3 -m benchmarks.crypto --help``.
+"""Benchmarks: ``python3 -m benchmarks.NAME --help`` for pipeline, crypto, prune, api (the
+read API) and the others here.
 
-Both print a table on stdout and, as their last line, one JSON object with every figure;
-progress goes to stderr. Neither is part of the processor: they build their own keys and
-messages in a temporary directory and leave nothing behind.
+Each prints a table or a line on stdout and, last, one JSON object with every figure;
+progress goes to stderr. None is part of the processor: they build their own keys,
+messages and databases in temporary directories and leave nothing behind.
 """

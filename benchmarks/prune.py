@@ -27,23 +27,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import func, select, text
 
-from sparklem_core.plugin_host import PluginHost
+from benchmarks.databases import database, new_store
 from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.retention import PassReport, Pruner, targets
 from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import ProcessorSettings
 
-ROOT = Path(__file__).resolve().parent.parent
 TABLE = "temperature_readings"
 KEEP = timedelta(days=30)
 INGEST_BATCH = 2000
@@ -81,14 +78,6 @@ class Figures:
 
 def progress(message: str) -> None:
     print(f"[prune bench] {message}", file=sys.stderr, flush=True)
-
-
-def new_store(url: str) -> Store:
-    store = Store(url, "bench")
-    host = PluginHost(ROOT / "plugins", enabled=lambda name: name == "temperature")
-    host.register_tables(store.register_table, store.drop_registrations)
-    store.create_schema()
-    return store
 
 
 def fill(store: Store, count: int, at: datetime) -> None:
@@ -248,19 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     figures: list[Figures] = []
     for name in args.db.split(","):
-        if name == "sqlite":
-            with tempfile.TemporaryDirectory(prefix="sparklem-prune-") as tmp:
-                figures.append(measure(name, f"sqlite:///{tmp}/db.sqlite3", args.rows,
-                                       args.window, settings, args.max_prune_s))  # fmt: skip
-        elif name == "postgresql":
-            from sparklem_core.testing.servers import LocalPostgres
-
-            with LocalPostgres() as pg:
+        try:
+            with database(name) as (url, _tmp):
                 figures.append(
-                    measure(name, pg.url, args.rows, args.window, settings, args.max_prune_s)
+                    measure(name, url, args.rows, args.window, settings, args.max_prune_s)
                 )
-        else:
-            build_parser().error(f"--db: {name!r} is not sqlite or postgresql")
+        except ValueError as exc:
+            build_parser().error(str(exc))
         f = figures[-1]
         print(
             f"{f.database:<10} {f.pruned:>9,} of {f.old_rows:,} old rows pruned in "

@@ -30,6 +30,7 @@ from sparklem_core.processor.registry import (
 from sparklem_core.processor.retention import Target, targets
 from sparklem_core.processor.schema_lock import SchemaLockTimeout
 from sparklem_core.processor.store import Store
+from sparklem_core.reading.catalog import open_store
 from sparklem_core.settings.config import (
     Config,
     ConfigError,
@@ -65,10 +66,7 @@ class Setup:
 
 def prepare(config: Config) -> Setup:
     """Load plugins, check their settings, declare every table (core and plugins) on a Store."""
-    plugins = load_plugins(config)
-    check_database_url(config.database_url)  # a permanent mistake: no retry loop for it
-    store = Store(config.database_url, config.group_id)
-    plugins.register_tables(store.register_table, store.drop_registrations)
+    plugins, store = open_store(config)
     return Setup(config, plugins, store, targets(store, config.retention))
 
 
@@ -290,6 +288,28 @@ def cmd_agents(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tail(config: Config, args: argparse.Namespace) -> int:
+    import threading
+
+    from sparklem_core.reading.feed import START
+    from sparklem_core.reading.tail import TailError, TailFilter, follow, open_feed, printer
+
+    check_database_url(config.database_url)
+    try:
+        reader = open_feed(config.database_url)
+    except TailError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        after = START if args.from_start else args.since or reader.head()
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        show = TailFilter(frozenset(args.plugin), frozenset(args.agent), args.rejected)
+        write = printer(sys.stdout, as_json=args.json, colour=colour)
+        follow(reader, after, show, write, threading.Event())  # until Ctrl-C
+    finally:
+        reader.engine.dispose()
+    return 0
+
+
 def run_workers(config: Config, args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
@@ -363,6 +383,15 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
             line += " (stopped before the end: the next pass carries on)"
         print(line)
     return 0 if all(done.finished for done in report.tables) else EXIT_FAILURE
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from sparklem_core.http.server import ServeError, run
+
+    try:
+        return run(config, args.listen or config.serve.listen)
+    except ServeError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def cmd_demo(config: Config, args: argparse.Namespace) -> int:
@@ -514,6 +543,62 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     agents.add_argument("--silent", action="store_true", help="only agents that went silent")
     agents.add_argument("--json", action="store_true", help="JSON for scripts, one object each")
     agents.set_defaults(func=cmd_agents)
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="the read API and dashboard (HTTP)",
+        description="Serve the read API under /api/v1 (readings, aggregates, agents, "
+        "rejections, a live stream; OpenAPI at /docs) and the dashboard at /, from the "
+        "database in the config. Run any number beside the processors. Without "
+        "serve.read_tokens or serve.admin_tokens it listens on loopback only. See "
+        "docs/reading.md.",
+    )
+    serve.add_argument(
+        "--listen",
+        type=_listen_arg,
+        metavar="HOST:PORT",
+        help="where to listen (default: serve.listen, 127.0.0.1:8620)",
+    )
+    serve.set_defaults(func=cmd_serve)
+    tail = sub.add_parser(
+        "tail",
+        parents=[common],
+        help="stored readings and rejections, live, one line each",
+        description="Follow what the processors store, as they commit it: one line per "
+        "reading (time, agent, plugin, series and values) or rejection (reason, detail), "
+        "read from the database's feed (sparklem_feed), no HTTP server needed. Starts at "
+        "the newest event; Ctrl-C ends it. Text from records is escaped: no control "
+        "character reaches the terminal. Colour on a terminal unless NO_COLOR is set.",
+    )
+    tail.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="P",
+        help="only this plugin's events (repeat for several)",
+    )
+    tail.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="A",
+        help="only this agent's events (repeat for several)",
+    )
+    tail.add_argument("--rejected", action="store_true", help="only rejections")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument(
+        "--from-start",
+        action="store_true",
+        help="begin with the oldest event the feed still holds (retention: 1d)",
+    )
+    start.add_argument(
+        "--since",
+        type=_event_id,
+        metavar="EVENT_ID",
+        help="resume after this event id (COMMITSEQ-PART-N, as --json prints)",
+    )
+    tail.set_defaults(func=cmd_tail)
     demo = sub.add_parser(
         "demo",
         parents=[common],
@@ -561,6 +646,15 @@ def _port(value: str) -> int:
     return port
 
 
+def _listen_arg(value: str) -> str:
+    from sparklem_core.settings.config import check_listen
+
+    try:
+        return check_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _workers(value: str) -> int:
     from sparklem_core.processor.supervisor import parse_workers
 
@@ -570,8 +664,18 @@ def _workers(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive number or 'auto'") from None
 
 
+def _event_id(value: str) -> str:
+    from sparklem_core.reading.feed import parse_event_id
+
+    try:
+        parse_event_id(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _time(value: str) -> datetime:
-    from sparklem_core.processor.redrive import parse_time
+    from sparklem_core.reading.timeparse import parse_time
 
     try:
         return parse_time(value)

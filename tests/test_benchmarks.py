@@ -86,6 +86,29 @@ def test_prune_benchmark_reports_a_prune_stopped_by_its_limit() -> None:
     assert not result["finished"] and result["pruned"] < 3000
 
 
+def test_api_benchmark_smoke() -> None:
+    report = run_module(
+        "benchmarks.api", "--rows", "2000", "--agents", "20", "--db", "sqlite",
+        "--requests", "3", "--clients", "2", "--seconds", "1",
+    )  # fmt: skip
+    (result,) = report["results"]
+    assert result["database"] == "sqlite" and result["latest_items"] == 40
+    assert result["latest_p95_ms"] > 0 and result["day_p95_ms"] > 0
+    assert result["day_points"] > 0 and result["ingest_rows_s"] > 0
+
+
+@pytest.mark.e2e  # Chromium and serve
+def test_dashboard_benchmark_smoke() -> None:
+    report = run_module(
+        "benchmarks.dashboard", "--agents", "20", "--cores", "2", "--sensors", "2",
+        "--hours", "0.05", "--loads", "1",
+    )  # fmt: skip
+    (result,) = report["dashboard"]
+    assert result["database"] == "sqlite" and result["agents"] == 20
+    assert result["hour_points"] > 0 and result["day_points"] > 0
+    assert result["fleet_p50_ms"] > 0 and result["day_p50_ms"] > 0
+
+
 @pytest.mark.parametrize(
     ("module", "flags"),
     [
@@ -98,6 +121,8 @@ def test_prune_benchmark_reports_a_prune_stopped_by_its_limit() -> None:
             "benchmarks.prune",
             ("--rows", "--db", "--window", "--batch-rows", "--busy-fraction", "--max-prune-s"),
         ),
+        ("benchmarks.api", ("--rows", "--agents", "--days", "--db", "--clients", "--rate")),
+        ("benchmarks.dashboard", ("--agents", "--cores", "--hours", "--loads", "--db")),
     ],
 )
 def test_benchmark_help(module: str, flags: tuple[str, ...]) -> None:

@@ -620,6 +620,12 @@ keys = st.one_of(
             "prune_batch_rows",
             "fleet",
             "silent_after_s",
+            "serve",
+            "read_tokens",
+            "admin_tokens",
+            "cors_origins",
+            "audit_log",
+            "client_buffer",
         ]
     ),  # fmt: skip
     st.text(max_size=8),

@@ -45,3 +45,4 @@ def test_demo_runs_to_its_summary(tmp_path: Path, broker) -> None:  # broker: ma
     assert summary["stored"]["pu_workload_readings"] > 0
     assert {"bad_signature", "malformed"} <= set(summary["rejected"])
     assert (demo_dir / "processor.log").exists() and (demo_dir / "agent.log").exists()
+    assert "dashboard:  http://127.0.0.1:" in out, out  # printed once the API answered

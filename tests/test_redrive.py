@@ -25,8 +25,9 @@ from waiting import wait_for
 
 from sparklem_core import Manifest, Message, PluginResult, Setting, hookimpl, wire
 from sparklem_core.processor.pipeline import Pipeline
-from sparklem_core.processor.redrive import PAGE, Redrive, Selection, Summary, parse_time
+from sparklem_core.processor.redrive import PAGE, Redrive, Selection, Summary
 from sparklem_core.processor.registry import AgentRegistry
+from sparklem_core.reading.timeparse import parse_time
 from sparklem_core.testing import PluginHarness
 from sparklem_core.testing.plugin import MakeHarness
 

@@ -360,11 +360,13 @@ def test_defaults_bound_the_rejection_tables_and_0_keeps_forever(tmp_path: Path)
     assert load_config(write_config(tmp_path, {}), env={}).retention == {
         "rejected_messages": 30 * DAY,
         "rejected_records": 30 * DAY,
+        "sparklem_feed": DAY,
         "sparklem_redriven": 90 * DAY,
     }
     path = write_config(tmp_path, {"retention": {"rejected_records": 0, TABLE: "7d"}})
     assert load_config(path, env={}).retention == {
         "rejected_messages": 30 * DAY,
+        "sparklem_feed": DAY,
         "sparklem_redriven": 90 * DAY,
         TABLE: 7 * DAY,
     }

@@ -95,6 +95,12 @@ def test_the_wheel_holds_the_packages_under_the_projects_names(installed: Instal
             path = f"sparklem_plugins/{path.removeprefix('plugins/')}"
         assert path in names, f"{path} is not in the wheel: list its package in pyproject.toml"
     assert "sparklem_core/processor/migrations/env.py" in names
+    # the dashboard's files, the vendored chart library and its licence with them
+    static = ROOT / "sparklem_core" / "http" / "static"
+    for file in (p for p in static.rglob("*") if p.is_file()):
+        path = file.relative_to(ROOT).as_posix()
+        assert path in names, f"{path} is not in the wheel: see package-data in pyproject.toml"
+    assert "sparklem_core/http/static/vendor/uplot/LICENSE" in names
     entry_points = zipfile.ZipFile(installed.wheel).read(
         "sparklem-0.1.0.dist-info/entry_points.txt"
     )

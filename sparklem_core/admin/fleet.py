@@ -12,15 +12,22 @@ contract carries no interval.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Container
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparklem_core.admin.enrollment import EnrollmentError, agent_files, read_intervals
+from sparklem_core.admin.enrollment import (
+    EnrollmentError,
+    agent_files,
+    read_intervals,
+    recorded_intervals,
+)
 from sparklem_core.processor.enrolments import ENROLLED, REVOKED, TABLE
+from sparklem_core.processor.read_side import rfc3339
 from sparklem_core.processor.registry import one_line
 from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import first_line
@@ -68,12 +75,12 @@ class AgentStatus:
 
     def document(self, now: datetime) -> dict[str, Any]:
         """The JSON form: times in RFC 3339 UTC, ``last_seen_ago_s`` relative to ``now``."""
-        doc = asdict(self)
-        for key, value in list(doc.items()):
-            if isinstance(value, datetime):
-                doc[key] = _iso(value)
+        doc = {}  # not asdict: its deep copies cost more than the rest of the fleet view
+        for name in _FIELDS:
+            value = getattr(self, name)
+            doc[name] = rfc3339(value) if isinstance(value, datetime) else value
         doc["plugins"] = {
-            name: {"last_message_at": _iso(p.last_message_at), "messages": p.messages}
+            name: {"last_message_at": rfc3339(p.last_message_at), "messages": p.messages}
             for name, p in self.plugins.items()
         }
         doc["silent"] = self.silent
@@ -83,18 +90,26 @@ class AgentStatus:
         return doc
 
 
-def inventory(config: Config, now: datetime) -> list[AgentStatus]:
-    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable."""
-    store = Store(config.database_url, config.group_id)
+_FIELDS = tuple(f.name for f in fields(AgentStatus))
+
+
+def inventory(config: Config, now: datetime, store: Store | None = None) -> list[AgentStatus]:
+    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable.
+
+    Read through ``store`` when given (a long-lived server's), else a Store of its own.
+    """
+    reading = store or Store(config.database_url, config.group_id)
     try:
-        seen, plugins, in_database = _read_tables(config, store, whole=True)
+        seen, plugins, in_database = _read_tables(config, reading, whole=True)
     finally:
-        store.dispose()
+        if store is None:
+            reading.dispose()
     states = enrolment_states(config, in_database)
+    recorded = recorded_intervals(config.certificates)
     statuses = []
     for agent_id in sorted(states.keys() | seen.keys()):
         row = seen.get(agent_id, {})
-        threshold = silent_after(config, agent_id)
+        threshold = silent_after(config, agent_id, recorded)
         statuses.append(
             AgentStatus(
                 agent_id,
@@ -115,12 +130,13 @@ def count_by_state(config: Config, store: Store, now: datetime) -> dict[str, int
     """
     seen, _plugins, in_database = _read_tables(config, store, whole=False)
     counts = dict.fromkeys(COUNTED.values(), 0)
+    recorded = recorded_intervals(config.certificates)
     for agent_id, state in enrolment_states(config, in_database).items():
         if state == REVOKED:
             counts[COUNTED[REVOKED]] += 1
         else:
             last = seen.get(agent_id, {}).get("last_seen")
-            counts[COUNTED[activity(last, silent_after(config, agent_id), now)]] += 1
+            counts[COUNTED[activity(last, silent_after(config, agent_id, recorded), now)]] += 1
     return counts
 
 
@@ -138,11 +154,16 @@ def enrolment_states(config: Config, in_database: dict[str, str]) -> dict[str, s
     return states
 
 
-def silent_after(config: Config, agent_id: str) -> float | None:
+def silent_after(
+    config: Config, agent_id: str, recorded: Container[str] | None = None
+) -> float | None:
     """The agent's silence threshold: ``fleet.silent_after_s``, else three times its
-    shortest collection interval; None when neither is known."""
+    shortest collection interval; None when neither is known. ``recorded``: the agents
+    with intervals on file (:func:`recorded_intervals`), so that no other file is tried."""
     if config.fleet.silent_after_s is not None:
         return config.fleet.silent_after_s
+    if recorded is not None and agent_id not in recorded:
+        return None
     intervals = read_intervals(config.certificates, agent_id)
     return SILENT_INTERVALS * min(intervals.values()) if intervals else None
 
@@ -226,7 +247,3 @@ def ago(seconds: float) -> str:
 def as_utc(value: datetime) -> datetime:
     """A time read back from the database: naive (SQLite, MariaDB) means UTC, as written."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

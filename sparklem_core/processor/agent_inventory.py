@@ -44,14 +44,16 @@ def upsert_agents(conn: Any, metadata: MetaData, agents: Mapping[str, AgentActiv
         for plugin, p in sorted(a.plugins.items())
     ]  # fmt: skip
     dialect = conn.dialect.name
-    conn.execute(_cached(dialect, metadata.tables["sparklem_agents"], _agent_updates), agent_rows)
+    conn.execute(
+        cached_upsert(dialect, metadata.tables["sparklem_agents"], _agent_updates), agent_rows
+    )
     if plugin_rows:
         table = metadata.tables["sparklem_agent_plugins"]
-        conn.execute(_cached(dialect, table, _plugin_updates), plugin_rows)
+        conn.execute(cached_upsert(dialect, table, _plugin_updates), plugin_rows)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached(dialect: str, table: Table, updates: Callable[[Any, Any], Any]) -> Any:
+def cached_upsert(dialect: str, table: Table, updates: Callable[[Any, Any], Any]) -> Any:
     """Built once per table: building the statement costs more than running it."""
     return upsert_statement(dialect, table, updates)
 

@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, select, true
 
 from sparklem_core import wire
-from sparklem_core.plugin_api import MAX_TS_MS, Message
+from sparklem_core.plugin_api import Message
 from sparklem_core.processor.batch import (
     WHOLE_MESSAGE,
     Batch,
@@ -597,24 +597,3 @@ def _emptied(value: Any) -> Any:
 def _utc(value: datetime) -> datetime:
     """SQLite and MariaDB hand stored times back without their zone: UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def parse_time(text: str) -> datetime:
-    """An RFC 3339 time (with its zone) or milliseconds since the epoch, as UTC."""
-    if text.isascii() and text.isdigit():  # not int("²"), which str.isdigit() accepts
-        ms = int(text)
-        if ms > MAX_TS_MS:
-            raise ValueError(f"{text} ms is after the year 9999")
-        return datetime.fromtimestamp(ms / 1000, UTC)
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither RFC 3339 (2026-11-30T04:00:00Z) nor milliseconds since the epoch"
-        ) from None
-    if value.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone: add Z or an offset such as +01:00")
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:  # 9999-12-31T23:00:00-02:00 is after the year 9999 in UTC
-        raise ValueError(f"{text!r} is outside the years 1 to 9999 in UTC") from None

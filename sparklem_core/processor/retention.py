@@ -3,7 +3,8 @@
 What "older" means, per kind of table:
 
 * ``rejected_messages`` and ``rejected_records``: by ``received_at``, when the processor
-  stored the row (arrival), on its index.
+  stored the row (arrival), on its index; the feed (``sparklem_feed``) likewise by
+  ``committed_at``, keyed by ``commit_seq``.
 * ``sparklem_redriven``: by ``redriven_at``, when redrive stored the message, on its index.
   Its key is not an integer id: batches are ranges of that time instead.
 * A plugin table: by its declared time column (when the reading was measured), and only
@@ -61,11 +62,13 @@ from sparklem_core.settings.config import ConfigError, ProcessorSettings, format
 
 log = logging.getLogger(__name__)
 
-#: The core tables that may be bounded, each pruned by arrival: its indexed time column.
-ARRIVAL_TABLES = {
-    "rejected_messages": "received_at",
-    "rejected_records": "received_at",
-    "sparklem_redriven": "redriven_at",
+#: The core tables that may be bounded, all pruned by arrival: (time column, key column),
+#: the key rising with arrival (keyset batches walk it; None: batches are time ranges).
+ARRIVAL_TABLES: dict[str, tuple[str, str | None]] = {
+    "rejected_messages": ("received_at", "id"),
+    "rejected_records": ("received_at", "id"),
+    "sparklem_feed": ("committed_at", "commit_seq"),  # a commit's parts go together
+    "sparklem_redriven": ("redriven_at", None),
 }
 LEASE_NAME = "prune"
 #: Arrival marks are this fine a fraction of the retention.
@@ -80,6 +83,7 @@ class Target:
     keep: timedelta
     time: str  # the time column compared with the cutoff
     by_arrival: bool  # time is the arrival time itself (else arrival comes from the id marks)
+    key: str | None = "id"  # the integer column that rises with arrival; None: none
 
     @property
     def name(self) -> str:
@@ -87,14 +91,12 @@ class Target:
 
     @property
     def id(self) -> Column[Any]:
-        (column,) = self.table.primary_key.columns
-        return column
+        return self.table.c[self.key]
 
     @property
     def has_id(self) -> bool:
-        """Whether the table's key is one integer id (batches are id ranges, else time ranges)."""
-        key = list(self.table.primary_key.columns)
-        return len(key) == 1 and isinstance(key[0].type, Integer)
+        """Whether a key rises with arrival (batches are its ranges, else time ranges)."""
+        return self.key is not None
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ def targets(store: Store, retention: Mapping[str, timedelta]) -> list[Target]:
     for name, keep in sorted(retention.items()):
         declared = store.plugin_tables.get(name)
         if name in ARRIVAL_TABLES:
-            found.append(Target(store.metadata.tables[name], keep, ARRIVAL_TABLES[name], True))
+            time_column, key = ARRIVAL_TABLES[name]
+            found.append(Target(store.metadata.tables[name], keep, time_column, True, key))
         elif declared is not None:
             key = list(declared.table.primary_key.columns)
             if len(key) != 1 or not isinstance(key[0].type, Integer):
@@ -137,7 +140,7 @@ def targets(store: Store, retention: Mapping[str, timedelta]) -> list[Target]:
                     f"retention.{name}: plugin {declared.owner}'s table has no integer id "
                     "primary key, which pruning needs to tell late arrivals; remove the key"
                 )
-            found.append(Target(declared.table, keep, declared.time, False))
+            found.append(Target(declared.table, keep, declared.time, False, key[0].name))
         else:
             choices = ", ".join([*ARRIVAL_TABLES, *sorted(store.plugin_tables)])
             raise ConfigError(

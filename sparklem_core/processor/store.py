@@ -53,6 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, StatementError
 
+from sparklem_core.processor import read_side
 from sparklem_core.processor.agent_inventory import upsert_agents
 from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.mysql_types import TABLE_OPTIONS
@@ -75,7 +76,13 @@ CORE_TABLES = (
     "sparklem_enrolments",
     "sparklem_leases",
     "sparklem_arrival_marks",
+    "sparklem_latest",
+    "sparklem_feed",
+    "sparklem_feed_head",
 )
+# sparklem_latest.series: with table_name and agent_id, within MySQL's 3072-byte key in
+# utf8mb4. A longer series is stored as a digest (read_side.series_key).
+SERIES_CHARS = 400
 # A whole record of max_message_bytes (1 MiB by default) on every database: MySQL's BLOB
 # stops at 64 KiB.
 RECORD_BYTES = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
@@ -222,18 +229,67 @@ def _core_metadata() -> MetaData:
         Column("max_id", BigInteger, nullable=False),
         **TABLE_OPTIONS,
     )
+    _read_side_tables(metadata)
     return metadata
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the settings the exactly-once guarantee needs on SQLite."""
+def _read_side_tables(metadata: MetaData) -> None:
+    """What readers (``serve``, ``tail``) read, written with each batch (read_side.py)."""
+    # The newest reading per series of every plugin table: a "last value" lookup reads
+    # one row per series, never the history.
+    Table(
+        "sparklem_latest",
+        metadata,
+        Column("table_name", String(255), primary_key=True),
+        Column("agent_id", String(64), primary_key=True),
+        # JSON array of the other series columns' values; MySQL's 3072-byte key bounds it.
+        Column("series", String(SERIES_CHARS), primary_key=True),
+        Column("measured_at", DateTime(timezone=True), nullable=False),
+        Column("stored_at", DateTime(timezone=True), nullable=False),
+        Column("row", Text, nullable=False),  # JSON: declared series, values and time
+        **TABLE_OPTIONS,
+    )
+    # What each committed batch stored, in commit order (commit_seq), in parts of at most
+    # read_side.PART_EVENTS events (a JSON array each).
+    Table(
+        "sparklem_feed",
+        metadata,
+        Column("commit_seq", BigInteger, primary_key=True, autoincrement=False),
+        Column("part", Integer, primary_key=True, autoincrement=False),
+        Column("committed_at", DateTime(timezone=True), nullable=False, index=True),
+        Column("events", Text, nullable=False),
+        **TABLE_OPTIONS,
+    )
+    # One row: the last commit_seq given out. Its row lock, taken last in each batch's
+    # transaction and held to the commit, makes commit_seq order the commit order.
+    Table(
+        "sparklem_feed_head",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("commit_seq", BigInteger, nullable=False),
+        **TABLE_OPTIONS,
+    )
+
+
+def core_metadata() -> MetaData:
+    """A fresh MetaData holding the core tables (what readers query; Store adds plugins')."""
+    return _core_metadata()
+
+
+def make_engine(url: str, *, reader: bool = False) -> Engine:
+    """An engine with the settings the exactly-once guarantee needs on SQLite.
+
+    ``reader``: a reading process's (``serve``): on SQLite its transactions begin
+    DEFERRED, a snapshot that never holds the write lock, so reads do not hold up the
+    processors' commits (a write, serve's DELETE, takes the lock at its statement).
+    """
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, "BEGIN" if reader else "BEGIN IMMEDIATE")
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, begin: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
@@ -246,13 +302,13 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Take the write lock up front: no deadlock-prone upgrade from a read lock.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the write lock up front: no deadlock-prone upgrade from a read lock.
+        conn.exec_driver_sql(begin)
 
 
 class Store:
-    def __init__(self, url: str, group_id: str) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, url: str, group_id: str, *, reader: bool = False) -> None:
+        self.engine = make_engine(url, reader=reader)
         self.group_id = group_id
         self.metadata = _core_metadata()
         self._owners: dict[str, str] = dict.fromkeys(CORE_TABLES, "sparklem core")
@@ -414,6 +470,8 @@ class Store:
                 upsert_agents(conn, self.metadata, batch.agents)
             self._move_marks(conn, self.offsets, ("group_id", "topic", "partition"),
                              "next_offset", offsets)  # fmt: skip
+            # Last: it takes the feed head's lock, which must be held as briefly as can be.
+            read_side.write(conn, self.metadata, self._plugin_tables, batch, now)
 
     def _insert_rows(self, conn: Any, table: Table, rows: list[dict[str, Any]]) -> None:
         """INSERT plugin rows: one executemany per set of columns, prepared once."""
@@ -549,11 +607,15 @@ class RowInsert:
     the server takes 2-3 times faster than row-by-row INSERTs.
     """
 
-    def __init__(self, table: Table, columns: tuple[str, ...], dialect: Any) -> None:
+    def __init__(
+        self, table: Table, columns: tuple[str, ...], dialect: Any, statement: Any = None
+    ) -> None:
+        """``statement``: an INSERT of ``table`` to run instead of the plain one (an upsert;
+        never sent as a COPY)."""
         unknown = set(columns) - set(table.c.keys())
         if unknown:  # what insert(table) says of them
             raise CompileError(f"Unconsumed column names: {', '.join(sorted(unknown))}")
-        compiled = insert(table).compile(
+        compiled = (insert(table) if statement is None else statement).compile(
             dialect=dialect, column_keys=list(columns), for_executemany=True
         )
         self.sql = compiled.string
@@ -568,7 +630,7 @@ class RowInsert:
                 # Date and time conversions are slow and a batch repeats their values.
                 self.processors[key] = (processor, isinstance(column_type, _TEMPORAL))
         self.copy_sql: str | None = None
-        if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        if statement is None and dialect.name == "postgresql" and dialect.driver == "psycopg":
             quote = dialect.identifier_preparer.quote
             names = ", ".join(quote(table.c[key].name) for key in self.order)
             self.copy_sql = (

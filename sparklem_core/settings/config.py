@@ -47,7 +47,10 @@ ENV_VARS = {
     "SPARKLEM_CERTIFICATES_DIR": "certificates",
     "SPARKLEM_GROUP_ID": "kafka.group.id",
     "SPARKLEM_HTTP_LISTEN": "http.listen",
+    "SPARKLEM_READ_TOKENS": "serve.read_tokens",  # comma-separated
+    "SPARKLEM_ADMIN_TOKENS": "serve.admin_tokens",
 }
+LIST_ENV_VARS = ("SPARKLEM_READ_TOKENS", "SPARKLEM_ADMIN_TOKENS")
 
 KAFKA_DEFAULTS = {"bootstrap.servers": "localhost:9092", "group.id": "sparklem-processor"}
 # librdkafka properties the processor owns: a config that sets them would break
@@ -98,6 +101,7 @@ DEFAULT_RETENTION = {
     # Longer than the quarantine: a copy of a redriven message still quarantined (or
     # restored from a backup) must find the row that says it was stored.
     "sparklem_redriven": "90d",
+    "sparklem_feed": "1d",  # the stored events tail and /stream resume from
 }
 
 
@@ -203,7 +207,8 @@ class ProcessorSettings(BaseModel):
 DEFAULT_HTTP_PORT = 9500  # beside Prometheus exporters' range, clear of OTel's 9464
 
 
-def _listen(value: str) -> str:
+def check_listen(value: str) -> str:
+    """``HOST:PORT`` (port 1-65535) or ``""``; ``ValueError`` otherwise."""
     if value == "":
         return value
     host, sep, port = value.rpartition(":")
@@ -218,7 +223,7 @@ class HttpSettings(BaseModel):
 
     model_config = STRICT
 
-    listen: Annotated[str, AfterValidator(_listen)] = Field(
+    listen: Annotated[str, AfterValidator(check_listen)] = Field(
         f"127.0.0.1:{DEFAULT_HTTP_PORT}",
         description='HOST:PORT of /metrics, /healthz, /readyz; "" turns the endpoint off',
     )
@@ -233,6 +238,60 @@ class HttpSettings(BaseModel):
     def explicit_listen(self) -> bool:
         """Whether ``listen`` was configured (its default port being taken is only a warning)."""
         return "listen" in self.model_fields_set
+
+
+DEFAULT_SERVE_PORT = 8620  # the read API and dashboard: python3 main.py serve
+
+
+def _token(value: str) -> str:
+    if len(value) < 16 or any(c.isspace() or c == "," or not c.isprintable() for c in value):
+        raise ValueError("a token must be at least 16 printable characters, no spaces or commas")
+    return value
+
+
+Token = Annotated[str, AfterValidator(_token)]
+
+
+class ServeSettings(BaseModel):
+    """``serve:`` in config.yaml: the read API and dashboard (``python3 main.py serve``)."""
+
+    model_config = STRICT
+
+    listen: Annotated[str, AfterValidator(check_listen)] = Field(
+        f"127.0.0.1:{DEFAULT_SERVE_PORT}",
+        description="HOST:PORT of the API and dashboard; anything but loopback needs tokens",
+    )
+    read_tokens: list[Token] = Field(
+        [], description="bearer tokens that may read (env SPARKLEM_READ_TOKENS, comma-separated)"
+    )
+    admin_tokens: list[Token] = Field(
+        [],
+        description="bearer tokens that may also delete an agent's data "
+        "(env SPARKLEM_ADMIN_TOKENS, comma-separated)",
+    )
+    cors_origins: list[str] = Field(
+        [], description="origins allowed to call the API from a browser; default none"
+    )
+    audit_log: PathText | None = Field(
+        None, description="file admin actions are appended to (JSON lines); default: the log"
+    )
+    stream_keepalive_s: float = Field(
+        15.0, gt=0, le=3600, description="seconds between keep-alive comments on /stream"
+    )
+    stream_poll_s: float = Field(
+        0.2, gt=0, le=60, description="how often the shared feed reader looks for new events"
+    )
+    client_buffer: int = Field(
+        4000,
+        gt=0,
+        le=1_000_000,
+        description="events (of those it asked for) queued per /stream client; more: dropped",
+    )
+
+    @property
+    def tokens(self) -> bool:
+        """Whether any token is configured (without, the API is open, on loopback only)."""
+        return bool(self.read_tokens or self.admin_tokens)
 
 
 class FleetSettings(BaseModel):
@@ -293,6 +352,7 @@ class ConfigFile(BaseModel):
     processor: ProcessorSettings | None = None
     http: HttpSettings | None = None
     fleet: FleetSettings | None = None
+    serve: ServeSettings | None = None
     retention: dict[str, Duration] | None = Field(
         None,
         description="TABLE: how long rows are kept (30d, 12h, 90m; 0: forever); default "
@@ -320,6 +380,7 @@ class Config:
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
     #: How long each bounded table keeps rows; tables kept forever are absent.
     retention: dict[str, timedelta] = field(default_factory=lambda: _retention(DEFAULT_RETENTION))
     source: str = "defaults"  # where the config came from, for the start line
@@ -361,7 +422,7 @@ def load_config(
     for var, key in ENV_VARS.items():
         value = env.get(var)
         if value:
-            _override(doc, key, value)
+            _override(doc, key, value.split(",") if var in LIST_ENV_VARS else value)
             labels[key] = var
     try:
         parsed = validate(ConfigFile, doc, labels=labels)
@@ -379,6 +440,7 @@ def load_config(
         processor=parsed.processor or ProcessorSettings(),
         http=parsed.http or HttpSettings(),
         fleet=parsed.fleet or FleetSettings(),
+        serve=parsed.serve or ServeSettings(),
         retention=_retention({**DEFAULT_RETENTION, **(parsed.retention or {})}),
         source=source,
     )
@@ -438,7 +500,7 @@ def _read(file: Path) -> dict[Any, Any]:
     return loaded or {}
 
 
-def _override(doc: dict[Any, Any], key: str, value: str) -> None:
+def _override(doc: dict[Any, Any], key: str, value: str | list[str]) -> None:
     """Put an environment variable's ``value`` at dotted ``key`` (section.name) in ``doc``."""
     section, _, name = key.partition(".")
     if not name:
@@ -466,3 +528,5 @@ def remember_secrets(config: Config) -> None:
     for name, value in config.kafka.items():
         if SECRET_NAME_RE.search(name):
             remember_secret(str(value))
+    for token in (*config.serve.read_tokens, *config.serve.admin_tokens):
+        remember_secret(token)

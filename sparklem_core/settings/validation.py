@@ -267,7 +267,11 @@ def _join(where: str, loc: Sequence[Any], text: str, labels: Mapping[str, str]) 
     # A key is the user's text: cut like an unknown key, no newline or secret gets out.
     key = ".".join(_short(part) for part in loc)
     full = f"{where}.{key}" if where and key else where or key
-    full = labels.get(full, full)
+    if full in labels:
+        full = labels[full]
+    elif loc and isinstance(loc[-1], int) and full.rpartition(".")[0] in labels:
+        # An item of a list that came whole from elsewhere (SPARKLEM_READ_TOKENS=a,b).
+        full = f"{labels[full.rpartition('.')[0]]} item {loc[-1] + 1}"
     return f"{full}: {text}" if full else text
 
 

@@ -1,0 +1,298 @@
+"""The read side's writes, in each batch's transaction: ``sparklem_latest`` and the feed.
+
+``sparklem_latest`` gets one upsert per series per batch (the batch's newest reading of
+it), which replaces the stored one only if it was measured at the same time or later: a
+late spooled reading never hides a newer one. The feed gets the batch's stored readings
+and rejections as JSON parts under one ``commit_seq``, taken from ``sparklem_feed_head``
+last in the transaction: its row lock, held until the commit, serializes the commits
+that write the feed, so a later commit always has a higher ``commit_seq`` and a reader
+polling ``commit_seq > cursor`` never skips one (:mod:`sparklem_core.reading.feed`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import operator
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, MetaData, Table, case, insert, select, update
+
+from sparklem_core.processor.agent_inventory import cached_upsert
+from sparklem_core.processor.batch import Batch, Rejection
+from sparklem_core.processor.plugin_tables import PluginTable
+
+#: Events per ``sparklem_feed`` row (what one reader poll parses at most per row).
+PART_EVENTS = 1000
+#: sparklem_latest.series (store.SERIES_CHARS) as the digest form takes it.
+_DIGEST_PREFIX = "#sha256:"
+
+
+def rfc3339(value: datetime) -> str:
+    """``2026-11-30T04:00:00.123456Z``; a naive time is UTC, as the database hands it back."""
+    return _utc(value).isoformat()[:-6] + "Z"  # without its "+00:00"
+
+
+def _utc(value: datetime) -> datetime:
+    """In UTC: SQLite and MariaDB store and compare the wall time, without its zone."""
+    if value.tzinfo is UTC:
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def series_key(values: list[Any], limit: int) -> str:
+    """``sparklem_latest.series``: the JSON array of a row's series values other than
+    agent_id (``["cpu_thermal"]``, ``["gpu", 0]``), or beyond ``limit`` characters
+    ``#sha256:`` and the array's digest (the values are in ``row`` either way)."""
+    try:
+        text = _SERIES_ENCODER.encode(values)
+    except ValueError:  # a non-finite float
+        text = _SERIES_ENCODER.encode(_finite(values))
+    if len(text) <= limit:
+        return text
+    return _DIGEST_PREFIX + hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _series_key(values: tuple[Any, ...], limit: int) -> str:
+    """series_key, remembered: a fleet's series (sensor names, units) are few."""
+    return series_key(list(values), limit)
+
+
+def _jsonable(value: Any) -> Any:
+    """What json.dumps cannot write itself, as JSON: times RFC 3339, decimals as numbers."""
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value) if value.is_finite() else None
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # C: "..." escaped
+# Made once: json.dumps with options builds an encoder at every call.
+_ENCODER = json.JSONEncoder(default=_jsonable, allow_nan=False, separators=(",", ":"))
+_SERIES_ENCODER = json.JSONEncoder(default=_jsonable, allow_nan=False, ensure_ascii=False)
+
+
+def dumps(value: Any) -> str:
+    """JSON text of what the read side stores; NaN and infinities become null."""
+    try:
+        return _ENCODER.encode(value)
+    except ValueError:  # a non-finite float: rare, so only then walked
+        return _ENCODER.encode(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write(
+    conn: Connection,
+    metadata: MetaData,
+    plugin_tables: Mapping[str, PluginTable],
+    batch: Batch,
+    now: datetime,
+) -> None:
+    """Upsert the batch's latest readings, then append its feed parts (last: see above)."""
+    events: list[str] = []  # each event's JSON text
+    latest: dict[tuple[str, str, str], tuple[datetime, str]] = {}
+    limit = metadata.tables["sparklem_latest"].c.series.type.length
+    texts: dict[Any, str] = {}  # JSON of the strings seen in this batch
+    for name, rows in batch.rows.items():
+        declared = plugin_tables.get(name)
+        if declared is None or not rows:
+            continue
+        _readings(declared, rows, events, latest, limit, texts)
+    events.extend(dumps(_rejection(r)) for r in batch.rejected)
+    if latest:
+        _upsert_latest(conn, metadata.tables["sparklem_latest"], latest, now)
+    if events:
+        _append_feed(conn, metadata, events, now)
+
+
+def _value_json(value: Any) -> str:
+    """One value as JSON text, as :func:`dumps` writes it."""
+    write = _SCALARS.get(type(value))
+    return dumps(value) if write is None else write(value)
+
+
+def _float_json(value: float) -> str:
+    return float.__repr__(value) if math.isfinite(value) else "null"
+
+
+_NONE = type(None)
+# What json.dumps writes for each plain type, without its per-call set-up.
+_SCALARS: dict[type, Any] = {
+    str: _quote,
+    int: int.__repr__,
+    float: _float_json,
+    bool: lambda value: "true" if value else "false",
+    _NONE: lambda _value: "null",
+}
+_MEMOIZED = frozenset({str, int, _NONE})  # hashable, and never equal across types
+_FLOATS = frozenset({float, _NONE})
+
+
+def _column_json(values: list[Any], texts: dict[Any, str]) -> list[str]:
+    """A column's values as JSON texts: by C loops for a column of floats, once per batch
+    for each string or integer (a batch repeats its agent ids, names, indexes)."""
+    kinds = set(map(type, values))
+    if kinds <= _FLOATS and all(map(math.isfinite, filter(None, values))):  # nulls allowed
+        if _NONE not in kinds:
+            return list(map(float.__repr__, values))
+        return ["null" if v is None else float.__repr__(v) for v in values]
+    if kinds <= _MEMOIZED:
+        missing = set(values).difference(texts)
+        texts.update({v: _SCALARS[type(v)](v) for v in missing})
+        return list(map(texts.__getitem__, values))
+    return list(map(_value_json, values))
+
+
+def _readings(
+    declared: PluginTable,
+    rows: list[dict[str, Any]],
+    events: list[str],
+    latest: dict[tuple[str, str, str], tuple[datetime, str]],
+    limit: int,
+    texts: dict[Any, str],
+) -> None:
+    """One feed event per row; the newest row per series into ``latest``.
+
+    The JSON is written here, column by column, rather than by json.dumps of each event:
+    a batch repeats its strings (agent ids, series names) and times (one per message),
+    each encoded once per batch, and per row there is one string format, no Python call.
+    """
+    name, when = declared.name, declared.time
+    columns = (*declared.series, *declared.values, when)
+    get = operator.itemgetter(*columns) if len(columns) > 1 else lambda r: (r[when],)
+    try:
+        table = list(map(get, rows))
+    except KeyError:  # a nullable column the plugin left out
+        table = [tuple(row.get(c) for c in columns) for row in rows]
+    by_column = list(zip(*table, strict=True))
+    times = by_column[-1]
+    aware = {i: _utc(t) for i, t in {id(t): t for t in times}.items()}
+    time_texts = {i: _quote(rfc3339(t)) for i, t in aware.items()}
+    encoded = [_column_json(list(c), texts) for c in by_column[:-1]]
+    encoded.append(list(map(time_texts.__getitem__, map(id, times))))
+    if "agent_id" in declared.series:
+        agents = by_column[columns.index("agent_id")]
+        agent_texts = encoded[columns.index("agent_id")]
+    else:
+        agents = tuple(row.get("agent_id") for row in rows)
+        agent_texts = _column_json(list(agents), texts)
+
+    def quoted(text: str) -> str:  # inside a %-template
+        return _quote(text).replace("%", "%%")
+
+    row_template = "{" + ",".join(f"{quoted(c)}:%s" for c in columns) + "}"
+    event_template = (
+        f'{{"kind":"reading","plugin":{quoted(declared.owner)},"table":{quoted(name)},'
+        f'"time":{quoted(when)},"agent_id":%s,"row":{row_template}}}'
+    )
+    events.extend(map(event_template.__mod__, zip(agent_texts, *encoded, strict=True)))
+    # The newest row of each series, the later one on a tie: the last of each in a stable
+    # sort by time.
+    measured = list(map(aware.__getitem__, map(id, times)))
+    others = [by_column[j] for j, c in enumerate(declared.series) if c != "agent_id"]
+    series: list[Any] = list(zip(agents, *others, strict=True))  # (agent, other values)
+    order = sorted(range(len(rows)), key=measured.__getitem__)
+    try:
+        newest = dict(zip(map(series.__getitem__, order), order, strict=True))
+    except TypeError:  # an unhashable value (the database took it): keyed by its JSON
+        newest = {dumps(series[i]): i for i in order}
+    for i in newest.values():
+        agent_id, *values = series[i]
+        try:
+            series_text = _series_key(tuple(values), limit)
+        except TypeError:  # unhashable
+            series_text = series_key(values, limit)
+        key = (name, "" if agent_id is None else str(agent_id), series_text)
+        held = latest.get(key)
+        if held is None or measured[i] >= held[0]:
+            latest[key] = (measured[i], row_template % tuple(e[i] for e in encoded))
+
+
+def _rejection(r: Rejection) -> dict[str, Any]:
+    return {
+        "kind": "rejection",
+        "plugin": r.plugin,
+        "agent_id": r.agent_id,
+        "reason": r.reason,
+        "detail": r.detail,
+        "topic": r.topic,
+        "partition": r.partition,
+        "offset": r.offset,
+        "received_at": r.received_at,
+    }
+
+
+def _newer_wins(old: Any, new: Any) -> list[tuple[str, Any]]:
+    newer = new.measured_at >= old.measured_at
+    return [  # measured_at last: MySQL's later assignments see the earlier ones
+        ("stored_at", case((newer, new.stored_at), else_=old.stored_at)),
+        ("row", case((newer, new.row), else_=old.row)),
+        ("measured_at", case((newer, new.measured_at), else_=old.measured_at)),
+    ]
+
+
+def _upsert_latest(
+    conn: Connection,
+    table: Table,
+    latest: dict[tuple[str, str, str], tuple[datetime, str]],
+    now: datetime,
+) -> None:
+    # In key order: two processors lock shared series in one order, never deadlocking.
+    rows = [
+        {"table_name": name, "agent_id": agent_id, "series": series, "measured_at": measured,
+         "stored_at": now, "row": text}
+        for (name, agent_id, series), (measured, text) in sorted(latest.items(),
+                                                                 key=lambda kv: kv[0])
+    ]  # fmt: skip
+    _latest_upsert(table, conn.dialect).execute(conn, rows)
+
+
+_LATEST_COLUMNS = ("table_name", "agent_id", "series", "measured_at", "stored_at", "row")
+
+
+@functools.lru_cache(maxsize=16)
+def _latest_upsert(table: Table, dialect: Any) -> Any:
+    """Prepared once: SQLAlchemy's own executemany costs more than the upsert itself."""
+    from sparklem_core.processor.store import RowInsert  # store imports this module
+
+    statement = cached_upsert(dialect.name, table, _newer_wins)
+    return RowInsert(table, _LATEST_COLUMNS, dialect, statement)
+
+
+def _append_feed(conn: Connection, metadata: MetaData, events: list[str], now: datetime) -> None:
+    head = metadata.tables["sparklem_feed_head"]
+    statement = update(head).where(head.c.id == 1).values(commit_seq=head.c.commit_seq + 1)
+    if conn.dialect.update_returning:
+        seq = conn.execute(statement.returning(head.c.commit_seq)).scalar()
+    else:  # MariaDB: the row is ours until the commit, so reading it back is exact
+        conn.execute(statement)
+        seq = conn.execute(select(head.c.commit_seq).where(head.c.id == 1)).scalar()
+    if seq is None:  # the head row is gone (the migration writes it): start it again
+        seq = 1
+        conn.execute(insert(head).values(id=1, commit_seq=seq))
+    parts = [
+        {"commit_seq": seq, "part": i // PART_EVENTS, "committed_at": now,
+         "events": "[" + ",".join(events[i : i + PART_EVENTS]) + "]"}
+        for i in range(0, len(events), PART_EVENTS)
+    ]  # fmt: skip
+    conn.execute(insert(metadata.tables["sparklem_feed"]), parts)
