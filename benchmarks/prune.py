@@ -1,7 +1,7 @@
 """Ingestion while the pruner deletes a large backlog of old rows.
 
 ``python3 -m benchmarks.prune [--rows N] [--db sqlite,postgresql] [--window S]
-[--batch-rows B] [--busy-fraction F]``
+[--batch-rows B] [--busy-fraction F] [--max-prune-s S]``
 
 For each database (SQLite in a temporary directory; PostgreSQL a private
 ``LocalPostgres``): ``temperature_readings`` (the real plugin's table, indexes included)
@@ -15,8 +15,11 @@ their arrival, with its clock set back), and retention is ``30d``. Ingestion is 
 * ``while pruning``: ingestion rate from the pruner's start until it has deleted all N
   rows, and the pruner's own rate.
 
-Prints a line per database, then one JSON line with every figure. Nothing is asserted:
-the issue's bar is ``ratio >= 0.8``.
+While the pruner runs, a progress line goes to stderr every 10 s (rows pruned so far,
+their rate, ingestion's rate over those 10 s). A prune still running after
+``--max-prune-s`` is stopped: the figures are then those of the rows it did prune, and
+say it did not finish. Prints a line per database, then one JSON line with every figure.
+Nothing is asserted: the issue's bar is ``ratio >= 0.8``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from sqlalchemy import func, select, text
 
 from benchmarks.databases import database, new_store
 from sparklem_core.processor.batch import Batch
-from sparklem_core.processor.retention import Pruner, targets
+from sparklem_core.processor.retention import PassReport, Pruner, targets
 from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import ProcessorSettings
 
@@ -70,6 +73,7 @@ class Figures:
     pruned: int
     prune_s: float
     prune_rows_s: float
+    finished: bool  # False: stopped at --max-prune-s with old rows left
 
 
 def progress(message: str) -> None:
@@ -121,7 +125,40 @@ class Ingest(threading.Thread):
         return (self.rows - rows) / (time.monotonic() - started)
 
 
-def measure(name: str, url: str, count: int, window: float, settings: ProcessorSettings) -> Figures:
+PROGRESS_EVERY_S = 10.0
+
+
+def prune_watched(pruner: Pruner, ingest: Ingest, old_rows: int, limit_s: float) -> bool:
+    """One pass of ``pruner``, saying how it goes every 10 s; stopped after ``limit_s``.
+
+    Whether the pass finished.
+    """
+    report: list[PassReport] = []
+    worker = threading.Thread(target=lambda: report.append(pruner.run_pass()), daemon=True)
+    started = time.monotonic()
+    worker.start()
+    rows, at = ingest.rows, started
+    while worker.is_alive():
+        left_s = started + limit_s - time.monotonic()
+        if left_s <= 0:
+            progress(f"still pruning after --max-prune-s {limit_s:g}: stopping the pruner")
+            pruner.stop.set()
+            worker.join()
+            break
+        worker.join(min(PROGRESS_EVERY_S, left_s))
+        now = time.monotonic()
+        progress(
+            f"pruned {pruner.deleted:,} of {old_rows:,} in {now - started:.0f} s "
+            f"({pruner.deleted / (now - started):,.0f} rows/s); ingesting "
+            f"{(ingest.rows - rows) / (now - at):,.0f} rows/s"
+        )
+        rows, at = ingest.rows, now
+    return bool(report) and all(t.finished for t in report[0].tables)
+
+
+def measure(
+    name: str, url: str, count: int, window: float, settings: ProcessorSettings, limit_s: float
+) -> Figures:
     store = new_store(url)
     try:
         long_ago = datetime.now(UTC) - timedelta(days=100)
@@ -139,14 +176,12 @@ def measure(name: str, url: str, count: int, window: float, settings: ProcessorS
         time.sleep(1.0)  # warm: the first batches prepare statements
         before = ingest.rate_over(lambda: time.sleep(window))
         pruner = Pruner(store, bounded, settings)
-        result: list[int] = []
+        progress(f"ingestion alone: {before:,.0f} rows/s; pruning {count:,} old rows")
+        finished: list[bool] = []
         prune_started = time.monotonic()
-
-        def prune() -> None:
-            report = pruner.run_pass()
-            result.append(sum(t.rows for t in report.tables))
-
-        pruning = ingest.rate_over(prune)
+        pruning = ingest.rate_over(
+            lambda: finished.append(prune_watched(pruner, ingest, count, limit_s))
+        )
         prune_s = time.monotonic() - prune_started
         after = ingest.rate_over(lambda: time.sleep(window))
         ingest.stopped.set()
@@ -158,14 +193,14 @@ def measure(name: str, url: str, count: int, window: float, settings: ProcessorS
                 select(func.count()).select_from(store.metadata.tables[TABLE])
                 .where(store.metadata.tables[TABLE].c.measured_at < long_ago + timedelta(days=1))
             ).scalar_one()  # fmt: skip
-        if left:
+        if left and finished[0]:
             raise RuntimeError(f"{left} old rows were not pruned")
         alone = (before + after) / 2
-        pruned = result[0] if result else 0
+        pruned = pruner.deleted
         return Figures(
             name, count, round(fill_s, 1), round(alone), round(before), round(after),
             round(pruning), round(pruning / alone, 3), pruned, round(prune_s, 1),
-            round(pruned / prune_s) if prune_s else 0,
+            round(pruned / prune_s) if prune_s else 0, finished[0],
         )  # fmt: skip
     finally:
         store.dispose()
@@ -186,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = ProcessorSettings()
     parser.add_argument("--batch-rows", type=int, default=defaults.prune_batch_rows)
     parser.add_argument("--busy-fraction", type=float, default=defaults.prune_busy_fraction)
+    parser.add_argument(
+        "--max-prune-s",
+        type=float,
+        default=1800.0,
+        help="stop the pruner after this long and report what it pruned (default 1800)",
+    )
     return parser
 
 
@@ -198,15 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.db.split(","):
         try:
             with database(name) as (url, _tmp):
-                figures.append(measure(name, url, args.rows, args.window, settings))
+                figures.append(
+                    measure(name, url, args.rows, args.window, settings, args.max_prune_s)
+                )
         except ValueError as exc:
             build_parser().error(str(exc))
         f = figures[-1]
         print(
-            f"{f.database:<10} {f.old_rows:>9,} old rows pruned in {f.prune_s:7.1f} s "
+            f"{f.database:<10} {f.pruned:>9,} of {f.old_rows:,} old rows pruned in "
+            f"{f.prune_s:7.1f} s "
             f"({f.prune_rows_s:,} rows/s); ingestion {f.alone_rows_s:,} rows/s alone "
             f"(before {f.alone_before_rows_s:,}, after {f.alone_after_rows_s:,}), "
-            f"{f.pruning_rows_s:,} while pruning: {f.ratio:.0%}",
+            f"{f.pruning_rows_s:,} while pruning: {f.ratio:.0%}"
+            + ("" if f.finished else "; did NOT finish within --max-prune-s"),
             flush=True,
         )
     print(json.dumps({"batch_rows": args.batch_rows, "busy_fraction": args.busy_fraction,

@@ -72,8 +72,18 @@ def test_prune_benchmark_smoke() -> None:
         "--batch-rows", "500", "--busy-fraction", "1",
     )  # fmt: skip
     (result,) = report["results"]
-    assert result["database"] == "sqlite" and result["pruned"] == 3000
+    assert result["database"] == "sqlite" and result["pruned"] == 3000 and result["finished"]
     assert result["alone_rows_s"] > 0 and result["pruning_rows_s"] > 0
+
+
+def test_prune_benchmark_reports_a_prune_stopped_by_its_limit() -> None:
+    # Resting 999 times each batch's time, 3,000 rows take far longer than the limit.
+    report = run_module(
+        "benchmarks.prune", "--rows", "3000", "--db", "sqlite", "--window", "0.2",
+        "--batch-rows", "100", "--busy-fraction", "0.001", "--max-prune-s", "1",
+    )  # fmt: skip
+    (result,) = report["results"]
+    assert not result["finished"] and result["pruned"] < 3000
 
 
 def test_api_benchmark_smoke() -> None:
@@ -107,7 +117,10 @@ def test_dashboard_benchmark_smoke() -> None:
             ("--skip-e2e", "--workers", "--jobs", "--backlog", "--phases", "--sealer"),
         ),
         ("benchmarks.parse", ("--size", "--repeat")),
-        ("benchmarks.prune", ("--rows", "--db", "--window", "--batch-rows", "--busy-fraction")),
+        (
+            "benchmarks.prune",
+            ("--rows", "--db", "--window", "--batch-rows", "--busy-fraction", "--max-prune-s"),
+        ),
         ("benchmarks.api", ("--rows", "--agents", "--days", "--db", "--clients", "--rate")),
         ("benchmarks.dashboard", ("--agents", "--cores", "--hours", "--loads", "--db")),
     ],

@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from statistics import median
 
 import pytest
 import sqlalchemy as sa
@@ -20,7 +22,8 @@ from hypothesis import strategies as st
 from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, String
 from waiting import wait_for
 
-from sparklem_core.processor.retention import BackgroundPruner, Pruner, targets
+from sparklem_core.processor.batch import Batch
+from sparklem_core.processor.retention import BackgroundPruner, PassReport, Pruner, targets
 from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import (
     MAX_RETENTION,
@@ -49,7 +52,13 @@ class Clock:
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[Store]:
-    store = Store(database_url, "g")
+    store = gauge_store(database_url)
+    yield store
+    store.dispose()
+
+
+def gauge_store(url: str) -> Store:
+    store = Store(url, "g")
     store.register_table(
         "gauge",
         TABLE,
@@ -62,8 +71,7 @@ def store(database_url: str) -> Iterator[Store]:
         values=("value",),
     )
     store.create_schema()
-    yield store
-    store.dispose()
+    return store
 
 
 def settings(**changes: object) -> ProcessorSettings:
@@ -248,6 +256,56 @@ def test_background_pruner_prunes_until_stopped(store: Store) -> None:
         stop.set()
         background.join(30)
     assert not background.is_alive()
+
+
+def test_on_sqlite_the_pruner_gets_turns_against_a_writer_that_is_never_idle(
+    tmp_path: Path,
+) -> None:
+    """SQLite's busy handler alone let a writer committing back to back starve the pruner
+    (it waited in BEGIN IMMEDIATE while the writer took the lock again at once). With
+    turns, and no rest (busy fraction 1), the two alternate."""
+    store = gauge_store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    batch, old = 500, 10_000
+    add_rejections(store, T0 - 31 * DAY, old, "old")
+    p = pruner(store, {"rejected_messages": 30 * DAY}, Clock(T0),
+               prune_batch_rows=batch, prune_busy_fraction=1.0)  # fmt: skip
+    seen: list[int] = []  # the pruner's progress after each ingested batch
+    stop = threading.Event()
+    ingest_errors: list[BaseException] = []
+
+    def ingest() -> None:
+        try:
+            while not stop.is_set():
+                now = datetime.now(UTC)
+                rows = [{"agent_id": "a", "value": 1.0, "measured_at": now}] * 1000
+                store.commit(Batch(rows={TABLE: rows}))
+                seen.append(p.deleted)
+        except BaseException as exc:  # reported below
+            ingest_errors.append(exc)
+
+    writer = threading.Thread(target=ingest)
+    writer.start()
+    reports: list[PassReport] = []
+    try:
+        wait_for(lambda: len(seen) >= 5, message="ingestion never committed")
+        worker = threading.Thread(target=lambda: reports.append(p.run_pass()), daemon=True)
+        worker.start()
+        wait_for(lambda: not worker.is_alive(), timeout=120,
+                 message="the pruner's pass never finished")  # fmt: skip
+        after = len(seen)
+        wait_for(lambda: len(seen) > after, message="ingestion stopped after the pass")
+    finally:
+        stop.set()
+        writer.join(60)
+        store.dispose()
+    assert not ingest_errors
+    assert [(t.rows, t.finished) for t in reports[0].tables] == [(old, True)]
+    # Ingested batches between two of the pruner's: ingestion went on all along, and the
+    # pruner waited for about one, not for as many as the writer could commit.
+    commits = Counter(seen)
+    gaps = [commits[k * batch] for k in range(1, old // batch)]
+    assert sum(1 for n in gaps if n) >= len(gaps) // 2, gaps
+    assert median(gaps) <= 2, gaps
 
 
 # --- configuration -----------------------------------------------------------------------

@@ -19,12 +19,15 @@ What "older" means, per kind of table:
 The pruner deletes ``prune_batch_rows`` rows per transaction, an id range found by
 keyset on the primary key up to the newest old row (found on the time index for the
 rejection tables, from the marks for plugin tables), and rests between batches so that
-it takes at most ``prune_busy_fraction`` of the database's time; on SQLite each batch's ``BEGIN
-IMMEDIATE`` is the only time it holds the writer lock. Among processors sharing a
-database one prunes at a time: it holds a lease (``sparklem_leases``), renewed in every
-batch's own transaction, and taken over once it expires. Each batch commits whole or not
-at all, so a pass stopped by SIGTERM or a crash leaves no partial state; the next pass
-carries on.
+it takes at most ``prune_busy_fraction`` of the database's time: it rests
+``1/fraction - 1`` times as long as it held the batch's transaction open (never counting
+its wait to begin it). On SQLite each batch is the only time it holds the writer lock, and
+it takes its turn at that lock with the process's other writers (``Store.write``): a
+never-idle ingestion loop in the same process cannot starve it, nor does it get more.
+Among processors sharing a database one prunes at a time: it holds a lease
+(``sparklem_leases``), renewed in every batch's own transaction, and taken over once it
+expires. Each batch commits whole or not at all, so a pass stopped by SIGTERM or a crash
+leaves no partial state; the next pass carries on.
 """
 
 from __future__ import annotations
@@ -182,6 +185,7 @@ class Pruner:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.holder = f"{socket.gethostname()[:150]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.deleted = 0  # rows this pruner has deleted so far, all passes (for progress)
         self._leases = store.metadata.tables["sparklem_leases"]
         self._marks = store.metadata.tables["sparklem_arrival_marks"]
 
@@ -233,7 +237,7 @@ class Pruner:
         cutoff = self._cutoff(target)
         if not target.has_id:
             return self._prune_by_time(target, cutoff)
-        with self.store.engine.begin() as conn:
+        with self.store.write() as conn:
             self._renew(conn)
             if target.by_arrival:
                 max_id = self._newest_old(conn, target, cutoff)
@@ -249,21 +253,23 @@ class Pruner:
         while True:
             if self.stop.is_set():
                 return TablePruned(target.name, target.keep, deleted, finished=False)
-            where = self._old(target, cutoff, max_id)
-            if after is not None:
-                where.append(target.id > after)
-            # Timed with the wait for SQLite's writer lock: the busier ingestion keeps
-            # the database, the longer the pruner rests.
-            started = time.monotonic()
-            with self.store.engine.begin() as conn:
+            span = [] if after is None else [target.id > after]
+            where = [*self._old(target, cutoff, max_id), *span]
+            with self.store.write(checkpoint=True) as conn:
+                # Timed from BEGIN on: the rest is proportional to the time the pruner
+                # kept the database (or SQLite's writer lock), not to its wait for it.
+                started = time.monotonic()
                 self._renew(conn)
                 bound = conn.execute(
                     select(target.id).where(*where).order_by(target.id).offset(n - 1).limit(1)
                 ).scalar()
                 if bound is not None:
-                    where.append(target.id <= bound)
+                    # The batch's range alone (bound <= max_id): given max_id too, SQLite
+                    # may end its rowid scan there, walking every old row in each batch.
+                    where = [*self._old(target, cutoff, None), *span, target.id <= bound]
                 gone = conn.execute(delete(target.table).where(*where)).rowcount
             deleted += gone
+            self.deleted += gone
             if bound is None:  # that was the last, short batch
                 break
             after = bound
@@ -282,17 +288,18 @@ class Pruner:
         while True:
             if self.stop.is_set():
                 return TablePruned(target.name, target.keep, deleted, finished=False)
-            started = time.monotonic()
-            with self.store.engine.begin() as conn:
+            with self.store.write(checkpoint=True) as conn:
+                started = time.monotonic()
                 self._renew(conn)
                 bound = conn.execute(
                     select(time_column).where(time_column < cutoff)
                     .order_by(time_column).offset(n - 1).limit(1)
                 ).scalar()  # fmt: skip
-                where = [time_column < cutoff]
-                if bound is not None:
-                    where.append(time_column <= bound)
-                deleted += conn.execute(delete(target.table).where(*where)).rowcount
+                # bound < cutoff: the one upper end, or SQLite may scan up to the cutoff.
+                where = [time_column < cutoff] if bound is None else [time_column <= bound]
+                gone = conn.execute(delete(target.table).where(*where)).rowcount
+            deleted += gone
+            self.deleted += gone
             if bound is None:  # that was the last, short batch
                 break
             self._rest(time.monotonic() - started)
@@ -313,10 +320,11 @@ class Pruner:
             .order_by(time_column.desc(), target.id.desc()).limit(1)
         ).scalar()  # fmt: skip
 
-    def _rest(self, batch_s: float) -> None:
-        """Leave the database to ingestion for a while (SQLite: the writer lock too)."""
+    def _rest(self, held_s: float) -> None:
+        """Leave the database (SQLite: the writer lock too) to ingestion for a while, in
+        proportion to ``held_s``, the time the batch's transaction was open."""
         fraction = self.settings.prune_busy_fraction
-        self.stop.wait(batch_s * (1 / fraction - 1))
+        self.stop.wait(held_s * (1 / fraction - 1))
 
     # --- arrival marks -----------------------------------------------------------------
 
@@ -362,7 +370,7 @@ class Pruner:
 
     def _take_lease(self) -> bool:
         try:
-            with self.store.engine.begin() as conn:
+            with self.store.write() as conn:
                 if self._renew(conn, strict=False):
                     return True
                 exists = conn.execute(
@@ -396,7 +404,7 @@ class Pruner:
     def _release_lease(self) -> None:
         c = self._leases.c
         try:
-            with self.store.engine.begin() as conn:
+            with self.store.write() as conn:
                 conn.execute(
                     update(self._leases)
                     .where(c.name == LEASE_NAME, c.holder == self.holder)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +26,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Date,
     DateTime,
     Engine,
@@ -57,6 +59,7 @@ from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.mysql_types import TABLE_OPTIONS
 from sparklem_core.processor.plugin_tables import PluginTable, TableChange, declare, upgrade
 from sparklem_core.processor.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
+from sparklem_core.processor.writer_turn import WriterTurn
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +314,8 @@ class Store:
         self._owners: dict[str, str] = dict.fromkeys(CORE_TABLES, "sparklem core")
         self._plugin_tables: dict[str, PluginTable] = {}
         self._inserts: dict[tuple[Table, tuple[str, ...]], RowInsert] = {}
+        # SQLite has one writer at a time: this process's writers take turns at it.
+        self.turn = WriterTurn(fair=self.engine.dialect.name == "sqlite")
 
     @property
     def rejected(self) -> Table:
@@ -419,6 +424,21 @@ class Store:
             )
             return {(topic, part): (off, tid) for topic, part, off, tid in rows}
 
+    @contextmanager
+    def write(self, *, checkpoint: bool = False) -> Iterator[Connection]:
+        """A write transaction, begun in this process's turn at SQLite's writer lock.
+
+        ``checkpoint``: on SQLite, then copy the write-ahead log into the database, still
+        in the turn, so that the pages this transaction wrote are not left to the next
+        writer's commit (SQLite checkpoints in whichever commit finds the log long).
+        """
+        with self.turn, self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+            if checkpoint and self.engine.dialect.name == "sqlite":
+                # On the driver's connection: outside any transaction, which it needs.
+                conn.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def commit(self, batch: Batch) -> None:
         """Write a whole batch in one transaction, or nothing (:class:`Conflict` or DB error)."""
         now = datetime.now(UTC)
@@ -431,7 +451,7 @@ class Store:
               "topic_id": mark.topic_id, "updated_at": now}, mark.expected)
             for key, mark in batch.offsets.items()
         ]  # fmt: skip
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             self._release(conn, self.rejected, batch.released_messages)
             self._release(conn, self.records, batch.released_records)
             if batch.redriven:
