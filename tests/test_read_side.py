@@ -8,6 +8,7 @@ import math
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +20,7 @@ from test_redrive import redrive
 from sparklem_core.admin.fleet import as_utc
 from sparklem_core.processor.batch import Batch, Rejection
 from sparklem_core.processor.retention import Pruner, targets
-from sparklem_core.processor.store import Store
+from sparklem_core.processor.store import Store, core_metadata
 from sparklem_core.reading.feed import (
     START,
     FeedEvent,
@@ -182,6 +183,17 @@ def test_the_feed_holds_every_reading_and_rejection_once_in_commit_order(store: 
     json.dumps([e.as_json() for e in events])  # every event is plain JSON
 
 
+def test_text_beyond_ascii_is_stored_as_it_came(store: Store) -> None:
+    """The feed and latest hold any Unicode (written raw, not escaped) on every database."""
+    name = "cpu \U0001f321\u2028\u00e9"
+    store.commit(Batch(rows={TABLE: [row("edge-\u00e9", name, 1.5, T0)]},
+                       rejected=[rejection(1, "d\u00e9tail \U0001f4a5")]))  # fmt: skip
+    reading, rejected = FeedReader(store.engine).read_after(START)
+    assert (reading.agent_id, reading.data["row"]["sensor"]) == ("edge-\u00e9", name)
+    assert rejected.data["detail"] == "d\u00e9tail \U0001f4a5"
+    assert latest(store)[("edge-\u00e9", name)][1]["sensor"] == name
+
+
 _MIXED: dict[int, Store] = {}
 
 
@@ -242,19 +254,78 @@ def test_feed_and_latest_rows_hold_the_values_as_json_would(tmp_path_factory, ro
 
 
 def test_a_tampered_feed_row_is_skipped_not_raised(store: Store) -> None:
+    """A part that is not JSON is skipped whole; in a part, a row that does not fit its
+    group is skipped but keeps its index, so the ids of the others do not change."""
     feed = store.metadata.tables["sparklem_feed"]
+    columns = ["agent_id", "sensor", "celsius", "measured_at"]
+    reading_group = {
+        "kind": "reading",
+        "plugin": "probe",
+        "table": TABLE,
+        "time": "measured_at",
+        "columns": columns,
+        "rows": [["a", "s", 1.0], 3, ["a", "s", 10**400, "2026-11-30T03:00:00Z"]],
+    }
     with store.engine.begin() as conn:
         conn.execute(
             feed.insert(),
             [
                 {"commit_seq": 1, "part": 0, "committed_at": T0, "events": "[[[[nope"},
                 {"commit_seq": 2, "part": 0, "committed_at": T0,
-                 "events": json.dumps([1, {"kind": "x"}, {"kind": "reading", "row": 3},
-                                       {"kind": "rejection", "agent_id": 5, "received_at": "no"}])},
+                 "events": json.dumps([
+                     1, {"kind": "x", "columns": [], "rows": [[]]},
+                     {"kind": "reading", "columns": ["a", "a"], "rows": [["x", "y"]]},
+                     {"kind": "rejection", "columns": ["agent_id", "received_at"],
+                      "rows": [[5, "no"]]},
+                     {**reading_group, "agents": ["too", "short"]},
+                 ])},
             ],
         )  # fmt: skip
-    (event,) = FeedReader(store.engine).read_after(START)
-    assert (event.id, event.kind, event.agent_id, event.at) == ("2-0-3", "rejection", None, T0)
+    first, second = FeedReader(store.engine).read_after(START)
+    assert (first.id, first.kind, first.agent_id, first.at) == ("2-0-2", "rejection", None, T0)
+    assert (second.id, second.agent_id, second.data["row"]["celsius"]) == ("2-0-5", "a", 10**400)
+    assert second.at == datetime(2026, 11, 30, 3, tzinfo=UTC)
+    assert FeedReader(store.engine).head() == "2-0-5"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                 max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+_names = st.sampled_from(["agent_id", "sensor", "celsius", "measured_at", "plugin", "reason"])
+_groups = st.fixed_dictionaries(
+    {"kind": st.sampled_from(["reading", "rejection"]) | _json,
+     "columns": st.lists(_names, max_size=5) | _json,
+     "rows": st.lists(st.lists(_json | st.just("2026-11-30T03:00:00Z"), max_size=5), max_size=4)
+     | _json},
+    optional={"plugin": _json, "table": _json, "time": _names | _json,
+              "agents": st.lists(_json, max_size=4) | _json},
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(st.lists(_groups | _json, max_size=4) | _json, min_size=1, max_size=3))
+def test_hostile_feed_parts_give_events_or_nothing(tmp_path_factory, parts: list[Any]) -> None:
+    """Whatever a part holds (groups of wrong types, rows that do not match their columns,
+    huge integers), the reader answers checked FeedEvents, in id order, and never raises."""
+    reader = _sqlite_reader(tmp_path_factory, "hostile")
+    feed = core_metadata().tables["sparklem_feed"]
+    with reader.engine.begin() as conn:
+        conn.execute(delete(feed))
+        conn.execute(
+            feed.insert(),
+            [{"commit_seq": 1, "part": i, "committed_at": T0, "events": json.dumps(p)}
+             for i, p in enumerate(parts)],
+        )  # fmt: skip
+    events = reader.read_after(START)
+    assert [parse_event_id(e.id) for e in events] == sorted(parse_event_id(e.id) for e in events)
+    for e in events:
+        assert e.kind in ("reading", "rejection") and e.at.tzinfo is not None
+        assert all(v is None or isinstance(v, str) for v in (e.plugin, e.table, e.agent_id))
+        json.dumps(e.as_json())
+    assert parse_event_id(reader.head())[0] in (0, 1)
 
 
 def test_event_ids_round_trip() -> None:
@@ -277,14 +348,14 @@ def test_a_hostile_event_id_is_a_value_error(tmp_path_factory, text: str) -> Non
         assert events == []
 
 
-_READERS: dict[int, FeedReader] = {}
+_READERS: dict[tuple[int, str], FeedReader] = {}
 
 
-def _sqlite_reader(tmp_path_factory) -> FeedReader:
-    """One empty SQLite database for every example (hypothesis calls the test many times)."""
-    key = id(tmp_path_factory)
+def _sqlite_reader(tmp_path_factory, name: str = "feed") -> FeedReader:
+    """One SQLite database per name for every example (hypothesis calls a test many times)."""
+    key = (id(tmp_path_factory), name)
     if key not in _READERS:
-        s = probe_store(f"sqlite:///{tmp_path_factory.mktemp('feed')}/db.sqlite3")
+        s = probe_store(f"sqlite:///{tmp_path_factory.mktemp(name)}/db.sqlite3")
         _READERS[key] = FeedReader(s.engine)
     return _READERS[key]
 

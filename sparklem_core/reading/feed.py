@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, or_, select
 
-from sparklem_core.processor.read_side import rfc3339
+from sparklem_core.processor.read_side import REJECTION_COLUMNS, rfc3339
 from sparklem_core.processor.store import core_metadata
 
 log = logging.getLogger(__name__)
@@ -146,47 +146,94 @@ class FeedReader:
         return found
 
 
-def _events(text: Any, seq: int, part: int) -> list[Any]:
-    """A part's events; [] (logged) if the row does not hold a JSON array."""
+@dataclass(frozen=True)
+class _Group:
+    """A stored group, checked once for all its rows (read_side.Group)."""
+
+    kind: str | None  # None: not a group the processor writes, its rows are skipped
+    plugin: str | None
+    table: str | None
+    time: str | None
+    columns: tuple[str, ...]
+    rows: list[Any]
+    agents: list[Any] | None
+
+
+def _events(text: Any, seq: int, part: int) -> list[tuple[_Group, int]]:
+    """A part's events as (group, row index), in order; [] (logged) if the row does not
+    hold a JSON array. A group's rows count as events even where the group is not valid
+    (then each is skipped when read), so that ids do not depend on what is skipped."""
     try:
-        events = json.loads(text)
+        groups = json.loads(text)
     except (TypeError, ValueError, RecursionError):
-        events = None
-    if not isinstance(events, list):
+        groups = None
+    if not isinstance(groups, list):
         log.warning("sparklem_feed %d part %d is not a JSON array: skipped", seq, part)
         return []
+    events: list[tuple[_Group, int]] = []
+    for raw in groups:
+        group = _group(raw)
+        events.extend((group, i) for i in range(len(group.rows)))
     return events
+
+
+_NOT_A_GROUP = _Group(None, None, None, None, (), [], None)
+
+
+def _group(raw: Any) -> _Group:
+    if not isinstance(raw, dict) or not isinstance(rows := raw.get("rows"), list):
+        return _NOT_A_GROUP
+    columns = raw.get("columns")
+    kind = raw.get("kind")
+    if (
+        kind not in KINDS
+        or not isinstance(columns, list)
+        or not all(isinstance(c, str) for c in columns)
+        or len(set(columns)) != len(columns)
+    ):
+        return _Group(None, None, None, None, (), rows, None)
+    agents = raw.get("agents")
+    return _Group(
+        kind,
+        _text(raw.get("plugin")),
+        _text(raw.get("table")) if kind == "reading" else None,
+        _text(raw.get("time")),
+        tuple(columns),
+        rows,
+        agents if isinstance(agents, list) and len(agents) == len(rows) else None,
+    )
 
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _event(seq: int, part: int, index: int, raw: Any, committed_at: datetime) -> FeedEvent | None:
+def _event(
+    seq: int, part: int, index: int, stored: tuple[_Group, int], committed_at: datetime
+) -> FeedEvent | None:
     """The event as stored, checked; None (logged) if it is not an event."""
     event_id = format_event_id(seq, part, index)
-    if not isinstance(raw, dict) or raw.get("kind") not in KINDS:
+    group, i = stored
+    values = group.rows[i]
+    if group.kind is None or not isinstance(values, list) or len(values) != len(group.columns):
         log.warning("feed event %s is not a reading or rejection: skipped", event_id)
         return None
-    kind = raw["kind"]
-    if kind == "reading":
-        row = raw.get("row")
-        if not isinstance(row, dict):
-            log.warning("feed event %s has no row: skipped", event_id)
-            return None
-        time_column = _text(raw.get("time"))
-        data: dict[str, Any] = {"row": row, "time": time_column}
-        at = _time(row.get(time_column) if time_column is not None else None, committed_at)
+    row = dict(zip(group.columns, values, strict=True))
+    if group.kind == "reading":
+        agent_id = group.agents[i] if group.agents is not None else row.get("agent_id")
+        data: dict[str, Any] = {"row": row, "time": group.time}
+        at = _time(row.get(group.time) if group.time is not None else None, committed_at)
+        plugin = group.plugin
     else:
-        data = {k: raw.get(k) for k in ("reason", "detail", "topic", "partition", "offset",
-                                        "received_at")}  # fmt: skip
-        at = _time(raw.get("received_at"), committed_at)
+        data = {k: row.get(k) for k in REJECTION_COLUMNS[2:]}
+        at = _time(row.get("received_at"), committed_at)
+        plugin, agent_id = _text(row.get("plugin")), row.get("agent_id")
     return FeedEvent(
         id=event_id,
-        kind=kind,
-        plugin=_text(raw.get("plugin")),
-        table=_text(raw.get("table")) if kind == "reading" else None,
-        agent_id=_text(raw.get("agent_id")),
+        kind=group.kind,
+        plugin=plugin,
+        table=group.table,
+        agent_id=_text(agent_id),
         at=at,
         data=data,
     )
