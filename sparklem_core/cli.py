@@ -291,8 +291,8 @@ def cmd_agents(config: Config, args: argparse.Namespace) -> int:
 def cmd_tail(config: Config, args: argparse.Namespace) -> int:
     import threading
 
-    from sparklem_core.reading.feed import START
-    from sparklem_core.reading.tail import TailError, TailFilter, follow, open_feed, printer
+    from sparklem_core.reading.feed import START, EventFilter
+    from sparklem_core.reading.tail import TailError, follow, open_feed, printer
 
     check_database_url(config.database_url)
     try:
@@ -302,7 +302,8 @@ def cmd_tail(config: Config, args: argparse.Namespace) -> int:
     try:
         after = START if args.from_start else args.since or reader.head()
         colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        show = TailFilter(frozenset(args.plugin), frozenset(args.agent), args.rejected)
+        kinds = ("rejection",) if args.rejected else ()
+        show = EventFilter(tuple(args.plugin), tuple(args.agent), kinds)
         write = printer(sys.stdout, as_json=args.json, colour=colour)
         follow(reader, after, show, write, threading.Event())  # until Ctrl-C
     finally:

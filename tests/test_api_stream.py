@@ -21,8 +21,8 @@ from api_env import (
 )
 
 from sparklem_core.http.app import create_app
-from sparklem_core.http.stream import Broadcaster, StreamFilter, events
-from sparklem_core.reading.feed import FeedReader
+from sparklem_core.http.stream import Broadcaster, events
+from sparklem_core.reading.feed import EventFilter, FeedReader
 
 TEMPERATURE = "temperature_readings"
 TIMEOUT = httpx.Timeout(20.0)
@@ -135,7 +135,7 @@ def test_a_slow_client_is_dropped_and_the_others_get_everything(tmp_path: Path) 
 
     async def scenario() -> tuple[list[str], list[str]]:
         broadcaster = Broadcaster(FeedReader(store.engine), poll_s=0.05, buffer=5)
-        every = StreamFilter()
+        every = EventFilter()
         slow = events(
             broadcaster, await broadcaster.subscribe(every), None, 30, _never_disconnected
         )
@@ -186,7 +186,7 @@ def test_only_what_a_client_asked_for_fills_its_buffer(tmp_path: Path) -> None:
 
     async def scenario() -> list[str]:
         broadcaster = Broadcaster(FeedReader(store.engine), poll_s=0.05, buffer=len(mine))
-        one_agent = await broadcaster.subscribe(StreamFilter(agents=("a-1",)))
+        one_agent = await broadcaster.subscribe(EventFilter(agents=("a-1",)))
         stream = events(broadcaster, one_agent, None, 30, _never_disconnected)
         assert (await anext(stream)).startswith("retry:")
         await asyncio.to_thread(commit, store, TEMPERATURE, rows)  # 60 events in one page
@@ -211,13 +211,13 @@ def test_a_new_client_is_told_where_its_stream_begins(tmp_path: Path) -> None:
 
     async def scenario() -> tuple[str, list[str]]:
         broadcaster = Broadcaster(FeedReader(store.engine), poll_s=0.05, buffer=100)
-        stream = events(broadcaster, await broadcaster.subscribe(StreamFilter()), None, 30,
+        stream = events(broadcaster, await broadcaster.subscribe(EventFilter()), None, 30,
                         _never_disconnected)  # fmt: skip
         first = await anext(stream)
         await stream.aclose()  # the client goes away; two more are stored meanwhile
         await asyncio.to_thread(commit, store, TEMPERATURE, temperature_rows(2, 7))
         since = first.split("id: ", 1)[1].strip()
-        again = events(broadcaster, await broadcaster.subscribe(StreamFilter()), since, 30,
+        again = events(broadcaster, await broadcaster.subscribe(EventFilter()), since, 30,
                        _never_disconnected)  # fmt: skip
         await anext(again)
         got = [await asyncio.wait_for(anext(again), 20) for _ in range(2)]

@@ -22,8 +22,8 @@ from waiting import wait_for
 
 from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.store import Store
-from sparklem_core.reading.feed import FeedEvent, FeedReader
-from sparklem_core.reading.tail import TailFilter, escape, format_json, format_line
+from sparklem_core.reading.feed import EventFilter, FeedEvent, FeedReader
+from sparklem_core.reading.tail import escape, format_json, format_line
 
 T0 = datetime(2026, 11, 30, 3, 0, 0, 123456, tzinfo=UTC)
 SGR = re.compile("\x1b\\[[0-9;]*m")  # tail's own colours
@@ -78,11 +78,11 @@ def test_no_control_character_from_a_record_reaches_the_terminal(
 
 def test_filters() -> None:
     reading, rejected = reading_event("edge-1", "cpu", 1.0), rejection_event("edge-2", "r", "d")
-    assert TailFilter().matches(reading) and TailFilter().matches(rejected)
-    assert not TailFilter(rejected_only=True).matches(reading)
-    assert TailFilter(agents=frozenset({"edge-2"})).matches(rejected)
-    assert not TailFilter(agents=frozenset({"edge-2"})).matches(reading)
-    assert not TailFilter(plugins=frozenset({"other"})).matches(reading)
+    assert EventFilter()(reading) and EventFilter()(rejected)
+    assert not EventFilter(kinds=("rejection",))(reading)
+    assert EventFilter(agents=("edge-2",))(rejected)
+    assert not EventFilter(agents=("edge-2",))(reading)
+    assert not EventFilter(plugins=("other",))(reading)
 
 
 class Tail:

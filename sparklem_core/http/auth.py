@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import Request
 
 from sparklem_core.http.errors import ApiError
+from sparklem_core.processor.read_side import rfc3339
 from sparklem_core.settings.config import ServeSettings
 
 COOKIE = "sparklem_session"
@@ -139,7 +140,7 @@ class Audit:
 
     def write(self, caller: Caller, action: str, **details: Any) -> None:
         line = json.dumps(
-            {"time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            {"time": rfc3339(datetime.now(UTC)),
              "token": caller.token_id, "action": action, **details},
             sort_keys=True,
         )  # fmt: skip

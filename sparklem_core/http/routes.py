@@ -280,8 +280,8 @@ async def stream(
     last_event_id: Text = None,
 ) -> StreamingResponse:
     """Server-Sent Events of stored readings and rejections; resumes after Last-Event-ID."""
-    from sparklem_core.http.stream import KINDS, StreamFilter, events
-    from sparklem_core.reading.feed import parse_event_id
+    from sparklem_core.http.stream import events
+    from sparklem_core.reading.feed import KINDS, EventFilter, parse_event_id
 
     _only(request, ("plugin", "agent", "kind", "last_event_id"))
     for value in kind or ():
@@ -295,7 +295,7 @@ async def stream(
             raise ApiError(400, str(exc), "last_event_id") from None
     ctx = context(request)
     broadcaster = request.app.state.broadcaster()
-    wanted = StreamFilter(tuple(plugin or ()), tuple(agent or ()), tuple(kind or ()))
+    wanted = EventFilter(tuple(plugin or ()), tuple(agent or ()), tuple(kind or ()))
     body = events(
         broadcaster,
         await broadcaster.subscribe(wanted),  # before the headers: the client's "open" is safe

@@ -21,36 +21,19 @@ from sparklem_core.processor.writer import first_line
 from sparklem_core.settings.config import mask_secrets
 
 if TYPE_CHECKING:
-    from sparklem_core.reading.feed import FeedEvent, FeedReader
+    from sparklem_core.reading.feed import EventFilter, FeedEvent, FeedReader
 
 log = logging.getLogger(__name__)
 
 PAGE = 1000  # events read from the feed per query
 RETRY_MS = 2000  # how soon an EventSource reconnects
-KINDS = ("reading", "rejection")
-
-
-@dataclass(frozen=True)
-class StreamFilter:
-    """What one client asked for; empty: everything."""
-
-    plugins: tuple[str, ...] = ()
-    agents: tuple[str, ...] = ()
-    kinds: tuple[str, ...] = ()
-
-    def __call__(self, event: FeedEvent) -> bool:
-        return (
-            (not self.plugins or event.plugin in self.plugins)
-            and (not self.agents or event.agent_id in self.agents)
-            and (not self.kinds or event.kind in self.kinds)
-        )
 
 
 @dataclass(eq=False)  # by identity: kept in sets
 class Subscriber:
     """One connected client: what it wants, its queue, whether it was dropped as slow."""
 
-    wanted: StreamFilter
+    wanted: EventFilter
     queue: asyncio.Queue[FeedEvent]
     since: str  # the feed's last event read when it subscribed: its queue holds what follows
     dropped: bool = False
@@ -72,7 +55,7 @@ class Broadcaster:
     _task: asyncio.Task[None] | None = None
     _ready: asyncio.Event | None = None
 
-    async def subscribe(self, wanted: StreamFilter) -> Subscriber:
+    async def subscribe(self, wanted: EventFilter) -> Subscriber:
         """A new client's queue: every ``wanted`` event read from now on goes there too."""
         if self._task is None:
             self._ready = asyncio.Event()

@@ -71,6 +71,22 @@ class FeedEvent:
         }
 
 
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a reader wants (``/stream``'s client, ``tail``); empty: every one."""
+
+    plugins: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+
+    def __call__(self, event: FeedEvent) -> bool:
+        return (
+            (not self.plugins or event.plugin in self.plugins)
+            and (not self.agents or event.agent_id in self.agents)
+            and (not self.kinds or event.kind in self.kinds)
+        )
+
+
 def format_event_id(commit_seq: int, part: int, index: int) -> str:
     """``COMMITSEQ-PART-N``."""
     return f"{commit_seq}-{part}-{index}"

@@ -16,7 +16,6 @@ import re
 import threading
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +23,7 @@ from sqlalchemy import Engine, create_engine, inspect, make_url
 from sqlalchemy.exc import DBAPIError
 
 from sparklem_core.processor.read_side import rfc3339
-from sparklem_core.reading.feed import FeedEvent, FeedReader
+from sparklem_core.reading.feed import EventFilter, FeedEvent, FeedReader
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +41,6 @@ _COLOURS = {"time": "2", "agent": "36", "plugin": "35", "rejection": "31"}
 
 class TailError(Exception):
     """Why tail cannot start: one line saying what to do."""
-
-
-@dataclass(frozen=True)
-class TailFilter:
-    """Which events to show: empty sets mean every plugin, every agent."""
-
-    plugins: frozenset[str] = frozenset()
-    agents: frozenset[str] = frozenset()
-    rejected_only: bool = False
-
-    def matches(self, event: FeedEvent) -> bool:
-        return (
-            (not self.rejected_only or event.kind == "rejection")
-            and (not self.plugins or event.plugin in self.plugins)
-            and (not self.agents or event.agent_id in self.agents)
-        )
 
 
 def escape(text: str) -> str:
@@ -136,7 +119,7 @@ def open_feed(url: str) -> FeedReader:
 def follow(
     reader: FeedReader,
     after: str,
-    show: TailFilter,
+    show: EventFilter,
     write: Callable[[FeedEvent], None],
     stop: threading.Event,
     interval: float = POLL_INTERVAL_S,
@@ -158,7 +141,7 @@ def follow(
             continue
         failing = False
         for event in events:
-            if show.matches(event):
+            if show(event):
                 write(event)
         if events:
             after = events[-1].id
