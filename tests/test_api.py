@@ -32,7 +32,7 @@ from api_env import (
     temperature_rows,
 )
 from fastapi.testclient import TestClient
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from waiting import wait_for
 
@@ -194,6 +194,79 @@ def test_latest_skips_rows_it_cannot_read(sqlite_app: TestClient) -> None:
     assert answer.status_code == 200
     agents = {r["agent_id"] for r in answer.json()["latest"]}
     assert agents == {"a-1", "a-2", "a-3"}
+
+
+def test_latest_answers_rows_stored_by_columns_and_refuses_bad_items(
+    sqlite_app: TestClient,
+) -> None:
+    """A row stored by columns (before rows were stored as items) is answered in the same
+    shape; one shaped like an item but not fit to splice, or tampered, is skipped."""
+    from sqlalchemy import insert
+
+    store = sqlite_app.app.state.context.store
+    table = store.metadata.tables["sparklem_latest"]
+    now = datetime.now(UTC)
+    item = '{"series":{"sensor":"s"},"values":{"celsius":1.5},"time":"2026-11-30T04:00:00Z"}'
+    texts = {
+        "old": '{"agent_id":"old","sensor":"s","celsius":2.5,"measured_at":"2026-11-30T04:00:00Z"}',
+        "padded": f" {item} ",  # JSON, but cut at its braces it would not be
+        "extra": item[:-1] + ',"age_s":1}',
+        "listed": '{"series":["s"],"values":{},"time":"2026-11-30T04:00:00Z"}',
+        "naive": item.replace("Z", ""),
+        'quote"d': item,  # the agent id from the column, escaped
+    }
+    with store.engine.begin() as conn:
+        conn.execute(insert(table), [
+            {"table_name": TEMPERATURE, "agent_id": agent, "series": '["s"]',
+             "measured_at": now, "stored_at": now, "row": text}
+            for agent, text in texts.items()
+        ])  # fmt: skip
+    answer = sqlite_app.get("/api/v1/readings/temperature", params={"agent": list(texts)})
+    got = {r.pop("agent_id"): r for r in answer.json()["latest"]}
+    assert set(got) == {"old", 'quote"d'}
+    assert all(isinstance(got[a].pop("age_s"), float) for a in got)
+    assert got == {
+        "old": {"series": {"sensor": "s"}, "values": {"celsius": 2.5},
+                "time": "2026-11-30T04:00:00Z"},
+        'quote"d': json.loads(item),
+    }  # fmt: skip
+    board = sqlite_app.get("/api/v1/readings/temperature", params={"sensor": "board"})
+    assert {r["series"]["sensor"] for r in board.json()["latest"]} == {"board"}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.just("2026-11-30T04:00:00Z"),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["series", "values", "time", "sensor", "celsius",
+                                       "measured_at", "age_s"]), inner, max_size=4),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(texts=st.lists(json_values.map(json.dumps) | st.text(max_size=40), min_size=1, max_size=4))
+def test_latest_answers_json_items_whatever_the_stored_rows(sqlite_app: TestClient, texts) -> None:
+    from sqlalchemy import delete, insert
+
+    table = sqlite_app.app.state.context.store.metadata.tables["sparklem_latest"]
+    now = datetime.now(UTC)
+    with sqlite_app.app.state.context.store.engine.begin() as conn:
+        conn.execute(delete(table).where(table.c.agent_id.like("zz-%")))
+        conn.execute(insert(table), [
+            {"table_name": TEMPERATURE, "agent_id": f"zz-{n}", "series": "[]",
+             "measured_at": now, "stored_at": now, "row": text}
+            for n, text in enumerate(texts)
+        ])  # fmt: skip
+    answer = sqlite_app.get("/api/v1/readings/temperature")
+    assert answer.status_code == 200
+    for item in answer.json()["latest"]:
+        assert list(item) == ["agent_id", "series", "values", "time", "age_s"]
+        assert isinstance(item["series"], dict) and isinstance(item["values"], dict)
+        assert isinstance(item["time"], str)
+        assert isinstance(item["age_s"], float)
 
 
 # --- history -------------------------------------------------------------------------------

@@ -118,10 +118,10 @@ def test_latest_holds_the_newest_reading_per_series(store: Store, batches) -> No
                 expected[(agent, sensor)] = (at, float(n))
         store.commit(Batch(rows={TABLE: rows}))
     got = latest(store)
-    assert {k: (at, r["celsius"]) for k, (at, r) in got.items()} == expected
-    for (agent, sensor), (at, r) in got.items():
-        assert r == {"agent_id": agent, "sensor": sensor, "celsius": r["celsius"],
-                     "measured_at": at.isoformat().replace("+00:00", "Z")}  # fmt: skip
+    assert {k: (at, r["values"]["celsius"]) for k, (at, r) in got.items()} == expected
+    for (_agent, sensor), (at, r) in got.items():  # the API's item, less agent_id and age_s
+        assert r == {"series": {"sensor": sensor}, "values": {"celsius": r["values"]["celsius"]},
+                     "time": at.isoformat().replace("+00:00", "Z")}  # fmt: skip
 
 
 def test_latest_compares_times_in_any_zone_as_utc(store: Store) -> None:
@@ -130,7 +130,7 @@ def test_latest_compares_times_in_any_zone_as_utc(store: Store) -> None:
     store.commit(Batch(rows={TABLE: [row("edge-1", "cpu", 1.0, T0 + timedelta(minutes=30))]}))
     store.commit(Batch(rows={TABLE: [row("edge-1", "cpu", 2.0, T0.astimezone(plus2))]}))
     ((at, held),) = latest(store).values()
-    assert (at, held["celsius"]) == (T0 + timedelta(minutes=30), 1.0)
+    assert (at, held["values"]["celsius"]) == (T0 + timedelta(minutes=30), 1.0)
     (late,) = FeedReader(store.engine).read_after("1-0-0")
     assert late.at == T0 and late.data["row"]["measured_at"] == "2026-11-30T03:00:00.123456Z"
 
@@ -143,7 +143,8 @@ def test_a_series_too_long_for_the_key_is_kept_by_its_digest(store: Store) -> No
     with store.engine.connect() as conn:
         ((series, stored),) = conn.execute(select(t.c.series, t.c.row)).all()
     assert series.startswith("#sha256:")
-    assert json.loads(stored)["sensor"] == long and json.loads(stored)["celsius"] == 2.0
+    assert json.loads(stored)["series"]["sensor"] == long
+    assert json.loads(stored)["values"]["celsius"] == 2.0
 
 
 # --- the feed ---------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def test_text_beyond_ascii_is_stored_as_it_came(store: Store) -> None:
     reading, rejected = FeedReader(store.engine).read_after(START)
     assert (reading.agent_id, reading.data["row"]["sensor"]) == ("edge-\u00e9", name)
     assert rejected.data["detail"] == "d\u00e9tail \U0001f4a5"
-    assert latest(store)[("edge-\u00e9", name)][1]["sensor"] == name
+    assert latest(store)[("edge-\u00e9", name)][1]["series"]["sensor"] == name
 
 
 _MIXED: dict[int, Store] = {}
@@ -250,7 +251,7 @@ def test_feed_and_latest_rows_hold_the_values_as_json_would(tmp_path_factory, ro
                   conn.execute(select(t.c.agent_id, t.c.series, t.c.row))}  # fmt: skip
     for r in expected:  # each row's series holds it or a row measured as late or later
         held = stored[(r["agent_id"], json.dumps([r["label"]], ensure_ascii=False))]
-        assert held["measured_at"] >= r["measured_at"]
+        assert held["time"] >= r["measured_at"]
 
 
 def test_a_tampered_feed_row_is_skipped_not_raised(store: Store) -> None:

@@ -2,7 +2,10 @@
 
 ``sparklem_latest`` gets one upsert per series per batch (the batch's newest reading of
 it), which replaces the stored one only if it was measured at the same time or later: a
-late spooled reading never hides a newer one. The feed gets the batch's stored readings
+late spooled reading never hides a newer one. Its ``row`` is the API's latest item
+without ``agent_id`` and ``age_s``, ``{"series": {...}, "values": {...}, "time": "...Z"}``,
+so that a read of every series splices texts instead of building objects
+(:func:`sparklem_core.reading.queries.latest`). The feed gets the batch's stored readings
 and rejections by columns (:class:`Group`), as JSON parts under one ``commit_seq``,
 taken from ``sparklem_feed_head`` last in the transaction: its row lock, held until the
 commit, serializes the commits that write the feed, so a later commit always has a higher
@@ -205,6 +208,8 @@ def _readings(
         newest = dict(zip(map(series.__getitem__, order), order, strict=True))
     except TypeError:  # an unhashable value (the database took it): keyed by its JSON
         newest = {dumps(series[i]): i for i in order}
+    keys = [c for c in declared.series if c != "agent_id"]
+    first_value = len(declared.series)
     for i in newest.values():
         agent_id, *values = series[i]
         try:
@@ -214,7 +219,10 @@ def _readings(
         key = (name, "" if agent_id is None else str(agent_id), series_text)
         held = latest.get(key)
         if held is None or measured[i] >= held[0]:
-            latest[key] = (measured[i], dumps(dict(zip(columns, stored[i], strict=True))))
+            item = {"series": dict(zip(keys, values, strict=True)),
+                    "values": dict(zip(declared.values, stored[i][first_value:-1], strict=True)),
+                    "time": stored[i][-1]}  # fmt: skip
+            latest[key] = (measured[i], dumps(item))
     return group
 
 

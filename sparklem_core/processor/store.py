@@ -246,7 +246,8 @@ def _read_side_tables(metadata: MetaData) -> None:
         Column("series", String(SERIES_CHARS), primary_key=True),
         Column("measured_at", DateTime(timezone=True), nullable=False),
         Column("stored_at", DateTime(timezone=True), nullable=False),
-        Column("row", Text, nullable=False),  # JSON: declared series, values and time
+        # JSON: {"series": {...}, "values": {...}, "time": ...}, the API's item (read_side.py)
+        Column("row", Text, nullable=False),
         **TABLE_OPTIONS,
     )
     # What each committed batch stored, in commit order (commit_seq), in parts of at most
