@@ -403,7 +403,10 @@ def test_delete_an_agents_data_is_audited(tmp_path: Path) -> None:
     assert entry["token"] == hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()[:8]
 
 
-def test_reads_on_sqlite_never_hold_up_the_processors_commits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reading", ["serve", "the processor beside its batches"])
+def test_reads_on_sqlite_never_hold_up_the_processors_commits(tmp_path: Path, reading: str) -> None:
+    """serve's reads, and the processor's own reads beside its batches (fleet counts,
+    registry refresh), are snapshots: they never take the write lock a commit needs."""
     from sqlalchemy import text
 
     from sparklem_core.reading.catalog import open_store
@@ -411,8 +414,9 @@ def test_reads_on_sqlite_never_hold_up_the_processors_commits(tmp_path: Path) ->
     config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
     writer = open_schema(config)
     _plugins, reader = open_store(config, reader=True)
+    engine = reader.engine if reading == "serve" else writer.read_engine
     try:
-        with reader.engine.connect() as conn:  # a read transaction, left open
+        with engine.connect() as conn:  # a read transaction, left open
             conn.execute(text("SELECT count(*) FROM temperature_readings")).scalar()
             committing = threading.Thread(
                 target=commit, args=(writer, TEMPERATURE, temperature_rows(5)), daemon=True

@@ -187,7 +187,7 @@ def _read_tables(
     per_plugin = store.metadata.tables["sparklem_agent_plugins"]
     enrolled = store.metadata.tables[TABLE]
     try:
-        with store.engine.connect() as conn:
+        with store.read_engine.connect() as conn:
             columns = [agents] if whole else [agents.c.agent_id, agents.c.last_seen]
             rows = conn.execute(select(*columns)).mappings().all()
             plugin_rows = conn.execute(select(per_plugin)).all() if whole else []

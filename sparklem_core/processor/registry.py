@@ -193,7 +193,7 @@ class AgentRegistry:
     def _refresh_database(self, store: Store) -> None:
         """Read ``sparklem_enrolments``; while it cannot be read, what was read stays."""
         try:
-            rows = enrolments.read(store.engine, store.metadata, self._db_rows)
+            rows = enrolments.read(store.read_engine, store.metadata, self._db_rows)
         except SQLAlchemyError as exc:
             problem = str(exc).splitlines()[0][:300]
             if problem != self._db_problem:

@@ -223,7 +223,7 @@ class Pruner:
 
     def _count(self, target: Target) -> TablePruned:
         cutoff = self._cutoff(target)
-        with self.store.engine.connect() as conn:
+        with self.store.read_engine.connect() as conn:
             max_id = None if target.by_arrival else self._arrived_by(conn, target, cutoff)
             if not target.by_arrival and max_id is None:
                 return TablePruned(target.name, target.keep, 0, waiting=True)

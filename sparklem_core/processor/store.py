@@ -310,6 +310,13 @@ def _configure_sqlite(engine: Engine, begin: str) -> None:
 class Store:
     def __init__(self, url: str, group_id: str, *, reader: bool = False) -> None:
         self.engine = make_engine(url, reader=reader)
+        # For reads beside the batches (fleet counts, registry refresh, dry-run counts): on
+        # SQLite a snapshot that never takes the write lock the writer waits on.
+        self.read_engine = (
+            make_engine(url, reader=True)
+            if self.engine.dialect.name == "sqlite" and not reader
+            else self.engine
+        )
         self.group_id = group_id
         self.metadata = _core_metadata()
         self._owners: dict[str, str] = dict.fromkeys(CORE_TABLES, "sparklem core")
@@ -558,6 +565,7 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.read_engine.dispose()
 
 
 #: Marks moved by one UPDATE on MySQL/MariaDB (a batch moves one per stream and partition).
