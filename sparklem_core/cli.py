@@ -271,7 +271,8 @@ def cmd_agents(config: Config, args: argparse.Namespace) -> int:
     import json
     from datetime import UTC
 
-    from sparklem_core.admin.fleet import FleetError, inventory, table_rows
+    from sparklem_core.admin.fleet import table_rows
+    from sparklem_core.processor.fleet_state import FleetError, inventory
 
     check_database_url(config.database_url)
     now = datetime.now(UTC)

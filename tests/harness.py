@@ -289,3 +289,17 @@ def start(
     proc = ProcessorProcess(tmp_path, config, name)
     processors.append(proc)
     return proc.start(**kwargs)
+
+
+def loaded_packages(modules: Sequence[str], packages: Sequence[str]) -> list[str]:
+    """The ``packages`` (or their sub-modules) that importing ``modules`` loads, in a
+    fresh interpreter."""
+    code = (
+        f"import json, sys, {', '.join(modules)}\n"
+        f"stack = {tuple(packages)!r}\n"
+        "print(json.dumps(sorted({s for s in stack for m in sys.modules\n"
+        "                         if m == s or m.startswith(s + '.')})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
