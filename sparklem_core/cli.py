@@ -155,9 +155,11 @@ def print_table(rows: Sequence[Sequence[str]], indent: str = "") -> None:
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from sparklem_core.processor.processor import Processor
+    from sparklem_core.processor.supervisor import follow_supervisor
 
     if args.workers > 1:
         return run_workers(config, args)
+    follow_supervisor()  # a worker of run --workers ends with its supervisor
 
     setup = prepare(config)  # first: every configuration mistake before anything else
     try:
@@ -269,7 +271,8 @@ def cmd_agents(config: Config, args: argparse.Namespace) -> int:
     import json
     from datetime import UTC
 
-    from sparklem_core.admin.fleet import FleetError, inventory, table_rows
+    from sparklem_core.admin.fleet import table_rows
+    from sparklem_core.processor.fleet_state import FleetError, inventory
 
     check_database_url(config.database_url)
     now = datetime.now(UTC)

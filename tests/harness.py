@@ -3,6 +3,7 @@ a real subprocess (``python3 main.py run``), and queries on what it stored."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -165,6 +166,7 @@ class ProcessorProcess:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=self.config_path.parent,
+            start_new_session=True,  # a group of its own, with any workers: close() ends all
         )
         if wait_assigned:
             self.wait_log("assigned t", timeout=60)
@@ -203,8 +205,33 @@ class ProcessorProcess:
         self._log.close()
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """Kill it and every process it started (``run --workers``), and wait for them."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.kill9()
+        group = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        wait_for(lambda: not group_alive(group), 10, message=f"process group {group} lingers")
+
+
+def group_alive(group: int) -> bool:
+    """Whether any process of the group is left (reaped: none)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether the process runs (a zombie not yet reaped by its new parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
 
 
 class Db:
@@ -262,3 +289,17 @@ def start(
     proc = ProcessorProcess(tmp_path, config, name)
     processors.append(proc)
     return proc.start(**kwargs)
+
+
+def loaded_packages(modules: Sequence[str], packages: Sequence[str]) -> list[str]:
+    """The ``packages`` (or their sub-modules) that importing ``modules`` loads, in a
+    fresh interpreter."""
+    code = (
+        f"import json, sys, {', '.join(modules)}\n"
+        f"stack = {tuple(packages)!r}\n"
+        "print(json.dumps(sorted({s for s in stack for m in sys.modules\n"
+        "                         if m == s or m.startswith(s + '.')})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from test_redrive import today
 
 from sparklem_core import wire
-from sparklem_core.admin.fleet import as_utc
 from sparklem_core.processor.batch import AgentActivity, Batch
 from sparklem_core.processor.db_errors import Verdict, classify
+from sparklem_core.processor.read_side import as_utc
 from sparklem_core.processor.redrive import Redrive
 from sparklem_core.processor.store import Store
 

@@ -8,8 +8,6 @@ import io
 import json
 import math
 import re
-import subprocess
-import sys
 import threading
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -32,6 +30,7 @@ from api_env import (
     temperature_rows,
 )
 from fastapi.testclient import TestClient
+from harness import loaded_packages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from waiting import wait_for
@@ -570,15 +569,9 @@ def test_no_query_string_makes_a_500_on_delete_or_stream(tmp_path: Path) -> None
 
 
 def test_the_processor_and_agent_never_load_fastapi() -> None:
-    code = (
-        "import sys, sparklem_core.cli, sparklem_core.processor.processor, "
-        "sparklem_core.agent.agent, sparklem_core.reading.queries; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', "
-        "'starlette')))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    imports = ("sparklem_core.cli", "sparklem_core.processor.processor",
+               "sparklem_core.agent.agent", "sparklem_core.reading.queries")  # fmt: skip
+    assert loaded_packages(imports, ["fastapi", "uvicorn", "starlette"]) == []
 
 
 def test_every_serve_setting_is_documented() -> None:

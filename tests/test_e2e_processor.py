@@ -12,7 +12,7 @@ import pytest
 from Crypto.Hash import SHA256
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15, pss
-from harness import GOOD, Db, Fleet, ProcessorProcess, now_ms, start, temperature
+from harness import GOOD, Db, Fleet, ProcessorProcess, now_ms, pid_alive, start, temperature
 from waiting import wait_for
 
 from sparklem_core import wire
@@ -315,16 +315,23 @@ def test_database_outage(fleet, db, processors, tmp_path, broker, database_url, 
     assert code == 0 and took < 10
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
-def test_workers_supervised(fleet, db, processors, tmp_path, broker, database_url):
-    config = fleet.config(broker.bootstrap, database_url, batch_size=50)
-    proc = ProcessorProcess(tmp_path, config)
+def _two_workers(
+    fleet: Fleet, processors: list, tmp_path, bootstrap: str, database_url: str
+) -> tuple[ProcessorProcess, list[int]]:
+    """``run --workers 2``, both assigned; the supervisor and its workers' pids."""
+    proc = ProcessorProcess(tmp_path, fleet.config(bootstrap, database_url, batch_size=50))
     processors.append(proc)
     proc.start(False, "--workers", "2")
     proc.wait_log("assigned t", timeout=60, count=2)
     pids = [int(line.rsplit("pid ", 1)[1].rstrip(")")) for line in proc.log().splitlines()
             if "started (pid" in line]  # fmt: skip
     assert len(pids) == 2
+    return proc, pids
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_workers_supervised(fleet, db, processors, tmp_path, broker, database_url):
+    proc, pids = _two_workers(fleet, processors, tmp_path, broker.bootstrap, database_url)
     total = _send_fleet(fleet, agents=20, per_agent=20)
     wait_for(lambda: db.count("temperature_readings") > 0, 30, message="nothing stored")
     os.kill(pids[0], signal.SIGKILL)
@@ -334,6 +341,22 @@ def test_workers_supervised(fleet, db, processors, tmp_path, broker, database_ur
     code, took = proc.stop()
     assert code == 0 and took < 10
     assert "all workers stopped" in proc.log()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_killed_supervisor_ends_its_workers(fleet, db, processors, tmp_path, broker, database_url):
+    """SIGKILL (the OOM killer) gives the supervisor no chance to stop its workers: they
+    notice and stop as on SIGTERM, rather than consume on with nobody to restart them."""
+    proc, pids = _two_workers(fleet, processors, tmp_path, broker.bootstrap, database_url)
+    total = _send_fleet(fleet, agents=4, per_agent=5)
+    db.wait_count("temperature_readings", total)
+    proc.kill9()
+    wait_for(
+        lambda: not any(pid_alive(pid) for pid in pids),
+        20,
+        message="workers outlived their supervisor",
+    )
+    assert proc.log().count("processor stopped") == 2  # each left as on SIGTERM
 
 
 def test_rows_the_database_refuses_and_dead_letters(

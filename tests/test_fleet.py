@@ -10,16 +10,22 @@ from pathlib import Path
 
 import pytest
 from Crypto.PublicKey import RSA
+from harness import loaded_packages
 from hypothesis import given
 from hypothesis import strategies as st
 from pipeline_env import Env, reading, run, temperature
 
 from sparklem_core import cli
 from sparklem_core.admin import enrollment
-from sparklem_core.admin.enrollment import intervals_path, read_intervals, record_intervals
-from sparklem_core.admin.fleet import count_by_state, inventory
+from sparklem_core.admin.enrollment import record_intervals
 from sparklem_core.processor import enrolments
 from sparklem_core.processor.batch import AgentActivity, Batch
+from sparklem_core.processor.fleet_state import (
+    count_by_state,
+    intervals_path,
+    inventory,
+    read_intervals,
+)
 from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import load_config
 
@@ -207,3 +213,11 @@ def test_agents_are_counted_by_state_from_what_the_pipeline_stored(env: Env) -> 
         ("never seen", "never_seen"),
     ):
         assert sum(1 for s, a in shown if s == "enrolled" and a == activity) == counts[label]
+
+
+def test_the_processor_and_the_read_side_do_not_import_admin() -> None:
+    """An agent's state is a rule of its own (processor.fleet_state): the processor's
+    gauge and serve's /agents read it without the enrolment commands' code."""
+    imports = ("sparklem_core.processor.processor", "sparklem_core.reading.queries",
+               "sparklem_core.http.errors")  # fmt: skip
+    assert loaded_packages(imports, ["sparklem_core.admin"]) == []

@@ -17,8 +17,8 @@ from pipeline_env import Env, reading, run, temperature
 from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, String, delete, select
 from test_redrive import redrive
 
-from sparklem_core.admin.fleet import as_utc
 from sparklem_core.processor.batch import Batch, Rejection
+from sparklem_core.processor.read_side import as_utc
 from sparklem_core.processor.retention import Pruner, targets
 from sparklem_core.processor.store import Store, core_metadata
 from sparklem_core.reading.feed import (

@@ -19,14 +19,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
 from Crypto.PublicKey import RSA
-from pydantic import Field, TypeAdapter, ValidationError
 
 from sparklem_core import wire
 from sparklem_core.files import UnusableFile, read_regular_file, write_atomic
+from sparklem_core.processor.fleet_state import (
+    FleetError,
+    agent_files,
+    intervals_path,
+)
 from sparklem_core.processor.registry import (
     AGENTS_DIR,
     KEY_PARSE_ERRORS,
@@ -59,20 +63,12 @@ from sparklem_core.wire.bundle import (
     SECRET_PROPERTY_RE,
     SERVER_PUBLIC,
     AgentDocument,
-    _reason,
     fingerprint,
     seal,
 )
 
 AGENT_KEY_BITS = 3072
 BOOTSTRAP_RE = re.compile(r"[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}")
-
-
-INTERVALS_SUFFIX = ".intervals.json"
-MAX_INTERVALS_BYTES = 64 * 1024
-_Intervals = TypeAdapter(
-    dict[Annotated[str, Field(max_length=64)], Annotated[float, Field(gt=0, le=MAX_INTERVAL_S)]]
-)
 
 
 class EnrollmentError(Exception):
@@ -179,35 +175,11 @@ def revoke(certificates: Path, agent_id: str) -> Path:
     return target
 
 
-def intervals_path(certificates: Path, agent_id: str) -> Path:
-    return certificates / AGENTS_DIR / f"{agent_id}{INTERVALS_SUFFIX}"
-
-
 def record_intervals(certificates: Path, agent_id: str, intervals: Mapping[str, float]) -> Path:
     """Write the agent's collection interval per plugin, as its bundle sets them."""
     path = intervals_path(certificates, agent_id)
     write_atomic(path, json.dumps(dict(intervals), sort_keys=True).encode(), 0o644, replace=True)
     return path
-
-
-def recorded_intervals(certificates: Path) -> frozenset[str]:
-    """The agents with intervals recorded (listed once, none read): a fleet of thousands
-    without them costs one directory listing, not a failed open per agent."""
-    try:
-        names = os.listdir(certificates / AGENTS_DIR)
-    except OSError:  # no directory, or an unreadable one: no file of it could be read
-        return frozenset()
-    return frozenset(n.removesuffix(INTERVALS_SUFFIX) for n in names
-                     if n.endswith(INTERVALS_SUFFIX))  # fmt: skip
-
-
-def read_intervals(certificates: Path, agent_id: str) -> dict[str, float]:
-    """The intervals recorded at enrolment; empty when none were (or the file is unusable)."""
-    try:
-        data = read_regular_file(intervals_path(certificates, agent_id), MAX_INTERVALS_BYTES)
-        return _Intervals.validate_json(data)
-    except (UnusableFile, ValidationError):
-        return {}
 
 
 def publish_enrolment(
@@ -263,28 +235,15 @@ class AgentEntry:
     problem: str = ""  # why the file is not a usable key
 
 
-def agent_files(certificates: Path) -> list[tuple[str, Path]]:
-    """(status, path) of every agent key file, enrolled then revoked, each sorted by name;
-    listed only, none read (the agent's id is the name without ``.pem``)."""
-    files = []
-    for status, directory in (("enrolled", AGENTS_DIR), ("revoked", REVOKED_DIR)):
-        try:
-            names = sorted(n for n in os.listdir(certificates / directory) if n.endswith(".pem"))
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise EnrollmentError(
-                f"cannot list {certificates / directory}: {_reason(exc)}"
-            ) from None
-        files.extend((status, certificates / directory / name) for name in names)
-    return files
-
-
 def list_agents(certificates: Path) -> list[AgentEntry]:
     """Enrolled then revoked agents, each sorted by id; files are read like the registry
     reads them (regular files only, bounded)."""
     entries = []
-    for status, path in agent_files(certificates):
+    try:
+        files = agent_files(certificates)
+    except FleetError as exc:
+        raise EnrollmentError(str(exc)) from None
+    for status, path in files:
         try:
             modified = datetime.fromtimestamp(path.lstat().st_mtime, UTC)
         except OSError:  # removed since the listing

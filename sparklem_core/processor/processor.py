@@ -33,10 +33,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from sparklem_core.admin.fleet import count_by_state
 from sparklem_core.logsetup import OncePerMinute
 from sparklem_core.processor.batch import Batch, PartitionKey
 from sparklem_core.processor.endpoint import Check
+from sparklem_core.processor.fleet_state import count_by_state
 from sparklem_core.processor.metrics import AgentStates, LagTracker, Metrics, Snapshot
 from sparklem_core.processor.mysql_types import max_packet_bytes, packet_problem
 from sparklem_core.processor.pipeline import Pipeline, Record, Stats

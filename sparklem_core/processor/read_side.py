@@ -41,10 +41,10 @@ _DIGEST_PREFIX = "#sha256:"
 
 def rfc3339(value: datetime) -> str:
     """``2026-11-30T04:00:00.123456Z``; a naive time is UTC, as the database hands it back."""
-    return _utc(value).isoformat()[:-6] + "Z"  # without its "+00:00"
+    return as_utc(value).isoformat()[:-6] + "Z"  # without its "+00:00"
 
 
-def _utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     """In UTC: SQLite and MariaDB store and compare the wall time, without its zone."""
     if value.tzinfo is UTC:
         return value
@@ -189,7 +189,7 @@ def _readings(
         table = [tuple(row.get(c) for c in columns) for row in rows]
     by_column = list(zip(*table, strict=True))
     times = by_column[-1]
-    aware = {i: _utc(t) for i, t in {id(t): t for t in times}.items()}
+    aware = {i: as_utc(t) for i, t in {id(t): t for t in times}.items()}
     time_texts = {i: rfc3339(t) for i, t in aware.items()}
     stored = list(zip(*by_column[:-1], map(time_texts.__getitem__, map(id, times)), strict=True))
     if "agent_id" in declared.series:

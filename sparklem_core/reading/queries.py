@@ -35,14 +35,14 @@ from sqlalchemy import (
     select,
 )
 
-from sparklem_core.admin.fleet import (
+from sparklem_core.processor.enrolments import ENROLLED, REVOKED
+from sparklem_core.processor.fleet_state import (
     ACTIVE,
     NEVER_SEEN,
     SILENT,
     AgentStatus,
     inventory,
 )
-from sparklem_core.processor.enrolments import ENROLLED, REVOKED
 from sparklem_core.processor.plugin_tables import PluginTable
 from sparklem_core.processor.read_side import rfc3339
 from sparklem_core.processor.store import Store

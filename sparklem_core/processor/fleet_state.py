@@ -1,0 +1,257 @@
+"""Each agent's state, the one rule the ``agents`` command, the processor's
+``sparklem_agents`` gauge and ``serve``'s ``/agents`` share.
+
+Every agent enrolled or revoked in the certificates directory or in the database
+(``sparklem_enrolments``: enrolled on another host; a revocation in either wins), and
+every agent the processors have stored a message or a rejection of (``sparklem_agents``:
+authenticated agents only), with its counts and whether it went silent: no message for
+longer than ``fleet.silent_after_s`` when configured, else three times its shortest
+collection interval. The processor learns the intervals at enrolment: ``gen_config``
+writes them next to the agent's public key (``agents/<id>.intervals.json``), as the wire
+contract carries no interval.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Container
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter, ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from sparklem_core.files import UnusableFile, _strerror, read_regular_file
+from sparklem_core.processor.enrolments import ENROLLED, REVOKED, TABLE
+from sparklem_core.processor.read_side import as_utc, rfc3339
+from sparklem_core.processor.registry import AGENTS_DIR, REVOKED_DIR
+from sparklem_core.processor.store import Store
+from sparklem_core.processor.writer import first_line
+from sparklem_core.settings.config import Config, mask_secrets
+from sparklem_core.settings.validation import MAX_INTERVAL_S
+
+SILENT_INTERVALS = 3  # silent after this many collection intervals without a message
+NEVER_SEEN, ACTIVE, SILENT = "never seen", "active", "silent"
+SEEN = "seen"  # no threshold to judge by: no interval recorded and none configured
+NOT_ENROLLED = "not enrolled"  # seen, its key removed since
+#: The states :func:`count_by_state` counts, as metric label values (bounded).
+COUNTED = {ACTIVE: "active", SILENT: "silent", NEVER_SEEN: "never_seen", SEEN: "seen",
+           REVOKED: "revoked"}  # fmt: skip
+
+
+class FleetError(Exception):
+    """What keeps the fleet's state from being read (a directory, the database), in one line."""
+
+
+@dataclass(frozen=True)
+class PluginSeen:
+    last_message_at: datetime
+    messages: int
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """One agent as ``sparklem agents`` and ``/agents`` show it."""
+
+    agent_id: str
+    state: str  # enrolled | revoked | not enrolled (its key removed since it was seen)
+    activity: str  # active | silent | never seen | seen (silent_after_s unknown)
+    silent_after_s: float | None  # None: no interval recorded and none configured
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    messages: int = 0
+    rejections: int = 0
+    last_rejection_reason: str | None = None
+    last_rejection_at: datetime | None = None
+    plugins: dict[str, PluginSeen] = field(default_factory=dict)
+
+    @property
+    def silent(self) -> bool:
+        """Enrolled and quiet for too long (or never heard from): someone should look."""
+        return self.state == ENROLLED and self.activity in (SILENT, NEVER_SEEN)
+
+    def document(self, now: datetime) -> dict[str, Any]:
+        """The JSON form: times in RFC 3339 UTC, ``last_seen_ago_s`` relative to ``now``."""
+        doc = {}  # not asdict: its deep copies cost more than the rest of the fleet view
+        for name in _FIELDS:
+            value = getattr(self, name)
+            doc[name] = rfc3339(value) if isinstance(value, datetime) else value
+        doc["plugins"] = {
+            name: {"last_message_at": rfc3339(p.last_message_at), "messages": p.messages}
+            for name, p in self.plugins.items()
+        }
+        doc["silent"] = self.silent
+        doc["last_seen_ago_s"] = (
+            None if self.last_seen is None else round((now - self.last_seen).total_seconds(), 3)
+        )
+        return doc
+
+
+_FIELDS = tuple(f.name for f in fields(AgentStatus))
+
+
+def inventory(config: Config, now: datetime, store: Store | None = None) -> list[AgentStatus]:
+    """Every enrolled, revoked or seen agent, by id; :class:`FleetError` if unreadable.
+
+    Read through ``store`` when given (a long-lived server's), else a Store of its own.
+    """
+    reading = store or Store(config.database_url, config.group_id)
+    try:
+        seen, plugins, in_database = _read_tables(config, reading, whole=True)
+    finally:
+        if store is None:
+            reading.dispose()
+    states = enrolment_states(config, in_database)
+    recorded = recorded_intervals(config.certificates)
+    statuses = []
+    for agent_id in sorted(states.keys() | seen.keys()):
+        row = seen.get(agent_id, {})
+        threshold = silent_after(config, agent_id, recorded)
+        statuses.append(
+            AgentStatus(
+                agent_id,
+                states.get(agent_id, NOT_ENROLLED),
+                activity(row.get("last_seen"), threshold, now),
+                threshold,
+                plugins=plugins.get(agent_id, {}),
+                **row,
+            )
+        )
+    return statuses
+
+
+def count_by_state(config: Config, store: Store, now: datetime) -> dict[str, int]:
+    """How many agents :func:`inventory` would show in each of :data:`COUNTED` states:
+    enrolled ones by activity, and revoked ones (agents no longer enrolled are not
+    counted). Reads only ids, states and last-seen times; :class:`FleetError` if unreadable.
+    """
+    seen, _plugins, in_database = _read_tables(config, store, whole=False)
+    counts = dict.fromkeys(COUNTED.values(), 0)
+    recorded = recorded_intervals(config.certificates)
+    for agent_id, state in enrolment_states(config, in_database).items():
+        if state == REVOKED:
+            counts[COUNTED[REVOKED]] += 1
+        else:
+            last = seen.get(agent_id, {}).get("last_seen")
+            counts[COUNTED[activity(last, silent_after(config, agent_id, recorded), now)]] += 1
+    return counts
+
+
+def enrolment_states(config: Config, in_database: dict[str, str]) -> dict[str, str]:
+    """Each agent's state from the certificates directory and ``sparklem_enrolments``
+    (enrolled on another host): a revocation in either wins."""
+    states = {path.name.removesuffix(".pem"): status
+              for status, path in agent_files(config.certificates)}  # fmt: skip
+    for agent_id, state in in_database.items():
+        if state == REVOKED or agent_id not in states:
+            states[agent_id] = state
+    return states
+
+
+def silent_after(
+    config: Config, agent_id: str, recorded: Container[str] | None = None
+) -> float | None:
+    """The agent's silence threshold: ``fleet.silent_after_s``, else three times its
+    shortest collection interval; None when neither is known. ``recorded``: the agents
+    with intervals on file (:func:`recorded_intervals`), so that no other file is tried."""
+    if config.fleet.silent_after_s is not None:
+        return config.fleet.silent_after_s
+    if recorded is not None and agent_id not in recorded:
+        return None
+    intervals = read_intervals(config.certificates, agent_id)
+    return SILENT_INTERVALS * min(intervals.values()) if intervals else None
+
+
+def activity(last_seen: datetime | None, threshold: float | None, now: datetime) -> str:
+    """active, silent, never seen, or seen (no threshold to judge by)."""
+    if last_seen is None:
+        return NEVER_SEEN
+    if threshold is None:
+        return SEEN
+    return SILENT if (now - last_seen).total_seconds() > threshold else ACTIVE
+
+
+def _read_tables(
+    config: Config, store: Store, *, whole: bool
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, PluginSeen]], dict[str, str]]:
+    """sparklem_agents by agent (``whole``: every column, else only ``last_seen``),
+    sparklem_agent_plugins by agent and plugin (only when ``whole``), and the states in
+    sparklem_enrolments (only those we write)."""
+    agents = store.metadata.tables["sparklem_agents"]
+    per_plugin = store.metadata.tables["sparklem_agent_plugins"]
+    enrolled = store.metadata.tables[TABLE]
+    try:
+        with store.read_engine.connect() as conn:
+            columns = [agents] if whole else [agents.c.agent_id, agents.c.last_seen]
+            rows = conn.execute(select(*columns)).mappings().all()
+            plugin_rows = conn.execute(select(per_plugin)).all() if whole else []
+            states = dict(
+                conn.execute(
+                    select(enrolled.c.agent_id, enrolled.c.state).where(
+                        enrolled.c.state.in_((ENROLLED, REVOKED))
+                    )
+                ).all()
+            )
+    except SQLAlchemyError as exc:
+        where = mask_secrets(config.database_url)
+        raise FleetError(
+            f"cannot read the fleet inventory from {where}: {mask_secrets(first_line(exc))} "
+            "(run sparklem init to create or upgrade the schema)"
+        ) from None
+    seen = {}
+    for row in rows:
+        values = {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+        seen[values.pop("agent_id")] = values
+    plugins: dict[str, dict[str, PluginSeen]] = {}
+    for agent_id, plugin, last, messages in plugin_rows:
+        plugins.setdefault(agent_id, {})[plugin] = PluginSeen(as_utc(last), messages)
+    return seen, plugins, states
+
+
+INTERVALS_SUFFIX = ".intervals.json"
+MAX_INTERVALS_BYTES = 64 * 1024
+_Intervals = TypeAdapter(
+    dict[Annotated[str, Field(max_length=64)], Annotated[float, Field(gt=0, le=MAX_INTERVAL_S)]]
+)
+
+
+def intervals_path(certificates: Path, agent_id: str) -> Path:
+    return certificates / AGENTS_DIR / f"{agent_id}{INTERVALS_SUFFIX}"
+
+
+def recorded_intervals(certificates: Path) -> frozenset[str]:
+    """The agents with intervals recorded (listed once, none read): a fleet of thousands
+    without them costs one directory listing, not a failed open per agent."""
+    try:
+        names = os.listdir(certificates / AGENTS_DIR)
+    except OSError:  # no directory, or an unreadable one: no file of it could be read
+        return frozenset()
+    return frozenset(n.removesuffix(INTERVALS_SUFFIX) for n in names
+                     if n.endswith(INTERVALS_SUFFIX))  # fmt: skip
+
+
+def read_intervals(certificates: Path, agent_id: str) -> dict[str, float]:
+    """The intervals recorded at enrolment; empty when none were (or the file is unusable)."""
+    try:
+        data = read_regular_file(intervals_path(certificates, agent_id), MAX_INTERVALS_BYTES)
+        return _Intervals.validate_json(data)
+    except (UnusableFile, ValidationError):
+        return {}
+
+
+def agent_files(certificates: Path) -> list[tuple[str, Path]]:
+    """(status, path) of every agent key file, enrolled then revoked, each sorted by name;
+    listed only, none read (the agent's id is the name without ``.pem``)."""
+    files = []
+    for status, directory in ((ENROLLED, AGENTS_DIR), (REVOKED, REVOKED_DIR)):
+        try:
+            names = sorted(n for n in os.listdir(certificates / directory) if n.endswith(".pem"))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise FleetError(f"cannot list {certificates / directory}: {_strerror(exc)}") from None
+        files.extend((status, certificates / directory / name) for name in names)
+    return files
