@@ -1,19 +1,25 @@
 """What the metrics endpoint costs: processor throughput with it on and off.
 
 ``python3 -m benchmarks.metrics [--messages N] [--agents A] [--readings R] [--runs K]
-[--scrape-every S] [--timeout T]``
+[--scrape-every S] [--timeout T] [--together]``
 
 The messages of :mod:`benchmarks.pipeline` are produced once to a Tansu broker; then
-``main.py run`` works through that backlog 2K times, alternately with ``http.listen: ""``
-(off) and with the endpoint on and scraped every S seconds (on): each run with a new
-consumer group and a new SQLite file, the order within each pair alternated, so drift of
-the machine falls on both. Each run is timed from its first commit seen in the database
-until every message is stored; again between 20% and 80% of the backlog stored (the
-steady rate, without the start's and the end's part batches); and by the processor's CPU
-time over the whole span (all its threads: less sensitive than wall time to other work
-on the machine). Prints
-each run, then per figure the median and spread of each side and the median of the
-per-pair on/off ratios (each pair ran back to back), then one JSON line.
+``main.py run`` works through that backlog 2K times, K with ``http.listen: ""`` (off)
+and K with the endpoint on and scraped every S seconds (on), each run with a new
+consumer group and a new SQLite file.
+
+* By default the two runs of a pair go one after the other, the order alternated from
+  pair to pair. Each run is timed from its first commit seen in the database until
+  every message is stored, and again between 20% and 80% of the backlog stored (the
+  steady rate, without the start's and the end's part batches).
+* ``--together`` runs a pair's two processors at the same time, timed over one window
+  (from when both have stored 20% until the first has stored 80%): what slows the
+  machine meanwhile slows both. On this 2-core VM a processor's rate drifts by 10-30%
+  from one minute to the next, which one-after-the-other pairs cannot cancel.
+
+The processor's CPU time (all its threads) per message is reported too. Prints each run,
+then per figure the median and spread of each side and the median of the per-pair on/off
+ratios, then one JSON line.
 """
 
 from __future__ import annotations
@@ -58,70 +64,140 @@ class Run:
     scrapes: int
 
 
+class _Processor:
+    """``main.py run`` over the backlog with its own group and SQLite file; when ``on``,
+    its endpoint scraped every ``scrape_s`` seconds."""
+
+    def __init__(self, work: Workload, bootstrap: str, n: int, on: bool, scrape_s: float):
+        self.on, self.work = on, work
+        self.group = f"bench{work.suffix}-m{n}"
+        self.url = f"sqlite:///{work.root / f'metrics-{n}.db'}"
+        port = free_port()
+        config = {
+            # A short session: the group forms in ~3 s, not ~23 s (librdkafka's default).
+            "kafka": {
+                "bootstrap.servers": bootstrap,
+                "group.id": self.group,
+                "session.timeout.ms": 6000,
+            },  # fmt: skip
+            "database": {"url": self.url},
+            "certificates": str(work.certificates),
+            "plugins": {p: {"topic": t} for p, t in work.topics.items()},
+            "processor": {"stats_interval_s": 30, "topic_partitions": PARTITIONS},
+            "http": {"listen": f"127.0.0.1:{port}" if on else ""},
+        }
+        config_path, log_path = work.root / f"metrics-{n}.yaml", work.root / f"metrics-{n}.log"
+        config_path.write_text(yaml.safe_dump(config))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLEM_")}
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "main.py"), "run", "--config", str(config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=work.root,
+            )
+        self.watch = ProcessorWatch(self.proc, log_path, self.url, self.group)
+        self._stop, self.scrapes = threading.Event(), 0
+        if on:
+            url = f"http://127.0.0.1:{port}/metrics"
+            threading.Thread(target=self._scrape, args=(url, scrape_s), daemon=True).start()
+
+    def _scrape(self, url: str, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    answer.read()
+                self.scrapes += 1
+            except OSError:
+                pass  # not listening yet
+
+    def cpu_s(self) -> float:
+        return _cpu_seconds(self.proc.pid)
+
+    def stored(self) -> int:
+        """Messages stored so far (checks that the processor still runs)."""
+        self.watch.until(0, 0)
+        return self.watch.stored
+
+    def end(self) -> None:
+        self._stop.set()
+        self.watch.engine.dispose()
+        _end_process(self.proc, kill=False, timeout=30)
+
+    def check_all_stored(self) -> None:
+        if _stored_rows(self.url, self.work.prefix) != self.work.total_rows:
+            raise BenchError(f"{self.group} did not store every row")
+
+
 def run_once(
     work: Workload, bootstrap: str, n: int, on: bool, scrape_s: float, timeout: float
 ) -> Run:
     """One processor over the whole backlog, timed from its first commit."""
-    group = f"bench{work.suffix}-m{n}"
-    url = f"sqlite:///{work.root / f'metrics-{n}.db'}"
-    port = free_port()
-    config = {
-        # A short session: the group forms in ~3 s instead of ~23 s (librdkafka's default).
-        "kafka": {"bootstrap.servers": bootstrap, "group.id": group, "session.timeout.ms": 6000},
-        "database": {"url": url},
-        "certificates": str(work.certificates),
-        "plugins": {p: {"topic": t} for p, t in work.topics.items()},
-        "processor": {"stats_interval_s": 30, "topic_partitions": PARTITIONS},
-        "http": {"listen": f"127.0.0.1:{port}" if on else ""},
-    }
-    config_path, log_path = work.root / f"metrics-{n}.yaml", work.root / f"metrics-{n}.log"
-    config_path.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKLEM_")}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py"), "run", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=work.root,
-        )
-    stop, scrapes = threading.Event(), [0]
-
-    def scrape() -> None:
-        while not stop.wait(scrape_s):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    r.read()
-                scrapes[0] += 1
-            except OSError:
-                pass  # not listening yet
-
-    scraper = threading.Thread(target=scrape, daemon=True)
-    if on:
-        scraper.start()
+    proc = _Processor(work, bootstrap, n, on, scrape_s)
     count = len(work.values)
     try:
-        watch = ProcessorWatch(proc, log_path, url, group)
+        watch = proc.watch
         first = watch.until(1, timeout)
-        cpu_first, already = _cpu_seconds(proc.pid), watch.stored
+        cpu_first, already = proc.cpu_s(), watch.stored
         low, high = max(already, count // 5), count * 4 // 5
         at_low = watch.until(low, timeout)
         low = watch.stored
         at_high = watch.until(high, timeout)
         high = watch.stored
         ended = watch.until(count, timeout)
-        cpu = _cpu_seconds(proc.pid) - cpu_first
-        watch.engine.dispose()
+        cpu = proc.cpu_s() - cpu_first
     finally:
-        stop.set()
-        _end_process(proc, kill=False, timeout=30)
-    if _stored_rows(url, work.prefix) != work.total_rows:
-        raise BenchError(f"run {n} did not store every row")
+        proc.end()
+    proc.check_all_stored()
     if already >= count:
         raise BenchError("the backlog was stored in one commit: use more --messages")
     messages = count - already
     steady = (high - low) / (at_high - at_low) if high > low else messages / (ended - first)
-    return Run(messages / (ended - first), steady, 1e6 * cpu / messages, scrapes[0])
+    return Run(messages / (ended - first), steady, 1e6 * cpu / messages, proc.scrapes)
+
+
+def run_together(
+    work: Workload, bootstrap: str, n: int, scrape_s: float, timeout: float
+) -> tuple[Run, Run]:
+    """Two processors, on and off, over the backlog at the same time (their own groups
+    and files): both timed over the same window, from when both have stored 20% until
+    the first has stored 80%, so that whatever slows the machine meanwhile slows both.
+    Returns (on, off); ``msgs_s`` and ``steady_msgs_s`` are both the window's rate."""
+    count = len(work.values)
+    procs = [_Processor(work, bootstrap, n, True, scrape_s),
+             _Processor(work, bootstrap, n + 1, False, scrape_s)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while min(p.stored() for p in procs) < count // 5:
+            if time.monotonic() > deadline:
+                raise BenchError(f"not 20% stored by both after {timeout}s")
+            time.sleep(0.05)
+        started = time.perf_counter()
+        low, cpu_low = [p.watch.stored for p in procs], [p.cpu_s() for p in procs]
+        while max(p.stored() for p in procs) < count * 4 // 5:
+            if time.monotonic() > deadline:
+                raise BenchError(f"not 80% stored by either after {timeout}s")
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        high, cpu_high = [p.watch.stored for p in procs], [p.cpu_s() for p in procs]
+        for p in procs:
+            p.watch.until(count, timeout)
+    finally:
+        for p in procs:
+            p.end()
+    runs = []
+    for i, p in enumerate(procs):
+        p.check_all_stored()
+        done = high[i] - low[i]
+        if done <= 0:
+            raise BenchError(
+                f"{p.group} stored nothing within the common window (it commits 500 messages "
+                "at a time): use more --messages"
+            )
+        rate = done / seconds
+        runs.append(Run(rate, rate, 1e6 * (cpu_high[i] - cpu_low[i]) / done, p.scrapes))
+    return runs[0], runs[1]
 
 
 def bookkeeping_us_per_batch(batch_size: int = 500, repeat: int = 2000) -> dict[str, float]:
@@ -194,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=5, help="pairs of runs (on and off)")
     parser.add_argument("--scrape-every", type=float, default=1.0, help="seconds between scrapes")
     parser.add_argument("--timeout", type=float, default=600, help="longest run, seconds")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="run each pair's two processors at the same time, timed over one window "
+        "(what slows the machine meanwhile slows both), instead of one after the other",
+    )
     return parser
 
 
@@ -211,9 +293,19 @@ def main(argv: list[str] | None = None) -> int:
             _produce(broker.bootstrap, work)
             runs: dict[str, list[Run]] = {"off": [], "on": []}
             for pair in range(args.runs):
-                for on in (pair % 2 == 0, pair % 2 == 1):  # on first, then off first, ...
-                    n = 2 * pair + on
-                    run = run_once(work, broker.bootstrap, n, on, args.scrape_every, args.timeout)
+                if args.together:
+                    on_run, off_run = run_together(
+                        work, broker.bootstrap, 2 * pair, args.scrape_every, args.timeout
+                    )
+                    done = [(2 * pair, True, on_run), (2 * pair + 1, False, off_run)]
+                else:
+                    done = []
+                    for on in (pair % 2 == 0, pair % 2 == 1):  # on first, then off first, ...
+                        n = 2 * pair + on
+                        done.append((n, on, run_once(
+                            work, broker.bootstrap, n, on, args.scrape_every, args.timeout
+                        )))  # fmt: skip
+                for n, on, run in done:
                     side = "on" if on else "off"
                     runs[side].append(run)
                     print(
@@ -222,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"{run.cpu_ms_per_kmsg:6.0f} CPU ms per 1,000 msgs",
                         flush=True,
                     )
-        report: dict[str, Any] = {"messages": len(work.values), "runs_per_side": args.runs}
+        report: dict[str, Any] = {
+            "messages": len(work.values),
+            "runs_per_side": args.runs,
+            "together": args.together,
+        }
         report["bookkeeping"] = bookkeeping = bookkeeping_us_per_batch()
         print(
             f"in-process, metrics on: {bookkeeping['per_batch_us']:,.0f} µs per batch of 500 "
@@ -244,15 +340,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"metrics {side:3s}: {unit} median {s['median']:,.1f}, min {s['min']:,.1f}, "
                     f"max {s['max']:,.1f}, spread {s['spread_pct']}%"
                 )
-            # Each pair ran back to back: its ratio cancels the machine's slower drift.
+            # Each pair ran back to back or together: its ratio cancels the machine's drift.
             ratios = [
                 getattr(on, figure) / getattr(off, figure)
                 for on, off in zip(runs["on"], runs["off"], strict=True)
             ]
-            report[f"{figure}_on_off_pair_ratio"] = summary(ratios)
+            report[f"{figure}_on_off_pair_ratio"] = ratio = summary(ratios)
+            # The mean's 95% interval (normal approximation): what the pairs can resolve.
+            half = 1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else 0
+            ratio["mean"], ratio["mean_ci95"] = round(statistics.mean(ratios), 4), round(half, 4)
             print(
-                f"  on/off per pair: median {statistics.median(ratios):.3f} "
-                f"(from {min(ratios):.3f} to {max(ratios):.3f})"
+                f"  on/off per pair: median {ratio['median']:.3f} "
+                f"(from {min(ratios):.3f} to {max(ratios):.3f}), "
+                f"mean {ratio['mean']:.3f} ± {half:.3f} (95%)"
             )
         print(json.dumps(report))
         return 0
