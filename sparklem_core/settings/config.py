@@ -190,11 +190,12 @@ class ProcessorSettings(BaseModel):
         2000, gt=0, le=100_000, description="rows the pruner deletes per transaction"
     )
     prune_busy_fraction: float = Field(
-        0.2,
+        0.1,
         gt=0,
         le=1,
         description="most of the database's time the pruner takes: after each batch it "
-        "rests (1/fraction - 1) times as long as the batch took",
+        "rests (1/fraction - 1) times as long as the batch took; raise it if the pruner "
+        "falls behind what arrives",
     )
     prune_lease_s: float = Field(
         60.0,
