@@ -83,6 +83,8 @@ class Supervisor:
         return self._shutdown()
 
     def _spawn(self, n: int) -> None:
+        # Called from run()'s thread only: Linux sends a worker's PR_SET_PDEATHSIG when the
+        # thread that forked it ends, not the process, so a helper thread must not spawn.
         env = {
             **os.environ,
             **self.worker_env(n),
