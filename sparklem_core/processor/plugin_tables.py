@@ -44,6 +44,11 @@ class PluginTable:
     def name(self) -> str:
         return self.table.name
 
+    @property
+    def series_keys(self) -> tuple[str, ...]:
+        """The series columns other than ``agent_id`` (which the read side keys apart)."""
+        return tuple(c for c in self.series if c != "agent_id")
+
 
 @dataclass(frozen=True)
 class TableChange:

@@ -201,14 +201,14 @@ def _readings(
     # The newest row of each series, the later one on a tie: the last of each in a stable
     # sort by time.
     measured = list(map(aware.__getitem__, map(id, times)))
-    others = [by_column[j] for j, c in enumerate(declared.series) if c != "agent_id"]
+    keys = declared.series_keys
+    others = [by_column[columns.index(c)] for c in keys]
     series: list[Any] = list(zip(agents, *others, strict=True))  # (agent, other values)
     order = sorted(range(len(rows)), key=measured.__getitem__)
     try:
         newest = dict(zip(map(series.__getitem__, order), order, strict=True))
     except TypeError:  # an unhashable value (the database took it): keyed by its JSON
         newest = {dumps(series[i]): i for i in order}
-    keys = [c for c in declared.series if c != "agent_id"]
     first_value = len(declared.series)
     for i in newest.values():
         agent_id, *values = series[i]

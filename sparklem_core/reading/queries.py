@@ -111,7 +111,7 @@ def parse_filters(
     typed: dict[str, tuple[Any, ...]] = {}
     for name, values in series.items():
         if name not in table.series or name == AGENT:
-            keys = ", ".join(k for k in table.series if k != AGENT) or "none"
+            keys = ", ".join(table.series_keys) or "none"
             raise ReadError(name, f"unknown parameter {name[:64]!r} (series keys: {keys})")
         typed[name] = tuple(coerce(table, name, v) for v in values)
     return Filters(
@@ -175,7 +175,7 @@ def reading(table: PluginTable, row: Mapping[str, Any]) -> dict[str, Any]:
     """A row as the API shows it: agent, series keys, values, time."""
     return {
         "agent_id": row.get(AGENT),
-        "series": {k: row[k] for k in table.series if k != AGENT},
+        "series": {k: row[k] for k in table.series_keys},
         "values": {k: _number(row[k]) for k in table.values},
         "time": iso_or_none(row[table.time]),
     }
@@ -205,7 +205,7 @@ def latest(store: Store, table: PluginTable, f: Filters, now: datetime) -> list[
         rows = conn.execute(
             select(t.c.agent_id, t.c.row).where(*where).order_by(t.c.agent_id, t.c.series)
         ).all()
-    keys = [k for k in table.series if k != AGENT]
+    keys = table.series_keys
     tails: dict[str, str] = {}  # a batch's readings share their time: its age made once
     agent, head = None, ""
     found: list[str] = []
@@ -215,8 +215,8 @@ def latest(store: Store, table: PluginTable, f: Filters, now: datetime) -> list[
             # more to build and wake the garbage collector.
             row = orjson.loads(text)
             if not _is_item(row, text):
-                text = _item_from_columns(row, keys, table.values, table.time)
-                row = orjson.loads(text)
+                row = _item_from_columns(row, keys, table.values, table.time)
+                text = orjson.dumps(row).decode()
             if f.series and any(
                 row["series"].get(k, _MISSING) not in v for k, v in f.series.items()
             ):
@@ -252,12 +252,11 @@ def _is_item(row: Any, text: str) -> bool:
 
 
 def _item_from_columns(
-    row: dict[str, Any], keys: list[str], values: tuple[str, ...], when: str
-) -> str:
-    """A row stored by columns (before items were) as an item's JSON; KeyError, TypeError."""
-    item = {"series": {k: row[k] for k in keys}, "values": {k: row[k] for k in values},
+    row: dict[str, Any], keys: tuple[str, ...], values: tuple[str, ...], when: str
+) -> dict[str, Any]:
+    """A row stored by columns (before items were) as an item; KeyError, TypeError."""
+    return {"series": {k: row[k] for k in keys}, "values": {k: row[k] for k in values},
             "time": row[when]}  # fmt: skip
-    return orjson.dumps(item).decode()
 
 
 # --- history ------------------------------------------------------------------------------
