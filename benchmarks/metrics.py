@@ -116,8 +116,13 @@ class _Processor:
         return _cpu_seconds(self.proc.pid)
 
     def stored(self) -> int:
-        """Messages stored so far (checks that the processor still runs)."""
-        self.watch.until(0, 0)
+        """Messages stored so far; BenchError once the processor has exited."""
+        if self.proc.poll() is not None:
+            raise BenchError(
+                f"processor exited with {self.proc.returncode}:\n"
+                f"{self.watch.log.read_text(errors='replace')[-3000:]}"
+            )
+        self.watch.until(0, 0)  # reads the count; target 0 returns at once
         return self.watch.stored
 
     def end(self) -> None:
