@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 
 from harness import pid_alive
+from hypothesis import given
+from hypothesis import strategies as st
 from waiting import wait_for
 
 from sparklem_core.processor.supervisor import (
@@ -74,6 +76,12 @@ def test_only_a_worker_with_a_valid_supervisor_pid_follows_one() -> None:
     assert supervisor_pid({SUPERVISOR_ENV: "4242"}) is None  # not a worker
     for bad in ("", "1", "0", "-5", "12a", "٣٤", "9" * 30, " 42"):
         assert supervisor_pid({WORKER_ENV: "0", SUPERVISOR_ENV: bad}) is None, bad
+
+
+@given(st.text(max_size=40))
+def test_any_supervisor_pid_text_is_a_pid_or_none(value: str) -> None:
+    pid = supervisor_pid({WORKER_ENV: "0", SUPERVISOR_ENV: value})
+    assert pid is None or (1 < pid < 2**31 and value.isascii() and int(value) == pid)
 
 
 def test_not_a_worker_follows_nothing() -> None:
