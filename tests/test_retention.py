@@ -23,7 +23,14 @@ from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, String
 from waiting import wait_for
 
 from sparklem_core.processor.batch import Batch
-from sparklem_core.processor.retention import BackgroundPruner, PassReport, Pruner, targets
+from sparklem_core.processor.retention import (
+    FIRST_BATCH_ROWS,
+    BackgroundPruner,
+    BatchSize,
+    PassReport,
+    Pruner,
+    targets,
+)
 from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import (
     MAX_RETENTION,
@@ -75,7 +82,11 @@ def gauge_store(url: str) -> Store:
 
 
 def settings(**changes: object) -> ProcessorSettings:
-    return ProcessorSettings(**{"prune_batch_rows": 100, "prune_busy_fraction": 1.0, **changes})
+    """Batches of 100 rows, however slow the machine (a batch over prune_batch_s shrinks)."""
+    return ProcessorSettings(
+        **{"prune_batch_rows": 100, "prune_batch_s": 60.0, "prune_busy_fraction": 1.0,
+           **changes}
+    )  # fmt: skip
 
 
 def add_readings(store: Store, measured_at: datetime, count: int, agent: str) -> None:
@@ -119,6 +130,50 @@ def test_rejections_are_pruned_by_arrival_old_ones_only(store: Store) -> None:
         ("rejected_messages", 250, True)
     ]
     assert counts(store, "rejected_messages", "reason") == {"young": 30}
+
+
+def test_quick_batches_double_up_to_the_most_rows(tmp_path: Path) -> None:
+    store = gauge_store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    add_rejections(store, T0 - 31 * DAY, 1000, "old")
+    report = pruner(store, {"rejected_messages": 30 * DAY}, Clock(T0),
+                    prune_batch_rows=400, prune_batch_s=60.0).run_pass()  # fmt: skip
+    store.dispose()
+    # 100, 200, 400, then 300 left: a short last batch.
+    assert [(t.rows, t.batches) for t in report.tables] == [(1000, 4)]
+
+
+def test_a_batch_slower_than_prune_batch_s_makes_the_next_smaller(tmp_path: Path) -> None:
+    """Every batch overruns a target of a microsecond: after the first (100 rows), one row
+    a batch, and still every old row goes."""
+    store = gauge_store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    add_rejections(store, T0 - 31 * DAY, 130, "old")
+    add_rejections(store, T0, 3, "young")
+    report = pruner(store, {"rejected_messages": 30 * DAY}, Clock(T0),
+                    prune_batch_rows=1000, prune_batch_s=1e-6).run_pass()  # fmt: skip
+    assert counts(store, "rejected_messages", "reason") == {"young": 3}
+    store.dispose()
+    # 100 rows, 30 batches of one, and a last one that finds nothing left.
+    assert [(t.rows, t.batches) for t in report.tables] == [(130, 1 + 30 + 1)]
+
+
+@given(
+    most=st.integers(1, 1_000_000),
+    target=st.floats(1e-6, 60),
+    held=st.lists(st.floats(0, 1e4), max_size=30),
+)
+def test_a_batch_size_stays_between_one_row_and_the_most(
+    most: int, target: float, held: list[float]
+) -> None:
+    size = BatchSize(most, target)
+    assert size.rows == min(FIRST_BATCH_ROWS, most)
+    for took in held:
+        before = size.rows
+        size.took(took)
+        assert 1 <= size.rows <= most
+        if took > target:
+            assert size.rows <= before  # slower than the target: never larger
+        else:
+            assert before <= size.rows <= 2 * before  # quick enough: at most doubled
 
 
 def add_redriven(store: Store, redriven_at: datetime, count: int, part: str) -> None:
@@ -265,7 +320,7 @@ def test_on_sqlite_the_pruner_gets_turns_against_a_writer_that_is_never_idle(
     (it waited in BEGIN IMMEDIATE while the writer took the lock again at once). With
     turns, and no rest (busy fraction 1), the two alternate."""
     store = gauge_store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    batch, old = 500, 10_000
+    batch, old = FIRST_BATCH_ROWS, 5000  # the first batch's size: every batch the same
     add_rejections(store, T0 - 31 * DAY, old, "old")
     p = pruner(store, {"rejected_messages": 30 * DAY}, Clock(T0),
                prune_batch_rows=batch, prune_busy_fraction=1.0)  # fmt: skip
@@ -424,14 +479,14 @@ def test_prune_command_dry_run_then_for_real(tmp_path: Path, database_url: str) 
 def test_an_interrupted_prune_leaves_whole_batches_and_the_next_pass_finishes(
     tmp_path: Path, database_url: str, how: signal.Signals
 ) -> None:
-    batch, old = 200, 6000
+    batch, old = FIRST_BATCH_ROWS, 6000  # the first batch's size: every batch the same
     store = Store(database_url, "g")
     store.create_schema()
     add_rejections(store, datetime.now(UTC) - 31 * DAY, old, "old")
     add_rejections(store, datetime.now(UTC), 7, "young")
     write_config(tmp_path, {
         "database": {"url": database_url},
-        "processor": {"prune_batch_rows": batch, "prune_busy_fraction": 0.02,
+        "processor": {"prune_batch_rows": batch, "prune_batch_s": 60, "prune_busy_fraction": 0.02,
                       "prune_lease_s": 1},
     })  # fmt: skip
     process = subprocess.Popen(

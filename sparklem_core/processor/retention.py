@@ -16,9 +16,12 @@ What "older" means, per kind of table:
   today with ``30d`` is therefore kept 30 more days, not deleted on arrival. Rows stored
   before retention was first set for a table count as arriving at the first pass.
 
-The pruner deletes ``prune_batch_rows`` rows per transaction, an id range found by
-keyset on the primary key up to the newest old row (found on the time index for the
-rejection tables, from the marks for plugin tables), and rests between batches so that
+The pruner deletes an id range per transaction, found by keyset on the primary key up to
+the newest old row (found on the time index for the rejection tables, from the marks for
+plugin tables). A table's batches start at 100 rows and double while a batch takes under
+half of ``prune_batch_s``, up to ``prune_batch_rows``; one that takes longer cuts the next
+in proportion (a row of the quarantine may hold a whole 1 MiB record, a reading some 50
+bytes: no one count suits both). Between batches it rests so that
 it takes at most ``prune_busy_fraction`` of the database's time: it rests
 ``1/fraction - 1`` times as long as it held the batch's transaction open (never counting
 its wait to begin it). On SQLite each batch is the only time it holds the writer lock, and
@@ -73,6 +76,8 @@ ARRIVAL_TABLES: dict[str, tuple[str, str | None]] = {
 LEASE_NAME = "prune"
 #: Arrival marks are this fine a fraction of the retention.
 MARKS_PER_RETENTION = 100
+#: A table's first batch: how long its rows take to delete is not known before.
+FIRST_BATCH_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,24 @@ class TablePruned:
     rows: int  # deleted, or that would be
     waiting: bool = False  # a plugin table with no arrival mark old enough yet
     finished: bool = True  # False: stopped (or the lease lost) before the table was done
+    batches: int = 0  # transactions that deleted them
+
+
+class BatchSize:
+    """Rows in a table's next batch: doubled while batches take under half of
+    ``target_s``, cut in proportion to the overrun when one takes longer; 1 to ``most``."""
+
+    def __init__(self, most: int, target_s: float) -> None:
+        self.most = most
+        self.target_s = target_s
+        self.rows = min(FIRST_BATCH_ROWS, most)
+
+    def took(self, held_s: float) -> None:
+        """Size the next batch after one that held its transaction ``held_s`` seconds."""
+        if held_s > self.target_s:
+            self.rows = max(1, int(self.rows * self.target_s / held_s))
+        elif held_s < self.target_s / 2:
+            self.rows = min(self.most, self.rows * 2)
 
 
 @dataclass(frozen=True)
@@ -247,12 +270,14 @@ class Pruner:
             return TablePruned(target.name, target.keep, 0, waiting=not target.by_arrival)
         # Keyset on the id, up to max_id: each batch deletes an id range, found by one
         # short index walk; deleted rows are behind the key, never scanned again.
-        n = self.settings.prune_batch_rows
+        size = self._batch_size()
         after: int | None = None
-        deleted = 0
+        deleted = batches = 0
         while True:
             if self.stop.is_set():
-                return TablePruned(target.name, target.keep, deleted, finished=False)
+                return TablePruned(
+                    target.name, target.keep, deleted, finished=False, batches=batches
+                )
             span = [] if after is None else [target.id > after]
             where = [*self._old(target, cutoff, max_id), *span]
             with self.store.write(checkpoint=True) as conn:
@@ -261,51 +286,60 @@ class Pruner:
                 started = time.monotonic()
                 self._renew(conn)
                 bound = conn.execute(
-                    select(target.id).where(*where).order_by(target.id).offset(n - 1).limit(1)
-                ).scalar()
+                    select(target.id).where(*where).order_by(target.id)
+                    .offset(size.rows - 1).limit(1)
+                ).scalar()  # fmt: skip
                 if bound is not None:
                     # The batch's range alone (bound <= max_id): given max_id too, SQLite
                     # may end its rowid scan there, walking every old row in each batch.
                     where = [*self._old(target, cutoff, None), *span, target.id <= bound]
                 gone = conn.execute(delete(target.table).where(*where)).rowcount
             deleted += gone
+            batches += 1
             self.deleted += gone
             if bound is None:  # that was the last, short batch
                 break
             after = bound
-            self._rest(time.monotonic() - started)
+            held = time.monotonic() - started
+            size.took(held)
+            self._rest(held)
         if deleted:
             log.info("pruned %d rows from %s (older than %s)", deleted, target.name, target.keep)
-        return TablePruned(target.name, target.keep, deleted)
+        return TablePruned(target.name, target.keep, deleted, batches=batches)
 
     def _prune_by_time(self, target: Target, cutoff: datetime) -> TablePruned:
         """Prune a table without an integer id (arrival tables only): each batch deletes
-        the rows up to the time of the ``prune_batch_rows``-th oldest, found on the time
+        the rows up to the time of the N-th oldest, N the batch's size, found on the time
         index (rows of one time, rare at microseconds, go in one batch)."""
         time_column = target.table.c[target.time]
-        n = self.settings.prune_batch_rows
-        deleted = 0
+        size = self._batch_size()
+        deleted = batches = 0
         while True:
             if self.stop.is_set():
-                return TablePruned(target.name, target.keep, deleted, finished=False)
+                return TablePruned(
+                    target.name, target.keep, deleted, finished=False, batches=batches
+                )
             with self.store.write(checkpoint=True) as conn:
                 started = time.monotonic()
                 self._renew(conn)
                 bound = conn.execute(
                     select(time_column).where(time_column < cutoff)
-                    .order_by(time_column).offset(n - 1).limit(1)
+                    .order_by(time_column).offset(size.rows - 1).limit(1)
                 ).scalar()  # fmt: skip
                 # bound < cutoff: the one upper end, or SQLite may scan up to the cutoff.
                 where = [time_column < cutoff] if bound is None else [time_column <= bound]
                 gone = conn.execute(delete(target.table).where(*where)).rowcount
             deleted += gone
+            batches += 1
             self.deleted += gone
             if bound is None:  # that was the last, short batch
                 break
-            self._rest(time.monotonic() - started)
+            held = time.monotonic() - started
+            size.took(held)
+            self._rest(held)
         if deleted:
             log.info("pruned %d rows from %s (older than %s)", deleted, target.name, target.keep)
-        return TablePruned(target.name, target.keep, deleted)
+        return TablePruned(target.name, target.keep, deleted, batches=batches)
 
     @staticmethod
     def _newest_old(conn: Connection, target: Target, cutoff: datetime) -> int | None:
@@ -319,6 +353,9 @@ class Pruner:
             select(target.id).where(time_column < cutoff)
             .order_by(time_column.desc(), target.id.desc()).limit(1)
         ).scalar()  # fmt: skip
+
+    def _batch_size(self) -> BatchSize:
+        return BatchSize(self.settings.prune_batch_rows, self.settings.prune_batch_s)
 
     def _rest(self, held_s: float) -> None:
         """Leave the database (SQLite: the writer lock too) to ingestion for a while, in

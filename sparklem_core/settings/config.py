@@ -187,7 +187,18 @@ class ProcessorSettings(BaseModel):
         300.0, gt=0, le=86400, description="seconds between the background pruner's passes"
     )
     prune_batch_rows: int = Field(
-        2000, gt=0, le=100_000, description="rows the pruner deletes per transaction"
+        20_000,
+        gt=0,
+        le=1_000_000,
+        description="most rows the pruner deletes per transaction; a table's batches "
+        "start at 100 rows and double while quick",
+    )
+    prune_batch_s: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        description="about the longest a pruner's transaction stays open (on SQLite, "
+        "holding the writer lock): a slower batch makes the next one smaller",
     )
     prune_busy_fraction: float = Field(
         0.1,
