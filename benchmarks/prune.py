@@ -1,7 +1,7 @@
 """Ingestion while the pruner deletes a large backlog of old rows.
 
 ``python3 -m benchmarks.prune [--rows N] [--db sqlite,postgresql] [--window S]
-[--batch-rows B] [--busy-fraction F] [--max-prune-s S]``
+[--alternate S] [--batch-rows B] [--batch-s S] [--busy-fraction F] [--max-prune-s S]``
 
 For each database (SQLite in a temporary directory; PostgreSQL a private
 ``LocalPostgres``): ``temperature_readings`` (the real plugin's table, indexes included)
@@ -15,6 +15,15 @@ their arrival, with its clock set back), and retention is ``30d``. Ingestion is 
 * ``while pruning``: ingestion rate from the pruner's start until it has deleted all N
   rows, and the pruner's own rate.
 
+Ingestion's rate drifts on a shared VM (10-30 % from one minute to the next) and falls as
+the table grows, so two 10 s windows around a prune of several minutes are a rough
+baseline. ``--alternate S`` measures instead in phases of S seconds, the pruner at work
+and paused by turns until every old row is gone (a paused pass stops after its batch; the
+next carries on): ``alone`` is then the rate over the paused phases, ``while pruning``
+over the others, and each working phase's ratio to the mean of the paused phases either
+side of it is summed up (median, mean and its 95 % interval). Both sides then meet the
+same drift and the same table sizes.
+
 While the pruner runs, a progress line goes to stderr every 10 s (rows pruned so far,
 their rate, ingestion's rate over those 10 s). A prune still running after
 ``--max-prune-s`` is stopped: the figures are then those of the rows it did prune, and
@@ -26,12 +35,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from sqlalchemy import func, select, text
 
@@ -40,10 +51,17 @@ from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.retention import PassReport, Pruner, targets
 from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import ProcessorSettings
+from sparklem_core.settings.validation import SchemaError, validate
 
 TABLE = "temperature_readings"
 KEEP = timedelta(days=30)
 INGEST_BATCH = 2000
+#: The pruner's settings the benchmark takes as options: flag -> processor setting.
+SETTINGS = {
+    "--batch-rows": "prune_batch_rows",
+    "--batch-s": "prune_batch_s",
+    "--busy-fraction": "prune_busy_fraction",
+}
 # Filled by SQL on the server side: 5 million rows through Python would take longer than
 # the measurement.
 FILL = {
@@ -74,6 +92,8 @@ class Figures:
     prune_s: float
     prune_rows_s: float
     finished: bool  # False: stopped at --max-prune-s with old rows left
+    phases: int = 0  # --alternate: working phases (0: one prune from start to end)
+    pair_ratios: dict[str, float] = field(default_factory=dict)  # --alternate: summed up
 
 
 def progress(message: str) -> None:
@@ -120,9 +140,14 @@ class Ingest(threading.Thread):
 
     def rate_over(self, wait: Callable[[], None]) -> float:
         """Rows per second committed while ``wait()`` runs."""
+        rows, seconds = self.count_over(wait)
+        return rows / seconds
+
+    def count_over(self, wait: Callable[[], None]) -> tuple[int, float]:
+        """Rows committed while ``wait()`` runs, and the seconds it ran."""
         rows, started = self.rows, time.monotonic()
         wait()
-        return (self.rows - rows) / (time.monotonic() - started)
+        return self.rows - rows, time.monotonic() - started
 
 
 PROGRESS_EVERY_S = 10.0
@@ -156,8 +181,90 @@ def prune_watched(pruner: Pruner, ingest: Ingest, old_rows: int, limit_s: float)
     return bool(report) and all(t.finished for t in report[0].tables)
 
 
+@dataclass
+class Phases:
+    """Ingestion with the pruner at work (on) and paused (off), phase by phase."""
+
+    on_rows: int = 0
+    on_s: float = 0.0
+    off_rows: int = 0
+    off_s: float = 0.0
+    on: list[tuple[float, float]] = field(default_factory=list)  # (rows/s, seconds) each
+    off_rates: list[float] = field(default_factory=list)  # one more than on: either side
+    finished: bool = False
+
+    def pair_ratios(self, phase_s: float) -> list[float]:
+        """Each working phase's rate over the mean of the paused ones either side, but for
+        a last one cut short (under half a phase) by the end of the prune."""
+        return [
+            rate / ((self.off_rates[i] + self.off_rates[i + 1]) / 2)
+            for i, (rate, seconds) in enumerate(self.on)
+            if seconds >= phase_s / 2
+        ]
+
+
+def pass_for(pruner: Pruner, report: list[PassReport], limit_s: float) -> None:
+    """A pass of ``pruner``, stopped after ``limit_s`` (the batch in progress ends whole)."""
+    worker = threading.Thread(target=lambda: report.append(pruner.run_pass()), daemon=True)
+    worker.start()
+    worker.join(limit_s)
+    pruner.stop.set()
+    worker.join()
+
+
+def prune_alternating(
+    pruner: Pruner, ingest: Ingest, old_rows: int, phase_s: float, limit_s: float
+) -> Phases:
+    """Passes of ``pruner`` cut into ``phase_s`` pieces, each followed by as long paused,
+    the first preceded by one; until a pass finishes or ``limit_s`` of pruning."""
+    phases = Phases()
+
+    def paused() -> None:
+        rows, seconds = ingest.count_over(lambda: time.sleep(phase_s))
+        phases.off_rows += rows
+        phases.off_s += seconds
+        phases.off_rates.append(rows / seconds)
+
+    paused()
+    while not phases.finished and phases.on_s < limit_s:
+        report: list[PassReport] = []
+        pruner.stop.clear()
+        rows, seconds = ingest.count_over(
+            partial(pass_for, pruner, report, min(phase_s, limit_s - phases.on_s))
+        )
+        phases.on_rows += rows
+        phases.on_s += seconds
+        phases.on.append((rows / seconds, seconds))
+        phases.finished = bool(report) and all(t.finished for t in report[0].tables)
+        paused()
+        progress(
+            f"pruned {pruner.deleted:,} of {old_rows:,} in {phases.on_s:.0f} s of pruning; "
+            f"ingesting {rows / seconds:,.0f} rows/s pruning, "
+            f"{phases.off_rates[-2]:,.0f} and {phases.off_rates[-1]:,.0f} paused either side"
+        )
+    return phases
+
+
+def summed_up(ratios: list[float]) -> dict[str, float]:
+    if not ratios:
+        return {}
+    half = 1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else 0.0
+    return {
+        "n": len(ratios),
+        "median": round(statistics.median(ratios), 3),
+        "mean": round(statistics.fmean(ratios), 3),
+        "ci95": round(half, 3),
+    }
+
+
 def measure(
-    name: str, url: str, count: int, window: float, settings: ProcessorSettings, limit_s: float
+    name: str,
+    url: str,
+    count: int,
+    window: float,
+    settings: ProcessorSettings,
+    limit_s: float,
+    alternate_s: float = 0.0,
 ) -> Figures:
     store = new_store(url)
     try:
@@ -174,16 +281,25 @@ def measure(
         ingest = Ingest(store)
         ingest.start()
         time.sleep(1.0)  # warm: the first batches prepare statements
-        before = ingest.rate_over(lambda: time.sleep(window))
         pruner = Pruner(store, bounded, settings)
-        progress(f"ingestion alone: {before:,.0f} rows/s; pruning {count:,} old rows")
-        finished: list[bool] = []
-        prune_started = time.monotonic()
-        pruning = ingest.rate_over(
-            lambda: finished.append(prune_watched(pruner, ingest, count, limit_s))
-        )
-        prune_s = time.monotonic() - prune_started
-        after = ingest.rate_over(lambda: time.sleep(window))
+        if alternate_s:
+            progress(f"pruning {count:,} old rows in phases of {alternate_s:g} s")
+            phases = prune_alternating(pruner, ingest, count, alternate_s, limit_s)
+            finished, prune_s = phases.finished, phases.on_s
+            before, after = phases.off_rates[0], phases.off_rates[-1]
+            alone = phases.off_rows / phases.off_s
+            pruning = phases.on_rows / phases.on_s
+        else:
+            before = ingest.rate_over(lambda: time.sleep(window))
+            progress(f"ingestion alone: {before:,.0f} rows/s; pruning {count:,} old rows")
+            done: list[bool] = []
+            prune_started = time.monotonic()
+            pruning = ingest.rate_over(
+                lambda: done.append(prune_watched(pruner, ingest, count, limit_s))
+            )
+            finished, prune_s = done[0], time.monotonic() - prune_started
+            after = ingest.rate_over(lambda: time.sleep(window))
+            alone = (before + after) / 2
         ingest.stopped.set()
         ingest.join()
         if ingest.error is not None:
@@ -193,14 +309,15 @@ def measure(
                 select(func.count()).select_from(store.metadata.tables[TABLE])
                 .where(store.metadata.tables[TABLE].c.measured_at < long_ago + timedelta(days=1))
             ).scalar_one()  # fmt: skip
-        if left and finished[0]:
+        if left and finished:
             raise RuntimeError(f"{left} old rows were not pruned")
-        alone = (before + after) / 2
         pruned = pruner.deleted
         return Figures(
             name, count, round(fill_s, 1), round(alone), round(before), round(after),
             round(pruning), round(pruning / alone, 3), pruned, round(prune_s, 1),
-            round(pruned / prune_s) if prune_s else 0, finished[0],
+            round(pruned / prune_s) if prune_s else 0, finished,
+            len(phases.on) if alternate_s else 0,
+            summed_up(phases.pair_ratios(alternate_s)) if alternate_s else {},
         )  # fmt: skip
     finally:
         store.dispose()
@@ -218,9 +335,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--window", type=float, default=10.0, help="seconds of ingestion alone, before and after"
     )
+    parser.add_argument(
+        "--alternate",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="measure in phases of S seconds, pruning and paused by turns (default 0: "
+        "one prune from start to end between two --window measurements)",
+    )
     defaults = ProcessorSettings()
-    parser.add_argument("--batch-rows", type=int, default=defaults.prune_batch_rows)
-    parser.add_argument("--busy-fraction", type=float, default=defaults.prune_busy_fraction)
+    for flag, setting in SETTINGS.items():
+        default = getattr(defaults, setting)
+        parser.add_argument(
+            flag,
+            type=type(default),
+            default=default,
+            help=f"processor.{setting}: {ProcessorSettings.model_fields[setting].description} "
+            f"(default {default:g})",
+        )
     parser.add_argument(
         "--max-prune-s",
         type=float,
@@ -232,29 +364,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = ProcessorSettings(
-        prune_batch_rows=args.batch_rows, prune_busy_fraction=args.busy_fraction
-    )
+    try:
+        settings = validate(
+            ProcessorSettings,
+            {
+                setting: getattr(args, flag[2:].replace("-", "_"))
+                for flag, setting in SETTINGS.items()
+            },
+            "processor",
+        )
+    except SchemaError as exc:
+        build_parser().error(str(exc))
     figures: list[Figures] = []
     for name in args.db.split(","):
         try:
             with database(name) as (url, _tmp):
                 figures.append(
-                    measure(name, url, args.rows, args.window, settings, args.max_prune_s)
-                )
+                    measure(
+                        name, url, args.rows, args.window, settings, args.max_prune_s,
+                        args.alternate,
+                    )
+                )  # fmt: skip
         except ValueError as exc:
             build_parser().error(str(exc))
         f = figures[-1]
+        pairs = f.pair_ratios
         print(
             f"{f.database:<10} {f.pruned:>9,} of {f.old_rows:,} old rows pruned in "
             f"{f.prune_s:7.1f} s "
             f"({f.prune_rows_s:,} rows/s); ingestion {f.alone_rows_s:,} rows/s alone "
-            f"(before {f.alone_before_rows_s:,}, after {f.alone_after_rows_s:,}), "
-            f"{f.pruning_rows_s:,} while pruning: {f.ratio:.0%}"
+            + (f"(paused phases; first {f.alone_before_rows_s:,}, last "
+               if f.phases else f"(before {f.alone_before_rows_s:,}, after ")
+            + f"{f.alone_after_rows_s:,}), {f.pruning_rows_s:,} while pruning: {f.ratio:.0%}"
+            + (f"; {pairs['n']} phases, ratio median {pairs['median']:.3f}, mean "
+               f"{pairs['mean']:.3f} ± {pairs['ci95']:.3f}" if pairs else "")
             + ("" if f.finished else "; did NOT finish within --max-prune-s"),
             flush=True,
-        )
-    print(json.dumps({"batch_rows": args.batch_rows, "busy_fraction": args.busy_fraction,
+        )  # fmt: skip
+    print(json.dumps({"batch_rows": args.batch_rows, "batch_s": args.batch_s,
+                      "busy_fraction": args.busy_fraction,
                       "results": [asdict(f) for f in figures]}))  # fmt: skip
     return 0
 

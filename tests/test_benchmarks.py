@@ -76,6 +76,19 @@ def test_prune_benchmark_smoke() -> None:
     assert result["alone_rows_s"] > 0 and result["pruning_rows_s"] > 0
 
 
+def test_prune_benchmark_alternating_phases_prunes_every_row_and_compares_phases() -> None:
+    # Resting 19 times each 100-row batch's time: several 0.3 s phases before the end.
+    report = run_module(
+        "benchmarks.prune", "--rows", "3000", "--db", "sqlite", "--alternate", "0.3",
+        "--batch-rows", "100", "--busy-fraction", "0.05",
+    )  # fmt: skip
+    (result,) = report["results"]
+    assert result["pruned"] == 3000 and result["finished"]
+    assert result["phases"] >= 2 and result["pair_ratios"]["n"] >= 1
+    assert result["alone_rows_s"] > 0 and result["pruning_rows_s"] > 0
+    assert result["ratio"] == pytest.approx(result["pruning_rows_s"] / result["alone_rows_s"], 0.01)
+
+
 def test_prune_benchmark_reports_a_prune_stopped_by_its_limit() -> None:
     # Resting 999 times each batch's time, 3,000 rows take far longer than the limit.
     report = run_module(
@@ -119,7 +132,15 @@ def test_dashboard_benchmark_smoke() -> None:
         ("benchmarks.parse", ("--size", "--repeat")),
         (
             "benchmarks.prune",
-            ("--rows", "--db", "--window", "--batch-rows", "--busy-fraction", "--max-prune-s"),
+            (
+                "--rows",
+                "--db",
+                "--window",
+                "--batch-rows",
+                "--batch-s",
+                "--busy-fraction",
+                "--max-prune-s",
+            ),
         ),
         ("benchmarks.api", ("--rows", "--agents", "--days", "--db", "--clients", "--rate")),
         ("benchmarks.dashboard", ("--agents", "--cores", "--hours", "--loads", "--db")),
