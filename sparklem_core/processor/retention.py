@@ -270,49 +270,49 @@ class Pruner:
             return TablePruned(target.name, target.keep, 0, waiting=not target.by_arrival)
         # Keyset on the id, up to max_id: each batch deletes an id range, found by one
         # short index walk; deleted rows are behind the key, never scanned again.
-        size = self._batch_size()
         after: int | None = None
-        deleted = batches = 0
-        while True:
-            if self.stop.is_set():
-                return TablePruned(
-                    target.name, target.keep, deleted, finished=False, batches=batches
-                )
+
+        def id_range(conn: Connection, rows: int) -> tuple[int, bool]:
+            nonlocal after
             span = [] if after is None else [target.id > after]
             where = [*self._old(target, cutoff, max_id), *span]
-            with self.store.write(checkpoint=True) as conn:
-                # Timed from BEGIN on: the rest is proportional to the time the pruner
-                # kept the database (or SQLite's writer lock), not to its wait for it.
-                started = time.monotonic()
-                self._renew(conn)
-                bound = conn.execute(
-                    select(target.id).where(*where).order_by(target.id)
-                    .offset(size.rows - 1).limit(1)
-                ).scalar()  # fmt: skip
-                if bound is not None:
-                    # The batch's range alone (bound <= max_id): given max_id too, SQLite
-                    # may end its rowid scan there, walking every old row in each batch.
-                    where = [*self._old(target, cutoff, None), *span, target.id <= bound]
-                gone = conn.execute(delete(target.table).where(*where)).rowcount
-            deleted += gone
-            batches += 1
-            self.deleted += gone
-            if bound is None:  # that was the last, short batch
-                break
+            bound = conn.execute(
+                select(target.id).where(*where).order_by(target.id).offset(rows - 1).limit(1)
+            ).scalar()
+            if bound is not None:
+                # The batch's range alone (bound <= max_id): given max_id too, SQLite
+                # may end its rowid scan there, walking every old row in each batch.
+                where = [*self._old(target, cutoff, None), *span, target.id <= bound]
+            gone = conn.execute(delete(target.table).where(*where)).rowcount
             after = bound
-            held = time.monotonic() - started
-            size.took(held)
-            self._rest(held)
-        if deleted:
-            log.info("pruned %d rows from %s (older than %s)", deleted, target.name, target.keep)
-        return TablePruned(target.name, target.keep, deleted, batches=batches)
+            return gone, bound is None  # None: that was the last, short batch
+
+        return self._in_batches(target, id_range)
 
     def _prune_by_time(self, target: Target, cutoff: datetime) -> TablePruned:
         """Prune a table without an integer id (arrival tables only): each batch deletes
         the rows up to the time of the N-th oldest, N the batch's size, found on the time
         index (rows of one time, rare at microseconds, go in one batch)."""
         time_column = target.table.c[target.time]
-        size = self._batch_size()
+
+        def time_range(conn: Connection, rows: int) -> tuple[int, bool]:
+            bound = conn.execute(
+                select(time_column).where(time_column < cutoff)
+                .order_by(time_column).offset(rows - 1).limit(1)
+            ).scalar()  # fmt: skip
+            # bound < cutoff: the one upper end, or SQLite may scan up to the cutoff.
+            where = [time_column < cutoff] if bound is None else [time_column <= bound]
+            gone = conn.execute(delete(target.table).where(*where)).rowcount
+            return gone, bound is None  # None: that was the last, short batch
+
+        return self._in_batches(target, time_range)
+
+    def _in_batches(
+        self, target: Target, delete_batch: Callable[[Connection, int], tuple[int, bool]]
+    ) -> TablePruned:
+        """``delete_batch(conn, rows)`` in a transaction of its own, sized and rested, until
+        it says it was the last ((rows deleted, last)) or the pruner is stopped."""
+        size = BatchSize(self.settings.prune_batch_rows, self.settings.prune_batch_s)
         deleted = batches = 0
         while True:
             if self.stop.is_set():
@@ -320,19 +320,15 @@ class Pruner:
                     target.name, target.keep, deleted, finished=False, batches=batches
                 )
             with self.store.write(checkpoint=True) as conn:
+                # Timed from BEGIN on: the rest is proportional to the time the pruner
+                # kept the database (or SQLite's writer lock), not to its wait for it.
                 started = time.monotonic()
                 self._renew(conn)
-                bound = conn.execute(
-                    select(time_column).where(time_column < cutoff)
-                    .order_by(time_column).offset(size.rows - 1).limit(1)
-                ).scalar()  # fmt: skip
-                # bound < cutoff: the one upper end, or SQLite may scan up to the cutoff.
-                where = [time_column < cutoff] if bound is None else [time_column <= bound]
-                gone = conn.execute(delete(target.table).where(*where)).rowcount
+                gone, last = delete_batch(conn, size.rows)
             deleted += gone
             batches += 1
             self.deleted += gone
-            if bound is None:  # that was the last, short batch
+            if last:
                 break
             held = time.monotonic() - started
             size.took(held)
@@ -353,9 +349,6 @@ class Pruner:
             select(target.id).where(time_column < cutoff)
             .order_by(time_column.desc(), target.id.desc()).limit(1)
         ).scalar()  # fmt: skip
-
-    def _batch_size(self) -> BatchSize:
-        return BatchSize(self.settings.prune_batch_rows, self.settings.prune_batch_s)
 
     def _rest(self, held_s: float) -> None:
         """Leave the database (SQLite: the writer lock too) to ingestion for a while, in
