@@ -117,11 +117,7 @@ class _Processor:
 
     def stored(self) -> int:
         """Messages stored so far; BenchError once the processor has exited."""
-        if self.proc.poll() is not None:
-            raise BenchError(
-                f"processor exited with {self.proc.returncode}:\n"
-                f"{self.watch.log.read_text(errors='replace')[-3000:]}"
-            )
+        self.watch.check_running()
         self.watch.until(0, 0)  # reads the count; target 0 returns at once
         return self.watch.stored
 

@@ -746,6 +746,14 @@ class ProcessorWatch:
             tree_kib = sum(_status_kib(pid, "VmRSS") for pid in _process_tree(self.proc.pid))
             self.rss_max_kib = max(self.rss_max_kib, tree_kib)
 
+    def check_running(self) -> None:
+        """BenchError, with the tail of its log, once the processor has exited."""
+        if self.proc.poll() is not None:
+            raise BenchError(
+                f"processor exited with {self.proc.returncode}:\n"
+                f"{self.log.read_text(errors='replace')[-3000:]}"
+            )
+
     def until(self, target: int, timeout: float) -> float:
         """Wait until ``target`` messages are stored; returns the perf_counter time it saw it."""
         deadline = time.monotonic() + timeout
@@ -755,11 +763,7 @@ class ProcessorWatch:
             self.stored = _stored_messages(self.engine, self.group)
             if self.stored >= target:
                 return time.perf_counter()
-            if self.proc.poll() is not None:
-                raise BenchError(
-                    f"processor exited with {self.proc.returncode}:\n"
-                    f"{self.log.read_text(errors='replace')[-3000:]}"
-                )
+            self.check_running()
             if time.monotonic() > deadline:
                 raise BenchError(f"only {self.stored}/{target} messages stored after {timeout}s")
             if time.monotonic() > next_note:
