@@ -183,23 +183,28 @@ def prune_watched(pruner: Pruner, ingest: Ingest, old_rows: int, limit_s: float)
 
 @dataclass
 class Phases:
-    """Ingestion with the pruner at work (on) and paused (off), phase by phase."""
+    """Ingestion with the pruner at work (on) and paused (off): (rows, seconds) of each
+    phase; the paused ones are one more, either side of every working one."""
 
-    on_rows: int = 0
-    on_s: float = 0.0
-    off_rows: int = 0
-    off_s: float = 0.0
-    on: list[tuple[float, float]] = field(default_factory=list)  # (rows/s, seconds) each
-    off_rates: list[float] = field(default_factory=list)  # one more than on: either side
+    on: list[tuple[int, float]] = field(default_factory=list)
+    off: list[tuple[int, float]] = field(default_factory=list)
     finished: bool = False
+
+    @staticmethod
+    def rate(phases: list[tuple[int, float]]) -> float:
+        return sum(rows for rows, _ in phases) / sum(seconds for _, seconds in phases)
+
+    @property
+    def on_s(self) -> float:
+        return sum(seconds for _, seconds in self.on)
 
     def pair_ratios(self, phase_s: float) -> list[float]:
         """Each working phase's rate over the mean of the paused ones either side, but for
         a last one cut short (under half a phase) by the end of the prune."""
         return [
-            rate / ((self.off_rates[i] + self.off_rates[i + 1]) / 2)
-            for i, (rate, seconds) in enumerate(self.on)
-            if seconds >= phase_s / 2
+            self.rate([on]) / ((self.rate([self.off[i]]) + self.rate([self.off[i + 1]])) / 2)
+            for i, on in enumerate(self.on)
+            if on[1] >= phase_s / 2
         ]
 
 
@@ -220,27 +225,24 @@ def prune_alternating(
     phases = Phases()
 
     def paused() -> None:
-        rows, seconds = ingest.count_over(lambda: time.sleep(phase_s))
-        phases.off_rows += rows
-        phases.off_s += seconds
-        phases.off_rates.append(rows / seconds)
+        phases.off.append(ingest.count_over(lambda: time.sleep(phase_s)))
 
     paused()
     while not phases.finished and phases.on_s < limit_s:
         report: list[PassReport] = []
         pruner.stop.clear()
-        rows, seconds = ingest.count_over(
-            partial(pass_for, pruner, report, min(phase_s, limit_s - phases.on_s))
+        phases.on.append(
+            ingest.count_over(
+                partial(pass_for, pruner, report, min(phase_s, limit_s - phases.on_s))
+            )
         )
-        phases.on_rows += rows
-        phases.on_s += seconds
-        phases.on.append((rows / seconds, seconds))
         phases.finished = bool(report) and all(t.finished for t in report[0].tables)
         paused()
         progress(
             f"pruned {pruner.deleted:,} of {old_rows:,} in {phases.on_s:.0f} s of pruning; "
-            f"ingesting {rows / seconds:,.0f} rows/s pruning, "
-            f"{phases.off_rates[-2]:,.0f} and {phases.off_rates[-1]:,.0f} paused either side"
+            f"ingesting {phases.rate(phases.on[-1:]):,.0f} rows/s pruning, "
+            f"{phases.rate(phases.off[-2:-1]):,.0f} and {phases.rate(phases.off[-1:]):,.0f} "
+            "paused either side"
         )
     return phases
 
@@ -286,9 +288,9 @@ def measure(
             progress(f"pruning {count:,} old rows in phases of {alternate_s:g} s")
             phases = prune_alternating(pruner, ingest, count, alternate_s, limit_s)
             finished, prune_s = phases.finished, phases.on_s
-            before, after = phases.off_rates[0], phases.off_rates[-1]
-            alone = phases.off_rows / phases.off_s
-            pruning = phases.on_rows / phases.on_s
+            before, after = phases.rate(phases.off[:1]), phases.rate(phases.off[-1:])
+            alone, pruning = phases.rate(phases.off), phases.rate(phases.on)
+            phase_count, pairs = len(phases.on), summed_up(phases.pair_ratios(alternate_s))
         else:
             before = ingest.rate_over(lambda: time.sleep(window))
             progress(f"ingestion alone: {before:,.0f} rows/s; pruning {count:,} old rows")
@@ -300,6 +302,7 @@ def measure(
             finished, prune_s = done[0], time.monotonic() - prune_started
             after = ingest.rate_over(lambda: time.sleep(window))
             alone = (before + after) / 2
+            phase_count, pairs = 0, {}
         ingest.stopped.set()
         ingest.join()
         if ingest.error is not None:
@@ -315,9 +318,7 @@ def measure(
         return Figures(
             name, count, round(fill_s, 1), round(alone), round(before), round(after),
             round(pruning), round(pruning / alone, 3), pruned, round(prune_s, 1),
-            round(pruned / prune_s) if prune_s else 0, finished,
-            len(phases.on) if alternate_s else 0,
-            summed_up(phases.pair_ratios(alternate_s)) if alternate_s else {},
+            round(pruned / prune_s) if prune_s else 0, finished, phase_count, pairs,
         )  # fmt: skip
     finally:
         store.dispose()
@@ -348,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, setting)
         parser.add_argument(
             flag,
+            dest=setting,
             type=type(default),
             default=default,
             help=f"processor.{setting}: {ProcessorSettings.model_fields[setting].description} "
@@ -367,10 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = validate(
             ProcessorSettings,
-            {
-                setting: getattr(args, flag[2:].replace("-", "_"))
-                for flag, setting in SETTINGS.items()
-            },
+            {setting: getattr(args, setting) for setting in SETTINGS.values()},
             "processor",
         )
     except SchemaError as exc:
@@ -401,8 +400,9 @@ def main(argv: list[str] | None = None) -> int:
             + ("" if f.finished else "; did NOT finish within --max-prune-s"),
             flush=True,
         )  # fmt: skip
-    print(json.dumps({"batch_rows": args.batch_rows, "batch_s": args.batch_s,
-                      "busy_fraction": args.busy_fraction,
+    print(json.dumps({"batch_rows": settings.prune_batch_rows,
+                      "batch_s": settings.prune_batch_s,
+                      "busy_fraction": settings.prune_busy_fraction,
                       "results": [asdict(f) for f in figures]}))  # fmt: skip
     return 0
 
