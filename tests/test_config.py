@@ -618,6 +618,7 @@ keys = st.one_of(
             "rejected_messages",
             "temperature_readings",
             "prune_batch_rows",
+            "prune_batch_s",
             "fleet",
             "silent_after_s",
             "serve",
