@@ -43,9 +43,9 @@ import yaml
 from sqlalchemy import inspect, text
 
 from benchmarks.databases import ROOT, database, new_store
-from sparklem_core.processor.batch import Batch
-from sparklem_core.processor.endpoint import free_port
-from sparklem_core.processor.store import Store
+from sparklem_core.db.batch import Batch
+from sparklem_core.db.store import Store
+from sparklem_core.processor.metrics_server import free_port
 
 TABLE = "temperature_readings"
 INGEST_BATCH = 2000

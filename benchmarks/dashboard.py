@@ -35,10 +35,10 @@ from typing import Any
 import yaml
 
 from benchmarks.databases import NAMES, ROOT, database
+from sparklem_core.db.batch import Batch
+from sparklem_core.db.store import Store
 from sparklem_core.plugin_host import PluginHost
-from sparklem_core.processor.batch import Batch
-from sparklem_core.processor.endpoint import LOCALHOST, free_port
-from sparklem_core.processor.store import Store
+from sparklem_core.processor.metrics_server import LOCALHOST, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

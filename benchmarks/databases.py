@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sparklem_core.db.store import Store
 from sparklem_core.plugin_host import PluginHost
-from sparklem_core.processor.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("sqlite", "postgresql")
@@ -24,7 +24,7 @@ def database(name: str) -> Iterator[tuple[str, Path]]:
         if name == "sqlite":
             yield f"sqlite:///{tmp}/db.sqlite3", Path(tmp)
             return
-        from sparklem_core.testing.servers import LocalPostgres
+        from sparklem_core.dev.servers import LocalPostgres
 
         with LocalPostgres() as pg:
             yield pg.url, Path(tmp)

@@ -25,8 +25,8 @@ from Crypto.PublicKey import RSA
 from sqlalchemy import create_engine, text
 
 from sparklem_core import wire
-from sparklem_core.processor.registry import create_server_key, load_server_keys
-from sparklem_core.testing.servers import TansuBroker
+from sparklem_core.dev.servers import TansuBroker
+from sparklem_core.fleet.registry import create_server_key, load_server_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 

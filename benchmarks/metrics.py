@@ -53,7 +53,7 @@ from benchmarks.pipeline import (
     build_workload,
     progress,
 )
-from sparklem_core.testing.servers import TansuBroker, _end_process, free_port
+from sparklem_core.dev.servers import TansuBroker, _end_process, free_port
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def bookkeeping_us_per_batch(batch_size: int = 500, repeat: int = 2000) -> dict[
 
     from prometheus_client import generate_latest
 
-    from sparklem_core.processor.batch import OffsetMark, PartitionKey
+    from sparklem_core.db.batch import OffsetMark, PartitionKey
     from sparklem_core.processor.metrics import LagTracker, Metrics, Snapshot
     from sparklem_core.processor.pipeline import Stats
 

@@ -45,12 +45,13 @@ from sparklem_plugins.pu_workload.server import MAX_CORES, MAX_GPUS
 from sparklem_plugins.temperature.server import MAX_READINGS
 
 from sparklem_core import wire
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.registry import AgentRegistry
 from sparklem_core.plugin_api import Message
 from sparklem_core.plugin_host import PluginHost
-from sparklem_core.processor.pipeline import Pipeline, Record
-from sparklem_core.processor.registry import AgentRegistry
-from sparklem_core.processor.store import Store
-from sparklem_core.settings.config import ProcessorSettings
+from sparklem_core.processor.pipeline import Record
+from sparklem_core.processor.wiring import build_pipeline
+from sparklem_core.settings.config import Config, ProcessorSettings
 from sparklem_core.wire import MAX_INT_DIGITS, MAX_JSON_COMMAS, MAX_JSON_CONTAINERS
 
 TARGET_MS = 50.0
@@ -260,13 +261,12 @@ class Bench:
         self.store.create_schema()
         settings = ProcessorSettings()
         settings.max_message_bytes = max(settings.max_message_bytes, 2 * size + 65536)
-        self.pipeline = Pipeline(
-            settings,
+        self.pipeline = build_pipeline(
+            Config(certificates=certs, processor=settings),
+            self.host,
+            self.store,
             {wire.key_id(self.server_key): self.server_key},
             AgentRegistry(certs, refresh_s=3600),
-            self.host,
-            {},
-            self.store,
         )
         self.offset = 0
 

@@ -76,10 +76,10 @@ from Crypto.PublicKey import RSA
 from sqlalchemy import create_engine, insert, text
 
 from sparklem_core import wire
-from sparklem_core.cli import plugin_topics, prepare
+from sparklem_core.fleet.registry import AgentRegistry, create_server_key, load_server_keys
 from sparklem_core.plugin_api import Message
-from sparklem_core.processor.pipeline import Pipeline, Record, Stats
-from sparklem_core.processor.registry import AgentRegistry, create_server_key, load_server_keys
+from sparklem_core.processor.pipeline import Record, Stats
+from sparklem_core.processor.wiring import prepare
 from sparklem_core.settings.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -509,15 +509,7 @@ def run_engine(
     setup = prepare(config)
     setup.store.create_schema()
     registry = AgentRegistry(work.certificates, config.processor.registry_refresh_s)
-    pipeline = Pipeline(
-        config.processor,
-        load_server_keys(work.certificates),
-        registry,
-        setup.plugins,
-        config.plugins,
-        setup.store,
-        topics=plugin_topics(config, setup.plugins),
-    )
+    pipeline = setup.pipeline(load_server_keys(work.certificates), registry)
     records = work.records()
     store = setup.store
     total = Stats()
@@ -790,7 +782,7 @@ def run_e2e(
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from sparklem_core.testing.servers import TansuBroker
+    from sparklem_core.dev.servers import TansuBroker
 
     root, count = work.root, len(work.values)
     extra: dict[str, Any] = {}

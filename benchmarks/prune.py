@@ -47,9 +47,9 @@ from functools import partial
 from sqlalchemy import func, select, text
 
 from benchmarks.databases import database, new_store
-from sparklem_core.processor.batch import Batch
+from sparklem_core.db.batch import Batch
+from sparklem_core.db.store import Store
 from sparklem_core.processor.retention import PassReport, Pruner, targets
-from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import ProcessorSettings
 from sparklem_core.settings.validation import SchemaError, validate
 

@@ -7,30 +7,23 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
 from sparklem_core import __version__, wire
-from sparklem_core.logsetup import add_log_level_argument, setup_logging
-from sparklem_core.plugin_host import PluginHost
-from sparklem_core.processor.db_errors import DatabaseUnusable, check_database_url
-from sparklem_core.processor.endpoint import EndpointError, serve
-from sparklem_core.processor.pipeline import Pipeline
-from sparklem_core.processor.plugin_tables import PluginTableRefused
-from sparklem_core.processor.registry import (
-    AgentRegistry,
+from sparklem_core.db.errors import DatabaseUnusable, check_database_url
+from sparklem_core.db.plugin_tables import PluginTableRefused
+from sparklem_core.db.schema_lock import SchemaLockTimeout
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.registry import (
     NoServerKey,
     create_server_key,
     load_server_keys,
 )
-from sparklem_core.processor.retention import Target, targets
-from sparklem_core.processor.schema_lock import SchemaLockTimeout
-from sparklem_core.processor.store import Store
-from sparklem_core.reading.catalog import open_store
+from sparklem_core.processor.metrics_server import EndpointError, serve
+from sparklem_core.processor.wiring import prepare
 from sparklem_core.settings.config import (
     Config,
     ConfigError,
@@ -39,6 +32,7 @@ from sparklem_core.settings.config import (
     load_plugins,
     mask_secrets,
 )
+from sparklem_core.settings.logs import add_log_level_argument, setup_logging
 from sparklem_core.settings.validation import describe_settings
 
 log = logging.getLogger("sparklem")
@@ -54,29 +48,6 @@ class CommandError(Exception):
     def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass
-class Setup:
-    config: Config
-    plugins: PluginHost
-    store: Store
-    retention: list[Target]  # the bounded tables
-
-
-def prepare(config: Config) -> Setup:
-    """Load plugins, check their settings, declare every table (core and plugins) on a Store."""
-    plugins, store = open_store(config)
-    return Setup(config, plugins, store, targets(store, config.retention))
-
-
-def plugin_topics(config: Config, plugins: PluginHost) -> dict[str, str]:
-    """Each loaded plugin's topic: ``plugins.NAME.topic`` when set, else its manifest's."""
-    return {
-        name: config.plugin_topic(name, info.manifest.topic)
-        for name, info in plugins.loaded().items()
-        if info.manifest is not None
-    }
 
 
 def cmd_init(config: Config, _args: argparse.Namespace) -> int:
@@ -154,7 +125,6 @@ def print_table(rows: Sequence[Sequence[str]], indent: str = "") -> None:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    from sparklem_core.processor.processor import Processor
     from sparklem_core.processor.supervisor import follow_supervisor
 
     if args.workers > 1:
@@ -167,13 +137,13 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     except NoServerKey as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
-    if not plugins_loaded(config, setup):
+    if not setup.plugins_running():
         return EXIT_FAILURE
     loaded = setup.plugins.loaded()
-    registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
-    pipeline = make_pipeline(config, setup, server_keys, registry)
+    registry = setup.registry()
+    pipeline = setup.pipeline(server_keys, registry)
     topics = sorted(set(pipeline.topics.values()))
-    processor = Processor(config, pipeline, setup.store, topics, prune=setup.retention)
+    processor = setup.processor(pipeline)
     processor.install_signal_handlers()
     log.info(
         "sparklem %s processor starting: plugins=%s topics=%s database=%s kid=%s "
@@ -206,45 +176,15 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
             endpoint.close()
 
 
-def plugins_loaded(config: Config, setup: Setup) -> bool:
-    """Warn of each plugin that is not running; False, said, when none is."""
-    for info in setup.plugins.infos:
-        if not info.ok and info.status != "disabled":
-            log.warning("plugin %s not running: %s", info.name, info.status)
-    if not setup.plugins.loaded():
-        log.error(
-            "no plugin could be loaded from installed packages or the plugins directory (%s); "
-            "see: sparklem plugins",
-            config.plugins_dir or "none",
-        )
-        return False
-    return True
-
-
-def make_pipeline(
-    config: Config, setup: Setup, server_keys: dict[str, Any], registry: AgentRegistry
-) -> Pipeline:
-    """The processor's per-record path, as ``run`` and ``redrive`` use it."""
-    return Pipeline(
-        config.processor,
-        server_keys,
-        registry,
-        setup.plugins,
-        config.plugins,
-        setup.store,
-        topics=plugin_topics(config, setup.plugins),
-    )
-
-
 def cmd_redrive(config: Config, args: argparse.Namespace) -> int:
     from sparklem_core.processor.redrive import Redrive, Selection
     from sparklem_core.processor.writer import Unavailable
 
     setup = prepare(config)
-    if not plugins_loaded(config, setup):
+    if not setup.plugins_running():
         return EXIT_FAILURE
-    registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
-    pipeline = make_pipeline(config, setup, load_server_keys(config.certificates), registry)
+    registry = setup.registry()
+    pipeline = setup.pipeline(registry=registry)
     setup.store.create_schema()
     registry.use_database(setup.store)
     selection = Selection(tuple(args.reason or ()), args.plugin, args.agent, args.since)
@@ -272,7 +212,7 @@ def cmd_agents(config: Config, args: argparse.Namespace) -> int:
     from datetime import UTC
 
     from sparklem_core.admin.fleet import table_rows
-    from sparklem_core.processor.fleet_state import FleetError, inventory
+    from sparklem_core.fleet.state import FleetError, inventory
 
     check_database_url(config.database_url)
     now = datetime.now(UTC)
@@ -317,8 +257,8 @@ def cmd_tail(config: Config, args: argparse.Namespace) -> int:
 def run_workers(config: Config, args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
-    from sparklem_core.processor.endpoint import free_port, workers_probe
     from sparklem_core.processor.metrics import WorkersCollector
+    from sparklem_core.processor.metrics_server import free_port, workers_probe
     from sparklem_core.processor.supervisor import Supervisor
 
     setup = prepare(config)  # fail here, once, rather than in every worker
@@ -399,7 +339,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(config: Config, args: argparse.Namespace) -> int:
-    from sparklem_core.demo import DemoError, run_demo
+    from sparklem_core.dev.demo import DemoError, run_demo
 
     try:
         return run_demo(Path(args.dir), args.agents, args.seconds, fresh=args.fresh)
@@ -413,7 +353,7 @@ def cmd_dev_broker(_config: Config, args: argparse.Namespace) -> int:
     import socket
     import threading
 
-    from sparklem_core.testing.servers import LOCALHOST, LocalServerError, TansuBroker
+    from sparklem_core.dev.servers import LOCALHOST, LocalServerError, TansuBroker
 
     with socket.socket() as probe:
         try:

@@ -91,7 +91,7 @@ def write_atomic(path: Path, data: bytes, mode: int, *, replace: bool = True) ->
             os.replace(tmp, path)
         else:
             try:
-                os.link(tmp, path)  # atomic create-if-absent: two enrolments cannot race
+                os.link(tmp, path)  # atomic create-if-absent: two enrollments cannot race
             except FileExistsError:
                 raise FileExistsError(f"{path} already exists") from None
     finally:

@@ -14,7 +14,8 @@ if TYPE_CHECKING:  # the agent imports this module and never the database stack
 DEFAULT_INTERVAL_S = 30
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime holds
 SETTING_TYPES = (bool, int, float, str)
-SETTING_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: A plugin's name (its topic's suffix, wire.PLUGIN_NAME_RE) and a setting's name.
+NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 SIDES = ("processor", "agent")
 # Every plugin section has these; the core declares them (sparklem_core.settings.validation).
 CORE_SETTINGS = ("enabled", "topic")
@@ -39,7 +40,7 @@ class Setting:
     le: float | None = None
 
     def __post_init__(self) -> None:
-        if not SETTING_NAME_RE.fullmatch(self.name):
+        if not NAME_RE.fullmatch(self.name):
             raise ValueError(f"setting name {self.name!r} is not [a-z][a-z0-9_]{{0,63}}")
         if self.type not in SETTING_TYPES:
             raise TypeError(f"setting {self.name}: type must be bool, int, float or str")

@@ -30,8 +30,8 @@ from typing import Any
 import pluggy
 from packaging.requirements import InvalidRequirement, Requirement
 
-from sparklem_core import PROJECT_NAME, hookspecs, wire
-from sparklem_core.plugin_api import Manifest, Message, PluginResult
+from sparklem_core import PROJECT_NAME, hookspecs
+from sparklem_core.plugin_api import NAME_RE, Manifest, Message, PluginResult
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class PluginHost:
             manifest = self._call(module, "sparklem_manifest")
             if not isinstance(manifest, Manifest):
                 raise TypeError("sparklem_manifest() must return a sparklem_core.Manifest")
-            if not wire.PLUGIN_NAME_RE.fullmatch(manifest.name):
+            if not NAME_RE.fullmatch(manifest.name):
                 raise ValueError(f"plugin name {manifest.name!r} is not [a-z][a-z0-9_]{{0,63}}")
         except Exception:
             self.pm.unregister(module)

@@ -17,9 +17,8 @@ from typing import Any
 
 import yaml
 
-from sparklem_core.processor.batch import Batch, Rejection
-from sparklem_core.processor.store import Store
-from sparklem_core.reading.catalog import open_store
+from sparklem_core.db.batch import Batch, Rejection
+from sparklem_core.db.store import Store, open_store
 from sparklem_core.settings.config import Config, load_config
 
 READ_TOKEN = "read-token-0123456789abcdef"

@@ -26,8 +26,8 @@ import pytest
 from harness import Db, Fleet, ProcessorProcess
 from pipeline_env import Env, Keys
 
+from sparklem_core.dev.servers import LocalMariaDB, LocalPostgres, TansuBroker
 from sparklem_core.settings.masking import forget_secrets
-from sparklem_core.testing.servers import LocalMariaDB, LocalPostgres, TansuBroker
 
 KIT = "sparklem_core.testing.plugin"
 

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 from waiting import wait_for
 
 from sparklem_core import wire
-from sparklem_core.processor.registry import create_server_key, load_server_keys
+from sparklem_core.fleet.registry import create_server_key, load_server_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = ("temperature", "pu_workload")

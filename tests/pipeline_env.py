@@ -16,11 +16,12 @@ from Crypto.PublicKey import RSA
 from sqlalchemy import select, text
 
 from sparklem_core import wire
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.registry import AgentRegistry
 from sparklem_core.plugin_host import PluginHost
 from sparklem_core.processor.pipeline import Pipeline, Record, Stats
-from sparklem_core.processor.registry import AgentRegistry
-from sparklem_core.processor.store import Store
-from sparklem_core.settings.config import ProcessorSettings
+from sparklem_core.processor.wiring import build_pipeline
+from sparklem_core.settings.config import Config, ProcessorSettings
 
 TOPIC = "sparklem.temperature"
 PU_TOPIC = "sparklem.pu_workload"
@@ -106,14 +107,12 @@ class Env:
             setattr(self.settings, name, value)
         registry = AgentRegistry(self.certs, refresh_s=3600)
         server_keys = {wire.key_id(self.keys.server): self.keys.server}
-        return Pipeline(
-            self.settings,
-            server_keys,
-            registry,
-            self.host,
-            {"temperature": {"max_celsius": 150}},
-            store or self.store,
+        config = Config(
+            certificates=self.certs,
+            plugins={"temperature": {"max_celsius": 150}},
+            processor=self.settings,
         )
+        return build_pipeline(config, self.host, store or self.store, server_keys, registry)
 
     def seal(
         self,

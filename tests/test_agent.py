@@ -26,8 +26,8 @@ from sparklem_core.agent import agent as agent_core
 from sparklem_core.agent import cli as agent_cli
 from sparklem_core.agent.sender import Sender
 from sparklem_core.agent.spool import Spool
-from sparklem_core.processor.registry import create_server_key, load_server_keys
-from sparklem_core.testing.servers import TansuBroker, free_port
+from sparklem_core.dev.servers import TansuBroker, free_port
+from sparklem_core.fleet.registry import create_server_key, load_server_keys
 from sparklem_core.wire import bundle as bundle_file
 
 PASSPHRASE = "agent passphrase for tests"

@@ -10,11 +10,11 @@ from sqlalchemy import select
 from test_redrive import today
 
 from sparklem_core import wire
-from sparklem_core.processor.batch import AgentActivity, Batch
-from sparklem_core.processor.db_errors import Verdict, classify
-from sparklem_core.processor.read_side import as_utc
+from sparklem_core.db.batch import AgentActivity, Batch
+from sparklem_core.db.errors import Verdict, classify
+from sparklem_core.db.read_tables import as_utc
+from sparklem_core.db.store import Store
 from sparklem_core.processor.redrive import Redrive
-from sparklem_core.processor.store import Store
 
 T0 = datetime(2026, 11, 30, 3, 0, 0, 123456, tzinfo=UTC)
 

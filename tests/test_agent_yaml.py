@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sparklem_core.admin import enrollment
 from sparklem_core.admin.enrollment import EnrollmentError
 from sparklem_core.agent import agent as agent_core
-from sparklem_core.processor.registry import create_server_key
+from sparklem_core.fleet.registry import create_server_key
 from sparklem_core.settings.config import load_config
 from sparklem_core.wire import bundle as bundle_file
 from sparklem_core.wire.bundle import BundleError

@@ -408,7 +408,7 @@ def test_reads_on_sqlite_never_hold_up_the_processors_commits(tmp_path: Path, re
     registry refresh), are snapshots: they never take the write lock a commit needs."""
     from sqlalchemy import text
 
-    from sparklem_core.reading.catalog import open_store
+    from sparklem_core.db.store import open_store
 
     config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
     writer = open_schema(config)
@@ -489,7 +489,7 @@ def serve(config: Config, *args: str) -> tuple[int, str]:
 
 def test_serve_refuses_in_one_line(tmp_path: Path) -> None:
     from sparklem_core.http.server import bind
-    from sparklem_core.processor.endpoint import free_port
+    from sparklem_core.processor.metrics_server import free_port
 
     config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3")
     status, said = serve(config, "--listen", "0.0.0.0:8620")
@@ -569,7 +569,7 @@ def test_no_query_string_makes_a_500_on_delete_or_stream(tmp_path: Path) -> None
 
 
 def test_the_processor_and_agent_never_load_fastapi() -> None:
-    imports = ("sparklem_core.cli", "sparklem_core.processor.processor",
+    imports = ("sparklem_core.cli", "sparklem_core.processor.consumer",
                "sparklem_core.agent.agent", "sparklem_core.reading.queries")  # fmt: skip
     assert loaded_packages(imports, ["fastapi", "uvicorn", "starlette"]) == []
 
@@ -603,7 +603,7 @@ def test_tokens_from_the_environment_and_bad_ones_in_one_line(tmp_path: Path) ->
 
 
 def test_without_the_schema_a_503_and_cors_only_when_configured(tmp_path: Path) -> None:
-    from sparklem_core.reading.catalog import open_store
+    from sparklem_core.db.store import open_store
 
     config = make_config(tmp_path, f"sqlite:///{tmp_path}/db.sqlite3", cors_origins=["http://ui"])
     _plugins, store = open_store(config)  # no create_schema: the processor never ran init

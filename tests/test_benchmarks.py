@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sparklem_core import wire
-from sparklem_core.processor.registry import AgentRegistry, load_server_keys
+from sparklem_core.fleet.registry import AgentRegistry, load_server_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 

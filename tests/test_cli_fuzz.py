@@ -22,8 +22,8 @@ from sqlalchemy import delete, insert
 from sparklem_core import cli, wire
 from sparklem_core.admin.cli import parse_plugin_settings
 from sparklem_core.admin.enrollment import EnrollmentError, plugin_specs
-from sparklem_core.processor.registry import create_server_key
-from sparklem_core.processor.store import Store
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.registry import create_server_key
 from sparklem_core.settings.config import Config, load_config
 
 # Names and values a user, a script or a pasted line could hold: plausible shapes and noise.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from sparklem_core.processor.consumer import records_that_fit
 from sparklem_core.processor.pipeline import Record
-from sparklem_core.processor.processor import records_that_fit
 
 
 def records(*sizes: int) -> list[Record]:

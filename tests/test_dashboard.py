@@ -38,7 +38,7 @@ from waiting import wait_for
 
 from benchmarks.dashboard import headless_chromium
 from sparklem_core import check_text
-from sparklem_core.processor.endpoint import LOCALHOST, free_port
+from sparklem_core.processor.metrics_server import LOCALHOST, free_port
 
 pytestmark = pytest.mark.e2e  # a browser and a server process
 

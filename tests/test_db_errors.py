@@ -21,14 +21,15 @@ from Crypto.PublicKey import RSA
 from sqlalchemy import text
 
 from sparklem_core import wire
+from sparklem_core.db.batch import Batch
+from sparklem_core.db.errors import Verdict, classify
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.registry import AgentRegistry
 from sparklem_core.plugin_host import PluginHost
-from sparklem_core.processor.batch import Batch
-from sparklem_core.processor.db_errors import Verdict, classify
-from sparklem_core.processor.pipeline import Pipeline, Record
-from sparklem_core.processor.registry import AgentRegistry
-from sparklem_core.processor.store import Store
+from sparklem_core.processor.pipeline import Record
+from sparklem_core.processor.wiring import build_pipeline
 from sparklem_core.processor.writer import BatchWriter, Interrupted, Unavailable
-from sparklem_core.settings.config import ProcessorSettings
+from sparklem_core.settings.config import Config, ProcessorSettings
 
 # A plugin that trusts its payload: whatever rows it is sent go to a table with limits.
 LOOSE = """\
@@ -191,13 +192,12 @@ class World:
         host = PluginHost(self.tmp / "plugins")
         host.register_tables(self.store.register_table, self.store.drop_registrations)
         self.store.create_schema()
-        self.pipeline = Pipeline(
-            ProcessorSettings(),
+        self.pipeline = build_pipeline(
+            Config(certificates=certs),
+            host,
+            self.store,
             {wire.key_id(self.server): self.server},
             AgentRegistry(certs, refresh_s=3600),
-            host,
-            {},
-            self.store,
         )
         self.writer = BatchWriter(self.pipeline, self.store)
         self.session = wire.SessionKey(self.server)

@@ -16,9 +16,9 @@ from harness import ROOT as PROJECT_ROOT
 
 from sparklem_core import Message, hookspecs, wire
 from sparklem_core.admin.scaffold import files, write_plugin
+from sparklem_core.db import plugin_tables
+from sparklem_core.db.store import Store
 from sparklem_core.plugin_host import PluginHost
-from sparklem_core.processor import plugin_tables
-from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import HttpSettings, ProcessorSettings
 from sparklem_core.settings.validation import plugin_settings
 from sparklem_core.testing.plugin import MakeHarness

@@ -10,7 +10,7 @@ from pathlib import Path
 from harness import Db, Fleet, ProcessorProcess, run_python
 from waiting import wait_for
 
-from sparklem_core.testing.servers import TansuBroker
+from sparklem_core.dev.servers import TansuBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ import pytest
 from harness import Db, Fleet, ProcessorProcess, now_ms, temperature
 from waiting import wait_for
 
-from sparklem_core.testing.servers import TansuBroker
+from sparklem_core.dev.servers import TansuBroker
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from harness import GOOD, Db, Fleet, ProcessorProcess, now_ms, pid_alive, start,
 from waiting import wait_for
 
 from sparklem_core import wire
-from sparklem_core.testing.servers import TansuBroker
+from sparklem_core.dev.servers import TansuBroker
 
 
 def _resign(fleet: Fleet, env: dict, agent: str) -> dict:

@@ -13,9 +13,9 @@ import pytest
 from harness import Db, Fleet, ProcessorProcess, temperature
 from waiting import wait_for
 
-from sparklem_core.processor.processor import idle_report
-from sparklem_core.processor.processor import log as processor_log
-from sparklem_core.testing.servers import TansuBroker
+from sparklem_core.dev.servers import TansuBroker
+from sparklem_core.processor.consumer import idle_report
+from sparklem_core.processor.consumer import log as processor_log
 
 AGENTS = [f"dev-{a:02d}" for a in range(8)]
 # The processor's own lines: "<logger>: assigned t[0], t[1]" and "<logger>: revoked ...".

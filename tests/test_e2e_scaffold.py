@@ -14,7 +14,7 @@ from sqlalchemy import inspect
 from waiting import wait_for
 
 from sparklem_core.cli import main
-from sparklem_core.testing.servers import TansuBroker
+from sparklem_core.dev.servers import TansuBroker
 
 pytestmark = pytest.mark.e2e
 

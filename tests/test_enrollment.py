@@ -1,4 +1,4 @@
-"""Enrolment and bundles: sparklem_core.admin.enrollment and the gen_config.py command line."""
+"""Enrollment and bundles: sparklem_core.admin.enrollment and the gen_config.py command line."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from sparklem_core import wire
 from sparklem_core.admin import cli as admin_cli
 from sparklem_core.admin import enrollment
 from sparklem_core.admin.enrollment import EnrollmentError
-from sparklem_core.processor.registry import create_server_key
+from sparklem_core.fleet.registry import create_server_key
 from sparklem_core.wire import bundle as bundle_file
 from sparklem_core.wire.bundle import BundleError
 
@@ -416,7 +416,7 @@ def test_random_bytes_are_refused_in_one_line(data: bytes) -> None:
     assert str(caught.value) and "\n" not in str(caught.value)
 
 
-# --- enrolment rules -------------------------------------------------------------------
+# --- enrollment rules -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("agent_id", ["", "-lead", "has space", "a/b", "../x", "x" * 65, "é"])

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from sparklem_core import cli
-from sparklem_core.testing.servers import LOCALHOST, free_port
+from sparklem_core.dev.servers import LOCALHOST, free_port
 from tests.harness import Fleet, ProcessorProcess
 from tests.test_config import MAIN, cli_env
 from tests.test_config import cli as run_cli

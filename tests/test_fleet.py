@@ -18,15 +18,15 @@ from pipeline_env import Env, reading, run, temperature
 from sparklem_core import cli
 from sparklem_core.admin import enrollment
 from sparklem_core.admin.enrollment import record_intervals
-from sparklem_core.processor import enrolments
-from sparklem_core.processor.batch import AgentActivity, Batch
-from sparklem_core.processor.fleet_state import (
+from sparklem_core.db import enrollments
+from sparklem_core.db.batch import AgentActivity, Batch
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.state import (
     count_by_state,
     intervals_path,
     inventory,
     read_intervals,
 )
-from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import load_config
 
 LONG_AGO = datetime(2026, 1, 1, tzinfo=UTC)
@@ -67,7 +67,7 @@ def fleet(tmp_path: Path, agent_pem: bytes) -> Path:
     batch.agents["busy"].stored("temperature", AHEAD)
     batch.agents["busy"].rejected("clock_skew", AHEAD)
     store.commit(batch)
-    enrolments.publish(store.engine, store.metadata, "far", "enrolled", agent_pem)  # elsewhere
+    enrollments.publish(store.engine, store.metadata, "far", "enrolled", agent_pem)  # elsewhere
     store.dispose()
     config = tmp_path / "config.yaml"
     config.write_text(f"certificates: {certs}\ndatabase:\n  url: {url}\n")
@@ -134,7 +134,7 @@ def test_a_database_without_the_inventory_is_a_one_line_error(tmp_path: Path) ->
     assert status == 1 and "sparklem init" in err and len(err.strip().splitlines()) == 1
 
 
-def test_enrolment_records_the_intervals(tmp_path: Path) -> None:
+def test_enrollment_records_the_intervals(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
     (certs / "server_private.pem").write_bytes(RSA.generate(2048).export_key(format="PEM"))
@@ -195,8 +195,8 @@ def test_agents_are_counted_by_state_from_what_the_pipeline_stored(env: Env) -> 
     (env.certs / "agents" / "gone.pem").rename(env.certs / "revoked" / "gone.pem")
     (env.certs / "agents" / "dropped.pem").unlink()
     pem = env.keys.agent.public_key().export_key(format="PEM")
-    enrolments.publish(env.store.engine, env.store.metadata, "far", "enrolled", pem)
-    enrolments.publish(env.store.engine, env.store.metadata, "edge-2", "revoked", pem)
+    enrollments.publish(env.store.engine, env.store.metadata, "far", "enrolled", pem)
+    enrollments.publish(env.store.engine, env.store.metadata, "edge-2", "revoked", pem)
     path = env.tmp / "config.yaml"
     path.write_text(json.dumps({"certificates": str(env.certs), "database": {"url": env.url}}))
     config = load_config(path, env={})
@@ -217,7 +217,7 @@ def test_agents_are_counted_by_state_from_what_the_pipeline_stored(env: Env) -> 
 
 def test_the_processor_and_the_read_side_do_not_import_admin() -> None:
     """An agent's state is a rule of its own (processor.fleet_state): the processor's
-    gauge and serve's /agents read it without the enrolment commands' code."""
-    imports = ("sparklem_core.processor.processor", "sparklem_core.reading.queries",
+    gauge and serve's /agents read it without the enrollment commands' code."""
+    imports = ("sparklem_core.processor.consumer", "sparklem_core.reading.queries",
                "sparklem_core.http.errors")  # fmt: skip
     assert loaded_packages(imports, ["sparklem_core.admin"]) == []

@@ -1,5 +1,5 @@
 """Smoke tests for the local Kafka broker, PostgreSQL and MariaDB helpers
-(sparklem_core.testing.servers)."""
+(sparklem_core.dev.servers)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from waiting import wait_for
 
-from sparklem_core.testing.servers import (
+from sparklem_core.dev.servers import (
     LocalMariaDB,
     LocalPostgres,
     LocalServerError,

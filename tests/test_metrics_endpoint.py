@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_for
 
-from sparklem_core.processor.batch import OffsetMark, PartitionKey
-from sparklem_core.processor.endpoint import Check, Endpoint, serve
+from sparklem_core.db.batch import OffsetMark, PartitionKey
+from sparklem_core.dev.servers import free_port
 from sparklem_core.processor.metrics import LagTracker
+from sparklem_core.processor.metrics_server import Check, Endpoint, serve
 from sparklem_core.settings.config import ConfigError, load_config
-from sparklem_core.testing.servers import free_port
 
 
 def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -85,7 +85,7 @@ def test_a_port_in_use_is_an_error_when_configured_and_a_warning_by_default(
 ) -> None:
     from prometheus_client import CollectorRegistry
 
-    from sparklem_core.processor.endpoint import EndpointError
+    from sparklem_core.processor.metrics_server import EndpointError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

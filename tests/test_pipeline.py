@@ -27,8 +27,8 @@ from pipeline_env import (
 from sqlalchemy import text
 
 from sparklem_core import wire
-from sparklem_core.processor.batch import Batch, StreamMark
-from sparklem_core.processor.store import Conflict
+from sparklem_core.db.batch import Batch, StreamMark
+from sparklem_core.db.store import Conflict
 
 
 @pytest.fixture

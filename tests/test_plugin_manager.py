@@ -16,8 +16,8 @@ import yaml
 from harness import ROOT as PROJECT_ROOT
 
 from sparklem_core import Message, PluginResult
+from sparklem_core.db.store import Store
 from sparklem_core.plugin_host import ENTRY_POINT_GROUP, PluginHost, PluginInfo
-from sparklem_core.processor.store import Store
 from sparklem_core.settings.validation import plugin_settings
 
 BUILTINS = {"temperature", "pu_workload"}

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table
 from waiting import wait_for
 
+from sparklem_core.db.batch import Batch
+from sparklem_core.db.plugin_tables import PluginTableRefused, declare
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.registry import create_server_key
 from sparklem_core.plugin_host import PluginHost
-from sparklem_core.processor.batch import Batch
-from sparklem_core.processor.plugin_tables import PluginTableRefused, declare
-from sparklem_core.processor.registry import create_server_key
-from sparklem_core.processor.store import Store
 
 TABLE = "gauge_readings"
 WHEN = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
@@ -226,7 +226,7 @@ def test_a_column_no_longer_declared_is_left_in_place(
     older = store_for(write_plugin(tmp_path / "v1-again", V1_COLUMNS), v1)
     try:
         newer.create_schema()
-        with caplog.at_level(logging.WARNING, logger="sparklem_core.processor.plugin_tables"):
+        with caplog.at_level(logging.WARNING, logger="sparklem_core.db.plugin_tables"):
             assert gauge_changes(older) == []
         add_row(older, "from v1")
     finally:

@@ -16,7 +16,7 @@ from harness import GOOD, ROOT, start
 from test_metrics_endpoint import get, with_http
 from waiting import wait_for
 
-from sparklem_core.testing.servers import _end_process, _spawn, free_port
+from sparklem_core.dev.servers import _end_process, _spawn, free_port
 
 DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "prometheus"

@@ -24,10 +24,12 @@ from sqlalchemy import Column, DateTime, Float, Integer, insert, select, text, u
 from waiting import wait_for
 
 from sparklem_core import Manifest, Message, PluginResult, Setting, hookimpl, wire
+from sparklem_core.fleet.registry import AgentRegistry
 from sparklem_core.processor.pipeline import Pipeline
 from sparklem_core.processor.redrive import PAGE, Redrive, Selection, Summary
-from sparklem_core.processor.registry import AgentRegistry
+from sparklem_core.processor.wiring import build_pipeline
 from sparklem_core.reading.timeparse import parse_time
+from sparklem_core.settings.config import Config
 from sparklem_core.testing import PluginHarness
 from sparklem_core.testing.plugin import MakeHarness
 
@@ -36,13 +38,14 @@ QUARANTINE = ("rejected_messages", "rejected_records")
 
 def today(env: Env, max_celsius: float = 150) -> Pipeline:
     """The pipeline as the command builds it: today's registry, plugins and settings."""
-    return Pipeline(
-        env.settings,
-        {wire.key_id(env.keys.server): env.keys.server},
-        AgentRegistry(env.certs, refresh_s=3600),
-        env.host,
-        {"temperature": {"max_celsius": max_celsius}},
-        env.store,
+    config = Config(
+        certificates=env.certs,
+        plugins={"temperature": {"max_celsius": max_celsius}},
+        processor=env.settings,
+    )
+    server_keys = {wire.key_id(env.keys.server): env.keys.server}
+    return build_pipeline(
+        config, env.host, env.store, server_keys, AgentRegistry(env.certs, refresh_s=3600)
     )
 
 
@@ -218,13 +221,13 @@ def gauges_plugin(own_row: bool = True) -> types.ModuleType:
 
 def fixed(harness: PluginHarness, limit: float) -> Pipeline:
     """The harness's pipeline with ``limit`` changed."""
-    return Pipeline(
-        harness.pipeline.settings,
-        harness.pipeline.server_keys,
-        harness.registry,
-        harness.host,
-        {"gauges": {"limit": limit}},
-        harness.store,
+    config = Config(
+        certificates=harness.certs,
+        plugins={"gauges": {"limit": limit}},
+        processor=harness.pipeline.settings,
+    )
+    return build_pipeline(
+        config, harness.host, harness.store, harness.pipeline.server_keys, harness.registry
     )
 
 

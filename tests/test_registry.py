@@ -1,4 +1,4 @@
-"""sparklem_core.processor.registry: enrolled and revoked agents, server keys."""
+"""sparklem_core.fleet.registry: enrolled and revoked agents, server keys."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from waiting import wait_for
 from sparklem_core import wire
 from sparklem_core.admin import enrollment
 from sparklem_core.files import MAX_KEY_FILE_BYTES
-from sparklem_core.processor.registry import (
+from sparklem_core.fleet.registry import (
     AgentRegistry,
     NoServerKey,
     create_server_key,

@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, String
 from waiting import wait_for
 
-from sparklem_core.processor.batch import Batch
+from sparklem_core.db.batch import Batch
+from sparklem_core.db.store import Store
+from sparklem_core.dev.servers import TansuBroker
 from sparklem_core.processor.retention import (
     FIRST_BATCH_ROWS,
     BackgroundPruner,
@@ -31,7 +33,6 @@ from sparklem_core.processor.retention import (
     Pruner,
     targets,
 )
-from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import (
     MAX_RETENTION,
     ConfigError,
@@ -40,7 +41,6 @@ from sparklem_core.settings.config import (
     load_config,
     parse_duration,
 )
-from sparklem_core.testing.servers import TansuBroker
 
 T0 = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

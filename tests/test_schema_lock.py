@@ -16,12 +16,13 @@ from alembic.script import ScriptDirectory
 from harness import ROOT, Db, Fleet, ProcessorProcess, temperature
 from waiting import wait_for
 
-from sparklem_core.cli import prepare
-from sparklem_core.processor import store as store_module
-from sparklem_core.processor.registry import create_server_key
-from sparklem_core.processor.schema_lock import SchemaLockTimeout, schema_lock
+from sparklem_core.db import store as store_module
+from sparklem_core.db.engines import make_engine
+from sparklem_core.db.schema_lock import SchemaLockTimeout, schema_lock
+from sparklem_core.dev.servers import TansuBroker
+from sparklem_core.fleet.registry import create_server_key
+from sparklem_core.processor.wiring import prepare
 from sparklem_core.settings.config import load_config
-from sparklem_core.testing.servers import TansuBroker
 
 N = 4
 
@@ -102,7 +103,7 @@ def test_concurrent_create_schema_threads(config_path: Path) -> None:
 
 
 def test_init_waits_for_the_lock_and_says_so(config_path: Path, database_url: str) -> None:
-    engine = store_module.make_engine(database_url)
+    engine = make_engine(database_url)
     output = config_path.parent / "init.out"
     try:
         with schema_lock(engine), open(output, "w") as out:
@@ -127,7 +128,7 @@ def test_init_waits_for_the_lock_and_says_so(config_path: Path, database_url: st
 
 def test_create_schema_gives_up_after_the_lock_timeout(database_url: str) -> None:
     holder, waiter = (
-        store_module.make_engine(database_url),
+        make_engine(database_url),
         store_module.Store(database_url, "g"),
     )
     try:

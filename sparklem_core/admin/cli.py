@@ -24,11 +24,11 @@ from sparklem_core.admin.enrollment import (
     format_agents,
     list_agents,
     plugin_specs,
-    publish_enrolment,
+    publish_enrollment,
     revoke,
     revoked_key_path,
 )
-from sparklem_core.processor.enrolments import ENROLLED, REVOKED
+from sparklem_core.db.enrollments import ENROLLED, REVOKED
 from sparklem_core.settings.config import (
     Config,
     ConfigError,
@@ -149,7 +149,7 @@ def cmd_enroll(config: Config, args: argparse.Namespace) -> int:
         )
     # Last: the bundle and its passphrase are shown whatever the database says.
     retry = "re-issue the agent with --force once the database is reachable"
-    print(f"recorded:    {publish_enrolment(config, agent_id, ENROLLED, result.key_path, retry)}")
+    print(f"recorded:    {publish_enrollment(config, agent_id, ENROLLED, result.key_path, retry)}")
     return 0
 
 
@@ -158,11 +158,11 @@ def cmd_revoke(config: Config, args: argparse.Namespace) -> int:
     target = revoked_key_path(config.certificates, args.revoke)
     if target.exists() and not agent_key_path(config.certificates, args.revoke).exists():
         # revoked here before: recording it in the database again is what may be missing
-        where = publish_enrolment(config, args.revoke, REVOKED, target)
+        where = publish_enrollment(config, args.revoke, REVOKED, target)
         print(f"revoked: {args.revoke} was already revoked ({target}); {where}")
         return 0
     path = revoke(config.certificates, args.revoke)
-    where = publish_enrolment(config, args.revoke, REVOKED, path)
+    where = publish_enrollment(config, args.revoke, REVOKED, path)
     print(f"revoked: {args.revoke} (key moved to {path}); {where}")
     print("every processor reading it refuses the agent within its registry_refresh_s")
     return 0

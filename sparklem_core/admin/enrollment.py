@@ -1,4 +1,4 @@
-"""Agent enrolment: the logic behind ``gen_config.py`` (and the demo).
+"""Agent enrollment: the logic behind ``gen_config.py`` (and the demo).
 
 Enrolling an agent makes its RSA key pair, stores the public half in
 ``<certificates>/agents/<id>.pem`` and writes the bundle the device needs
@@ -26,12 +26,7 @@ from Crypto.PublicKey import RSA
 
 from sparklem_core import wire
 from sparklem_core.files import UnusableFile, read_regular_file, write_atomic
-from sparklem_core.processor.fleet_state import (
-    FleetError,
-    agent_files,
-    intervals_path,
-)
-from sparklem_core.processor.registry import (
+from sparklem_core.fleet.registry import (
     AGENTS_DIR,
     KEY_PARSE_ERRORS,
     MISPLACED_SECRET,
@@ -41,6 +36,11 @@ from sparklem_core.processor.registry import (
     load_server_keys,
     one_line,
     read_agent_key,
+)
+from sparklem_core.fleet.state import (
+    FleetError,
+    agent_files,
+    intervals_path,
 )
 from sparklem_core.settings.config import (
     Config,
@@ -182,21 +182,21 @@ def record_intervals(certificates: Path, agent_id: str, intervals: Mapping[str, 
     return path
 
 
-def publish_enrolment(
+def publish_enrollment(
     config: Config,
     agent_id: str,
     state: str,
     key_path: Path,
     retry: str = "run the same command again once the database is reachable",
 ) -> str:
-    """Record the agent's enrolment or revocation in the database for every processor host;
+    """Record the agent's enrollment or revocation in the database for every processor host;
     says where it was recorded. :class:`EnrollmentError`, saying ``retry``, when the
     database cannot be written."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from sparklem_core.processor import enrolments
-    from sparklem_core.processor.store import Store
+    from sparklem_core.db import enrollments
+    from sparklem_core.db.store import Store
 
     url = make_url(config.database_url)
     files_only = f"{state} in {certificates_text(config)} only"
@@ -205,7 +205,7 @@ def publish_enrolment(
     store = Store(config.database_url, config.group_id)
     try:
         pem = read_regular_file(key_path)
-        published = enrolments.publish(store.engine, store.metadata, agent_id, state, pem)
+        published = enrollments.publish(store.engine, store.metadata, agent_id, state, pem)
     except UnusableFile as exc:
         raise EnrollmentError(f"{key_path} {exc}") from None
     except SQLAlchemyError as exc:
@@ -217,7 +217,7 @@ def publish_enrolment(
     finally:
         store.dispose()
     if not published:
-        return f"{files_only} (the database has no {enrolments.TABLE} table: run sparklem init)"
+        return f"{files_only} (the database has no {enrollments.TABLE} table: run sparklem init)"
     return f"{state} in {certificates_text(config)} and in the database (every processor host)"
 
 
@@ -410,7 +410,7 @@ def create_agent(
     """Check, make the key pair, write ``out_dir/config.tar.xz``, then enroll the key.
 
     Everything that can be refused is checked before anything is written; a bundle whose
-    enrolment then fails is removed again.
+    enrollment then fails is removed again.
     """
     check_enrollable(certificates, agent_id, force)
     if bits < wire.MIN_RSA_BITS:

@@ -1,12 +1,12 @@
 """``sparklem agents`` as a text table; what each agent's state is and the JSON form
-are :mod:`sparklem_core.processor.fleet_state`'s, shared with the processor and ``serve``."""
+are :mod:`sparklem_core.fleet.state`'s, shared with the processor and ``serve``."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sparklem_core.processor.fleet_state import AgentStatus
-from sparklem_core.processor.registry import one_line
+from sparklem_core.fleet.registry import one_line
+from sparklem_core.fleet.state import AgentStatus
 
 
 def table_rows(statuses: list[AgentStatus], now: datetime) -> list[tuple[str, ...]]:

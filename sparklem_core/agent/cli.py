@@ -21,8 +21,8 @@ from sparklem_core.agent.agent import (
     AgentError,
     default_state_dir,
 )
-from sparklem_core.logsetup import add_log_level_argument, setup_logging
 from sparklem_core.plugin_host import default_plugins_dir
+from sparklem_core.settings.logs import add_log_level_argument, setup_logging
 from sparklem_core.settings.masking import mask_secrets, remember_secret
 from sparklem_core.wire.bundle import (
     BUNDLE_NAME,

@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from sparklem_core.agent.spool import Spool
-from sparklem_core.logsetup import OncePerMinute
+from sparklem_core.settings.logs import OncePerMinute
 from sparklem_core.wire.bundle import DEFAULT_STALL_TIMEOUT_S
 
 log = logging.getLogger("sparklem.agent")

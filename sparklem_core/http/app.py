@@ -11,10 +11,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from sparklem_core import __version__
+from sparklem_core.db.store import Store, open_store
 from sparklem_core.http import errors, routes
 from sparklem_core.http.auth import Audit, Tokens
-from sparklem_core.processor.store import Store
-from sparklem_core.reading.catalog import Catalog, open_store
+from sparklem_core.reading.catalog import Catalog
 from sparklem_core.settings.config import Config
 
 STATIC = Path(__file__).parent / "static"  # the dashboard (index.html, app.js, vendor/)

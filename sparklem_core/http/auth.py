@@ -22,8 +22,8 @@ from typing import Any
 
 from fastapi import Request
 
+from sparklem_core.db.read_tables import rfc3339
 from sparklem_core.http.errors import ApiError
-from sparklem_core.processor.read_side import rfc3339
 from sparklem_core.settings.config import ServeSettings
 
 COOKIE = "sparklem_session"

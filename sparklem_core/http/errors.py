@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sparklem_core.processor.fleet_state import FleetError
-from sparklem_core.processor.writer import first_line
+from sparklem_core.db.errors import first_line
+from sparklem_core.fleet.state import FleetError
 from sparklem_core.reading.catalog import ReadError
 from sparklem_core.settings.config import mask_secrets
 

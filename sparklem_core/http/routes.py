@@ -23,6 +23,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
+from sparklem_core.db.plugin_tables import PluginTable
+from sparklem_core.db.store import Store
 from sparklem_core.http.auth import (
     COOKIE,
     Audit,
@@ -33,8 +35,6 @@ from sparklem_core.http.auth import (
     session_cookie,
 )
 from sparklem_core.http.errors import ApiError
-from sparklem_core.processor.plugin_tables import PluginTable
-from sparklem_core.processor.store import Store
 from sparklem_core.reading import queries
 from sparklem_core.reading.catalog import Catalog, ReadError
 from sparklem_core.settings.config import Config
@@ -132,7 +132,7 @@ def agents(
     limit: Text = None,
     cursor: Text = None,
 ) -> JSONResponse:
-    """The fleet: state, enrolment, last seen, counts, silent flag; filtered; by agent id,
+    """The fleet: state, enrollment, last seen, counts, silent flag; filtered; by agent id,
     ``limit`` at a time when given (then ``next`` is the ``cursor`` of the next page)."""
     _only(request, ("state", "silent", "agent", "limit", "cursor"))
     if silent not in (None, "true", "false"):

@@ -8,8 +8,7 @@ import ipaddress
 import logging
 import socket
 
-from sparklem_core.processor.endpoint import parse_listen
-from sparklem_core.settings.config import Config
+from sparklem_core.settings.config import Config, parse_listen
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sparklem_core.processor.writer import first_line
+from sparklem_core.db.errors import first_line
 from sparklem_core.settings.config import mask_secrets
 
 if TYPE_CHECKING:

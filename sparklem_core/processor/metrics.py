@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sparklem_core import wire
-from sparklem_core.processor.batch import OffsetMark, PartitionKey
+from sparklem_core.db.batch import OffsetMark, PartitionKey
 from sparklem_core.processor.pipeline import Stats
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,7 @@ from typing import Any
 from Crypto.PublicKey import RSA
 
 from sparklem_core import wire
-from sparklem_core.plugin_api import Message, text_problem
-from sparklem_core.plugin_host import PluginHost, PluginInfo
-from sparklem_core.processor.batch import (
+from sparklem_core.db.batch import (
     Batch,
     OffsetMark,
     PartitionKey,
@@ -35,8 +33,10 @@ from sparklem_core.processor.batch import (
     StreamKey,
     StreamMark,
 )
-from sparklem_core.processor.registry import AgentRegistry
-from sparklem_core.processor.store import Store
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.registry import AgentRegistry
+from sparklem_core.plugin_api import Message, text_problem
+from sparklem_core.plugin_host import PluginHost, PluginInfo
 from sparklem_core.settings.config import ProcessorSettings
 from sparklem_core.settings.validation import plugin_settings as checked_settings
 

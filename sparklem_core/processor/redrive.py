@@ -1,10 +1,10 @@
 """Redrive: quarantined records through today's pipeline, after a fix.
 
-After a plugin fix, a settings change or the enrolment of an agent that was unknown,
+After a plugin fix, a settings change or the enrollment of an agent that was unknown,
 each quarantined record (a ``rejected_records`` row and its ``rejected_messages`` rows)
 is judged again by :meth:`~sparklem_core.processor.pipeline.Pipeline.judge`, every
 check included (signature, revocation, server key, plugin, text), and stored by
-:meth:`~sparklem_core.processor.store.Store.commit`, one transaction per record (or per
+:meth:`~sparklem_core.db.store.Store.commit`, one transaction per record (or per
 group of records, each atomic):
 
 * stored: its rows are written and its quarantine rows deleted; ``sparklem_redriven``
@@ -19,7 +19,7 @@ group of records, each atomic):
   skipped and named.
 
 Another redrive or a processor committing at the same time makes a transaction fail
-with :class:`~sparklem_core.processor.store.Conflict`; the record is then judged again
+with :class:`~sparklem_core.db.store.Conflict`; the record is then judged again
 from what the database holds, as :class:`~sparklem_core.processor.writer.BatchWriter`
 does.
 """
@@ -39,8 +39,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, select, true
 
 from sparklem_core import wire
-from sparklem_core.plugin_api import Message
-from sparklem_core.processor.batch import (
+from sparklem_core.db.batch import (
     WHOLE_MESSAGE,
     Batch,
     Redriven,
@@ -48,14 +47,14 @@ from sparklem_core.processor.batch import (
     StreamKey,
     StreamMark,
 )
-from sparklem_core.processor.db_errors import Verdict, classify
+from sparklem_core.db.errors import Verdict, classify, first_line
+from sparklem_core.db.store import Conflict, Store
+from sparklem_core.plugin_api import Message
 from sparklem_core.processor.pipeline import Narrow, Pipeline, Record, Stats
-from sparklem_core.processor.store import Conflict, Store
 from sparklem_core.processor.writer import (
     MAX_CONFLICTS,
     Unavailable,
     commit_refusal,
-    first_line,
     refused_rows,
 )
 

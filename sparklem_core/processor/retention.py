@@ -60,7 +60,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from sparklem_core.processor.store import Store
+from sparklem_core.db.store import Store
 from sparklem_core.settings.config import ConfigError, ProcessorSettings, format_duration
 
 log = logging.getLogger(__name__)

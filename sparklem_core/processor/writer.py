@@ -1,15 +1,15 @@
 """Storing consumed records: one transaction per batch, record by record when refused.
 
-The step between the pipeline (records → :class:`~sparklem_core.processor.store.Batch`) and
+The step between the pipeline (records → :class:`~sparklem_core.db.store.Batch`) and
 the Kafka offset commit, without Kafka: the consumer loop, the fuzz tests and the
 benchmarks all store through :class:`BatchWriter`.
 
 What can happen to a batch:
 
 * it commits: its marks are adopted and its offsets may be committed to Kafka;
-* another processor moved a mark first (:class:`~sparklem_core.processor.store.Conflict`): the
+* another processor moved a mark first (:class:`~sparklem_core.db.store.Conflict`): the
   batch is processed again from fresh marks;
-* the database is unavailable (:mod:`~sparklem_core.processor.db_errors` says so): nothing is
+* the database is unavailable (:mod:`~sparklem_core.db.errors` says so): nothing is
   stored and :class:`Unavailable` asks the caller to retry the same records later;
 * the database refuses the data: the batch is stored record by record, and a record
   whose own rows are refused becomes an ``invalid_payload`` rejection.
@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparklem_core.processor.batch import Batch
-from sparklem_core.processor.db_errors import Verdict, classify
+from sparklem_core.db.batch import Batch
+from sparklem_core.db.errors import Verdict, classify, first_line
+from sparklem_core.db.store import Conflict, Store
 from sparklem_core.processor.pipeline import Pipeline, Record, Stats
-from sparklem_core.processor.store import Conflict, Store
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,3 @@ def commit_refusal(store: Store, refused: Batch) -> None:
     except Exception as again:
         # A rejection row holds only checked, escaped values: the database itself fails.
         raise Unavailable(first_line(again)) from again
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of a database error's message, for a log or a rejection detail."""
-    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
-    return text.splitlines()[0][:300]

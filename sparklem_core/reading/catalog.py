@@ -1,8 +1,8 @@
 """What can be read: each loaded plugin's tables, as its manifest declares them.
 
 Built from the same plugin loading as ``python3 main.py plugins`` and the processor
-(:func:`open_store`), so a third-party plugin's tables are readable without extra code:
-its time column, series keys and value columns (``register(..., time=, series=,
+(:func:`sparklem_core.db.store.open_store`), so a third-party plugin's tables are readable
+without extra code: its time column, series keys and value columns (``register(..., time=, series=,
 values=)``) say what the API filters, groups and returns.
 """
 
@@ -11,11 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sparklem_core.plugin_host import PluginHost
-from sparklem_core.processor.db_errors import check_database_url
-from sparklem_core.processor.plugin_tables import PluginTable
-from sparklem_core.processor.store import Store
-from sparklem_core.settings.config import Config, load_plugins
+from sparklem_core.db.plugin_tables import PluginTable
+from sparklem_core.db.store import Store
 
 
 class ReadError(ValueError):
@@ -25,16 +22,6 @@ class ReadError(ValueError):
         super().__init__(message)
         self.param = param
         self.not_found = not_found
-
-
-def open_store(config: Config, *, reader: bool = False) -> tuple[PluginHost, Store]:
-    """Load the plugins and declare every table (core and plugins) on a Store
-    (a ``reader``'s: see :func:`~sparklem_core.processor.store.make_engine`)."""
-    plugins = load_plugins(config)
-    check_database_url(config.database_url)  # a permanent mistake: no retry loop for it
-    store = Store(config.database_url, config.group_id, reader=reader)
-    plugins.register_tables(store.register_table, store.drop_registrations)
-    return plugins, store
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The feed of stored readings and rejections, in commit order, for ``serve`` and ``tail``.
 
 The processor writes each batch's events to ``sparklem_feed`` under a ``commit_seq`` that
-rises in commit order (:mod:`sparklem_core.processor.read_side`). An event's id is
+rises in commit order (:mod:`sparklem_core.db.read_tables`). An event's id is
 ``COMMITSEQ-PART-N``: its batch, the part of that batch, its index in the part. A reader
 keeps the id of the last event it saw and asks for what follows; each call reads in a
 fresh transaction, so it sees every batch committed before it, and none is committed
@@ -22,8 +22,8 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, or_, select
 
-from sparklem_core.processor.read_side import REJECTION_COLUMNS, rfc3339
-from sparklem_core.processor.store import core_metadata
+from sparklem_core.db.read_tables import REJECTION_COLUMNS, rfc3339
+from sparklem_core.db.schema import core_metadata
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class FeedReader:
 
 @dataclass(frozen=True)
 class _Group:
-    """A stored group, checked once for all its rows (read_side.Group)."""
+    """A stored group, checked once for all its rows (read_tables.Group)."""
 
     kind: str | None  # None: not a group the processor writes, its rows are skipped
     plugin: str | None

@@ -35,17 +35,17 @@ from sqlalchemy import (
     select,
 )
 
-from sparklem_core.processor.enrolments import ENROLLED, REVOKED
-from sparklem_core.processor.fleet_state import (
+from sparklem_core.db.enrollments import ENROLLED, REVOKED
+from sparklem_core.db.plugin_tables import PluginTable
+from sparklem_core.db.read_tables import rfc3339
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.state import (
     ACTIVE,
     NEVER_SEEN,
     SILENT,
     AgentStatus,
     inventory,
 )
-from sparklem_core.processor.plugin_tables import PluginTable
-from sparklem_core.processor.read_side import rfc3339
-from sparklem_core.processor.store import Store
 from sparklem_core.reading.catalog import ReadError
 from sparklem_core.reading.timeparse import parse_time
 from sparklem_core.settings.config import Config
@@ -192,7 +192,7 @@ def latest(store: Store, table: PluginTable, f: Filters, now: datetime) -> list[
 
     A primary-key lookup (table, agents): never a scan of the history, whatever its size.
     The stored row is the item without ``agent_id`` and ``age_s``
-    (:mod:`sparklem_core.processor.read_side`): it is checked and spliced, not rebuilt.
+    (:mod:`sparklem_core.db.read_tables`): it is checked and spliced, not rebuilt.
     A row that is not JSON or does not fit (another version of the plugin, tampering) is
     skipped; one in the column form written before (``{"sensor": ..., "celsius": ...,
     "measured_at": ...}``) is answered in the same shape.

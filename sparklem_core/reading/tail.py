@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from sqlalchemy import Engine, create_engine, inspect, make_url
 from sqlalchemy.exc import DBAPIError
 
-from sparklem_core.processor.read_side import rfc3339
+from sparklem_core.db.read_tables import rfc3339
 from sparklem_core.reading.feed import EventFilter, FeedEvent, FeedReader
 
 log = logging.getLogger(__name__)

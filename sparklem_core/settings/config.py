@@ -162,7 +162,7 @@ class ProcessorSettings(BaseModel):
         10_000, gt=0, le=10_000_000, description="unwrapped session keys kept, LRU by (kid, ek)"
     )
     registry_refresh_s: float = Field(
-        5.0, gt=0, le=3600, description="how often enrolments and revocations are re-read"
+        5.0, gt=0, le=3600, description="how often enrollments and revocations are re-read"
     )
     rejected_raw_max_bytes: int = Field(
         16 * 1024, gt=0, le=64 * 1024 * 1024, description="rejected_messages.raw is cut beyond"
@@ -228,6 +228,12 @@ def check_listen(value: str) -> str:
     if not sep or odd_host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError('must be "HOST:PORT" (port 1-65535), or "" for no HTTP endpoint')
     return value
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port); the config checked its form."""
+    host, _, port = listen.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 class HttpSettings(BaseModel):
@@ -317,14 +323,14 @@ class FleetSettings(BaseModel):
         gt=0,
         le=366 * 86400,
         description="an agent without a message this long is silent; default: three times "
-        "its shortest collection interval, recorded at enrolment",
+        "its shortest collection interval, recorded at enrollment",
     )
     count_every_s: float = Field(
         30,
         gt=0,
         le=86400,
         description="how often the processor counts agents by state for /metrics "
-        "(sparklem_agents): one read of the inventory and enrolment tables",
+        "(sparklem_agents): one read of the inventory and enrollment tables",
     )
 
 

@@ -1,6 +1,6 @@
 """Secrets never reach output: masked in URLs, and wherever a remembered one appears.
 
-:class:`SecretFilter` sits on the log handler (``logsetup.setup_logging``); the commands
+:class:`SecretFilter` sits on the log handler (``settings.logs.setup_logging``); the commands
 also pass their one-line error messages through :func:`mask_secrets`.
 """
 

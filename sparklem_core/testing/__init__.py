@@ -14,6 +14,20 @@ Installed as a pytest plugin (entry point ``pytest11``), so a plugin's tests get
 Outside pytest, :class:`PluginHarness` is the same thing (close it when done).
 """
 
-from sparklem_core.testing.harness import Outcome, PluginHarness, Rejection
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sparklem_core.testing.harness import Outcome, PluginHarness, Rejection
 
 __all__ = ["Outcome", "PluginHarness", "Rejection"]
+
+
+def __getattr__(name: str) -> Any:
+    """The harness on first use: importing this package loads no database stack."""
+    if name in __all__:
+        from sparklem_core.testing import harness
+
+        return getattr(harness, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,13 +16,14 @@ from Crypto.PublicKey import RSA
 from sqlalchemy import select
 
 from sparklem_core import wire
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.registry import AgentRegistry
 from sparklem_core.plugin_api import Manifest, Message, PluginResult
 from sparklem_core.plugin_host import PluginHost, PluginInfo
-from sparklem_core.processor.pipeline import Pipeline, Record, Stats
-from sparklem_core.processor.registry import AgentRegistry
-from sparklem_core.processor.store import Store
+from sparklem_core.processor.pipeline import Record, Stats
+from sparklem_core.processor.wiring import build_pipeline
 from sparklem_core.processor.writer import BatchWriter
-from sparklem_core.settings.config import ProcessorSettings
+from sparklem_core.settings.config import Config
 from sparklem_core.settings.validation import plugin_settings
 
 GROUP = "sparklem-testing"
@@ -101,13 +102,9 @@ class PluginHarness:
         )
         self.registry = AgentRegistry(self.certs, refresh_s=3600)
         server = _key("server")
-        self.pipeline = Pipeline(
-            ProcessorSettings(),
-            {wire.key_id(server): server},
-            self.registry,
-            self.host,
-            {self.manifest.name: dict(settings or {})},
-            self.store,
+        config = Config(certificates=self.certs, plugins={self.manifest.name: dict(settings or {})})
+        self.pipeline = build_pipeline(
+            config, self.host, self.store, {wire.key_id(server): server}, self.registry
         )
         self.settings = self.pipeline.plugin_settings[self.manifest.name]
         self.writer = BatchWriter(self.pipeline, self.store)

@@ -1,17 +1,23 @@
-"""The kit's pytest fixtures; registered through the ``pytest11`` entry point ``sparklem``."""
+"""The kit's pytest fixtures; registered through the ``pytest11`` entry point ``sparklem``.
+
+Loaded into every pytest run where sparklem is installed, so it imports nothing heavy until
+a test asks for a fixture: the harness (and with it SQLAlchemy and the processor) is
+imported inside the fixture.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from sparklem_core.testing.harness import PluginHarness
+if TYPE_CHECKING:
+    from sparklem_core.testing.harness import PluginHarness
 
-MakeHarness = Callable[..., PluginHarness]
+MakeHarness = Callable[..., "PluginHarness"]
 
 
 @pytest.fixture
@@ -21,6 +27,8 @@ def plugin_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeHar
     ``plugin`` is the plugin's module (or its dotted name); ``settings`` its
     processor-side settings, as ``plugins.<name>`` in ``config.yaml`` would hold them.
     """
+    from sparklem_core.testing.harness import PluginHarness
+
     made: list[PluginHarness] = []
 
     def make(plugin: ModuleType | str, settings: Mapping[str, Any] | None = None) -> PluginHarness:

@@ -11,6 +11,7 @@ from functools import cached_property
 
 from Crypto.PublicKey import RSA
 
+from sparklem_core.plugin_api import NAME_RE
 from sparklem_core.wire.jsonlimits import loads_json
 from sparklem_core.wire.reasons import MALFORMED, Rejected
 
@@ -19,7 +20,7 @@ MIN_RSA_BITS = 2048
 IV_BYTES = 12
 TAG_BYTES = 16
 AGENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-PLUGIN_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+PLUGIN_NAME_RE = NAME_RE  # the plugin API's name rule: the topic suffix and envelope field
 KID_RE = re.compile(r"[0-9a-f]{16}")
 
 

@@ -8,7 +8,7 @@ Create Date: 2026-11-30
 import sqlalchemy as sa
 from alembic import op
 
-from sparklem_core.processor.mysql_types import TABLE_OPTIONS  # ids compared byte for byte
+from sparklem_core.db.mysql_types import TABLE_OPTIONS  # ids compared byte for byte
 
 revision = "0005"
 down_revision = "0004"

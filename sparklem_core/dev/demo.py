@@ -28,7 +28,7 @@ from Crypto.PublicKey import RSA
 from sqlalchemy import create_engine, text
 
 from sparklem_core import wire
-from sparklem_core.processor.registry import create_server_key, load_server_keys
+from sparklem_core.fleet.registry import create_server_key, load_server_keys
 from sparklem_core.settings.config import load_config
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def run_demo(
     wipes that database (the keys are kept).
     """
     from sparklem_core.admin.enrollment import create_agent, plugin_specs
-    from sparklem_core.testing.servers import LocalServerError, TansuBroker
+    from sparklem_core.dev.servers import LocalServerError, TansuBroker
 
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ def _serve_port() -> int:
     """serve's documented port when free, else any free one (a second demo, a real serve)."""
     import socket
 
-    from sparklem_core.processor.endpoint import free_port
+    from sparklem_core.processor.metrics_server import free_port
     from sparklem_core.settings.config import DEFAULT_SERVE_PORT
 
     with socket.socket() as probe:

@@ -33,24 +33,24 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from sparklem_core.logsetup import OncePerMinute
-from sparklem_core.processor.batch import Batch, PartitionKey
-from sparklem_core.processor.endpoint import Check
-from sparklem_core.processor.fleet_state import count_by_state
+from sparklem_core.db.batch import Batch, PartitionKey
+from sparklem_core.db.mysql_types import max_packet_bytes, packet_problem
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.state import count_by_state
 from sparklem_core.processor.metrics import AgentStates, LagTracker, Metrics, Snapshot
-from sparklem_core.processor.mysql_types import max_packet_bytes, packet_problem
+from sparklem_core.processor.metrics_server import Check
 from sparklem_core.processor.pipeline import Pipeline, Record, Stats
 from sparklem_core.processor.retention import BackgroundPruner, Pruner, Target
-from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import BatchWriter, Interrupted, Unavailable
 from sparklem_core.settings.config import Config, mask_url
+from sparklem_core.settings.logs import OncePerMinute
 
 log = logging.getLogger(__name__)
 
 # librdkafka properties shared by every client kind (safe to hand to the admin client).
 _CLIENT_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.", "socket.", "broker.")
 # Errors that pass when the database comes back, while the schema is prepared at start
-# (batches are judged by sparklem_core.processor.db_errors instead).
+# (batches are judged by sparklem_core.db.errors instead).
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 # How often a processor that never held a partition says it still waits for the group.
 WAITING_LOG_EVERY_S = 10

@@ -2,11 +2,11 @@
 ``sparklem_agents`` gauge and ``serve``'s ``/agents`` share.
 
 Every agent enrolled or revoked in the certificates directory or in the database
-(``sparklem_enrolments``: enrolled on another host; a revocation in either wins), and
+(``sparklem_enrollments``: enrolled on another host; a revocation in either wins), and
 every agent the processors have stored a message or a rejection of (``sparklem_agents``:
 authenticated agents only), with its counts and whether it went silent: no message for
 longer than ``fleet.silent_after_s`` when configured, else three times its shortest
-collection interval. The processor learns the intervals at enrolment: ``gen_config``
+collection interval. The processor learns the intervals at enrollment: ``gen_config``
 writes them next to the agent's public key (``agents/<id>.intervals.json``), as the wire
 contract carries no interval.
 """
@@ -24,12 +24,12 @@ from pydantic import Field, TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from sparklem_core.db.enrollments import ENROLLED, REVOKED, TABLE
+from sparklem_core.db.errors import first_line
+from sparklem_core.db.read_tables import as_utc, rfc3339
+from sparklem_core.db.store import Store
 from sparklem_core.files import UnusableFile, _strerror, read_regular_file
-from sparklem_core.processor.enrolments import ENROLLED, REVOKED, TABLE
-from sparklem_core.processor.read_side import as_utc, rfc3339
-from sparklem_core.processor.registry import AGENTS_DIR, REVOKED_DIR
-from sparklem_core.processor.store import Store
-from sparklem_core.processor.writer import first_line
+from sparklem_core.fleet.registry import AGENTS_DIR, REVOKED_DIR
 from sparklem_core.settings.config import Config, mask_secrets
 from sparklem_core.settings.validation import MAX_INTERVAL_S
 
@@ -104,7 +104,7 @@ def inventory(config: Config, now: datetime, store: Store | None = None) -> list
     finally:
         if store is None:
             reading.dispose()
-    states = enrolment_states(config, in_database)
+    states = enrollment_states(config, in_database)
     recorded = recorded_intervals(config.certificates)
     statuses = []
     for agent_id in sorted(states.keys() | seen.keys()):
@@ -131,7 +131,7 @@ def count_by_state(config: Config, store: Store, now: datetime) -> dict[str, int
     seen, _plugins, in_database = _read_tables(config, store, whole=False)
     counts = dict.fromkeys(COUNTED.values(), 0)
     recorded = recorded_intervals(config.certificates)
-    for agent_id, state in enrolment_states(config, in_database).items():
+    for agent_id, state in enrollment_states(config, in_database).items():
         if state == REVOKED:
             counts[COUNTED[REVOKED]] += 1
         else:
@@ -140,8 +140,8 @@ def count_by_state(config: Config, store: Store, now: datetime) -> dict[str, int
     return counts
 
 
-def enrolment_states(config: Config, in_database: dict[str, str]) -> dict[str, str]:
-    """Each agent's state from the certificates directory and ``sparklem_enrolments``
+def enrollment_states(config: Config, in_database: dict[str, str]) -> dict[str, str]:
+    """Each agent's state from the certificates directory and ``sparklem_enrollments``
     (enrolled on another host): a revocation in either wins."""
     states = {path.name.removesuffix(".pem"): status
               for status, path in agent_files(config.certificates)}  # fmt: skip
@@ -179,7 +179,7 @@ def _read_tables(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, PluginSeen]], dict[str, str]]:
     """sparklem_agents by agent (``whole``: every column, else only ``last_seen``),
     sparklem_agent_plugins by agent and plugin (only when ``whole``), and the states in
-    sparklem_enrolments (only those we write)."""
+    sparklem_enrollments (only those we write)."""
     agents = store.metadata.tables["sparklem_agents"]
     per_plugin = store.metadata.tables["sparklem_agent_plugins"]
     enrolled = store.metadata.tables[TABLE]
@@ -234,7 +234,7 @@ def recorded_intervals(certificates: Path) -> frozenset[str]:
 
 
 def read_intervals(certificates: Path, agent_id: str) -> dict[str, float]:
-    """The intervals recorded at enrolment; empty when none were (or the file is unusable)."""
+    """The intervals recorded at enrollment; empty when none were (or the file is unusable)."""
     try:
         data = read_regular_file(intervals_path(certificates, agent_id), MAX_INTERVALS_BYTES)
         return _Intervals.validate_json(data)

@@ -17,10 +17,11 @@ from pipeline_env import Env, reading, run, temperature
 from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, String, delete, select
 from test_redrive import redrive
 
-from sparklem_core.processor.batch import Batch, Rejection
-from sparklem_core.processor.read_side import as_utc
+from sparklem_core.db.batch import Batch, Rejection
+from sparklem_core.db.read_tables import as_utc
+from sparklem_core.db.schema import core_metadata
+from sparklem_core.db.store import Store
 from sparklem_core.processor.retention import Pruner, targets
-from sparklem_core.processor.store import Store, core_metadata
 from sparklem_core.reading.feed import (
     START,
     FeedEvent,

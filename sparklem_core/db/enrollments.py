@@ -1,6 +1,6 @@
-"""Enrolments in the database: one fleet for several processor hosts.
+"""Enrollments in the database: one fleet for several processor hosts.
 
-``gen_config`` writes each enrolment and revocation to ``sparklem_enrolments`` as well as
+``gen_config`` writes each enrollment and revocation to ``sparklem_enrollments`` as well as
 to the certificates directory (when the database has the table: ``sparklem init`` or a
 processor start made it). Every processor's :class:`~.registry.AgentRegistry` reads the
 table at each refresh and merges it with its files: a revocation in either wins, so a
@@ -20,17 +20,17 @@ from typing import Any
 
 from sqlalchemy import Engine, MetaData, inspect, select
 
-from sparklem_core.processor.agent_inventory import upsert_statement
+from sparklem_core.db.inventory import upsert_statement
 
 log = logging.getLogger(__name__)
 
-TABLE = "sparklem_enrolments"
+TABLE = "sparklem_enrollments"
 ENROLLED, REVOKED = "enrolled", "revoked"
 
 
 @dataclass(frozen=True)
-class DbEnrolment:
-    """One ``sparklem_enrolments`` row as the registry keeps it."""
+class DbEnrollment:
+    """One ``sparklem_enrollments`` row as the registry keeps it."""
 
     agent_id: str
     state: str
@@ -39,7 +39,7 @@ class DbEnrolment:
 
 
 def publish(engine: Engine, metadata: MetaData, agent_id: str, state: str, pem: bytes) -> bool:
-    """Record an enrolment or revocation with the agent's public key (PEM); False when the
+    """Record an enrollment or revocation with the agent's public key (PEM); False when the
     database has no such table yet."""
     if not inspect(engine).has_table(TABLE):
         return False
@@ -61,8 +61,8 @@ def _replace(_old: Any, new: Any) -> list[tuple[str, Any]]:
 
 
 def read(
-    engine: Engine, metadata: MetaData, known: dict[str, DbEnrolment]
-) -> dict[str, DbEnrolment]:
+    engine: Engine, metadata: MetaData, known: dict[str, DbEnrollment]
+) -> dict[str, DbEnrollment]:
     """Every row; keys are fetched again only for rows whose fingerprint changed."""
     table = metadata.tables[TABLE]
     with engine.connect() as conn:
@@ -76,7 +76,7 @@ def read(
     rows = {}
     for agent_id, state, fingerprint in heads:
         if agent_id in keys:
-            rows[agent_id] = DbEnrolment(agent_id, state, fingerprint, keys[agent_id])
+            rows[agent_id] = DbEnrollment(agent_id, state, fingerprint, keys[agent_id])
         elif agent_id in known and known[agent_id].fingerprint == fingerprint:  # unchanged
-            rows[agent_id] = DbEnrolment(agent_id, state, fingerprint, known[agent_id].public_key)
+            rows[agent_id] = DbEnrollment(agent_id, state, fingerprint, known[agent_id].public_key)
     return rows

@@ -1,4 +1,4 @@
-"""Enrolments in the database: several processor hosts see one fleet."""
+"""Enrollments in the database: several processor hosts see one fleet."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from waiting import wait_for
 
 from sparklem_core import wire
 from sparklem_core.admin import cli as admin_cli
-from sparklem_core.processor import enrolments
-from sparklem_core.processor.registry import AgentRegistry
-from sparklem_core.processor.store import Store
+from sparklem_core.db import enrollments
+from sparklem_core.db.store import Store
+from sparklem_core.fleet.registry import AgentRegistry
 
 REFRESH_S = 0.2
 
@@ -54,15 +54,15 @@ def verdict(registry: AgentRegistry, agent_id: str) -> str:
     return "ok"
 
 
-def test_two_hosts_see_an_enrolment_and_a_revocation(
+def test_two_hosts_see_an_enrollment_and_a_revocation(
     store: Store, tmp_path: Path, pem: bytes
 ) -> None:
     hosts = [host(tmp_path, n, store.engine.url.render_as_string(False)) for n in "ab"]
     try:
         assert [verdict(h, "edge-1") for h in hosts] == [wire.UNKNOWN_AGENT] * 2
-        assert enrolments.publish(store.engine, store.metadata, "edge-1", "enrolled", pem)
+        assert enrollments.publish(store.engine, store.metadata, "edge-1", "enrolled", pem)
         wait_for(lambda: [verdict(h, "edge-1") for h in hosts] == ["ok", "ok"], timeout=10)
-        enrolments.publish(store.engine, store.metadata, "edge-1", "revoked", pem)
+        enrollments.publish(store.engine, store.metadata, "edge-1", "revoked", pem)
         # every host refuses it once its registry refreshed (every REFRESH_S)
         wait_for(
             lambda: [verdict(h, "edge-1") for h in hosts] == [wire.REVOKED_AGENT] * 2, timeout=10
@@ -78,8 +78,8 @@ def test_a_revocation_in_files_or_database_wins(store: Store, tmp_path: Path, pe
     try:
         (registry.certificates / "agents" / "on-disk.pem").write_bytes(pem)
         (registry.certificates / "revoked" / "in-db.pem").write_bytes(pem)
-        enrolments.publish(store.engine, store.metadata, "on-disk", "revoked", pem)
-        enrolments.publish(store.engine, store.metadata, "in-db", "enrolled", pem)
+        enrollments.publish(store.engine, store.metadata, "on-disk", "revoked", pem)
+        enrollments.publish(store.engine, store.metadata, "in-db", "enrolled", pem)
         registry.refresh()
         assert verdict(registry, "on-disk") == verdict(registry, "in-db") == wire.REVOKED_AGENT
     finally:
@@ -91,10 +91,10 @@ def test_revocations_stay_while_the_table_cannot_be_read(tmp_path: Path, pem: by
     store = Store(f"sqlite:///{tmp_path}/db.sqlite3", "g")
     store.create_schema()
     registry = host(tmp_path, "a", str(store.engine.url))
-    enrolments.publish(store.engine, store.metadata, "edge-1", "revoked", pem)
+    enrollments.publish(store.engine, store.metadata, "edge-1", "revoked", pem)
     registry.refresh()
     with store.engine.begin() as conn:
-        conn.execute(text("ALTER TABLE sparklem_enrolments RENAME TO gone"))
+        conn.execute(text("ALTER TABLE sparklem_enrollments RENAME TO gone"))
     registry.refresh()
     assert verdict(registry, "edge-1") == wire.REVOKED_AGENT
     store.dispose()
@@ -115,7 +115,7 @@ def test_hostile_rows_make_the_agent_unknown_never_raise(
     url = f"sqlite:///{tmp_path}/hostile.sqlite3"
     store = Store(url, "g")
     store.create_schema()
-    table = store.metadata.tables[enrolments.TABLE]
+    table = store.metadata.tables[enrollments.TABLE]
     with store.engine.begin() as conn:
         conn.execute(delete(table))
         conn.execute(
@@ -130,7 +130,7 @@ def test_hostile_rows_make_the_agent_unknown_never_raise(
     store.dispose()
 
 
-def test_gen_config_records_enrolment_and_revocation(
+def test_gen_config_records_enrollment_and_revocation(
     tmp_path: Path, pem: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:
     certs = tmp_path / "certs"
@@ -146,7 +146,7 @@ def test_gen_config_records_enrolment_and_revocation(
             "--key-bits", "2048", "--out", str(tmp_path / "out"), *common]  # fmt: skip
     assert admin_cli.main(args) == 0
     assert "and in the database" in capsys.readouterr().out
-    table = store.metadata.tables[enrolments.TABLE]
+    table = store.metadata.tables[enrollments.TABLE]
 
     def states() -> list[tuple[str, str]]:
         with store.engine.connect() as conn:

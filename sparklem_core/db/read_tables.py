@@ -29,13 +29,14 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, MetaData, Table, case, insert, select, update
 
-from sparklem_core.processor.agent_inventory import cached_upsert
-from sparklem_core.processor.batch import Batch, Rejection
-from sparklem_core.processor.plugin_tables import PluginTable
+from sparklem_core.db.batch import Batch, Rejection
+from sparklem_core.db.inventory import cached_upsert
+from sparklem_core.db.plugin_tables import PluginTable
+from sparklem_core.db.row_insert import RowInsert
 
 #: Events per ``sparklem_feed`` row (what one reader poll parses at most per row).
 PART_EVENTS = 1000
-#: sparklem_latest.series (store.SERIES_CHARS) as the digest form takes it.
+#: sparklem_latest.series (schema.SERIES_CHARS) as the digest form takes it.
 _DIGEST_PREFIX = "#sha256:"
 
 
@@ -271,8 +272,6 @@ _LATEST_COLUMNS = ("table_name", "agent_id", "series", "measured_at", "stored_at
 @functools.lru_cache(maxsize=16)
 def _latest_upsert(table: Table, dialect: Any) -> Any:
     """Prepared once: SQLAlchemy's own executemany costs more than the upsert itself."""
-    from sparklem_core.processor.store import RowInsert  # store imports this module
-
     statement = cached_upsert(dialect.name, table, _newer_wins)
     return RowInsert(table, _LATEST_COLUMNS, dialect, statement)
 

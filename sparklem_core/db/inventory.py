@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import MetaData, Table, and_, case, or_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from sparklem_core.processor.batch import AgentActivity
+from sparklem_core.db.batch import AgentActivity
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from sparklem_core.processor.endpoint import LOCALHOST, free_port
+from sparklem_core.processor.metrics_server import LOCALHOST, free_port
 
 __all__ = ["LocalMariaDB", "LocalPostgres", "LocalServerError", "TansuBroker", "free_port"]
 

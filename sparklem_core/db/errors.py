@@ -186,3 +186,9 @@ def _by_code(error: BaseException) -> Verdict | None:
         if primary in _SQLITE_DATA:
             return Verdict.DATA
     return None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error's message, for a log or a rejection detail."""
+    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -60,7 +60,7 @@ def schema_lock(
     """A dedicated connection, in a transaction that holds the schema lock until it ends.
 
     Commits when the block exits normally, rolls back on an exception. On SQLite the
-    engine must come from :func:`sparklem_core.processor.store.make_engine` (``BEGIN IMMEDIATE``).
+    engine must come from :func:`sparklem_core.db.engines.make_engine` (``BEGIN IMMEDIATE``).
     """
     with engine.connect() as conn:
         with _notice_if_slow():

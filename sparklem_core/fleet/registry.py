@@ -6,7 +6,7 @@ Layout of the certificates directory::
     agents/<agent_id>.pem    public keys of enrolled agents
     revoked/<agent_id>.pem   revoked agents (moved here by ``gen_config.py --revoke``)
 
-The directory is re-read every few seconds, so enrolment and revocation take effect
+The directory is re-read every few seconds, so enrollment and revocation take effect
 without a restart. Only files that changed are read again.
 
 Every byte here is treated as hostile: key files are read only when they are regular
@@ -36,9 +36,9 @@ from Crypto.PublicKey import RSA
 from sqlalchemy.exc import SQLAlchemyError
 
 from sparklem_core import wire
+from sparklem_core.db import enrollments
+from sparklem_core.db.store import Store
 from sparklem_core.files import UnusableFile, _strerror, read_regular_file
-from sparklem_core.processor import enrolments
-from sparklem_core.processor.store import Store
 from sparklem_core.settings.masking import mask_secrets
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,8 @@ def load_server_keys(certificates: Path) -> dict[str, RSA.RsaKey]:
 
 class AgentRegistry:
     """Public keys of enrolled and revoked agents, refreshed from disk and, once given a
-    store (:meth:`use_database`), from its ``sparklem_enrolments`` table
-    (:mod:`.enrolments`): a revocation in either wins; a key on disk comes first."""
+    store (:meth:`use_database`), from its ``sparklem_enrollments`` table
+    (:mod:`.enrollments`): a revocation in either wins; a key on disk comes first."""
 
     def __init__(self, certificates: Path, refresh_s: float = 5.0) -> None:
         self.certificates = certificates
@@ -121,7 +121,7 @@ class AgentRegistry:
         self.store: Store | None = None  # see use_database
         self._enrolled: dict[str, AgentKey] = {}
         self._revoked: set[str] = set()
-        self._db_rows: dict[str, enrolments.DbEnrolment] = {}
+        self._db_rows: dict[str, enrollments.DbEnrollment] = {}
         self._db_keys: dict[str, AgentKey] = {}
         self._db_revoked: set[str] = set()
         self._db_problem = ""
@@ -144,7 +144,7 @@ class AgentRegistry:
         return entry.key
 
     def use_database(self, store: Store) -> None:
-        """Read enrolments from ``store`` too, from now on (once its schema is there)."""
+        """Read enrollments from ``store`` too, from now on (once its schema is there)."""
         self.store = store
         self.refresh()
 
@@ -191,16 +191,16 @@ class AgentRegistry:
         self._next_refresh = time.monotonic() + self.refresh_s
 
     def _refresh_database(self, store: Store) -> None:
-        """Read ``sparklem_enrolments``; while it cannot be read, what was read stays."""
+        """Read ``sparklem_enrollments``; while it cannot be read, what was read stays."""
         try:
-            rows = enrolments.read(store.read_engine, store.metadata, self._db_rows)
+            rows = enrollments.read(store.read_engine, store.metadata, self._db_rows)
         except SQLAlchemyError as exc:
             problem = str(exc).splitlines()[0][:300]
             if problem != self._db_problem:
                 log.error(
-                    "agent registry: cannot read %s (%s); the enrolments and revocations "
+                    "agent registry: cannot read %s (%s); the enrollments and revocations "
                     "already read stay until it can",
-                    enrolments.TABLE,
+                    enrollments.TABLE,
                     mask_secrets(problem),
                 )
             self._db_problem = problem
@@ -208,25 +208,25 @@ class AgentRegistry:
         self._db_problem = ""
         keys, revoked = {}, set()
         for agent_id, row in rows.items():
-            if row.state == enrolments.REVOKED:
+            if row.state == enrollments.REVOKED:
                 revoked.add(agent_id)
-            elif row.state == enrolments.ENROLLED:
+            elif row.state == enrollments.ENROLLED:
                 old = self._db_keys.get(agent_id)
                 if old is not None and self._db_rows.get(agent_id) == row:
                     keys[agent_id] = old
                 else:
                     shown = f"{agent_id!r}"
                     key = parse_agent_key(
-                        agent_id, row.public_key.encode(), shown, enrolments.TABLE
+                        agent_id, row.public_key.encode(), shown, enrollments.TABLE
                     )
                     if key.problem:
                         log.warning("agent key refused: %s", one_line(key.problem))
                     keys[agent_id] = key
             elif self._db_rows.get(agent_id) != row:
-                log.warning("%s: agent %s has state %s; ignored", enrolments.TABLE,
+                log.warning("%s: agent %s has state %s; ignored", enrollments.TABLE,
                             one_line(agent_id), one_line(row.state))  # fmt: skip
         if keys.keys() != self._db_keys.keys() or revoked != self._db_revoked:
-            log.info("agent registry: %s: %d enrolled, %d revoked", enrolments.TABLE,
+            log.info("agent registry: %s: %d enrolled, %d revoked", enrollments.TABLE,
                      len(keys), len(revoked))  # fmt: skip
         self._db_rows, self._db_keys, self._db_revoked = rows, keys, revoked
 

@@ -25,6 +25,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from sparklem_core.settings.config import parse_listen
+
 log = logging.getLogger(__name__)
 
 LOCALHOST = "127.0.0.1"
@@ -79,12 +81,6 @@ def workers_probe(ports: Callable[[], dict[int, int]], path: str) -> Probe:
         return checks or [Check("workers", False, "none running")]
 
     return probe
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port); the config checked its form."""
-    host, _, port = listen.rpartition(":")
-    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 class Endpoint:

@@ -102,7 +102,7 @@ def _names(names: Sequence[str], what: str, where: str) -> tuple[str, ...]:
 def upgrade(conn: Connection, tables: Iterable[PluginTable]) -> list[TableChange]:
     """Bring ``tables`` in the database to their declarations, on ``conn``; what was done.
 
-    Run under the schema lock (:meth:`sparklem_core.processor.store.Store.create_schema`): the
+    Run under the schema lock (:meth:`sparklem_core.db.store.Store.create_schema`): the
     comparison and the changes see no other process's. Raises :class:`PluginTableRefused`
     before changing anything when a difference is not safe to apply.
     """
