@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparklem_core.admin.scaffold import files, write_plugin
-from sparklem_core.cli import RESTART_NOTE, main
+from sparklem_core.cli import main
+from sparklem_core.cli.plugins import RESTART_NOTE
 from sparklem_core.testing import PluginHarness
 
 KIT = "sparklem_core.testing.plugin"
@@ -117,3 +118,21 @@ def test_the_agent_side_sends_one_storable_number_or_nothing(
     outcome = scaffolded.send(data)
     assert outcome.stored
     assert [r.reason for r in outcome.rejections] in ([], ["invalid_reading"])
+
+
+def test_plugins_new_and_help_load_no_database_stack(tmp_path: Path) -> None:
+    """The command line imports what a command needs in the command: writing a plugin, or
+    asking for help, loads no SQL, Kafka or HTTP stack."""
+    heavy = ("sqlalchemy", "alembic", "confluent_kafka", "fastapi", "uvicorn",
+             "prometheus_client", "sparklem_core.db", "sparklem_core.processor")  # fmt: skip
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from sparklem_core.cli import main\n"
+        f"assert main(['plugins', 'new', 'humidity', '--dir', {str(tmp_path / 'p')!r}]) == 0\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['serve', '--help'])\n"
+        f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
