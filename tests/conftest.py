@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import random
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import Db, Fleet, ProcessorProcess
@@ -58,24 +60,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # ======================================================================================
-# Hypothesis profiles: ``ci`` (the default) and ``long`` (``--hypothesis-profile=long``)
+# Hypothesis: fresh examples every run, the seed printed
 # ======================================================================================
 
 
 def _register_hypothesis_profiles() -> None:
-    """``ci``: a fixed, derandomized budget (tests/test_fuzz.py within ~90 s on both
-    databases); ``long``: thousands of random examples, run by hand. ``deadline=None``:
-    examples go through a real database, whose latency is not the code's."""
+    """``ci`` (the default): 300 examples a test, drawn afresh each run from a seed that the
+    run's header prints (``--hypothesis-seed=N`` draws the same again); ``long``: thousands,
+    run by hand. A failure prints its falsifying example: keep it in the test as an
+    ``@example(...)``, so that every later run tries it first. ``deadline=None``: examples
+    go through a real database, whose latency is not the code's."""
     from hypothesis import HealthCheck, settings
 
     slow = [HealthCheck.too_slow, HealthCheck.data_too_large]
     settings.register_profile(
-        "ci",
-        max_examples=300,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=slow,
+        "ci", max_examples=300, deadline=None, database=None, suppress_health_check=slow
     )
     settings.register_profile(
         "long", max_examples=5000, deadline=None, print_blob=True, suppress_health_check=slow
@@ -84,6 +83,28 @@ def _register_hypothesis_profiles() -> None:
 
 
 _register_hypothesis_profiles()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """One seed for the whole run, chosen here unless given, before Hypothesis's own plugin
+    reads it; a pytest-xdist worker takes its controller's (pytest_configure_node)."""
+    worker_input = getattr(config, "workerinput", None)
+    if worker_input is not None and "hypothesis_seed" in worker_input:
+        config.option.hypothesis_seed = worker_input["hypothesis_seed"]
+    elif config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = str(random.SystemRandom().randrange(2**32))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: each worker draws from the seed the run's header printed."""
+    node.workerinput["hypothesis_seed"] = node.config.getoption("hypothesis_seed")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    seed = config.getoption("hypothesis_seed")
+    return f"hypothesis seed: {seed} (draw the same examples again: --hypothesis-seed={seed})"
 
 
 @pytest.fixture(autouse=True)
