@@ -36,7 +36,7 @@ from sparklem_core.http.errors import ApiError
 from sparklem_core.processor.plugin_tables import PluginTable
 from sparklem_core.processor.store import Store
 from sparklem_core.reading import queries
-from sparklem_core.reading.catalog import Catalog, ReadError
+from sparklem_core.reading.catalog import LiveCatalog, ReadError
 from sparklem_core.settings.config import Config
 
 Many = Annotated[list[str] | None, Query()]
@@ -50,7 +50,7 @@ class Context:
 
     config: Config
     store: Store
-    catalog: Catalog
+    catalog: LiveCatalog
     audit: Audit
 
 
@@ -118,9 +118,10 @@ def close_session(response: Response) -> dict[str, Any]:
 
 @api.get("/plugins")
 def plugins(request: Request) -> dict[str, Any]:
-    """Every readable plugin with its tables' time, series and value columns."""
+    """Every readable plugin with its tables' time, series and value columns, as recorded
+    by the processors now (a plugin installed since serve started is listed)."""
     _only(request, ())
-    return context(request).catalog.document()
+    return context(request).catalog.refresh().document()
 
 
 @api.get("/agents")

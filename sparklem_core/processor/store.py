@@ -57,7 +57,14 @@ from sparklem_core.processor import read_side
 from sparklem_core.processor.agent_inventory import upsert_agents
 from sparklem_core.processor.batch import Batch
 from sparklem_core.processor.mysql_types import TABLE_OPTIONS
-from sparklem_core.processor.plugin_tables import PluginTable, TableChange, declare, upgrade
+from sparklem_core.processor.plugin_tables import (
+    RECORDED_TABLE,
+    PluginTable,
+    TableChange,
+    declare,
+    record,
+    upgrade,
+)
 from sparklem_core.processor.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
 from sparklem_core.processor.writer_turn import WriterTurn
 
@@ -79,6 +86,7 @@ CORE_TABLES = (
     "sparklem_latest",
     "sparklem_feed",
     "sparklem_feed_head",
+    RECORDED_TABLE,
 )
 # sparklem_latest.series: with table_name and agent_id, within MySQL's 3072-byte key in
 # utf8mb4. A longer series is stored as a digest (read_side.series_key).
@@ -270,6 +278,17 @@ def _read_side_tables(metadata: MetaData) -> None:
         Column("commit_seq", BigInteger, nullable=False),
         **TABLE_OPTIONS,
     )
+    # Each plugin table's declaration as the processors last brought it to the database
+    # (plugin_tables.record): what a reader learns a plugin it has not loaded from.
+    Table(
+        RECORDED_TABLE,
+        metadata,
+        Column("table_name", String(255), primary_key=True),
+        Column("plugin", String(64), nullable=False),
+        Column("declaration", Text, nullable=False),  # JSON: PluginTable.document()
+        Column("recorded_at", DateTime(timezone=True), nullable=False),
+        **TABLE_OPTIONS,
+    )
 
 
 def core_metadata() -> MetaData:
@@ -385,7 +404,8 @@ class Store:
         return MappingProxyType(self._plugin_tables)
 
     def create_schema(self, *, lock_timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> list[TableChange]:
-        """Upgrade the core tables with Alembic, then create or upgrade the plugin tables.
+        """Upgrade the core tables with Alembic, then create or upgrade the plugin tables
+        and record their declarations (what ``serve`` reads them by).
 
         All of it under the schema lock, so any number of processes may call this at once
         on a fresh database; :class:`SchemaLockTimeout` after ``lock_timeout_s`` of waiting,
@@ -400,7 +420,10 @@ class Store:
         with schema_lock(self.engine, timeout_s=lock_timeout_s) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-            return upgrade(conn, self._plugin_tables.values())
+            changes = upgrade(conn, self._plugin_tables.values())
+            recorded = self.metadata.tables[RECORDED_TABLE]
+            record(conn, recorded, self._plugin_tables.values(), datetime.now(UTC))
+            return changes
 
     def load_streams(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         keys = list(keys)
