@@ -53,12 +53,12 @@ HUMIDITY = "humidity_readings"
 ROOMS = ("lab", "store room")
 
 
-def humidity_store(config: Config) -> Store:
+def humidity_store(url: str) -> Store:
     """The Store of a processor that has a third-party plugin, ``humidity``, installed
     (which ``serve`` never loads): its table created and recorded, as ``init`` does."""
     from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, String
 
-    store = Store(config.database_url, config.group_id)
+    store = Store(url, "humidity")
     store.register_table(
         "humidity",
         HUMIDITY,
@@ -105,11 +105,14 @@ def temperature_rows(count: int, seed: int = 1) -> list[dict[str, Any]]:
     return rows
 
 
-def commit(store: Store, table: str, rows: list[dict[str, Any]], **batch: Any) -> None:
-    """One batch through the processor's transaction, agents seen as they are stored."""
+def commit(
+    store: Store, table: str, rows: list[dict[str, Any]], seen: datetime = T0, **batch: Any
+) -> None:
+    """One batch through the processor's transaction, agents seen (at ``seen``) as they are
+    stored."""
     done = Batch(rows={table: rows}, **batch)
     for row in rows:
-        done.activity(row["agent_id"], T0).stored(table.split("_readings")[0], T0)
+        done.activity(row["agent_id"], seen).stored(table.split("_readings")[0], seen)
     store.commit(done)
 
 

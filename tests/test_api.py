@@ -488,7 +488,7 @@ def test_serve_learns_a_plugin_recorded_after_it_started(tmp_path: Path, databas
         unknown = client.get("/api/v1/readings/humidity")
         assert unknown.status_code == 404 and "known: pu_workload, temperature" in unknown.text
 
-        store = humidity_store(config)
+        store = humidity_store(database_url)
         times = [T0 + timedelta(minutes=k) for k in range(3)]
         try:
             commit(store, HUMIDITY, humidity_rows("a-1", times))
