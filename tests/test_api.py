@@ -388,12 +388,18 @@ def test_delete_an_agents_data_is_audited(tmp_path: Path) -> None:
     store = open_schema(config)
     rows = temperature_rows(60)
     commit(store, TEMPERATURE, rows)
+    humid = humidity_store(config.database_url)  # a plugin serve knows from the record only
+    commit(humid, HUMIDITY, humidity_rows("a-1", [T0]) + humidity_rows("a-2", [T0]))
+    humid.dispose()
     as_admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with TestClient(create_app(config)) as client:  # serve's own (reader's) Store
         answer = client.delete("/api/v1/agents/a-1/data", headers=as_admin)
         assert answer.status_code == 200, answer.text
         deleted = answer.json()["deleted"]
         assert deleted[TEMPERATURE] == sum(r["agent_id"] == "a-1" for r in rows)
+        assert deleted[HUMIDITY] == 2
+        kept = client.get("/api/v1/readings/humidity", params={"from": "0"}, headers=as_admin)
+        assert {r["agent_id"] for r in kept.json()["readings"]} == {"a-2"}
         left = client.get("/api/v1/readings/temperature", params={"from": "0", "limit": "1000"},
                           headers=as_admin).json()["readings"]  # fmt: skip
         assert left and {r["agent_id"] for r in left} == {"a-2", "a-3"}

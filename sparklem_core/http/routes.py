@@ -264,11 +264,13 @@ def rejections(
 def delete_agent_data(
     agent_id: str, request: Request, caller: Annotated[Caller, Depends(require_admin)]
 ) -> dict[str, Any]:
-    """Remove one agent's readings from every plugin table (admin); audited."""
+    """Remove one agent's readings from every plugin table, those serve only knows from
+    the processors' record included (admin); audited."""
     _only(request, ())
     ctx = context(request)
     try:
-        deleted = queries.delete_agent_data(ctx.store, agent_id)
+        tables = [t for ts in ctx.catalog.refresh().plugins.values() for t in ts]
+        deleted = queries.delete_agent_data(ctx.store, agent_id, tables)
     except ReadError as exc:
         raise ApiError(400, str(exc), "agent_id") from None
     ctx.audit.write(caller, "delete_agent_data", agent=agent_id, counts=deleted)
