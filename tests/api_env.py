@@ -48,6 +48,44 @@ def open_schema(config: Config) -> Store:
     return store
 
 
+HUMIDITY = "humidity_readings"
+ROOMS = ("lab", "store room")
+
+
+def humidity_store(url: str) -> Store:
+    """The Store of a processor that has a third-party plugin, ``humidity``, installed
+    (which ``serve`` never loads): its table created and recorded, as ``init`` does."""
+    from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, String
+
+    store = Store(url, "humidity")
+    store.register_table(
+        "humidity",
+        HUMIDITY,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+        Column("agent_id", String(64), nullable=False),
+        Column("room", String(32), nullable=False),
+        Column("relative_pct", Float, nullable=False),
+        Column("dew_point_c", Float),
+        Column("measured_at", DateTime(timezone=True), nullable=False),
+        time="measured_at",
+        series=("agent_id", "room"),
+        values=("relative_pct", "dew_point_c"),
+    )
+    store.create_schema()
+    return store
+
+
+def humidity_rows(agent: str, times: list[datetime]) -> list[dict[str, Any]]:
+    """A reading of each room at each of ``times``: 40 % and up in the lab, 60 % and up
+    in the store room, by 1 % a reading; dew points only in the lab."""
+    return [
+        {"agent_id": agent, "room": room, "relative_pct": 40.0 + 20 * r + k,
+         "dew_point_c": 10.5 + k if r == 0 else None, "measured_at": at}
+        for k, at in enumerate(times)
+        for r, room in enumerate(ROOMS)
+    ]  # fmt: skip
+
+
 def temperature_rows(count: int, seed: int = 1) -> list[dict[str, Any]]:
     """``count`` readings over three days around T0, some on bucket edges, 1/100 °C steps."""
     rng = random.Random(seed)
@@ -66,11 +104,14 @@ def temperature_rows(count: int, seed: int = 1) -> list[dict[str, Any]]:
     return rows
 
 
-def commit(store: Store, table: str, rows: list[dict[str, Any]], **batch: Any) -> None:
-    """One batch through the processor's transaction, agents seen as they are stored."""
+def commit(
+    store: Store, table: str, rows: list[dict[str, Any]], seen: datetime = T0, **batch: Any
+) -> None:
+    """One batch through the processor's transaction, agents seen (at ``seen``) as they are
+    stored."""
     done = Batch(rows={table: rows}, **batch)
     for row in rows:
-        done.activity(row["agent_id"], T0).stored(table.split("_readings")[0], T0)
+        done.activity(row["agent_id"], seen).stored(table.split("_readings")[0], seen)
     store.commit(done)
 
 

@@ -20,9 +20,12 @@ import pytest
 from api_env import (
     ADMIN_TOKEN,
     AGENTS,
+    HUMIDITY,
     READ_TOKEN,
     T0,
     commit,
+    humidity_rows,
+    humidity_store,
     make_config,
     open_schema,
     rejection,
@@ -385,12 +388,18 @@ def test_delete_an_agents_data_is_audited(tmp_path: Path) -> None:
     store = open_schema(config)
     rows = temperature_rows(60)
     commit(store, TEMPERATURE, rows)
+    humid = humidity_store(config.database_url)  # a plugin serve knows from the record only
+    commit(humid, HUMIDITY, humidity_rows("a-1", [T0]) + humidity_rows("a-2", [T0]))
+    humid.dispose()
     as_admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with TestClient(create_app(config)) as client:  # serve's own (reader's) Store
         answer = client.delete("/api/v1/agents/a-1/data", headers=as_admin)
         assert answer.status_code == 200, answer.text
         deleted = answer.json()["deleted"]
         assert deleted[TEMPERATURE] == sum(r["agent_id"] == "a-1" for r in rows)
+        assert deleted[HUMIDITY] == 2
+        kept = client.get("/api/v1/readings/humidity", params={"from": "0"}, headers=as_admin)
+        assert {r["agent_id"] for r in kept.json()["readings"]} == {"a-2"}
         left = client.get("/api/v1/readings/temperature", params={"from": "0", "limit": "1000"},
                           headers=as_admin).json()["readings"]  # fmt: skip
         assert left and {r["agent_id"] for r in left} == {"a-2", "a-3"}
@@ -471,6 +480,48 @@ def test_a_real_server_answers_on_every_database(tmp_path: Path, database_url: s
             assert httpx.get(f"{server.url}/openapi.json").status_code == 200
     finally:
         store.dispose()
+
+
+def test_serve_learns_a_plugin_recorded_after_it_started(tmp_path: Path, database_url: str) -> None:
+    """A plugin installed beside the processors only (serve never loads it) is readable
+    once a processor has recorded its table: at the first read naming it, and in
+    /plugins; serve is not restarted."""
+    config = make_config(tmp_path, database_url)
+    open_schema(config).dispose()  # the built-in plugins' processor ran init
+    with TestClient(create_app(config)) as client:
+        listed = client.get("/api/v1/plugins").json()["plugins"]
+        assert set(listed) == {"temperature", "pu_workload"}
+        unknown = client.get("/api/v1/readings/humidity")
+        assert unknown.status_code == 404 and "known: pu_workload, temperature" in unknown.text
+
+        store = humidity_store(database_url)
+        times = [T0 + timedelta(minutes=k) for k in range(3)]
+        try:
+            commit(store, HUMIDITY, humidity_rows("a-1", times))
+        finally:
+            store.dispose()
+        params = {"agent": "a-1", "from": iso(T0), "room": "lab"}
+        got = client.get("/api/v1/readings/humidity", params=params).json()["readings"]
+        assert got == [
+            {"agent_id": "a-1", "series": {"room": "lab"},
+             "values": {"relative_pct": 40.0 + k, "dew_point_c": 10.5 + k},
+             "time": iso(at)}
+            for k, at in reversed(list(enumerate(times)))
+        ]  # fmt: skip
+        assert client.get("/api/v1/plugins").json()["plugins"] == {
+            **listed,
+            "humidity": [{"table": HUMIDITY, "time": "measured_at", "series": ["agent_id", "room"],
+                          "values": ["relative_pct", "dew_point_c"]}],
+        }  # fmt: skip
+        params = {"field": "relative_pct", "agg": "max", "group_by": "room"}
+        groups = client.get("/api/v1/aggregate/humidity", params=params).json()["groups"]
+        assert {g["key"]["room"]: g["points"][0]["value"] for g in groups} == {
+            "lab": 42.0, "store room": 62.0
+        }  # fmt: skip
+        latest = client.get("/api/v1/readings/humidity").json()["latest"]
+        assert {r["series"]["room"]: r["values"]["relative_pct"] for r in latest} == {
+            "lab": 42.0, "store room": 62.0
+        }  # fmt: skip
 
 
 # --- serve, the command ----------------------------------------------------------------------

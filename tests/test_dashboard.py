@@ -21,11 +21,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from api_env import HUMIDITY, ROOMS, commit, humidity_rows, humidity_store
 from harness import ROOT
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -44,6 +46,10 @@ pytestmark = pytest.mark.e2e  # a browser and a server process
 
 MINUTE_MS = 60_000
 GIB = 2**30
+TEMPERATURE_CHART = "temperature/temperature_readings/celsius"
+TEMPERATURE_CSS = f'[data-chart="{TEMPERATURE_CHART}"]'
+PU_VALUES = ("utilization_pct", "mem_used_bytes", "mem_total_bytes", "load_1m", "load_5m",
+             "load_15m", "temperature_c")  # fmt: skip
 TOKEN = "dashboard-test-token-0123456789"
 
 #: The data behind every chart, by chart and series label: [[time in s, value], ...].
@@ -54,6 +60,31 @@ return Object.fromEntries(Object.entries(window.sparklem.charts)
 
 #: The page is done: the fleet drawn, and the charts of edge-1.
 DRAWN_JS = "return window.sparklem?.ready && window.sparklem.loaded === 'edge-1'"
+#: Each drawn chart's tick labels that would overlap: a label of several lines, an x label
+#: wider than the room between its ticks, a y label wider than its axis.
+CROWDED_TICKS_JS = """
+const ctx = document.createElement('canvas').getContext('2d');
+const crowded = [];
+for (const [name, chart] of Object.entries(window.sparklem.charts)) {
+  const u = chart.plot;
+  if (!u) continue;
+  const [x, y] = u.axes;
+  ctx.font = x.font[0].replace(/^[\\d.]+px/, (px) => `${parseFloat(px) / devicePixelRatio}px`);
+  const widths = x._values.map((v) => ctx.measureText(String(v)).width);
+  const at = x._splits.map((t) => u.valToPos(t, 'x'));
+  for (const [i, label] of x._values.entries()) {
+    if (String(label).includes('\\n')) crowded.push([name, 'x', label]);
+    const room = i > 0 ? at[i] - at[i - 1] : Infinity;
+    if ((widths[i - 1] + widths[i]) / 2 > room) crowded.push([name, 'x', label]);
+  }
+  for (const label of y._values) {
+    if (String(label).includes('\\n') || ctx.measureText(String(label)).width > y._size - 10) {
+      crowded.push([name, 'y', label]);
+    }
+  }
+}
+return crowded;
+"""
 #: The fleet table's rows' classes, read at once (the table is redrawn every 10 s).
 ROW_CLASSES_JS = "return [...document.querySelectorAll('#fleet tbody tr')].map(r => r.className)"
 
@@ -95,17 +126,21 @@ def browser(chromium: WebDriver, served: Served) -> Iterator[WebDriver]:
 
 
 def seed(env: Env) -> Seeded:
-    """Five minutes of edge-1 (two sensors, cpu, two cores, memory, one GPU), one reading of
-    edge-2 and edge-3 each, and one rejected reading; every batch through Store.commit."""
+    """Five minutes of edge-1 (two sensors, cpu, two cores, memory, one GPU, and two rooms
+    of the third-party plugin humidity, which serve never loads), one reading of edge-2 and
+    edge-3 each, and one rejected reading; every batch through Store.commit."""
     env.enroll("edge-3")
     pipeline = env.pipeline()
     base = now_ms() - 10 * MINUTE_MS  # whole milliseconds: the stored times are exact
+    pu = {value: f"pu_workload/pu_workload_readings/{value}" for value in PU_VALUES}
     charts: dict[str, dict[str, list[list[float]]]] = {
-        "temperature": {"cpu_thermal": [], "gpu": []},
-        "cpu": {"cpu": []},
-        "cores": {"core 0": [], "core 1": []},
-        "gpu": {"gpu 0": []},
-        "memory": {"memory": [], "gpu 0 memory": []},
+        TEMPERATURE_CHART: {"cpu_thermal": [], "gpu": []},
+        pu["utilization_pct"]: {"cpu 0": [], "core 0": [], "core 1": [], "gpu 0": []},
+        pu["mem_used_bytes"]: {"cpu 0": [], "gpu 0": []},
+        pu["mem_total_bytes"]: {"cpu 0": [], "gpu 0": []},
+        **{pu[v]: {} for v in ("load_1m", "load_5m", "load_15m", "temperature_c")},
+        f"humidity/{HUMIDITY}/relative_pct": {room: [] for room in ROOMS},
+        f"humidity/{HUMIDITY}/dew_point_c": {"lab": []},
     }
     records = []
     for k in range(5):
@@ -115,7 +150,7 @@ def seed(env: Env) -> Seeded:
         readings = [{"sensor": s, "value": v, "ts": ts} for s, v in temps.items()]
         records.append(env.record(env.envelope({"readings": readings}, seq=k + 1, ts=ts)))
         for sensor, value in temps.items():
-            charts["temperature"][sensor].append([t, value])
+            charts[TEMPERATURE_CHART][sensor].append([t, value])
         workload = {
             "cpu": {"percent": 12.5 + k, "per_core": [10.0 + k, 20.0 + k]},
             "memory": {"used_bytes": (4 + k) * GIB, "total_bytes": 16 * GIB},
@@ -124,12 +159,13 @@ def seed(env: Env) -> Seeded:
         }  # fmt: skip
         envelope = env.envelope(workload, seq=k + 1, ts=ts, plugin="pu_workload")
         records.append(env.record(envelope, topic=PU_TOPIC))
-        charts["cpu"]["cpu"].append([t, 12.5 + k])
-        charts["cores"]["core 0"].append([t, 10.0 + k])
-        charts["cores"]["core 1"].append([t, 20.0 + k])
-        charts["gpu"]["gpu 0"].append([t, 55.0 + k])
-        charts["memory"]["memory"].append([t, 100 * (4 + k) / 16])
-        charts["memory"]["gpu 0 memory"].append([t, 25.0])
+        load = charts[pu["utilization_pct"]]
+        for label, value in (("cpu 0", 12.5), ("core 0", 10.0), ("core 1", 20.0), ("gpu 0", 55.0)):
+            load[label].append([t, value + k])
+        charts[pu["mem_used_bytes"]]["cpu 0"].append([t, (4 + k) * GIB])
+        charts[pu["mem_used_bytes"]]["gpu 0"].append([t, GIB])
+        charts[pu["mem_total_bytes"]]["cpu 0"].append([t, 16 * GIB])
+        charts[pu["mem_total_bytes"]]["gpu 0"].append([t, 4 * GIB])
     for seq, agent in enumerate(("edge-2", "edge-3"), start=1):
         data = {"readings": [{"sensor": "board", "value": 33.0}]}
         records.append(env.record(env.envelope(data, seq=seq, agent=agent)))
@@ -137,6 +173,18 @@ def seed(env: Env) -> Seeded:
     records.append(env.record(env.envelope(below_zero, seq=3, agent="edge-2")))
     stats = run(pipeline, records)
     (reason,) = stats.rejected
+    seconds = [(base + k * MINUTE_MS) / 1000 for k in range(5)]
+    times = [datetime.fromtimestamp(t, UTC) for t in seconds]
+    humid = humidity_store(env.url)
+    try:
+        commit(humid, HUMIDITY, humidity_rows("edge-1", times), seen=datetime.now(UTC))
+    finally:
+        humid.dispose()
+    for row in humidity_rows("edge-1", times):
+        t = seconds[times.index(row["measured_at"])]
+        charts[f"humidity/{HUMIDITY}/relative_pct"][row["room"]].append([t, row["relative_pct"]])
+        if row["dew_point_c"] is not None:
+            charts[f"humidity/{HUMIDITY}/dew_point_c"]["lab"].append([t, row["dew_point_c"]])
     return Seeded(base, charts, reason[0] if isinstance(reason, tuple) else reason)
 
 
@@ -268,6 +316,7 @@ def test_the_dashboard_shows_the_fleet_and_an_agents_charts_and_follows_the_stre
     assert reasons[served.seeded.reason].endswith("1"), reasons
 
     assert charts(browser) == served.seeded.charts
+    assert browser.execute_script(CROWDED_TICKS_JS) == []
     if not served.token:
         screenshot(browser, tmp_path, "dashboard.png")
 
@@ -279,13 +328,13 @@ def test_the_dashboard_shows_the_fleet_and_an_agents_charts_and_follows_the_stre
     live = {"readings": [{"sensor": "cpu_thermal", "value": 77.25, "ts": ts}]}
     run(served.env.pipeline(), [served.env.record(served.env.envelope(live, seq=6, ts=ts))])
     wait_for(
-        lambda: [ts / 1000, 77.25] in charts(browser)["temperature"]["cpu_thermal"],
+        lambda: [ts / 1000, 77.25] in charts(browser)[TEMPERATURE_CHART]["cpu_thermal"],
         timeout=30,
         message="the reading stored during the test did not reach the chart",
     )
     assert browser.execute_script("return window.sparklem.stream.events") >= 1
-    drawn = str(sum(len(points) for points in served.seeded.charts["temperature"].values()) + 1)
-    chart = browser.find_element(By.ID, "chart-temperature")
+    drawn = str(sum(len(points) for points in served.seeded.charts[TEMPERATURE_CHART].values()) + 1)
+    chart = browser.find_element(By.CSS_SELECTOR, TEMPERATURE_CSS)
     wait_for(lambda: chart.get_attribute("data-points") == drawn,
              timeout=30, message="the chart was not drawn again")  # fmt: skip
     assert browser.execute_script("return window.notReloaded") is True
@@ -297,12 +346,58 @@ def test_the_dashboard_shows_the_fleet_and_an_agents_charts_and_follows_the_stre
     wait_for(lambda: browser.execute_script("return window.sparklem.loaded") == "edge-1",
              timeout=30, message="the day's averages did not load")  # fmt: skip
     expected = copy.deepcopy(served.seeded.charts)
-    expected["temperature"]["cpu_thermal"].append([ts / 1000, 77.25])
+    expected[TEMPERATURE_CHART]["cpu_thermal"].append([ts / 1000, 77.25])
     assert charts(browser) == {
         name: {label: [[t // 60 * 60, v] for t, v in points] for label, points in lines.items()}
         for name, lines in expected.items()
     }
+    assert browser.execute_script(CROWDED_TICKS_JS) == []
     assert console_errors(browser) == []
+
+
+#: Set before the page's own scripts: its /readings requests wait for releaseReadings().
+HOLD_READINGS_JS = """
+(() => {
+  const fetch = window.fetch.bind(window), held = [];
+  let released = false;
+  window.heldReadings = () => held.length;
+  window.releaseReadings = () => { released = true; held.splice(0).forEach((go) => go()); };
+  window.fetch = (url, init) => released || !String(url).includes("/readings/")
+    ? fetch(url, init)
+    : new Promise((resolve) => held.push(() => resolve(fetch(url, init))));
+})();
+"""
+#: Each chart's state (loading, empty or data) and, unless it has data, its text.
+CHART_STATES_JS = """return Object.fromEntries([...document.querySelectorAll('[data-chart]')]
+    .map(e => [e.dataset.chart, e.dataset.state === 'data' ? 'data' : e.textContent]))"""
+
+
+def test_charts_say_loading_until_their_data_is_in(served: Served, browser: WebDriver) -> None:
+    """While an agent's readings are on their way every chart says so; then it shows them,
+    or that there are none (not "no data" while still loading)."""
+    hold = browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument", {"source": HOLD_READINGS_JS}
+    )
+    try:
+        browser.get(served.url + "#agent=edge-1")
+        tables = 3  # temperature's, pu_workload's and humidity's: a history request each
+        wait_for(lambda: browser.execute_script("return window.heldReadings?.()") == tables,
+                 timeout=30, message="the page did not ask for the readings")  # fmt: skip
+        assert browser.execute_script(CHART_STATES_JS) == dict.fromkeys(
+            served.seeded.charts, "loading…"
+        )
+        browser.execute_script("window.releaseReadings()")
+        wait_for(lambda: browser.execute_script(DRAWN_JS), timeout=30,
+                 message="the fleet and the charts of edge-1 were not drawn")  # fmt: skip
+        assert browser.execute_script(CHART_STATES_JS) == {
+            name: "data" if lines else "no data in this range"
+            for name, lines in served.seeded.charts.items()
+        }
+        assert console_errors(browser) == []
+    finally:
+        browser.execute_cdp_cmd(
+            "Page.removeScriptToEvaluateOnNewDocument", {"identifier": hold["identifier"]}
+        )
 
 
 @pytest.mark.parametrize("served", ["silent"], indirect=True)
@@ -317,8 +412,8 @@ def test_text_from_the_api_is_shown_as_text_and_silent_agents_are_marked(
     browser.get(served.url + "#agent=edge-1")
     wait_for(lambda: browser.execute_script(DRAWN_JS), timeout=30,
              message="the fleet and the charts of edge-1 were not drawn")  # fmt: skip
-    assert hostile in charts(browser)["temperature"]
-    assert hostile in browser.find_element(By.ID, "chart-temperature").text
+    assert hostile in charts(browser)[TEMPERATURE_CHART]
+    assert hostile in browser.find_element(By.CSS_SELECTOR, TEMPERATURE_CSS).text
     assert browser.execute_script("return window.pwned") is None
     assert not browser.find_elements(By.CSS_SELECTOR, "img")
     assert set(browser.execute_script(ROW_CLASSES_JS)) == {"silent", "silent selected"}
@@ -335,7 +430,7 @@ MARKUP = (
     "\u202eevil",
 )
 #: The temperature chart's legend labels, as the page shows them.
-LEGEND_JS = """return [...document.querySelectorAll('#chart-temperature .u-legend .u-label')]
+LEGEND_JS = f"""return [...document.querySelectorAll('{TEMPERATURE_CSS} .u-legend .u-label')]
     .map(e => e.textContent)"""
 #: Elements the page never makes: any of them would come from markup in API text.
 FOREIGN_JS = "return document.querySelectorAll('img, iframe, svg, object, embed').length"
@@ -362,7 +457,7 @@ def test_sensor_names_from_the_stream_are_shown_as_text(served: Served, browser:
         ts = now_ms()
         data = {"readings": [{"sensor": name, "value": 30.0, "ts": ts}]}
         run(pipeline, [served.env.record(served.env.envelope(data, seq=next(seqs), ts=ts))])
-        wait_for(lambda: [ts / 1000, 30.0] in charts(browser)["temperature"].get(name, []),
+        wait_for(lambda: [ts / 1000, 30.0] in charts(browser)[TEMPERATURE_CHART].get(name, []),
                  timeout=30, message=f"{name!r} did not reach the chart")  # fmt: skip
         wait_for(lambda: name in browser.execute_script(LEGEND_JS),
                  timeout=30, message=f"{name!r} is not in the legend")  # fmt: skip

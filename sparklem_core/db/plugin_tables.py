@@ -16,14 +16,18 @@ upgrade or after a rollback, must still start, and nothing is ever dropped.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, DateTime, Index, Table
+from sqlalchemy import Column, Connection, DateTime, Index, Table, insert, select, update
 
 log = logging.getLogger(__name__)
+#: The core table :func:`record` writes: each plugin table's owner and declaration.
+RECORDED_TABLE = "sparklem_plugin_tables"
 
 
 class PluginTableRefused(RuntimeError):
@@ -48,6 +52,15 @@ class PluginTable:
     def series_keys(self) -> tuple[str, ...]:
         """The series columns other than ``agent_id`` (which the read side keys apart)."""
         return tuple(c for c in self.series if c != "agent_id")
+
+    def document(self) -> dict[str, Any]:
+        """The declaration as JSON: what the read API lists and :func:`record` stores."""
+        return {
+            "table": self.name,
+            "time": self.time,
+            "series": list(self.series),
+            "values": list(self.values),
+        }
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,29 @@ def declare(
     if twice is not None:
         raise ValueError(f"{where}: column {twice!r} is declared twice among time, series, values")
     return PluginTable(owner, table, time, series_t, values_t)
+
+
+def record(conn: Connection, recorded: Table, tables: Iterable[PluginTable], now: datetime) -> None:
+    """Write each table's owner and declaration into ``recorded`` (sparklem_plugin_tables)
+    where they differ from the stored ones, on ``conn``, after :func:`upgrade`.
+
+    Readers (``serve``) learn every plugin's tables from it without loading the plugin.
+    A table no longer registered keeps its row: its rows are still stored and readable.
+    """
+    c = recorded.c
+    stored = {
+        name: (plugin, text)
+        for name, plugin, text in conn.execute(select(c.table_name, c.plugin, c.declaration))
+    }
+    for table in tables:
+        entry = (table.owner, json.dumps(table.document(), sort_keys=True))
+        if stored.get(table.name) == entry:
+            continue
+        row = {"plugin": entry[0], "declaration": entry[1], "recorded_at": now}
+        if table.name in stored:
+            conn.execute(update(recorded).where(c.table_name == table.name).values(row))
+        else:
+            conn.execute(insert(recorded).values(table_name=table.name, **row))
 
 
 def _names(names: Sequence[str], what: str, where: str) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 
 from sparklem_core.db.mysql_types import TABLE_OPTIONS
+from sparklem_core.db.plugin_tables import RECORDED_TABLE
 
 ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
 
@@ -42,6 +43,7 @@ CORE_TABLES = (
     "sparklem_latest",
     "sparklem_feed",
     "sparklem_feed_head",
+    RECORDED_TABLE,
 )
 # sparklem_latest.series: with table_name and agent_id, within MySQL's 3072-byte key in
 # utf8mb4. A longer series is stored as a digest (read_tables.series_key).
@@ -224,5 +226,16 @@ def _read_tables(metadata: MetaData) -> None:
         metadata,
         Column("id", Integer, primary_key=True, autoincrement=False),
         Column("commit_seq", BigInteger, nullable=False),
+        **TABLE_OPTIONS,
+    )
+    # Each plugin table's declaration as the processors last brought it to the database
+    # (plugin_tables.record): what a reader learns a plugin it has not loaded from.
+    Table(
+        RECORDED_TABLE,
+        metadata,
+        Column("table_name", String(255), primary_key=True),
+        Column("plugin", String(64), nullable=False),
+        Column("declaration", Text, nullable=False),  # JSON: PluginTable.document()
+        Column("recorded_at", DateTime(timezone=True), nullable=False),
         **TABLE_OPTIONS,
     )

@@ -43,7 +43,14 @@ from sparklem_core.db.engines import make_engine
 from sparklem_core.db.errors import check_database_url
 from sparklem_core.db.inventory import upsert_agents
 from sparklem_core.db.mysql_types import TABLE_OPTIONS
-from sparklem_core.db.plugin_tables import PluginTable, TableChange, declare, upgrade
+from sparklem_core.db.plugin_tables import (
+    RECORDED_TABLE,
+    PluginTable,
+    TableChange,
+    declare,
+    record,
+    upgrade,
+)
 from sparklem_core.db.row_insert import RowInsert
 from sparklem_core.db.schema import CORE_TABLES, core_metadata
 from sparklem_core.db.schema_lock import SCHEMA_LOCK_TIMEOUT_S, schema_lock
@@ -140,7 +147,8 @@ class Store:
         return MappingProxyType(self._plugin_tables)
 
     def create_schema(self, *, lock_timeout_s: float = SCHEMA_LOCK_TIMEOUT_S) -> list[TableChange]:
-        """Upgrade the core tables with Alembic, then create or upgrade the plugin tables.
+        """Upgrade the core tables with Alembic, then create or upgrade the plugin tables
+        and record their declarations (what ``serve`` reads them by).
 
         All of it under the schema lock, so any number of processes may call this at once
         on a fresh database; :class:`SchemaLockTimeout` after ``lock_timeout_s`` of waiting,
@@ -155,7 +163,10 @@ class Store:
         with schema_lock(self.engine, timeout_s=lock_timeout_s) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-            return upgrade(conn, self._plugin_tables.values())
+            changes = upgrade(conn, self._plugin_tables.values())
+            recorded = self.metadata.tables[RECORDED_TABLE]
+            record(conn, recorded, self._plugin_tables.values(), datetime.now(UTC))
+            return changes
 
     def load_streams(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         keys = list(keys)

@@ -14,7 +14,7 @@ from sparklem_core import __version__
 from sparklem_core.db.store import Store, open_store
 from sparklem_core.http import errors, routes
 from sparklem_core.http.auth import Audit, Tokens
-from sparklem_core.reading.catalog import Catalog
+from sparklem_core.reading.catalog import LiveCatalog
 from sparklem_core.settings.config import Config
 
 STATIC = Path(__file__).parent / "static"  # the dashboard (index.html, app.js, vendor/)
@@ -60,7 +60,7 @@ def create_app(config: Config, store: Store | None = None) -> FastAPI:
     )
     app.state.tokens = Tokens(config.serve)
     app.state.context = routes.Context(
-        config, store, Catalog.of(store), Audit(config.serve.audit_log)
+        config, store, LiveCatalog(store), Audit(config.serve.audit_log)
     )
     app.state.broadcaster = get_broadcaster
     errors.install(app)

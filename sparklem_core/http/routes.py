@@ -36,7 +36,7 @@ from sparklem_core.http.auth import (
 )
 from sparklem_core.http.errors import ApiError
 from sparklem_core.reading import queries
-from sparklem_core.reading.catalog import Catalog, ReadError
+from sparklem_core.reading.catalog import LiveCatalog, ReadError
 from sparklem_core.settings.config import Config
 
 Many = Annotated[list[str] | None, Query()]
@@ -50,7 +50,7 @@ class Context:
 
     config: Config
     store: Store
-    catalog: Catalog
+    catalog: LiveCatalog
     audit: Audit
 
 
@@ -118,9 +118,10 @@ def close_session(response: Response) -> dict[str, Any]:
 
 @api.get("/plugins")
 def plugins(request: Request) -> dict[str, Any]:
-    """Every readable plugin with its tables' time, series and value columns."""
+    """Every readable plugin with its tables' time, series and value columns, as recorded
+    by the processors now (a plugin installed since serve started is listed)."""
     _only(request, ())
-    return context(request).catalog.document()
+    return context(request).catalog.refresh().document()
 
 
 @api.get("/agents")
@@ -263,11 +264,13 @@ def rejections(
 def delete_agent_data(
     agent_id: str, request: Request, caller: Annotated[Caller, Depends(require_admin)]
 ) -> dict[str, Any]:
-    """Remove one agent's readings from every plugin table (admin); audited."""
+    """Remove one agent's readings from every plugin table, those serve only knows from
+    the processors' record included (admin); audited."""
     _only(request, ())
     ctx = context(request)
     try:
-        deleted = queries.delete_agent_data(ctx.store, agent_id)
+        tables = [t for ts in ctx.catalog.refresh().plugins.values() for t in ts]
+        deleted = queries.delete_agent_data(ctx.store, agent_id, tables)
     except ReadError as exc:
         raise ApiError(400, str(exc), "agent_id") from None
     ctx.audit.write(caller, "delete_agent_data", agent=agent_id, counts=deleted)

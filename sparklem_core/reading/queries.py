@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -547,10 +547,12 @@ def agents(
 # --- deletion -----------------------------------------------------------------------------
 
 
-def delete_agent_data(store: Store, agent_id: str) -> dict[str, int]:
-    """Remove one agent's rows from every plugin table (and its latest values), at once."""
+def delete_agent_data(
+    store: Store, agent_id: str, plugin_tables: Iterable[PluginTable]
+) -> dict[str, int]:
+    """Remove one agent's rows from ``plugin_tables`` (and its latest values), at once."""
     _check_text("agent_id", agent_id)
-    tables = [t.table for t in store.plugin_tables.values() if AGENT in t.table.c]
+    tables = [t.table for t in plugin_tables if AGENT in t.table.c]
     tables.append(store.metadata.tables[LATEST])
     deleted = {}
     with store.engine.begin() as conn:

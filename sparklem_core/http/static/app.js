@@ -1,5 +1,7 @@
-// The Sparkle-M dashboard: reads only /api/v1 (agents, rejections, readings, stream).
+// The Sparkle-M dashboard: reads only /api/v1 (plugins, agents, rejections, readings, stream).
 // Every string from the API is untrusted: it reaches the page through textContent only.
+// The charts come from /plugins: one per value column of each table of each plugin the
+// agent sends, a line per series; no plugin is known here by name.
 import uPlot from "./vendor/uplot/uPlot.esm.js";
 
 const API = "api/v1"; // relative: the page works under any prefix the server sits behind
@@ -12,19 +14,15 @@ const MAX_POINTS_PER_SERIES = 20_000;
 const RENDER_DELAY_MS = 200;
 const STREAM_WAIT_MS = 2000;
 const RAW_UP_TO_S = 3600; // longer ranges are drawn from /aggregate: one average a minute
-// The plugins the charts draw: the series keys, and the values read with the series filter
-// each needs (memory is on the cpu and gpu rows only).
-const PLUGINS = {
-  temperature: { series: ["sensor"], values: { celsius: {} } },
-  pu_workload: {
-    series: ["unit", "unit_index"],
-    values: {
-      utilization_pct: {},
-      mem_used_bytes: { unit: ["cpu", "gpu"] },
-      mem_total_bytes: { unit: ["cpu", "gpu"] },
-    },
-  },
-};
+const CHART_HEIGHT = 220;
+const AXIS_FONT = "11px system-ui, sans-serif";
+// Value columns named by these conventions (docs/writing-plugins.md) get their own axis.
+const PERCENT_SUFFIX = "_pct"; // drawn from 0 to 100
+const BYTES_SUFFIX = "_bytes"; // ticks in KiB, MiB, GiB...
+const BYTE_UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+// Byte ticks fall on whole units: 1, 2, 5, 10, ... 500 of B, KiB, MiB...
+const BYTE_STEPS = BYTE_UNITS.flatMap((_, n) =>
+  [1, 2, 5, 10, 20, 50, 100, 200, 500].map((m) => m * 1024 ** n));
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777",
   "#4b5563", "#65a30d", "#9333ea"];
 
@@ -34,14 +32,16 @@ class AuthNeeded extends Error {}
 
 /** One chart: points per series label, drawn by uPlot; snapshot() is the data behind it. */
 class Chart {
-  constructor(name, el) {
+  constructor(name, el, value) {
     this.name = name;
     this.el = el;
+    this.value = value; // the value column: its name picks the y axis
     this.series = new Map(); // label -> Map(time in s -> value)
     this.labels = [];
     this.data = [[]];
     this.plot = null;
     this.timer = null;
+    this.loading = false; // the range is being read: "loading", not "no data", until done
   }
 
   add(label, t, value) {
@@ -87,12 +87,13 @@ class Chart {
     const xs = [...times].sort((a, b) => a - b);
     this.data = [xs, ...labels.map((l) => xs.map((t) => this.series.get(l).get(t) ?? null))];
     this.el.dataset.points = String(labels.reduce((n, l) => n + this.series.get(l).size, 0));
+    this.el.dataset.state = xs.length ? "data" : this.loading ? "loading" : "empty";
     if (xs.length === 0) {
       this.destroy();
       this.labels = labels;
       const empty = document.createElement("p");
       empty.className = "empty";
-      empty.textContent = "no data in this range";
+      empty.textContent = this.loading ? "loading…" : "no data in this range";
       this.el.replaceChildren(empty);
       return;
     }
@@ -106,11 +107,17 @@ class Chart {
     this.plot = new uPlot(
       {
         width: Math.max(this.el.clientWidth, 300),
-        height: 220,
+        height: CHART_HEIGHT,
         scales: {
           x: { time: true },
-          y: this.el.hasAttribute("data-percent") ? { range: [0, 100] } : {},
+          y: this.value.endsWith(PERCENT_SUFFIX) ? { range: [0, 100] } : {},
         },
+        axes: [
+          { font: AXIS_FONT, space: 70, size: 30, values: timeTicks },
+          this.value.endsWith(BYTES_SUFFIX)
+            ? { font: AXIS_FONT, values: byteTicks, incrs: BYTE_STEPS, size: axisWidth }
+            : { font: AXIS_FONT, values: numberTicks, size: axisWidth },
+        ],
         series: [
           {},
           ...labels.map((label, i) => ({
@@ -128,7 +135,9 @@ class Chart {
   }
 
   resize() {
-    if (this.plot) this.plot.setSize({ width: Math.max(this.el.clientWidth, 300), height: 220 });
+    if (this.plot) {
+      this.plot.setSize({ width: Math.max(this.el.clientWidth, 300), height: CHART_HEIGHT });
+    }
   }
 
   destroy() {
@@ -137,10 +146,52 @@ class Chart {
   }
 }
 
-const charts = {};
-for (const el of document.querySelectorAll("[data-chart]")) {
-  charts[el.dataset.chart] = new Chart(el.dataset.chart, el);
+/* ---------- axes ---------- */
+
+const measure = document.createElement("canvas").getContext("2d");
+
+/** Tick labels of a time axis: to the second, the minute or the day, as the ticks are apart. */
+function timeTicks(_u, splits, _axis, _space, incr) {
+  return splits.map((t) => {
+    const d = new Date(t * 1000);
+    const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+    if (incr < 60) return `${hm}:${pad(d.getSeconds())}`;
+    if (incr < 86400) return hm;
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  });
 }
+
+/** Numbers with the decimals the tick step needs; 10,000 and more in k, M, G... */
+function numberTicks(_u, splits, _axis, _space, incr) {
+  const decimals = Math.min(6, Math.max(0, -Math.floor(Math.log10(incr || 1))));
+  const plain = new Intl.NumberFormat("en", { maximumFractionDigits: decimals });
+  const compact = new Intl.NumberFormat("en", { notation: "compact", maximumSignificantDigits: 3 });
+  return splits.map((v) => (v == null ? "" : Math.abs(v) >= 10_000 ? compact : plain).format(v));
+}
+
+/** Byte counts in the unit of the largest tick: "4 GiB", "512 MiB". */
+function byteTicks(_u, splits) {
+  const largest = Math.max(...splits.map((v) => Math.abs(v ?? 0)));
+  const unit = largest > 0 ? Math.min(BYTE_UNITS.length - 1, Math.floor(Math.log2(largest) / 10)) : 0;
+  const format = new Intl.NumberFormat("en", { maximumSignificantDigits: 3 });
+  return splits.map((v) => (v == null ? "" : `${format.format(v / 1024 ** unit)} ${BYTE_UNITS[unit]}`));
+}
+
+/** A y axis as wide as its longest tick label: labels never run into the plot or each other. */
+function axisWidth(_u, values) {
+  if (!values) return 50;
+  measure.font = AXIS_FONT;
+  const widest = Math.max(0, ...values.map((v) => measure.measureText(String(v ?? "")).width));
+  return Math.ceil(widest) + 18; // the tick and the gap beside it
+}
+
+function pad(n) {
+  return String(n).padStart(2, "0");
+}
+
+/* ---------- charts from the plugins' declarations ---------- */
+
+const charts = {}; // "plugin/table/value" -> Chart, those of the selected agent
 
 // For tests and the curious: the data behind each chart and the page's state.
 window.sparklem = {
@@ -153,7 +204,10 @@ window.sparklem = {
   ready: false, // the fleet was loaded once
 };
 
-const state = { selected: null, generation: 0, source: null, fleetTimer: null };
+const state = {
+  selected: null, generation: 0, source: null, fleetTimer: null,
+  catalog: new Map(), // plugin -> its tables, from /plugins (loadCatalog)
+};
 
 /* ---------- API ---------- */
 
@@ -175,7 +229,9 @@ async function api(path, init = {}) {
   }
   if (!response.ok) {
     const detail = body && typeof body.error === "string" ? body.error : response.statusText;
-    throw new Error(`${path.split("?")[0]}: ${response.status} ${detail}`);
+    const error = new Error(`${path.split("?")[0]}: ${response.status} ${detail}`);
+    error.status = response.status;
+    throw error;
   }
   return body;
 }
@@ -340,6 +396,71 @@ function agentFromHash() {
   return new URLSearchParams(location.hash.slice(1)).get("agent");
 }
 
+/** /plugins as Map(plugin -> [{table, series (without agent_id), values}]), checked. */
+async function loadCatalog() {
+  const body = await api("plugins");
+  const catalog = new Map();
+  const plugins = isObject(body) && isObject(body.plugins) ? body.plugins : {};
+  for (const [plugin, tables] of Object.entries(plugins)) {
+    if (!Array.isArray(tables)) continue;
+    const usable = tables
+      .filter((t) => isObject(t) && typeof t.table === "string" && Array.isArray(t.series) &&
+        Array.isArray(t.values))
+      .map((t) => ({
+        table: t.table,
+        series: t.series.filter((s) => typeof s === "string" && s !== "agent_id"),
+        values: t.values.filter((v) => typeof v === "string"),
+      }));
+    if (usable.length) catalog.set(plugin, usable);
+  }
+  state.catalog = catalog;
+}
+
+function chartKey(plugin, table, value) {
+  return `${plugin}/${table}/${value}`;
+}
+
+/** The charts of ``plugins``, in place of any before; ``loading`` until their data is in. */
+function showCharts(plugins, loading) {
+  for (const chart of Object.values(charts)) chart.destroy();
+  for (const key of Object.keys(charts)) delete charts[key];
+  $("charts").replaceChildren();
+  for (const plugin of plugins) addCharts(plugin, loading);
+  $("no-charts").hidden = loading || plugins.length > 0;
+}
+
+/** A chart per value column of each of the plugin's tables, drawn (empty) at once. */
+function addCharts(plugin, loading) {
+  const tables = state.catalog.get(plugin) || [];
+  for (const table of tables) {
+    for (const value of table.values) {
+      const key = chartKey(plugin, table.table, value);
+      const figure = document.createElement("figure");
+      const caption = document.createElement("figcaption");
+      caption.textContent = tables.length > 1
+        ? `${plugin} ${table.table}: ${value}` : `${plugin}: ${value}`;
+      const el = document.createElement("div");
+      el.className = "chart";
+      el.dataset.chart = key;
+      figure.append(caption, el);
+      $("charts").append(figure);
+      charts[key] = new Chart(key, el, value);
+      charts[key].loading = loading;
+      charts[key].render();
+    }
+  }
+  $("no-charts").hidden = true;
+}
+
+/** The plugins ``agent`` has sent readings of (the fleet's ``plugins``) that can be drawn. */
+async function agentPlugins(agent) {
+  const body = await api(`agents?${new URLSearchParams({ agent })}`);
+  const found = isObject(body) && Array.isArray(body.agents)
+    ? body.agents.find((a) => isObject(a) && a.agent_id === agent) : null;
+  const sent = found && isObject(found.plugins) ? Object.keys(found.plugins) : [];
+  return sent.filter((p) => state.catalog.has(p)).sort(naturalOrder);
+}
+
 async function selectAgent(agent) {
   const generation = ++state.generation;
   state.selected = agent;
@@ -349,10 +470,20 @@ async function selectAgent(agent) {
     row.classList.toggle("selected", row.dataset.agent === agent);
   }
   closeStream();
-  for (const chart of Object.values(charts)) chart.clear();
+  showCharts([], true);
   $("agent-section").hidden = agent === null;
   if (agent === null) return;
   $("agent-name").textContent = agent;
+  let plugins;
+  try {
+    await loadCatalog(); // again at each selection: a plugin installed since shows up
+    plugins = await agentPlugins(agent);
+  } catch (error) {
+    if (generation === state.generation) showError(error);
+    return;
+  }
+  if (generation !== state.generation) return;
+  showCharts(plugins, true);
   // The stream first, then the history: a reading stored in between is on one or the other,
   // and a point seen twice is the same point (one value per series and time). The history
   // waits for the stream to open (or STREAM_WAIT_MS, when a proxy holds the stream back).
@@ -360,26 +491,26 @@ async function selectAgent(agent) {
   if (generation !== state.generation) return;
   const to = new Date(Date.now() + 300_000); // agents' clocks run a little ahead, too
   const from = new Date(Date.now() - rangeSeconds() * 1000);
+  const load = rangeSeconds() <= RAW_UP_TO_S ? loadHistory : loadAverages;
   try {
-    await Promise.all(
-      Object.keys(PLUGINS).map((plugin) =>
-        rangeSeconds() <= RAW_UP_TO_S
-          ? loadHistory(agent, plugin, from, to, generation)
-          : loadAverages(agent, plugin, from, to, generation)),
-    );
+    await Promise.all(plugins.flatMap((plugin) =>
+      state.catalog.get(plugin).map((table) => load(agent, plugin, table, from, to, generation))));
   } catch (error) {
     if (generation === state.generation) showError(error);
-    return;
   }
   if (generation !== state.generation) return;
-  for (const chart of Object.values(charts)) chart.render();
+  for (const chart of Object.values(charts)) {
+    chart.loading = false;
+    chart.render();
+  }
   window.sparklem.loaded = agent;
 }
 
-async function loadHistory(agent, plugin, from, to, generation) {
+async function loadHistory(agent, plugin, table, from, to, generation) {
   let cursor = null;
   for (let page = 0; page < HISTORY_MAX_PAGES; page++) {
     const query = new URLSearchParams({
+      table: table.table,
       agent,
       from: from.toISOString(),
       to: to.toISOString(),
@@ -389,18 +520,18 @@ async function loadHistory(agent, plugin, from, to, generation) {
     const body = await api(`readings/${encodeURIComponent(plugin)}?${query}`);
     if (generation !== state.generation) return;
     const readings = Array.isArray(body.readings) ? body.readings : [];
-    for (const reading of readings) ingest(plugin, reading);
+    for (const reading of readings) ingest(plugin, table.table, reading);
     cursor = typeof body.next === "string" && body.next ? body.next : null;
     if (!cursor) return;
   }
 }
 
 /** The range in 1-minute averages of each value, per series: bounded whatever the rate. */
-async function loadAverages(agent, plugin, from, to, generation) {
-  const { series, values } = PLUGINS[plugin];
+async function loadAverages(agent, plugin, table, from, to, generation) {
   const readings = new Map(); // series and minute -> {series, values, time}
-  await Promise.all(Object.entries(values).map(async ([name, only]) => {
+  await Promise.all(table.values.map(async (name) => {
     const query = new URLSearchParams({
+      table: table.table,
       field: name,
       agg: "avg",
       bucket: "1m",
@@ -408,11 +539,14 @@ async function loadAverages(agent, plugin, from, to, generation) {
       from: from.toISOString(),
       to: to.toISOString(),
     });
-    for (const key of series) query.append("group_by", key);
-    for (const [key, wanted] of Object.entries(only)) {
-      for (const value of wanted) query.append(key, value);
+    for (const key of table.series) query.append("group_by", key);
+    let body;
+    try {
+      body = await api(`aggregate/${encodeURIComponent(plugin)}?${query}`);
+    } catch (error) {
+      if (error.status === 400) return; // a value that is not a number has no average
+      throw error;
     }
-    const body = await api(`aggregate/${encodeURIComponent(plugin)}?${query}`);
     for (const group of Array.isArray(body.groups) ? body.groups : []) {
       if (!isObject(group) || !isObject(group.key) || !Array.isArray(group.points)) continue;
       for (const point of group.points) {
@@ -424,35 +558,24 @@ async function loadAverages(agent, plugin, from, to, generation) {
     }
   }));
   if (generation !== state.generation) return;
-  for (const reading of readings.values()) ingest(plugin, reading);
+  for (const reading of readings.values()) ingest(plugin, table.table, reading);
 }
 
 function rangeSeconds() {
   return Number($("range").value) || 3600;
 }
 
-/** A reading from /readings ({series, values, time}) or the stream (the row itself). */
-function ingest(plugin, reading) {
+/** A reading from /readings ({series, values, time}) or the stream (the row itself): each
+ * value on its chart, on the line of its series (the series keys' values). */
+function ingest(plugin, tableName, reading) {
   if (!isObject(reading)) return;
   const t = seconds(reading.time);
-  if (t === null) return;
-  if (plugin === "temperature") {
-    charts.temperature.add(String(field(reading, "sensor")), t, field(reading, "celsius"));
-    return;
-  }
-  if (plugin !== "pu_workload") return;
-  const unit = field(reading, "unit");
-  const index = String(field(reading, "unit_index"));
-  const load = field(reading, "utilization_pct");
-  const memory = percent(field(reading, "mem_used_bytes"), field(reading, "mem_total_bytes"));
-  if (unit === "cpu") {
-    charts.cpu.add("cpu", t, load);
-    charts.memory.add("memory", t, memory);
-  } else if (unit === "core") {
-    charts.cores.add(`core ${index}`, t, load);
-  } else if (unit === "gpu") {
-    charts.gpu.add(`gpu ${index}`, t, load);
-    charts.memory.add(`gpu ${index} memory`, t, memory);
+  const table = (state.catalog.get(plugin) || []).find((x) => x.table === tableName);
+  if (t === null || !table) return;
+  const label = table.series.map((key) => String(field(reading, key))).join(" ");
+  for (const value of table.values) {
+    const chart = charts[chartKey(plugin, tableName, value)];
+    if (chart) chart.add(label || value, t, field(reading, value));
   }
 }
 
@@ -511,8 +634,12 @@ function openStream(agent) {
     const data = isObject(event.data) ? event.data : {};
     const row = isObject(data.row) ? data.row : data;
     window.sparklem.stream.events += 1;
+    if (!state.catalog.has(event.plugin)) return; // not in /plugins when the agent was chosen
+    if (!Object.keys(charts).some((key) => key.startsWith(`${event.plugin}/`))) {
+      addCharts(event.plugin, false); // the agent's first reading of this plugin
+    }
     // ``at`` is the reading's time whatever the plugin calls its time column.
-    ingest(event.plugin, { ...row, time: event.at ?? field(row, "measured_at") });
+    ingest(event.plugin, event.table, { ...row, time: event.at });
     const since = Date.now() / 1000 - rangeSeconds();
     for (const chart of Object.values(charts)) chart.trim(since);
   });
@@ -543,11 +670,6 @@ function seconds(time) {
   if (typeof time !== "string") return null;
   const ms = Date.parse(time);
   return Number.isNaN(ms) ? null : ms / 1000;
-}
-
-function percent(used, total) {
-  if (typeof used !== "number" || typeof total !== "number" || !(total > 0)) return null;
-  return (100 * used) / total;
 }
 
 function count(n) {
