@@ -46,6 +46,7 @@ from sparklem_core.settings.config import (
     Config,
     load_plugins,
 )
+from sparklem_core.settings.kafka import KafkaPropertyError, check_properties
 from sparklem_core.settings.masking import mask_secrets
 from sparklem_core.settings.validation import (
     MAX_INTERVAL_S,
@@ -94,13 +95,25 @@ def check_bootstrap(bootstrap: str) -> str:
     return ",".join(servers)
 
 
+class BadKafkaProperty(EnrollmentError):
+    """A Kafka property for the agent that is refused: a usage error."""
+
+
 def check_kafka_property(name: str, value: Any) -> None:
     if not re.fullmatch(r"[a-z][a-z0-9._-]*", name):
-        raise EnrollmentError(f"kafka property {name!r} is not a librdkafka property name")
+        raise BadKafkaProperty(f"kafka property {name!r} is not a librdkafka property name")
     if SECRET_PROPERTY_RE.search(name):
-        raise EnrollmentError(f"kafka property {name!r} is a secret; agent.yaml holds no secrets")
+        raise BadKafkaProperty(f"kafka property {name!r} is a secret; agent.yaml holds no secrets")
     if not isinstance(value, str | int | float | bool):
-        raise EnrollmentError(f"kafka property {name!r} must be a string, number or boolean")
+        raise BadKafkaProperty(f"kafka property {name!r} must be a string, number or boolean")
+
+
+def check_producer_properties(props: Mapping[str, Any]) -> None:
+    """The agent's producer properties, as the librdkafka installed here sees them."""
+    try:
+        check_properties(props, "producer")
+    except KafkaPropertyError as exc:
+        raise BadKafkaProperty(exc.under("kafka property ")) from None
 
 
 def new_passphrase() -> str:
@@ -342,6 +355,7 @@ def agent_document(
     for name, value in (kafka or {}).items():
         check_kafka_property(name, value)
         props[name] = value
+    check_producer_properties(props)
     if not plugins:
         raise EnrollmentError("no plugin selected")
     document = {

@@ -46,6 +46,7 @@ from sparklem_core.settings.config import (
     KafkaName,
     KafkaValue,
 )
+from sparklem_core.settings.kafka import KafkaPropertyError, check_properties
 from sparklem_core.settings.validation import (
     MAX_INTERVAL_S,
     STRICT,
@@ -219,6 +220,10 @@ class AgentDocument(BaseModel):
         secret = next((name for name in self.kafka if SECRET_PROPERTY_RE.search(name)), None)
         if secret:
             raise ValueError(f"kafka.{secret}: a secret; agent.yaml holds no secrets")
+        try:
+            check_properties(self.kafka, "producer")
+        except KafkaPropertyError as exc:
+            raise ValueError(exc.under("kafka.")) from None
         return self
 
 
