@@ -99,6 +99,21 @@ def test_bundle_round_trip(certs: Path) -> None:
     assert stat_mode(made.bundle_path) == 0o600
 
 
+def test_server_id_is_recorded_and_survives_a_key_rotation(certs: Path, tmp_path: Path) -> None:
+    first = make(certs)
+    server_id = (certs / "server_id").read_text().strip()
+    assert first.document["server_id"] == server_id and re.fullmatch(r"[0-9a-f]{16}", server_id)
+    rotated, _ = create_server_key(tmp_path / "rotated", bits=2048)
+    os.replace(rotated, certs / "server_private_2.pem")
+    os.utime(certs / "server_private_2.pem", (2**31, 2**31))  # the newest: bundles name it
+    second = make(certs, force=True)
+    assert second.kid != first.kid and second.document["server_id"] == server_id
+    other = tmp_path / "other"
+    (other / "agents").mkdir(parents=True)
+    shutil.copy(certs / "server_private.pem", other)
+    assert make(other).document["server_id"] != server_id  # another server
+
+
 def test_bundle_is_sealed_whole_with_nothing_in_clear(certs: Path) -> None:
     made = make(certs)
     data = made.bundle_path.read_bytes()
