@@ -207,6 +207,9 @@ class Setup:
             bits=2048,
             agent={"stall_timeout_s": stall_s},
         )
+        self.spool = agent_core.spool_path(
+            self.state, bundle_file.load_bundle(made.bundle_path, PASSPHRASE)
+        )
         return made.bundle_path
 
     def command(self, bundle: Path, *args: str) -> list[str]:
@@ -238,7 +241,7 @@ class Setup:
 
     def spooled_seqs(self, topic: str | None = None) -> list[int]:
         """The seqs waiting in the agent's spool, oldest first (of one topic, if given)."""
-        path = self.state / "spool.sqlite3"
+        path = self.spool  # of the last bundle made
         if not path.exists():
             return []
         db = sqlite3.connect(path)
@@ -482,3 +485,89 @@ def test_agent_refuses_a_bundle_whose_plugins_are_all_missing(setup: Setup) -> N
     bundle = bundle_file.load_bundle(made.bundle_path, PASSPHRASE)
     with pytest.raises(agent_core.AgentError, match=r"none of the bundle's plugins \(nope\)"):
         agent_core.Agent(bundle, setup.root / "state-lonely")
+
+
+# --- state per server ---------------------------------------------------------------------
+
+
+def spool_count(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+    finally:
+        db.close()
+
+
+def warnings_about(stderr: str, path: Path) -> list[str]:
+    return [line for line in stderr.splitlines() if str(path) in line and "WARNING" in line]
+
+
+@pytest.mark.e2e
+def test_a_spool_sealed_for_another_server_is_reported_and_not_sent(
+    setup: Setup, broker: TansuBroker, tmp_path: Path
+) -> None:
+    old = setup.bundle(f"127.0.0.1:{free_port()}")  # server A, its broker down
+    assert setup.run(old, "--once", "--flush-timeout", "1").returncode == 1
+    old_spool = setup.spool
+    assert spool_count(old_spool) == 2
+
+    other_pem = create_server_key(tmp_path / "server-b", bits=2048)[0].read_bytes()
+    server_b = Setup(tmp_path / "b", other_pem)  # re-enrolled against server B
+    server_b.state, server_b.topics = setup.state, setup.topics
+    broker.create_topics(setup.topics.values())
+    new = server_b.bundle(broker.bootstrap)
+    done = server_b.run(new, "--once")
+    assert done.returncode == 0, done.stderr
+
+    server_a = old_spool.parent.name
+    assert server_b.spool.parent.name != server_a
+    (line,) = warnings_about(done.stderr, old_spool)
+    assert f"holds 2 entries sealed for another server ({server_a})" in line
+    assert "not sent" in line and "Traceback" not in done.stderr
+    records = read_records(broker.bootstrap, list(setup.topics.values()), 2, quiet_s=1)
+    assert len(records) == 2
+    for record in records:
+        server_b.open(record.value())  # B's agent key signed it, B's server key opens it
+    assert spool_count(old_spool) == 2  # kept for server A, untouched
+
+
+def test_state_is_kept_per_server_across_a_key_rotation(setup: Setup) -> None:
+    first = setup.bundle(f"127.0.0.1:{free_port()}")
+    assert setup.run(first, "--once", "--flush-timeout", "1").returncode == 1
+    old_spool, old_seqs = setup.spool, setup.spooled_seqs()
+    before = bundle_file.load_bundle(first, PASSPHRASE)
+
+    rotated, _ = create_server_key(setup.root / "new-key", bits=2048)
+    os.replace(rotated, setup.certs / "server_private_2.pem")
+    later = time.time() + 60  # the newest key file: new bundles name it
+    os.utime(setup.certs / "server_private_2.pem", (later, later))
+    second = setup.bundle(f"127.0.0.1:{free_port()}")
+    after = bundle_file.load_bundle(second, PASSPHRASE)  # over the first one's file
+    assert after.kid != before.kid and after.server_id == before.server_id is not None
+    done = setup.run(second, "--once", "--flush-timeout", "1")
+    assert done.returncode == 1
+
+    assert setup.spool.parent == old_spool.parent  # the same server: its state stays
+    assert setup.spool != old_spool  # a new agent key: what the old one signed cannot go
+    (line,) = warnings_about(done.stderr, old_spool)
+    assert "signed with the agent key of an earlier enrolment with this server" in line
+    assert spool_count(old_spool) == 2
+    assert min(setup.spooled_seqs()) > max(old_seqs)  # seq state kept: it keeps rising
+
+
+def test_the_state_of_an_agent_from_before_is_adopted(setup: Setup) -> None:
+    bundle = setup.bundle(f"127.0.0.1:{free_port()}")
+    assert setup.run(bundle, "--once", "--flush-timeout", "1").returncode == 1
+    before = setup.spooled_seqs()
+    server_dir = setup.spool.parent  # the layout of earlier versions: all in the root
+    assert sorted(os.listdir(server_dir)) == sorted(["state.json", setup.spool.name])
+    os.replace(server_dir / "state.json", setup.state / "state.json")
+    os.replace(setup.spool, setup.state / "spool.sqlite3")
+
+    done = setup.run(bundle, "--once", "--flush-timeout", "1")
+    assert done.returncode == 1
+    assert "moved 2 spooled entries" in done.stderr and "WARNING spool" not in done.stderr
+    after = setup.spooled_seqs()
+    assert after[:2] == before and len(after) == 4 and min(after[2:]) > max(before)
+    assert not (setup.state / "spool.sqlite3").exists()
+    assert not (setup.state / "state.json").exists()

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from sparklem_core import plugin_api, wire
 from sparklem_core.settings.config import (
+    KAFKA_DEFAULTS,
     Config,
     ConfigError,
     ProcessorSettings,
@@ -30,6 +31,7 @@ from sparklem_core.settings.config import (
     mask_secrets,
     mask_url,
 )
+from sparklem_core.settings.kafka import property_table
 
 MAIN = PROJECT_ROOT / "main.py"
 
@@ -363,6 +365,31 @@ def test_cli_refused_kafka_property_exits_2(tmp_path: Path) -> None:
     assert "kafka.enable.auto.commit" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("kafka", "message"),
+    [
+        (
+            {"bootstrap.server": "k:9092"},
+            "kafka.bootstrap.server: not a librdkafka property (did you mean bootstrap.servers?)",
+        ),
+        (
+            {"session.timeout.ms": "abc"},
+            "kafka.session.timeout.ms: librdkafka refuses this value (expects integer, 1 .. ",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "init"])
+def test_cli_kafka_property_librdkafka_refuses_exits_2_in_one_line(
+    tmp_path: Path, command: str, kafka: dict[str, Any], message: str
+) -> None:
+    config = write(tmp_path, {"kafka": kafka}, name="bad.yaml")
+    result = cli(tmp_path, command, "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"main.py: configuration error: {message}")
+    assert result.stderr.count("\n") == 1 and result.stdout == "", result.stderr
+    assert not (tmp_path / "certs").exists()  # refused before init did anything
+
+
 def test_cli_missing_config_file_exits_2(tmp_path: Path) -> None:
     result = cli(tmp_path, "run", "--config", str(tmp_path / "absent.yaml"))
     assert result.returncode == 2
@@ -413,6 +440,47 @@ def plugin_error(tmp_path: Path, plugins: dict[str, Any]) -> str:
     with pytest.raises(ConfigError) as caught:
         load_plugins(config)
     return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("kafka", "message"),
+    [
+        ({"linger.msec": 5}, "kafka.linger.msec: not a librdkafka property (did you mean"),
+        ({"auto.offset.reset": "oldest"}, "kafka.auto.offset.reset: librdkafka refuses this value"),
+        ({"enable.partition.eof": "yes"}, "kafka.enable.partition.eof: librdkafka refuses"),
+        ({"security.protocol": "tls"}, "expects enum value, plaintext, ssl, sasl_plaintext"),
+        ({"linger.ms": 5}, "kafka.linger.ms: a producer property; this consumer would ignore it"),
+        ({"error_cb": "x"}, "kafka.error_cb: set through librdkafka's C API, not in a config"),
+        ({"logger": "x"}, "kafka.logger: not a librdkafka property"),
+        ({"client.id": "a\0b"}, "kafka.client.id: must be UTF-8 text without NUL characters"),
+        ({"group.id": "\t"}, "kafka.group.id: must not be blank"),  # an abort in C, unchecked
+        (
+            {"partition.assignment.strategy": "range,cooperative-sticky"},
+            "kafka: librdkafka refuses this combination: ",
+        ),
+    ],
+)
+def test_kafka_properties_are_checked_by_librdkafka(
+    tmp_path: Path, kafka: dict[str, Any], message: str
+) -> None:
+    assert message in error(tmp_path, {"kafka": kafka})
+
+
+def test_kafka_properties_librdkafka_takes_are_kept(tmp_path: Path) -> None:
+    kafka = {
+        "session.timeout.ms": 6000,
+        "auto.offset.reset": "latest",
+        "security.protocol": "ssl",  # its files are the real consumer's to read
+        "ssl.ca.location": str(tmp_path / "absent-ca.pem"),
+        "fetch.wait.max.ms": 100,
+        "isolation.level": "read_committed",
+    }
+    assert load(tmp_path, {"kafka": kafka}).kafka == {**KAFKA_DEFAULTS, **kafka}
+
+
+def test_a_refused_secret_value_is_not_repeated(tmp_path: Path) -> None:
+    message = error(tmp_path, {"kafka": {"sasl.password": 5, "acks": 0}})
+    assert "kafka.acks: a producer property" in message and "5" not in message
 
 
 @pytest.mark.parametrize(
@@ -627,6 +695,12 @@ keys = st.one_of(
             "cors_origins",
             "audit_log",
             "client_buffer",
+            "bootstrap.server",
+            "session.timeout.ms",
+            "linger.ms",
+            "auto.offset.reset",
+            "security.protocol",
+            "error_cb",
         ]
     ),  # fmt: skip
     st.text(max_size=8),
@@ -654,6 +728,34 @@ def test_any_document_gives_a_config_or_one_error_line(tmp_path: Path, doc: dict
         assert "\n" not in message and SECRET not in message
     else:
         assert isinstance(config, Config)
+
+
+kafka_names = st.one_of(
+    st.sampled_from(sorted(property_table() or ["bootstrap.servers"])),
+    st.from_regex(r"[a-z][a-z0-9._-]{0,24}", fullmatch=True),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(kafka=st.dictionaries(kafka_names, scalars, max_size=4))
+@example(kafka={"bootstrap.server": "k:9092"}).via("issue 18: a typo of a property")
+@example(kafka={"session.timeout.ms": "abc"}).via("issue 18: a value librdkafka refuses")
+@example(kafka={"group.id": " "}).via("a blank group.id aborts confluent-kafka's Consumer")
+def test_any_kafka_section_gives_a_config_or_one_error_line(
+    tmp_path: Path, kafka: dict[str, Any]
+) -> None:
+    """Any librdkafka property name (or none) with any value: checked, never a traceback."""
+    path = tmp_path / "random.yaml"
+    path.write_text(yaml.safe_dump({"kafka": kafka}), encoding="utf-8")
+    try:
+        config = load_config(path, env={})
+    except ConfigError as exc:
+        message = str(exc)
+        assert "\n" not in message and SECRET not in message and message.startswith("kafka")
+    else:
+        assert set(kafka) <= set(config.kafka)
 
 
 @settings(

@@ -56,6 +56,11 @@ def certs(tmp_path: Path, server_pem: bytes, monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.fixture(scope="module")
+def agent_key(server_pem: bytes) -> RSA.RsaKey:
+    return RSA.import_key(server_pem)
+
+
+@pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory, server_pem: bytes) -> bytes:
     """One bundle's bytes, made once for the tests that only damage copies of it."""
     certificates = tmp_path_factory.mktemp("sample") / "certificates"
@@ -92,6 +97,21 @@ def test_bundle_round_trip(certs: Path) -> None:
     assert bundle.kafka["compression.type"] == "lz4"
     assert bundle.kafka["acks"] == "all" and bundle.kafka["enable.idempotence"] is True
     assert stat_mode(made.bundle_path) == 0o600
+
+
+def test_server_id_is_recorded_and_survives_a_key_rotation(certs: Path, tmp_path: Path) -> None:
+    first = make(certs)
+    server_id = (certs / "server_id").read_text().strip()
+    assert first.document["server_id"] == server_id and re.fullmatch(r"[0-9a-f]{16}", server_id)
+    rotated, _ = create_server_key(tmp_path / "rotated", bits=2048)
+    os.replace(rotated, certs / "server_private_2.pem")
+    os.utime(certs / "server_private_2.pem", (2**31, 2**31))  # the newest: bundles name it
+    second = make(certs, force=True)
+    assert second.kid != first.kid and second.document["server_id"] == server_id
+    other = tmp_path / "other"
+    (other / "agents").mkdir(parents=True)
+    shutil.copy(certs / "server_private.pem", other)
+    assert make(other).document["server_id"] != server_id  # another server
 
 
 def test_bundle_is_sealed_whole_with_nothing_in_clear(certs: Path) -> None:
@@ -373,6 +393,16 @@ def test_agent_yaml_is_checked(sample: bytes) -> None:
         bundle_file.open_bundle(_sealed(*(_file(n, d) for n, d in bad.items())), PASSPHRASE)
 
 
+def test_agent_yaml_kafka_properties_are_checked_by_librdkafka(sample: bytes) -> None:
+    members = _members(sample)
+    doc = yaml.safe_load(members["agent.yaml"])
+    doc["kafka"]["linger.msec"] = 5  # agent.yaml edited by hand, or from another version
+    bad = {**members, "agent.yaml": yaml.safe_dump(doc).encode()}
+    message = "agent.yaml: kafka.linger.msec: not a librdkafka property (did you mean linger.ms?)"
+    with pytest.raises(BundleError, match=re.escape(message)):
+        bundle_file.open_bundle(_sealed(*(_file(n, d) for n, d in bad.items())), PASSPHRASE)
+
+
 _MUTATION = st.one_of(
     st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(1, 255)),
     st.tuples(st.just("cut"), st.integers(0, 10**6), st.integers(1, 64)),
@@ -557,6 +587,58 @@ def test_cli_user_mistakes_are_one_line(certs: Path) -> None:
         assert done.returncode == 1, (args, done.stderr)
         assert "Traceback" not in done.stderr
         assert expected in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ("linger.msec=5", "kafka property linger.msec: not a librdkafka property (did you mean "
+         "linger.ms?)"),
+        ("linger.ms=abc", "kafka property linger.ms: librdkafka refuses this value (expects "),
+        ("session.timeout.ms=6000", "kafka property session.timeout.ms: a consumer property"),
+        ("acks=1", "kafka property: librdkafka refuses this combination: "),
+        ("linger.ms", "--kafka-property 'linger.ms': expected KEY=VALUE"),
+    ],
+)  # fmt: skip
+def test_cli_kafka_property_refused_by_librdkafka_exits_2(
+    certs: Path, item: str, expected: str
+) -> None:
+    env = {"SPARKLEM_CERTIFICATES_DIR": str(certs)}
+    done = run_gen_config("--agent-id", "ok", "--kafka-property", item, cwd=certs.parent, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"gen_config.py: error: {expected}"), done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+    assert not (certs.parent / "out").exists() and list((certs / "agents").iterdir()) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kafka=st.dictionaries(
+        st.one_of(
+            st.sampled_from(["linger.ms", "acks", "compression.type", "session.timeout.ms"]),
+            st.text(max_size=12),
+        ),
+        st.one_of(st.text(max_size=12), st.integers(-(2**40), 2**40), st.booleans()),
+        max_size=3,
+    )
+)
+def test_any_kafka_properties_give_a_document_or_one_refusal(
+    agent_key: RSA.RsaKey, kafka: dict[str, Any]
+) -> None:
+    try:
+        document = enrollment.agent_document(
+            "edge-1",
+            bootstrap="k:9092",
+            plugins=PLUGINS,
+            server_public=agent_key,
+            agent_key=agent_key,
+            kafka=kafka,
+        )
+    except enrollment.BadKafkaProperty as exc:
+        assert str(exc).startswith("kafka property") and "\n" not in str(exc)
+    else:
+        assert kafka.items() <= document["kafka"].items()
+        bundle_file.validate(bundle_file.AgentDocument, document)  # the agent takes it too
 
 
 def test_cli_enroll_list_revoke(certs: Path, tmp_path: Path) -> None:

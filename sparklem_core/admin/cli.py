@@ -16,6 +16,7 @@ import yaml
 
 from sparklem_core.admin.enrollment import (
     AGENT_KEY_BITS,
+    BadKafkaProperty,
     EnrollmentError,
     agent_key_path,
     check_agent_id,
@@ -221,7 +222,7 @@ def _kafka_properties(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise EnrollmentError(f"--kafka-property {item!r}: expected KEY=VALUE")
+            raise BadKafkaProperty(f"--kafka-property {item!r}: expected KEY=VALUE")
         props[name.strip()] = value.strip()
     return props
 
@@ -250,6 +251,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         return cmd_enroll(config, args)
     except ConfigError as exc:
         print(f"{prog}: configuration error: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except BadKafkaProperty as exc:  # checked only once the config is loaded
+        print(f"{prog}: error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (EnrollmentError, BundleError) as exc:
         print(f"{prog}: error: {mask_secrets(str(exc))}", file=sys.stderr)

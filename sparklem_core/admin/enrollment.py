@@ -8,6 +8,7 @@ Every user-facing problem is an :class:`EnrollmentError` with a one-line message
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -46,6 +47,7 @@ from sparklem_core.settings.config import (
     Config,
     load_plugins,
 )
+from sparklem_core.settings.kafka import KafkaPropertyError, check_properties
 from sparklem_core.settings.masking import mask_secrets
 from sparklem_core.settings.validation import (
     MAX_INTERVAL_S,
@@ -68,6 +70,7 @@ from sparklem_core.wire.bundle import (
 )
 
 AGENT_KEY_BITS = 3072
+SERVER_ID_FILE = "server_id"
 BOOTSTRAP_RE = re.compile(r"[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}")
 
 
@@ -94,13 +97,25 @@ def check_bootstrap(bootstrap: str) -> str:
     return ",".join(servers)
 
 
+class BadKafkaProperty(EnrollmentError):
+    """A Kafka property for the agent that is refused: a usage error."""
+
+
 def check_kafka_property(name: str, value: Any) -> None:
     if not re.fullmatch(r"[a-z][a-z0-9._-]*", name):
-        raise EnrollmentError(f"kafka property {name!r} is not a librdkafka property name")
+        raise BadKafkaProperty(f"kafka property {name!r} is not a librdkafka property name")
     if SECRET_PROPERTY_RE.search(name):
-        raise EnrollmentError(f"kafka property {name!r} is a secret; agent.yaml holds no secrets")
+        raise BadKafkaProperty(f"kafka property {name!r} is a secret; agent.yaml holds no secrets")
     if not isinstance(value, str | int | float | bool):
-        raise EnrollmentError(f"kafka property {name!r} must be a string, number or boolean")
+        raise BadKafkaProperty(f"kafka property {name!r} must be a string, number or boolean")
+
+
+def check_producer_properties(props: Mapping[str, Any]) -> None:
+    """The agent's producer properties, as the librdkafka installed here sees them."""
+    try:
+        check_properties(props, "producer")
+    except KafkaPropertyError as exc:
+        raise BadKafkaProperty(exc.under("kafka property ")) from None
 
 
 def new_passphrase() -> str:
@@ -114,6 +129,21 @@ def agent_key_path(certificates: Path, agent_id: str) -> Path:
 
 def revoked_key_path(certificates: Path, agent_id: str) -> Path:
     return certificates / REVOKED_DIR / f"{agent_id}.pem"
+
+
+def server_id(certificates: Path) -> str:
+    """The server's identity, ``certificates/server_id`` (made on first use): unlike a kid
+    it stays when server keys rotate. Agents keep their state per server by it."""
+    path = certificates / SERVER_ID_FILE
+    with contextlib.suppress(FileExistsError):  # made before, or by an enrolment beside us
+        write_atomic(path, f"{secrets.token_hex(8)}\n".encode("ascii"), 0o644, replace=False)
+    try:
+        text = read_regular_file(path, 64).decode("ascii", "replace").strip()
+    except UnusableFile as exc:
+        raise EnrollmentError(f"{path} {exc}; remove it and enroll again") from None
+    if not wire.KID_RE.fullmatch(text):
+        raise EnrollmentError(f"{path} does not hold 16 hex characters; remove it, enroll again")
+    return text
 
 
 def server_key(certificates: Path) -> RSA.RsaKey:
@@ -329,9 +359,11 @@ def agent_document(
     agent_key: RSA.RsaKey,
     kafka: Mapping[str, Any] | None = None,
     agent: Mapping[str, Any] | None = None,
+    server: str | None = None,
 ) -> dict[str, Any]:
     """The content of ``agent.yaml``; ``plugins`` maps a name to its topic, interval, settings,
-    ``agent`` adds agent settings (``spool_max_rows``, ``stall_timeout_s``)."""
+    ``agent`` adds agent settings (``spool_max_rows``, ``stall_timeout_s``), ``server`` the
+    server id (:func:`server_id`)."""
     props: dict[str, Any] = {
         "bootstrap.servers": check_bootstrap(bootstrap),
         "client.id": f"sparklem-agent-{agent_id}",
@@ -342,6 +374,7 @@ def agent_document(
     for name, value in (kafka or {}).items():
         check_kafka_property(name, value)
         props[name] = value
+    check_producer_properties(props)
     if not plugins:
         raise EnrollmentError("no plugin selected")
     document = {
@@ -349,6 +382,7 @@ def agent_document(
         "agent_id": check_agent_id(agent_id),
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "kid": wire.key_id(server_public),
+        **({"server_id": server} if server else {}),
         "agent_key_fingerprint": fingerprint(agent_key),
         "kafka": props,
         "agent": {"spool_max_rows": DEFAULT_SPOOL_MAX_ROWS, **dict(agent or {})},
@@ -427,6 +461,7 @@ def create_agent(
         agent_key=agent_key,
         kafka=kafka,
         agent=agent,
+        server=server_id(certificates),
     )
     generated = passphrase is None
     passphrase = new_passphrase() if passphrase is None else passphrase

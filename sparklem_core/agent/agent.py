@@ -11,6 +11,12 @@
 - Every envelope goes through the SQLite spool (:mod:`sparklem_core.agent.spool`): insert,
   produce, delete on the delivery report. While the broker is unreachable entries pile
   up (bounded, oldest dropped first) and drain in order when it comes back.
+- State is kept per server, in ``servers/<server id>/`` of the state directory (the
+  bundle's ``server_id``, which a server key rotation keeps; ``kid-<kid>`` for bundles
+  without one): ``state.json`` and one spool per agent key, ``spool-<fingerprint>.sqlite3``.
+  Envelopes are signed with the agent key and sealed for the server, so a spool of
+  another server, or of an earlier enrolment (another agent key), could only be refused
+  (``bad_signature``): it is reported at start and never sent.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +49,8 @@ from sparklem_core.wire.bundle import (
 log = logging.getLogger("sparklem.agent")
 PASSPHRASE_ENV = "SPARKLEM_AGENT_PASSPHRASE"
 STATE_DIR_ENV = "SPARKLEM_AGENT_STATE_DIR"
+SERVERS_DIR = "servers"
+LEGACY_SPOOL, STATE_FILE = "spool.sqlite3", "state.json"  # in the state directory, before
 SEQ_BLOCK = 1000  # seq numbers reserved on disk at a time
 MAX_ENVELOPE_BYTES = 1024 * 1024
 DEFAULT_FLUSH_TIMEOUT_S = 30.0
@@ -63,6 +72,16 @@ def default_state_dir(agent_id: str) -> Path:
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / agent_id
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "sparklem-agent" / agent_id
+
+
+def server_state_dir(state_dir: Path, bundle: Bundle) -> Path:
+    """Where the state kept for the bundle's server goes."""
+    return state_dir / SERVERS_DIR / (bundle.server_id or f"kid-{bundle.kid}")
+
+
+def spool_path(state_dir: Path, bundle: Bundle) -> Path:
+    """The spool of the bundle's server and agent key."""
+    return server_state_dir(state_dir, bundle) / f"spool-{bundle.agent_key_fingerprint}.sqlite3"
 
 
 def clock_floor() -> int:
@@ -150,10 +169,15 @@ class Agent:
         self._lock = _lock_state_dir(state_dir)
         spool = None
         try:
-            self.seq = SeqState(state_dir / "state.json", self.agent_id)
+            server_dir = server_state_dir(state_dir, bundle)
+            _adopt_legacy_seq_state(state_dir, server_dir)
+            self.seq = SeqState(server_dir / STATE_FILE, self.agent_id)
             self.host = PluginHost(plugins_dir, enabled=lambda key: key in bundle.plugins)
             self.collectors = self._collectors()
-            self.spool = spool = Spool(state_dir / "spool.sqlite3", settings.spool_max_rows)
+            path = spool_path(state_dir, bundle)
+            self.spool = spool = Spool(path, settings.spool_max_rows)
+            _adopt_legacy_spool(state_dir / LEGACY_SPOOL, spool, bundle)
+            report_unsendable_spools(state_dir, bundle)
             try:
                 self.sender = Sender(spool, bundle.kafka, settings.stall_timeout_s)
             except ValueError as exc:  # the bundle's Kafka properties
@@ -291,6 +315,85 @@ class Agent:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+
+
+def report_unsendable_spools(state_dir: Path, bundle: Bundle) -> list[str]:
+    """One warning line per spool in ``state_dir`` that this bundle cannot send: sealed
+    for another server or signed with another agent key. Returns the lines."""
+    current = spool_path(state_dir, bundle)
+    lines = []
+    for path in sorted([state_dir / LEGACY_SPOOL, *state_dir.glob(f"{SERVERS_DIR}/*/spool-*")]):
+        if path == current or not path.name.endswith(".sqlite3") or not path.is_file():
+            continue
+        count = _count(path)
+        if count == 0:
+            continue
+        if path.parent == current.parent:
+            whose = "signed with the agent key of an earlier enrolment with this server"
+        elif path.parent.parent == state_dir / SERVERS_DIR:
+            whose = f"sealed for another server ({path.parent.name})"
+        else:
+            whose = "not signed with this bundle's agent key"
+        lines.append(
+            f"spool {path} holds {count if count >= 0 else 'some'} entries {whose}: "
+            "the processor would refuse them (bad_signature), so they are not sent; "
+            "delete the file once they are not needed"
+        )
+    for line in lines:
+        log.warning("%s", line)
+    return lines
+
+
+def _count(path: Path) -> int:
+    """Entries in the spool at ``path``, read-only; -1 when it cannot be read."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return -1
+
+
+def _adopt_legacy_seq_state(state_dir: Path, server_dir: Path) -> None:
+    """``state.json`` from before state was kept per server: the first server takes it
+    (seq only moves forward, so any server may)."""
+    legacy = state_dir / STATE_FILE
+    server_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if legacy.is_file() and not (server_dir / STATE_FILE).exists():
+        os.replace(legacy, server_dir / STATE_FILE)
+
+
+def _adopt_legacy_spool(legacy: Path, spool: Spool, bundle: Bundle) -> None:
+    """The spool from before state was kept per server moves into ``spool`` when its
+    entries are this bundle's (signed with its agent key); else it stays and is reported."""
+    if not legacy.is_file():
+        return
+    old = Spool(legacy, spool.max_rows)
+    try:
+        entries = old.pending(limit=1)
+        if entries and not _signed_by(entries[0].value, bundle):
+            return
+        after, moved = 0, 0
+        while batch := old.pending(after):
+            for entry in batch:
+                spool.put(entry.topic, entry.key, entry.value)
+            after, moved = batch[-1].id, moved + len(batch)
+    finally:
+        old.close()
+    for suffix in ("", "-wal", "-shm"):
+        legacy.with_name(legacy.name + suffix).unlink(missing_ok=True)
+    if moved:
+        log.info("moved %d spooled entries from %s into %s", moved, legacy, spool.path)
+
+
+def _signed_by(value: bytes, bundle: Bundle) -> bool:
+    try:
+        wire.verify(wire.parse_envelope(value), bundle.agent_key.public_key())
+    except wire.Rejected:
+        return False
+    return True
 
 
 def _lock_state_dir(state_dir: Path) -> IO[bytes]:

@@ -22,6 +22,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
 from sparklem_core.plugin_host import PluginHost, default_plugins_dir
+from sparklem_core.settings.kafka import KafkaPropertyError, check_properties
 from sparklem_core.settings.masking import (  # noqa: F401  # re-exported: part of this module's API
     SECRET_NAME_RE,
     SecretFilter,
@@ -385,6 +386,10 @@ class ConfigFile(BaseModel):
                     f"kafka.{name}: the processor manages this itself (offsets are committed "
                     "only after the database transaction); remove it"
                 )
+        try:
+            check_properties({**KAFKA_DEFAULTS, **(self.kafka or {})}, "consumer")
+        except KafkaPropertyError as exc:
+            raise ValueError(exc.under("kafka.")) from None
         return self
 
 

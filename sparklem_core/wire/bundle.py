@@ -5,8 +5,8 @@ A tar.xz archive of three members, sealed whole under a passphrase (format:
 
 ``agent.yaml``
     agent id, Kafka producer properties, agent settings (``spool_max_rows``,
-    ``stall_timeout_s``), plugins (interval, topic, settings), the server ``kid`` and
-    the agent key's fingerprint. No secrets.
+    ``stall_timeout_s``), plugins (interval, topic, settings), the server ``kid``, the
+    ``server_id`` and the agent key's fingerprint. No secrets.
 ``server_public.pem``
     the server public key the agent encrypts for.
 ``agent_private.pem``
@@ -46,6 +46,7 @@ from sparklem_core.settings.config import (
     KafkaName,
     KafkaValue,
 )
+from sparklem_core.settings.kafka import KafkaPropertyError, check_properties
 from sparklem_core.settings.validation import (
     MAX_INTERVAL_S,
     STRICT,
@@ -205,6 +206,11 @@ class AgentDocument(BaseModel):
     agent_id: Annotated[str, StringConstraints(pattern=_pattern(wire.AGENT_ID_RE))]
     created: str = Field("", description="when gen_config.py wrote it, UTC")
     kid: KeyId = Field(description="the server key the agent encrypts for")
+    server_id: KeyId | None = Field(
+        None,
+        description="the server's identity (its certificates directory's), kept across key "
+        "rotation: the agent keeps its state per server by it",
+    )
     agent_key_fingerprint: KeyId = Field(description="the agent key's, like a kid")
     kafka: dict[KafkaName, KafkaValue] = Field(description="librdkafka producer properties")
     agent: AgentSettings = Field(default_factory=AgentSettings)
@@ -219,6 +225,10 @@ class AgentDocument(BaseModel):
         secret = next((name for name in self.kafka if SECRET_PROPERTY_RE.search(name)), None)
         if secret:
             raise ValueError(f"kafka.{secret}: a secret; agent.yaml holds no secrets")
+        try:
+            check_properties(self.kafka, "producer")
+        except KafkaPropertyError as exc:
+            raise ValueError(exc.under("kafka.")) from None
         return self
 
 
@@ -236,6 +246,15 @@ class Bundle:
     @property
     def kid(self) -> str:
         return self._checked.kid
+
+    @property
+    def server_id(self) -> str | None:
+        """None in bundles made before server ids were recorded."""
+        return self._checked.server_id
+
+    @property
+    def agent_key_fingerprint(self) -> str:
+        return self._checked.agent_key_fingerprint
 
     @property
     def kafka(self) -> dict[str, Any]:
