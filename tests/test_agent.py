@@ -41,8 +41,10 @@ AGENT_ID = "edge-test"
 
 
 def test_the_agent_imports_nothing_of_the_database_stack() -> None:
-    """An edge device does not pay for the processor's SQL stack, nor loads its code."""
+    """An edge device does not pay for the processor's SQL stack, nor loads its code (nor
+    the processor's config module: the bundle's settings are declared apart)."""
     stack = ["sqlalchemy", "alembic", "psycopg", "pymysql", "sparklem_core.processor",
+             "sparklem_core.db", "sparklem_core.fleet", "sparklem_core.settings.config",
              "sparklem_core.admin", "sparklem_core.testing"]  # fmt: skip
     assert loaded_packages(["sparklem_core.agent.cli"], stack) == []
 

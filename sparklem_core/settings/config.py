@@ -9,7 +9,6 @@ every log line by :class:`SecretFilter`.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -22,7 +21,12 @@ import yaml
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
 from sparklem_core.plugin_host import PluginHost, default_plugins_dir
-from sparklem_core.settings.kafka import KafkaPropertyError, check_properties
+from sparklem_core.settings.kafka import (
+    KafkaName,
+    KafkaPropertyError,
+    KafkaValue,
+    check_properties,
+)
 from sparklem_core.settings.masking import (  # noqa: F401  # re-exported: part of this module's API
     SECRET_NAME_RE,
     SecretFilter,
@@ -61,14 +65,6 @@ RESERVED_KAFKA_PROPERTIES = ("enable.auto.commit", "enable.auto.offset.store")
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message."""
-
-
-def _kafka_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    if not isinstance(value, str | int | float | bool):
-        raise ValueError("must be a string, number or boolean")
-    return value
 
 
 def _path(value: str) -> str:
@@ -129,8 +125,6 @@ def format_duration(duration: timedelta) -> str:
 
 
 Duration = Annotated[Any, AfterValidator(parse_duration)]
-KafkaName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9._-]*$")]
-KafkaValue = Annotated[Any, AfterValidator(_kafka_value)]
 PathText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_path)]
 TopicName = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
 

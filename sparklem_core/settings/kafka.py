@@ -21,18 +21,34 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import difflib
+import math
 import os
 import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import confluent_kafka
 from confluent_kafka import KafkaException
+from pydantic import AfterValidator, StringConstraints
 
 from sparklem_core.settings.masking import SECRET_NAME_RE
+
+
+def _kafka_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if not isinstance(value, str | int | float | bool):
+        raise ValueError("must be a string, number or boolean")
+    return value
+
+
+#: A property's name and value as a config file or bundle may hold them; librdkafka judges
+#: them further (:func:`check_properties`).
+KafkaName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9._-]*$")]
+KafkaValue = Annotated[Any, AfterValidator(_kafka_value)]
 
 Client = Literal["consumer", "producer"]
 _ROLE = {"consumer": "C", "producer": "P"}

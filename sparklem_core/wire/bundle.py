@@ -41,12 +41,13 @@ from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from sparklem_core import wire
 from sparklem_core.files import UnusableFile, read_regular_file
-from sparklem_core.settings.config import (
-    SECRET_NAME_RE,
+from sparklem_core.settings.kafka import (
     KafkaName,
+    KafkaPropertyError,
     KafkaValue,
+    check_properties,
 )
-from sparklem_core.settings.kafka import KafkaPropertyError, check_properties
+from sparklem_core.settings.masking import SECRET_NAME_RE
 from sparklem_core.settings.validation import (
     MAX_INTERVAL_S,
     STRICT,
