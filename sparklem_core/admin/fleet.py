@@ -11,20 +11,20 @@ from sparklem_core.processor.registry import one_line
 
 def table_rows(statuses: list[AgentStatus], now: datetime) -> list[tuple[str, ...]]:
     """The text table's rows, header first: last seen both relative and absolute."""
-    rows = [("AGENT", "STATE", "ACTIVITY", "LAST SEEN", "LAST SEEN (UTC)", "MESSAGES",
-             "REJECTIONS", "LAST REJECTION")]  # fmt: skip
+    rows = [("AGENT", "STATE", "LAST SEEN", "LAST SEEN (UTC)", "MESSAGES", "REJECTIONS",
+             "LAST REJECTION", "WHY REFUSED")]  # fmt: skip
     for s in statuses:
         last = s.last_seen
         rows.append(
             (
                 one_line(s.agent_id),
-                s.state,
-                s.activity + (" (!)" if s.silent else ""),
+                s.state + (" (!)" if s.silent else ""),
                 "-" if last is None else f"{ago((now - last).total_seconds())} ago",
                 "-" if last is None else last.strftime("%Y-%m-%d %H:%M:%S"),
                 str(s.messages),
                 str(s.rejections),
                 s.last_rejection_reason or "-",
+                one_line(s.problem) if s.problem else "-",
             )
         )
     return rows

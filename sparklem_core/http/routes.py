@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any
 
 import orjson
@@ -33,7 +34,9 @@ from sparklem_core.http.auth import (
     session_cookie,
 )
 from sparklem_core.http.errors import ApiError
+from sparklem_core.processor.fleet_state import open_registry
 from sparklem_core.processor.plugin_tables import PluginTable
+from sparklem_core.processor.registry import AgentRegistry
 from sparklem_core.processor.store import Store
 from sparklem_core.reading import queries
 from sparklem_core.reading.catalog import Catalog, ReadError
@@ -52,6 +55,12 @@ class Context:
     store: Store
     catalog: Catalog
     audit: Audit
+
+    @cached_property
+    def registry(self) -> AgentRegistry:
+        """The fleet's registry, made at the first /agents: later ones read only what
+        changed (a thread-safe refresh)."""
+        return open_registry(self.config, self.store)
 
 
 class FastJSON(JSONResponse):
@@ -148,6 +157,7 @@ def agents(
         ids=agent or (),
         limit=None if limit_text is None else queries.parse_limit(limit_text),
         after=_one(request, "cursor"),
+        registry=ctx.registry,
     )
     return FastJSON({"agents": page.items, "next": page.next})
 
