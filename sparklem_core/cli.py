@@ -402,7 +402,7 @@ def cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from sparklem_core.demo import DemoError, run_demo
 
     try:
-        return run_demo(Path(args.dir), args.agents, args.seconds, fresh=args.fresh)
+        return run_demo(Path(args.dir), args.agents, args.seconds, fresh=args.fresh, keep=args.keep)
     except DemoError as exc:
         raise CommandError(str(exc)) from None
 
@@ -620,6 +620,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--fresh",
         action="store_true",
         help="wipe the database of an earlier demo in --dir (without it, that is refused)",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="after --seconds, keep everything running (the dashboard live, its agents "
+        "sending) until Ctrl-C",
     )
     demo.set_defaults(func=cmd_demo)
     dev_broker = sub.add_parser(
