@@ -539,10 +539,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "agents",
         parents=[common],
         help="the fleet: every enrolled or seen agent, and which went silent",
-        description="Every agent enrolled or revoked (certificates directory) or seen by the "
-        "processors (sparklem_agents): state, activity, last seen (relative and UTC), messages "
-        "stored, rejections. Silent: enrolled and no message for longer than "
-        "fleet.silent_after_s, by default three times its shortest collection interval.",
+        description="Every agent enrolled, revoked or refused (certificates directory, "
+        "sparklem_enrolments) or seen by the processors (sparklem_agents): its state (active, "
+        "silent, never_seen, seen, revoked, refused, not_enrolled: docs/operations.md), last "
+        "seen (relative and UTC), messages stored, rejections, why its key is refused. "
+        "Silent: enrolled and no message for longer than fleet.silent_after_s, by default "
+        "three times its shortest collection interval.",
     )
     agents.add_argument("--silent", action="store_true", help="only agents that went silent")
     agents.add_argument("--json", action="store_true", help="JSON for scripts, one object each")
