@@ -540,9 +540,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         parents=[common],
         help="the fleet: every enrolled or seen agent, and which went silent",
         description="Every agent enrolled, revoked or refused (certificates directory, "
-        "sparklem_enrolments) or seen by the processors (sparklem_agents): its state (active, "
-        "silent, never_seen, seen, revoked, refused, not_enrolled: docs/operations.md), last "
-        "seen (relative and UTC), messages stored, rejections, why its key is refused. "
+        "sparklem_enrolments) or seen by the processors (sparklem_agents): its state (see "
+        "docs/operations.md, Agent states), last seen (relative and UTC), messages stored, "
+        "rejections, why its key is refused. "
         "Silent: enrolled and no message for longer than fleet.silent_after_s, by default "
         "three times its shortest collection interval.",
     )

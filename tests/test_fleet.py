@@ -309,3 +309,11 @@ def test_a_revoked_agent_that_keeps_sending_is_shown_revoked_with_its_rejections
     # Its own two count; the forgery of its id does not.
     assert (gone.state, gone.messages, gone.rejections) == ("revoked", 1, 2)
     assert gone.last_rejection_reason == "revoked_agent" and not gone.silent
+
+
+def test_every_state_is_documented() -> None:
+    from harness import ROOT
+
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    table = text.split("### Agent states")[1].split("\n\n")[2]
+    assert [line.split("`")[1] for line in table.splitlines()[2:]] == list(STATES)
