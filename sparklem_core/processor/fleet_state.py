@@ -30,6 +30,7 @@ from sparklem_core.files import UnusableFile, _strerror, read_regular_file
 from sparklem_core.processor.enrolments import ENROLLED, REVOKED
 from sparklem_core.processor.read_side import as_utc, rfc3339
 from sparklem_core.processor.registry import AGENTS_DIR, REVOKED_DIR, AgentRegistry
+from sparklem_core.processor.registry import log as registry_log
 from sparklem_core.processor.store import Store
 from sparklem_core.processor.writer import first_line
 from sparklem_core.settings.config import Config, mask_secrets
@@ -125,7 +126,13 @@ def inventory(
     reading = store or Store(config.database_url, config.group_id)
     try:
         seen, plugins = _read_tables(config, reading, whole=True)
-        standing = enrolment(registry or open_registry(config, reading), refresh=True)
+        if registry is None:  # a command's: what it would log is in the answer (problem)
+            registry_log.disabled = True
+            try:
+                registry = open_registry(config, reading)
+            finally:
+                registry_log.disabled = False
+        standing = enrolment(registry, refresh=True)
     finally:
         if store is None:
             reading.dispose()
