@@ -552,7 +552,7 @@ def test_state_is_kept_per_server_across_a_key_rotation(setup: Setup) -> None:
     assert setup.spool.parent == old_spool.parent  # the same server: its state stays
     assert setup.spool != old_spool  # a new agent key: what the old one signed cannot go
     (line,) = warnings_about(done.stderr, old_spool)
-    assert "signed with the agent key of an earlier enrolment with this server" in line
+    assert "signed with the agent key of an earlier enrollment with this server" in line
     assert spool_count(old_spool) == 2
     assert min(setup.spooled_seqs()) > max(old_seqs)  # seq state kept: it keeps rising
 

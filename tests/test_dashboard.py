@@ -87,6 +87,10 @@ return crowded;
 """
 #: The fleet table's rows' classes, read at once (the table is redrawn every 10 s).
 ROW_CLASSES_JS = "return [...document.querySelectorAll('#fleet tbody tr')].map(r => r.className)"
+#: Each fleet row as the reader sees it: rendered text, CSS-generated content included.
+ROW_TEXT_JS = """return [...document.querySelectorAll('#fleet tbody tr')].map(r =>
+  [...r.cells].map(c => c.textContent + getComputedStyle(c, '::after').content
+    .replace(/^(none|normal)$/, '').replace(/^"(.*)"$/, '$1')).join(' '))"""
 
 
 @dataclass
@@ -417,6 +421,8 @@ def test_text_from_the_api_is_shown_as_text_and_silent_agents_are_marked(
     assert browser.execute_script("return window.pwned") is None
     assert not browser.find_elements(By.CSS_SELECTOR, "img")
     assert set(browser.execute_script(ROW_CLASSES_JS)) == {"silent", "silent selected"}
+    for row in browser.execute_script(ROW_TEXT_JS):  # the state said once, by its cell
+        assert row.split().count("silent") == 1, row
     assert "3 agents, 3 silent" in browser.find_element(By.ID, "fleet-summary").text
     assert console_errors(browser) == [], json.dumps(console_errors(browser))
 

@@ -46,3 +46,65 @@ def test_demo_runs_to_its_summary(tmp_path: Path, broker) -> None:  # broker: ma
     assert {"bad_signature", "malformed"} <= set(summary["rejected"])
     assert (demo_dir / "processor.log").exists() and (demo_dir / "agent.log").exists()
     assert "dashboard:  http://127.0.0.1:" in out, out  # printed once the API answered
+
+
+def test_demo_keep_keeps_the_dashboard_live_until_ctrl_c(tmp_path: Path, broker) -> None:
+    """--keep: after the timed run the dashboard and what it shows go on (the agents keep
+    sending: active, not silent) until Ctrl-C; the database served afterwards says
+    they stopped (silent), each state once and true."""
+    import signal
+    import threading
+    import urllib.request
+    from datetime import UTC, datetime, timedelta
+
+    from waiting import wait_for
+
+    from sparklem_core.fleet.state import inventory
+    from sparklem_core.settings.config import load_config
+
+    demo_dir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "demo", "--dir", str(demo_dir),
+         "--seconds", "4", "--agents", "2", "--keep"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        kept = wait_for(
+            lambda: next((ln for ln in lines if ln.startswith("still running until Ctrl-C")), ""),
+            timeout=120, message="the demo did not say it keeps running",
+        )  # fmt: skip
+        after_run = datetime.now(UTC)
+        dashboard = kept.split("dashboard ")[1].strip()
+
+        def agents() -> dict[str, dict]:
+            with urllib.request.urlopen(dashboard + "api/v1/agents", timeout=5) as answer:
+                return {a["agent_id"]: a for a in json.load(answer)["agents"]}
+
+        def all_active_since_the_run() -> dict[str, dict]:
+            fleet = agents()
+            live = all(
+                a["state"] == "active"
+                and datetime.fromisoformat(a["last_seen"].replace("Z", "+00:00")) > after_run
+                for a in fleet.values()
+            )
+            return fleet if live and len(fleet) == 3 else {}
+
+        fleet = wait_for(all_active_since_the_run, timeout=60,
+                         message="the agents did not keep sending after the timed run")  # fmt: skip
+        assert set(fleet) == {"demo-host", "sim-000", "sim-001"}
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=60)
+        reader.join(10)
+    out = "".join(lines)
+    assert status == 0, out
+    assert "stopping..." in out and "Traceback" not in out
+    assert out.count("=== Sparkle-M demo summary ===") == 1
+    config = load_config(demo_dir / "config.yaml", env={})
+    later = datetime.now(UTC) + timedelta(minutes=1)  # past every agent's silence threshold
+    states = {s.agent_id: s.state for s in inventory(config, later)}
+    assert states == dict.fromkeys(("demo-host", "sim-000", "sim-001"), "silent"), states

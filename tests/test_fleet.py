@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,9 +24,11 @@ from sparklem_core.db import enrollments
 from sparklem_core.db.batch import AgentActivity, Batch
 from sparklem_core.db.store import Store
 from sparklem_core.fleet.state import (
+    STATES,
     count_by_state,
     intervals_path,
     inventory,
+    open_registry,
     read_intervals,
 )
 from sparklem_core.settings.config import load_config
@@ -74,18 +78,19 @@ def fleet(tmp_path: Path, agent_pem: bytes) -> Path:
     return config
 
 
-def test_every_enrolled_or_seen_agent_with_its_state_and_activity(fleet: Path) -> None:
+def test_every_enrolled_or_seen_agent_with_its_state(fleet: Path) -> None:
     status, out, err = agents_cli(fleet, "--json")
     assert status == 0, err
     listed = {a["agent_id"]: a for a in json.loads(out)}
-    summary = {k: (a["state"], a["activity"], a["silent"]) for k, a in listed.items()}
+    summary = {k: (a["state"], a["enrolled"], a["silent"]) for k, a in listed.items()}
     assert summary == {
-        "busy": ("enrolled", "active", False),
-        "far": ("enrolled", "never seen", True),
-        "new": ("enrolled", "never seen", True),
-        "old": ("revoked", "seen", False),  # no interval recorded: not judged
-        "quiet": ("enrolled", "silent", True),
+        "busy": ("active", True, False),
+        "far": ("never_seen", True, True),
+        "new": ("never_seen", True, True),
+        "old": ("revoked", False, False),
+        "quiet": ("silent", True, True),
     }
+    assert "activity" not in listed["busy"]  # one word per agent: its state
     busy = listed["busy"]
     assert (busy["messages"], busy["rejections"], busy["last_rejection_reason"]) == (
         1,
@@ -102,15 +107,17 @@ def test_silent_lists_only_silent_agents_and_the_text_table_says_when(fleet: Pat
     status, out, _ = agents_cli(fleet, "--silent")
     assert status == 0
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["AGENT", "STATE", "ACTIVITY"]
-    assert [line.split()[0] for line in lines[1:]] == ["far", "new", "quiet"]
+    assert lines[0].split()[:3] == ["AGENT", "STATE", "LAST"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["far", "never_seen", "(!)"], ["new", "never_seen", "(!)"], ["quiet", "silent", "(!)"]
+    ]  # fmt: skip
     assert "2026-01-01 00:00:00" in lines[3] and " ago" in lines[3]
 
 
 def test_configured_threshold_overrides_the_intervals(fleet: Path) -> None:
     fleet.write_text(fleet.read_text() + "fleet:\n  silent_after_s: 31000000\n")
     _, out, _ = agents_cli(fleet, "--json")
-    assert {a["agent_id"]: a["activity"] for a in json.loads(out)}["quiet"] == "active"
+    assert {a["agent_id"]: a["state"] for a in json.loads(out)}["quiet"] == "active"
 
 
 @pytest.mark.parametrize(
@@ -201,23 +208,112 @@ def test_agents_are_counted_by_state_from_what_the_pipeline_stored(env: Env) -> 
     path.write_text(json.dumps({"certificates": str(env.certs), "database": {"url": env.url}}))
     config = load_config(path, env={})
     later = datetime.now(UTC) + timedelta(seconds=60)
-    counts = count_by_state(config, env.store, later)
+    counts = count_by_state(config, env.store, later, open_registry(config, env.store))
     # edge-1 (enrolled by the world, no interval, never sent): never seen
-    assert counts == {"active": 1, "silent": 1, "seen": 1, "never_seen": 3, "revoked": 2}
+    assert counts == {
+        "active": 1, "silent": 1, "seen": 1, "never_seen": 3, "revoked": 2, "refused": 0
+    }  # fmt: skip
     # The same as `sparklem agents` shows (one rule for both).
-    shown = [(s.state, s.activity) for s in inventory(config, later) if s.state != "not enrolled"]
-    assert sum(1 for state, _ in shown if state == "revoked") == counts["revoked"]
-    for activity, label in (
-        ("active", "active"),
-        ("silent", "silent"),
-        ("never seen", "never_seen"),
-    ):
-        assert sum(1 for s, a in shown if s == "enrolled" and a == activity) == counts[label]
+    shown = Counter(s.state for s in inventory(config, later) if s.state != "not_enrolled")
+    assert shown == {state: n for state, n in counts.items() if n}
 
 
 def test_the_processor_and_the_read_side_do_not_import_admin() -> None:
-    """An agent's state is a rule of its own (processor.fleet_state): the processor's
+    """An agent's state is a rule of its own (fleet.state): the processor's
     gauge and serve's /agents read it without the enrollment commands' code."""
     imports = ("sparklem_core.processor.consumer", "sparklem_core.reading.queries",
                "sparklem_core.http.errors")  # fmt: skip
     assert loaded_packages(imports, ["sparklem_core.admin"]) == []
+
+
+def refused_key_files(certs: Path, agent_pem: bytes) -> None:
+    """Four key files the registry refuses, beside the fleet's good ones."""
+    os.mkfifo(certs / "agents" / "fifo.pem")
+    (certs / "elsewhere.pem").write_bytes(agent_pem)
+    (certs / "agents" / "link.pem").symlink_to(certs / "elsewhere.pem")
+    private = RSA.generate(2048).export_key(format="PEM")
+    (certs / "agents" / "private.pem").write_bytes(private)
+    small = RSA.generate(1024).public_key().export_key(format="PEM")
+    (certs / "agents" / "small.pem").write_bytes(small)
+
+
+REFUSED_WHY = {
+    "fifo": "FIFO",
+    "link": "symbolic link",
+    "private": "holds a private key",
+    "small": "1024 bits",
+}
+
+
+def test_key_files_the_registry_refuses_are_shown_refused_with_why(
+    fleet: Path, agent_pem: bytes
+) -> None:
+    certs = fleet.parent / "certs"
+    refused_key_files(certs, agent_pem)
+    status, out, err = agents_cli(fleet, "--json")
+    assert status == 0, err
+    listed = {a["agent_id"]: a for a in json.loads(out)}
+    for agent, why in REFUSED_WHY.items():
+        assert listed[agent]["state"] == "refused", listed[agent]
+        assert listed[agent]["enrolled"] is False and listed[agent]["silent"] is False
+        assert why in listed[agent]["problem"], listed[agent]["problem"]
+    assert listed["busy"]["state"] == "active" and listed["busy"]["problem"] is None
+    _, table, _ = agents_cli(fleet)
+    row = next(line for line in table.splitlines() if line.startswith("small "))
+    assert row.split()[1] == "refused" and "1024 bits" in row
+    config = load_config(fleet, env={})
+    store = Store(config.database_url, config.group_id)
+    try:
+        counts = count_by_state(config, store, datetime.now(UTC), open_registry(config, store))
+    finally:
+        store.dispose()
+    assert counts["refused"] == len(REFUSED_WHY)
+
+
+def test_the_api_and_agents_json_say_the_same(fleet: Path, agent_pem: bytes) -> None:
+    """One vocabulary: /api/v1/agents answers the documents `agents --json` prints."""
+    from fastapi.testclient import TestClient
+
+    from sparklem_core.http.app import create_app
+
+    refused_key_files(fleet.parent / "certs", agent_pem)
+    _, out, _ = agents_cli(fleet, "--json")
+    with TestClient(create_app(load_config(fleet, env={}))) as client:
+        api = client.get("/api/v1/agents").json()["agents"]
+        refused = client.get("/api/v1/agents", params={"state": "refused"}).json()["agents"]
+    printed = json.loads(out)
+    for doc in (*api, *printed):
+        doc.pop("last_seen_ago_s")  # relative to each one's now
+    assert api == printed
+    assert sorted(a["agent_id"] for a in refused) == sorted(REFUSED_WHY)
+    assert {a["state"] for a in api} <= set(STATES)
+
+
+def test_a_revoked_agent_that_keeps_sending_is_shown_revoked_with_its_rejections(
+    env: Env,
+) -> None:
+    env.enroll("gone")
+    pipeline = env.pipeline()
+    run(pipeline, [env.record(env.envelope(temperature(reading()), seq=1, agent="gone"))])
+    (env.certs / "agents" / "gone.pem").rename(env.certs / "revoked" / "gone.pem")
+    pipeline.registry.refresh()
+    still = [env.record(env.envelope(temperature(reading()), seq=n, agent="gone"))
+             for n in (2, 3)]  # fmt: skip
+    forged = env.envelope(temperature(reading()), seq=4, agent="gone", agent_key=env.keys.intruder)
+    run(pipeline, [*still, env.record(forged)])
+    assert [r["reason"] for r in env.rejected()] == ["revoked_agent"] * 3
+    path = env.tmp / "config.yaml"
+    path.write_text(json.dumps({"certificates": str(env.certs), "database": {"url": env.url}}))
+    (gone,) = [s for s in inventory(load_config(path, env={}), datetime.now(UTC))
+               if s.agent_id == "gone"]  # fmt: skip
+    # Its own two count; the forgery of its id does not.
+    assert (gone.state, gone.messages, gone.rejections) == ("revoked", 1, 2)
+    assert gone.last_rejection_reason == "revoked_agent" and not gone.silent
+
+
+def test_every_state_is_documented() -> None:
+    from harness import ROOT
+
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    table = text.split("### Agent states")[1].split("\n\n")[2]
+    assert [line.split("`")[1] for line in table.splitlines()[2:]] == list(STATES)

@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sparklem_core.admin.enrollment import (
     AGENT_KEY_BITS,
     BadKafkaProperty,
@@ -37,6 +35,7 @@ from sparklem_core.settings.config import (
     mask_secrets,
     remember_secret,
 )
+from sparklem_core.settings.validation import YamlRefused, load_yaml
 from sparklem_core.wire.bundle import BUNDLE_NAME, BundleError, read_passphrase_file
 
 PROG = "sparklem-enroll"
@@ -210,9 +209,9 @@ def parse_plugin_settings(items: list[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not plugin or not name:
             raise EnrollmentError(f"--set {key!r}: expected PLUGIN.KEY=VALUE")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except (yaml.YAMLError, RecursionError):
-            raise EnrollmentError(f"--set {key!r}: the value is not valid YAML") from None
+            value = load_yaml(text) if text.strip() else ""
+        except YamlRefused as exc:
+            raise EnrollmentError(f"--set {key!r}: the value {exc}") from None
         settings.setdefault(plugin, {})[name] = value
     return settings
 

@@ -135,7 +135,7 @@ def server_id(certificates: Path) -> str:
     """The server's identity, ``certificates/server_id`` (made on first use): unlike a kid
     it stays when server keys rotate. Agents keep their state per server by it."""
     path = certificates / SERVER_ID_FILE
-    with contextlib.suppress(FileExistsError):  # made before, or by an enrolment beside us
+    with contextlib.suppress(FileExistsError):  # made before, or by an enrollment beside us
         write_atomic(path, f"{secrets.token_hex(8)}\n".encode("ascii"), 0o644, replace=False)
     try:
         text = read_regular_file(path, 64).decode("ascii", "replace").strip()

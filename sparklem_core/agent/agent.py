@@ -15,7 +15,7 @@
   bundle's ``server_id``, which a server key rotation keeps; ``kid-<kid>`` for bundles
   without one): ``state.json`` and one spool per agent key, ``spool-<fingerprint>.sqlite3``.
   Envelopes are signed with the agent key and sealed for the server, so a spool of
-  another server, or of an earlier enrolment (another agent key), could only be refused
+  another server, or of an earlier enrollment (another agent key), could only be refused
   (``bad_signature``): it is reported at start and never sent.
 """
 
@@ -329,7 +329,7 @@ def report_unsendable_spools(state_dir: Path, bundle: Bundle) -> list[str]:
         if count == 0:
             continue
         if path.parent == current.parent:
-            whose = "signed with the agent key of an earlier enrolment with this server"
+            whose = "signed with the agent key of an earlier enrollment with this server"
         elif path.parent.parent == state_dir / SERVERS_DIR:
             whose = f"sealed for another server ({path.parent.name})"
         else:

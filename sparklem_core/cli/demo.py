@@ -28,6 +28,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         action="store_true",
         help="wipe the database of an earlier demo in --dir (without it, that is refused)",
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="after --seconds, keep everything running (the dashboard live, its agents "
+        "sending) until Ctrl-C",
+    )
     parser.set_defaults(func=run, uses_config=False)
 
 
@@ -35,6 +41,6 @@ def run(_config: Config | None, args: argparse.Namespace) -> int:
     from sparklem_core.dev.demo import DemoError, run_demo
 
     try:
-        return run_demo(Path(args.dir), args.agents, args.seconds, fresh=args.fresh)
+        return run_demo(Path(args.dir), args.agents, args.seconds, fresh=args.fresh, keep=args.keep)
     except DemoError as exc:
         raise CommandError(str(exc)) from None

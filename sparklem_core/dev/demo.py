@@ -42,10 +42,17 @@ class DemoError(RuntimeError):
 
 
 def run_demo(
-    directory: Path, agents: int, seconds: float, out=sys.stdout, fresh: bool = False
+    directory: Path,
+    agents: int,
+    seconds: float,
+    out=sys.stdout,
+    fresh: bool = False,
+    keep: bool = False,
 ) -> int:
     """Run everything for ``seconds``; print a summary. Ctrl-C ends it early, cleanly.
 
+    ``keep``: after the summary, everything goes on running (broker, processor, agents,
+    dashboard: a dashboard without them would show every agent silent) until Ctrl-C.
     A directory that holds an earlier demo's database is refused unless ``fresh``, which
     wipes that database (the keys are kept).
     """
@@ -143,10 +150,19 @@ def run_demo(
                     f"rejected {counts['rejected_messages']:4d}")  # fmt: skip
                 if elapsed >= seconds:
                     break
+            if keep and not stop.is_set():
+                _summary(engine, db_path, say, dashboard, running=True)
+                say(f"\nstill running until Ctrl-C: dashboard {dashboard}")
+                while not stop.wait(2):
+                    if processor.poll() is not None:
+                        raise DemoError("the processor exited; see processor.log")
             stop.set()
             sender.join(5)
             say("stopping...")
-        _summary(engine, db_path, say, dashboard)
+        if not keep:
+            _summary(engine, db_path, say, dashboard)
+        else:
+            _again(db_path, say, dashboard, kept=True)
         engine.dispose()
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -266,6 +282,15 @@ class SimulatedFleet:
 TABLES = ("temperature_readings", "pu_workload_readings", "rejected_messages")
 
 
+def _again(db_path: Path, say: Any, dashboard: str, kept: bool = False) -> None:
+    """How to serve the demo's database once it stopped, and what that shows."""
+    config = shlex.quote(str(db_path.parent / "config.yaml"))
+    hint = "" if kept else " (demo --keep keeps everything running)"
+    say(f"dashboard and API again (the demo's {dashboard} stopped with it): "
+        f"python3 main.py serve --config {config}; its agents stopped too, so it "
+        f"shows them silent{hint}")  # fmt: skip
+
+
 def _counts(engine: Any) -> dict[str, int]:
     counts = {}
     for table in TABLES:
@@ -277,7 +302,8 @@ def _counts(engine: Any) -> dict[str, int]:
     return counts
 
 
-def _summary(engine: Any, db_path: Path, say: Any, dashboard: str) -> None:
+def _summary(engine: Any, db_path: Path, say: Any, dashboard: str, running: bool = False) -> None:
+    """What was stored; how to look again (``running``: everything still is)."""
     counts = _counts(engine)
     say("\n=== Sparkle-M demo summary ===")
     say("rows stored:")
@@ -312,9 +338,8 @@ def _summary(engine: Any, db_path: Path, say: Any, dashboard: str) -> None:
     for reason, count in reasons or [("none", 0)]:
         say(f"  {reason:22s} {count}")
     say(f"\ndatabase: {db_path}")
-    config = shlex.quote(str(db_path.parent / "config.yaml"))
-    say(f"dashboard and API again (the demo's {dashboard} stopped with it): "
-        f"python3 main.py serve --config {config}")  # fmt: skip
+    if not running:
+        _again(db_path, say, dashboard)
     say(f"look inside: sqlite3 {shlex.quote(str(db_path))} "
         f"'SELECT agent_id, sensor, celsius, measured_at FROM temperature_readings "
         f"ORDER BY id DESC LIMIT 10'")  # fmt: skip

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,8 @@ class AgentRegistry:
         self._db_problem = ""
         self._seen: dict[str, tuple[int, ...]] = {}  # agents/ file name -> its version
         self._unlistable: dict[str, str] = {}  # directory -> why it cannot be listed
+        self._revoked_keys: dict[str, tuple[object, AgentKey]] = {}  # id -> (version, key)
+        self._refreshing = threading.Lock()  # serve's requests and the processor's count
         self._next_refresh = 0.0
         self.refresh()
 
@@ -149,12 +152,54 @@ class AgentRegistry:
         self.refresh()
 
     def agents(self) -> dict[str, AgentKey]:
+        """Every enrolled agent's key, or why it is refused (``key`` None), as
+        :meth:`lookup` judges it (unless the agent is also revoked)."""
         return {**self._db_keys, **self._enrolled}
 
     def revoked(self) -> set[str]:
-        return set(self._revoked)
+        """The agents revoked in ``revoked/`` or in the database."""
+        return self._revoked | self._db_revoked
+
+    def unlistable(self) -> list[str]:
+        """Why a directory of the certificates cannot be listed, one line each."""
+        return [problem for problem in self._unlistable.values() if problem]
+
+    def signed_by_revoked(self, envelope: wire.Envelope) -> bool:
+        """Whether ``envelope`` of a revoked agent verifies with that agent's revoked key:
+        the agent itself still sending, not a forgery of its id."""
+        key = self._revoked_key(envelope.agent)
+        if key.key is None:
+            return False
+        try:
+            wire.verify(envelope, key.key)
+        except wire.Rejected:
+            return False
+        return True
+
+    def _revoked_key(self, agent_id: str) -> AgentKey:
+        """The revoked agent's key from ``revoked/`` (else the database), read again only
+        when the file or row changed; ``key`` None when there is none usable."""
+        path = self.certificates / REVOKED_DIR / f"{agent_id}.pem"
+        row = self._db_rows.get(agent_id)
+        on_disk = _version(path)
+        version = on_disk or (row.fingerprint if row else None)
+        cached = self._revoked_keys.get(agent_id)  # only revoked ids get here: bounded
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        if on_disk is not None:
+            key = read_agent_key(path, one_line(f"{REVOKED_DIR}/{path.name}"))
+        elif row is not None:
+            key = parse_agent_key(agent_id, row.public_key.encode(), repr(agent_id), "row")
+        else:
+            key = AgentKey(agent_id, None, "no key kept")
+        self._revoked_keys[agent_id] = (version, key)
+        return key
 
     def refresh(self) -> None:
+        with self._refreshing:
+            self._refresh()
+
+    def _refresh(self) -> None:
         enrolled, seen = {}, {}
         for name in self._list(AGENTS_DIR) or []:
             path = self.certificates / AGENTS_DIR / name

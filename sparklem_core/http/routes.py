@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any
 
 import orjson
@@ -25,6 +26,8 @@ from pydantic import BaseModel
 
 from sparklem_core.db.plugin_tables import PluginTable
 from sparklem_core.db.store import Store
+from sparklem_core.fleet.registry import AgentRegistry
+from sparklem_core.fleet.state import open_registry
 from sparklem_core.http.auth import (
     COOKIE,
     Audit,
@@ -52,6 +55,12 @@ class Context:
     store: Store
     catalog: LiveCatalog
     audit: Audit
+
+    @cached_property
+    def registry(self) -> AgentRegistry:
+        """The fleet's registry, made at the first /agents: later ones read only what
+        changed (a thread-safe refresh)."""
+        return open_registry(self.config, self.store)
 
 
 class FastJSON(JSONResponse):
@@ -149,6 +158,7 @@ def agents(
         ids=agent or (),
         limit=None if limit_text is None else queries.parse_limit(limit_text),
         after=_one(request, "cursor"),
+        registry=ctx.registry,
     )
     return FastJSON({"agents": page.items, "next": page.next})
 

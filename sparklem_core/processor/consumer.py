@@ -99,7 +99,7 @@ class Processor:
         )
         self.agent_states = (
             AgentStates(
-                lambda: count_by_state(config, store, datetime.now(UTC)),
+                lambda: count_by_state(config, store, datetime.now(UTC), pipeline.registry),
                 config.fleet.count_every_s,
                 self._stop,
             )

@@ -192,8 +192,8 @@ class _SnapshotCollector(Collector):
         if s.agents:
             agents = GaugeMetricFamily(
                 "sparklem_agents",
-                "Enrolled agents by activity (active, silent, never_seen, seen: no silence "
-                "threshold known), and revoked agents",
+                "Agents by state (active, silent, never_seen, seen: no silence threshold "
+                "known; revoked; refused: a key the registry refuses)",
                 labels=["state"],
             )
             for state, n in sorted(s.agents.items()):

@@ -211,7 +211,16 @@ class Pipeline:
         try:
             if isinstance(envelope, wire.Rejected):
                 raise envelope
-            wire.verify(envelope, self.registry.lookup(envelope.agent))
+            try:
+                key = self.registry.lookup(envelope.agent)
+            except wire.Rejected as refused:
+                # A revoked agent still sending with its own key is that agent: its
+                # rejections count in the inventory (a forgery of its id gets no row).
+                authenticated = refused.reason == wire.REVOKED_AGENT and (
+                    self.registry.signed_by_revoked(envelope)
+                )
+                raise
+            wire.verify(envelope, key)
             authenticated = True
             info, plain = self._open(record, envelope, now)
             if not admit(envelope, plain):

@@ -35,17 +35,11 @@ from sqlalchemy import (
     select,
 )
 
-from sparklem_core.db.enrollments import ENROLLED, REVOKED
 from sparklem_core.db.plugin_tables import PluginTable
 from sparklem_core.db.read_tables import rfc3339
 from sparklem_core.db.store import Store
-from sparklem_core.fleet.state import (
-    ACTIVE,
-    NEVER_SEEN,
-    SILENT,
-    AgentStatus,
-    inventory,
-)
+from sparklem_core.fleet.registry import AgentRegistry
+from sparklem_core.fleet.state import STATES, inventory
 from sparklem_core.reading.catalog import ReadError
 from sparklem_core.reading.timeparse import parse_time
 from sparklem_core.settings.config import Config
@@ -500,47 +494,34 @@ def rejections(store: Store, f: RejectionFilters, limit: int, cursor: str | None
 
 # --- agents -------------------------------------------------------------------------------
 
-AGENT_STATES = ("active", "silent", "never_seen", "revoked")
-
-
-def agent_state(status: AgentStatus) -> str:
-    """The API's one word for an agent: revoked, never_seen, silent or active."""
-    if status.state == REVOKED:
-        return "revoked"
-    return {NEVER_SEEN: "never_seen", SILENT: "silent"}.get(status.activity, ACTIVE)
-
 
 def agents(
     config: Config, store: Store, now: datetime, *, states: Sequence[str] = (),
     silent: bool = False, ids: Sequence[str] = (), limit: int | None = None,
-    after: str | None = None,
+    after: str | None = None, registry: AgentRegistry | None = None,
 ) -> Page:  # fmt: skip
-    """The fleet as ``sparklem agents --json`` knows it, filtered, by agent id: after
-    ``after`` (a page's ``next``), ``limit`` at most (None: all); FleetError if unreadable."""
+    """The fleet as ``sparklem agents --json`` shows it (the same documents), filtered, by
+    agent id: after ``after`` (a page's ``next``), ``limit`` at most (None: all);
+    FleetError if unreadable. ``registry``: a long-lived reader's (fleet.state.open_registry)."""
     for state in states:
-        if state not in AGENT_STATES:
-            raise ReadError("state", f"state must be one of {', '.join(AGENT_STATES)}")
+        if state not in STATES:
+            raise ReadError("state", f"state must be one of {', '.join(STATES)}")
     for agent in ids:
         _check_text("agent", agent)
     if after is not None:
         _check_text("cursor", after)
     wanted = set(ids)
     listed: list[dict[str, Any]] = []
-    for status in inventory(config, now, store):  # sorted by agent id: the keyset's order
+    for status in inventory(config, now, store, registry):  # by agent id: the keyset's order
         if after is not None and status.agent_id <= after:
             continue
-        state = agent_state(status)
-        if states and state not in states or silent and not status.silent:
+        if states and status.state not in states or silent and not status.silent:
             continue
         if wanted and status.agent_id not in wanted:
             continue
         if limit is not None and len(listed) == limit:
             return Page(listed, listed[-1]["agent_id"])
-        doc = status.document(now)
-        doc["state"] = state
-        doc["enrolled"] = status.state == ENROLLED
-        doc["revoked"] = status.state == REVOKED
-        listed.append(doc)
+        listed.append(status.document(now))
     return Page(listed, None)
 
 

@@ -17,7 +17,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
 from sparklem_core.plugin_host import PluginHost, default_plugins_dir
@@ -38,7 +37,8 @@ from sparklem_core.settings.validation import (
     STRICT,
     TOPIC_PATTERN,
     SchemaError,
-    describe_yaml_error,
+    YamlRefused,
+    load_yaml,
     plugin_settings,
     validate,
 )
@@ -507,11 +507,9 @@ def _read(file: Path) -> dict[Any, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
     try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {file} {describe_yaml_error(exc)}") from None
-    except RecursionError:
-        raise ConfigError(f"config file {file} is nested too deeply") from None
+        loaded = load_yaml(text)
+    except YamlRefused as exc:
+        raise ConfigError(f"config file {file} {exc}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"config file {file} must hold a mapping at the top level")
     return loaded or {}

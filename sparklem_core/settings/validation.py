@@ -80,6 +80,54 @@ def describe(
     return _join(where, loc, text, labels) + (f" (and {more} more problem(s))" if more else "")
 
 
+class YamlRefused(ValueError):
+    """YAML text :func:`load_yaml` refuses: the message says where, to follow a name
+    (``config file x.yaml is not valid YAML (line 3, column 1)``)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that holds one key twice (PyYAML keeps
+    the last silently: a setting written twice would be half ignored)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # <<: overrides are the point
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the constructor refuses it below
+                    continue
+                if first is not key_node.start_mark:
+                    raise YamlRefused(
+                        f"holds the key {_short(key)} twice (lines {first.line + 1} and "
+                        f"{key_node.start_mark.line + 1}): keep one"
+                    )
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """The one way YAML is read (config files, ``agent.yaml``, ``--set`` values): PyYAML's
+    safe loader, refusing duplicate keys; :class:`YamlRefused` in one line otherwise."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        raise YamlRefused(describe_yaml_error(exc)) from None
+    except RecursionError:
+        raise YamlRefused("is nested too deeply") from None
+    except YamlRefused:
+        raise
+    # What PyYAML's constructors raise on a value they cannot make: a date such as
+    # 2024-13-01, a 5000-digit number, an explicit tag on a value not of its type
+    # (``!!bool x``: KeyError, ``!!timestamp x``: AttributeError).
+    except (ValueError, OverflowError, LookupError, AttributeError, TypeError):
+        raise YamlRefused(
+            "holds a value YAML cannot make (a date, number or !!tag that does not fit)"
+        ) from None
+
+
 def describe_yaml_error(exc: yaml.YAMLError) -> str:
     """Where a YAML document is broken: line and column, never the text found there."""
     mark = getattr(exc, "problem_mark", None)

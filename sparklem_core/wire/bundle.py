@@ -32,7 +32,6 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-import yaml
 from Crypto.PublicKey import RSA
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -53,7 +52,8 @@ from sparklem_core.settings.validation import (
     STRICT,
     TOPIC_PATTERN,
     SchemaError,
-    describe_yaml_error,
+    YamlRefused,
+    load_yaml,
     validate,
 )
 
@@ -366,13 +366,11 @@ def parse_agent_yaml(raw: bytes) -> dict[str, Any]:
     """``agent.yaml``, checked against :class:`AgentDocument`: a bundle that passes this
     can configure an agent."""
     try:
-        doc = yaml.safe_load(raw.decode("utf-8"))
+        doc = load_yaml(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise BundleError(f"{AGENT_YAML} in the bundle is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        raise BundleError(f"{AGENT_YAML} in the bundle {describe_yaml_error(exc)}") from None
-    except RecursionError:
-        raise BundleError(f"{AGENT_YAML} in the bundle is nested too deeply") from None
+    except YamlRefused as exc:
+        raise BundleError(f"{AGENT_YAML} in the bundle {exc}") from None
     if not isinstance(doc, dict):
         raise BundleError(f"{AGENT_YAML} in the bundle is not a mapping")
     try:

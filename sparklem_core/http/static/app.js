@@ -324,19 +324,21 @@ function renderFleet() {
     tr.dataset.agent = id;
     tr.classList.toggle("silent", Boolean(agent.silent));
     tr.classList.toggle("selected", id === state.selected);
+    // The state word is the API's (fleet/state.py's one vocabulary), shown once; a
+    // refused key's reason is in its tooltip.
     const stateName = String(agent.state ?? "");
     const lastRejection = agent.last_rejection_reason
       ? `${agent.last_rejection_reason} ${relative(agent.last_rejection_at)}`
       : "";
     const cells = [
       [id],
-      [stateName, `state-${stateName.replace(/[^a-z_]/g, "")}`],
+      [stateName, `state-${stateName.replace(/[^a-z_]/g, "")}`, null, agent.problem],
       [relative(agent.last_seen), "ago", agent.last_seen],
       [count(agent.messages), "num"],
       [count(agent.rejections), "num"],
       [lastRejection],
     ];
-    for (const [text, cls, time] of cells) {
+    for (const [text, cls, time, why] of cells) {
       const td = document.createElement("td");
       td.textContent = text;
       if (cls) td.className = cls;
@@ -344,6 +346,7 @@ function renderFleet() {
         td.dataset.time = String(time);
         td.title = String(time);
       }
+      if (why) td.title = String(why);
       tr.append(td);
     }
     return tr;
