@@ -244,6 +244,7 @@ def test_every_rejection_reason_is_documented() -> None:
 # --- documented settings match their declarations ------------------------------------------
 
 README = PROJECT_ROOT / "README.md"
+CONFIGURATION = PROJECT_ROOT / "docs" / "configuration.md"
 
 
 def documented_settings(text: str) -> dict[str, tuple[str, str]]:
@@ -285,18 +286,18 @@ def declared_settings() -> dict[str, tuple[str, Any]]:
     return declared
 
 
-def test_readme_settings_match_their_declarations() -> None:
-    documented = documented_settings(README.read_text(encoding="utf-8"))
+def test_documented_settings_match_their_declarations() -> None:
+    documented = documented_settings(CONFIGURATION.read_text(encoding="utf-8"))
     declared = declared_settings()
-    assert sorted(set(declared) - set(documented)) == [], "declared but not in README.md"
-    assert sorted(set(documented) - set(declared)) == [], "in README.md but not declared"
+    assert sorted(set(declared) - set(documented)) == [], "declared but not in configuration.md"
+    assert sorted(set(documented) - set(declared)) == [], "in configuration.md but not declared"
     wrong = {
         key: (documented[key], declared[key])
         for key in declared
         if not same_default(documented[key][1], declared[key][1])
         or (declared[key][0] and documented[key][0] != declared[key][0])
     }
-    assert wrong == {}, "README.md and the declarations disagree (documented, declared)"
+    assert wrong == {}, "configuration.md and the declarations disagree (documented, declared)"
 
 
 def test_documented_settings_detector_sees_a_disagreement() -> None:
