@@ -235,7 +235,7 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
 
 
 def test_every_rejection_reason_is_documented() -> None:
-    for page in (PROJECT_ROOT / "README.md", PROJECT_ROOT / "docs" / "protocol.md"):
+    for page in (PROJECT_ROOT / "docs" / "architecture.md", PROJECT_ROOT / "docs" / "protocol.md"):
         text = page.read_text(encoding="utf-8")
         missing = [reason for reason in wire.REASONS if f"`{reason}`" not in text]
         assert not missing, f"{page.name} does not document {missing}"
@@ -244,6 +244,7 @@ def test_every_rejection_reason_is_documented() -> None:
 # --- documented settings match their declarations ------------------------------------------
 
 README = PROJECT_ROOT / "README.md"
+CONFIGURATION = PROJECT_ROOT / "docs" / "configuration.md"
 
 
 def documented_settings(text: str) -> dict[str, tuple[str, str]]:
@@ -285,18 +286,18 @@ def declared_settings() -> dict[str, tuple[str, Any]]:
     return declared
 
 
-def test_readme_settings_match_their_declarations() -> None:
-    documented = documented_settings(README.read_text(encoding="utf-8"))
+def test_documented_settings_match_their_declarations() -> None:
+    documented = documented_settings(CONFIGURATION.read_text(encoding="utf-8"))
     declared = declared_settings()
-    assert sorted(set(declared) - set(documented)) == [], "declared but not in README.md"
-    assert sorted(set(documented) - set(declared)) == [], "in README.md but not declared"
+    assert sorted(set(declared) - set(documented)) == [], "declared but not in configuration.md"
+    assert sorted(set(documented) - set(declared)) == [], "in configuration.md but not declared"
     wrong = {
         key: (documented[key], declared[key])
         for key in declared
         if not same_default(documented[key][1], declared[key][1])
         or (declared[key][0] and documented[key][0] != declared[key][0])
     }
-    assert wrong == {}, "README.md and the declarations disagree (documented, declared)"
+    assert wrong == {}, "configuration.md and the declarations disagree (documented, declared)"
 
 
 def test_documented_settings_detector_sees_a_disagreement() -> None:
@@ -332,7 +333,15 @@ def shell_lines(path: Path) -> list[str]:
 
 @pytest.mark.parametrize(
     "path",
-    [README, GUIDE, PROJECT_ROOT / "docs" / "deployment.md", PROJECT_ROOT / "Dockerfile"],
+    [
+        README,
+        GUIDE,
+        *(
+            PROJECT_ROOT / "docs" / f"{name}.md"
+            for name in ("deployment", "operations", "reading", "testing")
+        ),
+        PROJECT_ROOT / "Dockerfile",
+    ],
     ids=lambda p: p.name,
 )
 def test_docs_never_put_a_secret_on_a_command_line(path: Path) -> None:
@@ -356,3 +365,78 @@ def test_the_command_line_secret_detector() -> None:
         "URL=postgresql://sparklem:${POSTGRES_PASSWORD}@db/x",
     ]:
         assert not COMMAND_LINE_SECRET.search(line), line
+
+
+# --- the README stays short, and its links into docs/ lead somewhere -------------------------
+
+PAGES = [README, *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+
+
+def test_readme_is_under_250_lines() -> None:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) < 250, f"README.md has {len(lines)} lines: move detail into docs/"
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings (outside fenced code blocks)."""
+    found: set[str] = set()
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (match := re.fullmatch(r"#{1,6}\s+(.+?)\s*#*\s*", line)):
+            slug = re.sub(r"[^\w\- ]", "", match.group(1).lower()).replace(" ", "-")
+            anchor, n = slug, 0
+            while anchor in found:
+                n += 1
+                anchor = f"{slug}-{n}"
+            found.add(anchor)
+    return found
+
+
+def relative_links(text: str) -> list[str]:
+    """Targets of ``[text](target)`` links that are neither URLs nor mail addresses."""
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    prose = re.sub(r"`[^`\n]*`", "", prose)
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", prose) if not re.match(r"[a-z]+:", t)]
+
+
+def broken_links(page: Path) -> list[str]:
+    broken = []
+    for target in relative_links(page.read_text(encoding="utf-8")):
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif (
+            anchor
+            and linked.suffix == ".md"
+            and anchor not in anchors(linked.read_text(encoding="utf-8"))
+        ):
+            broken.append(f"{target}: no such heading in {linked.name}")
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_relative_links_lead_to_a_file_and_heading(page: Path) -> None:
+    assert broken_links(page) == []
+
+
+def test_the_readme_links_into_docs() -> None:
+    targets = {t.partition("#")[0] for t in relative_links(README.read_text(encoding="utf-8"))}
+    pages = {f"docs/{p.name}" for p in (PROJECT_ROOT / "docs").glob("*.md")}
+    assert pages <= targets, f"README.md links to no {sorted(pages - targets)}"
+
+
+def test_the_link_checker_sees_a_missing_file_and_heading(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    headings = "# A\n\n## The hot path's budget, in µs\n\n## x\n## x\n"
+    (tmp_path / "docs" / "a.md").write_text(headings, encoding="utf-8")
+    page = tmp_path / "README.md"
+    page.write_text(
+        "[ok](docs/a.md#the-hot-paths-budget-in-µs) [ok](docs/a.md#x-1) `[no](docs/z.md)`\n"
+        "[gone](docs/b.md) [bad](docs/a.md#y) [web](https://example.com/z.md)\n"
+        "```\n[code](docs/c.md)\n```\n",
+        encoding="utf-8",
+    )
+    assert broken_links(page) == ["docs/b.md: no such file", "docs/a.md#y: no such heading in a.md"]

@@ -32,7 +32,9 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
     setup = prepare(config)
     if not setup.retention:
-        print("no table has a retention: nothing to prune (see retention: in the README)")
+        print(
+            "no table has a retention: nothing to prune (see retention: in docs/configuration.md)"
+        )
         return 0
     setup.store.create_schema()
     stop = threading.Event()
