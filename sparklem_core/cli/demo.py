@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="the whole system on this machine",
         description="Start a local broker, a processor, a real agent on this "
         "machine and a simulated fleet; print what was stored. Needs the "
-        "test extra (pip install -e '.[test]').",
+        "dev extra (pip install -e '.[dev]').",
     )
     parser.add_argument(
         "--dir", default="demo", help="where keys, database and logs go (default: ./demo)"

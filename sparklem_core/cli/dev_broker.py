@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="a local Kafka broker for trying things out (no Docker)",
         description="Run the demo's Tansu broker in the foreground on 127.0.0.1 until "
         "Ctrl-C. Storage is in memory: a restart loses every topic and offset. Needs the "
-        "test extra (pip install -e '.[test]').",
+        "dev extra (pip install -e '.[dev]').",
     )
     parser.add_argument(
         "--port", type=types.port, default=9092, help="port on 127.0.0.1 (default 9092)"
