@@ -43,27 +43,37 @@ def part_of(module: str) -> str:
     return "core"
 
 
+def modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its ``__init__``)."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE.parent)
+        if "migrations" not in relative.parts:
+            found[".".join(relative.with_suffix("").parts).removesuffix(".__init__")] = path
+    return found
+
+
+def imported_names(path: Path) -> list[str]:
+    """What a module imports, anywhere in it: ``a.b`` and, for ``from a.b import c``, ``a.b.c``."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return names
+
+
 def imports() -> dict[str, set[tuple[str, str]]]:
     """Each part's imports of other parts, as (imported part, importing file)."""
     found: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    for path in PACKAGE.rglob("*.py"):
-        relative = path.relative_to(PACKAGE.parent)
-        if "migrations" in relative.parts:
-            continue
-        module = ".".join(relative.with_suffix("").parts).removesuffix(".__init__")
+    for module, path in modules().items():
         source = part_of(module)
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            else:
-                continue
-            for name in names:
-                if name.startswith("sparklem_core"):
-                    target = part_of(name) if name != "sparklem_core" else "core"
-                    if target != source:
-                        found[source].add((target, str(relative)))
+        for name in imported_names(path):
+            if name.startswith("sparklem_core"):
+                target = part_of(name) if name != "sparklem_core" else "core"
+                if target != source:
+                    found[source].add((target, str(path.relative_to(PACKAGE.parent))))
     return found
 
 
@@ -89,3 +99,29 @@ def test_the_declared_layers_have_no_cycle() -> None:
         for allowed in reach.values():
             allowed |= set(itertools.chain.from_iterable(reach[a] for a in allowed))
     assert [part for part, allowed in reach.items() if part in allowed] == []
+
+
+def test_no_module_imports_itself_back() -> None:
+    """No cycle between modules, counting imports inside functions: such an import that
+    dodges a cycle at load time still ties the two modules together. (Importing a
+    package's ancestors does not count: Python always loads those first.)"""
+    found = modules()
+    edges: dict[str, set[str]] = {module: set() for module in found}
+    for module, path in found.items():
+        for name in imported_names(path):
+            while name and name not in found:
+                name = name.rpartition(".")[0]
+            if name and name != module and not module.startswith(name + "."):
+                edges[module].add(name)
+    cycles = []
+    for start in edges:  # a depth-first walk from each module back to itself
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            module, trail = stack.pop()
+            for target in edges[module]:
+                if target == start:
+                    cycles.append(" -> ".join((*trail, start)))
+                elif target not in seen:
+                    seen.add(target)
+                    stack.append((target, (*trail, target)))
+    assert cycles == []
