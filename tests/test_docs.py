@@ -18,6 +18,7 @@ from sparklem_core import Message, hookspecs, wire
 from sparklem_core.admin.scaffold import files, write_plugin
 from sparklem_core.plugin_host import PluginHost
 from sparklem_core.processor import plugin_tables
+from sparklem_core.processor.processor import CONSUMER_DEFAULTS
 from sparklem_core.processor.store import Store
 from sparklem_core.settings.config import HttpSettings, ProcessorSettings
 from sparklem_core.settings.validation import plugin_settings
@@ -356,3 +357,9 @@ def test_the_command_line_secret_detector() -> None:
         "URL=postgresql://sparklem:${POSTGRES_PASSWORD}@db/x",
     ]:
         assert not COMMAND_LINE_SECRET.search(line), line
+
+
+def test_readme_names_the_consumers_kafka_defaults() -> None:
+    (row,) = [line for line in README.read_text().splitlines() if line.startswith("| `kafka.*`")]
+    missing = [f"{k}: {v}" for k, v in CONSUMER_DEFAULTS.items() if f"`{k}: {v}`" not in row]
+    assert missing == [], "README.md's kafka.* row does not give these defaults"
