@@ -346,6 +346,11 @@ def test_cli_help_mentions_commands_and_environment(tmp_path: Path) -> None:
     assert "--config" in cli(tmp_path, "run", "--help").stdout
 
 
+def test_cli_help_says_what_prune_does(tmp_path: Path) -> None:
+    out = cli(tmp_path, "--help").stdout
+    assert "prune     delete, once, the rows their table's retention no longer keeps" in out
+
+
 def test_cli_unknown_config_key_exits_2_with_one_line(tmp_path: Path) -> None:
     config = write(tmp_path, {"kafka": {}, "bogus_key": 1}, name="bad.yaml")
     result = cli(tmp_path, "run", "--config", str(config))
