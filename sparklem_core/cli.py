@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from sparklem_core import __version__, wire
+from sparklem_core.commands import PROCESSOR, invoked_as
 from sparklem_core.logsetup import add_log_level_argument, setup_logging
 from sparklem_core.plugin_host import PluginHost
 from sparklem_core.processor.db_errors import DatabaseUnusable, check_database_url
@@ -44,7 +45,7 @@ from sparklem_core.settings.validation import describe_settings
 
 log = logging.getLogger("sparklem")
 
-PROG = "sparklem"
+PROG = PROCESSOR
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
@@ -694,6 +695,7 @@ def _time(value: str) -> datetime:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    invoked_as(prog)  # hints name the commands this user has
     parser = build_parser(prog)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")

@@ -25,6 +25,7 @@ import yaml
 from Crypto.PublicKey import RSA
 
 from sparklem_core import wire
+from sparklem_core.commands import PROCESSOR, command
 from sparklem_core.files import UnusableFile, read_regular_file, write_atomic
 from sparklem_core.processor.fleet_state import (
     FleetError,
@@ -217,7 +218,10 @@ def publish_enrolment(
     finally:
         store.dispose()
     if not published:
-        return f"{files_only} (the database has no {enrolments.TABLE} table: run sparklem init)"
+        return (
+            f"{files_only} (the database has no {enrolments.TABLE} table: "
+            f"run {command(PROCESSOR)} init)"
+        )
     return f"{state} in {certificates_text(config)} and in the database (every processor host)"
 
 
