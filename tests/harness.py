@@ -184,17 +184,17 @@ class ProcessorProcess:
 
         wait_for(seen, timeout, message=f"no {needle!r} in processor log:\n{self.log()[-3000:]}")
 
-    def stop(self, timeout: float = 10) -> tuple[int, float]:
-        """SIGTERM; returns (exit code, seconds it took)."""
+    def stop(self, timeout: float = 10, sig: signal.Signals = signal.SIGTERM) -> tuple[int, float]:
+        """SIGTERM (or ``sig``: SIGINT is Ctrl-C); returns (exit code, seconds it took)."""
         assert self.proc is not None
         started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"processor ignored SIGTERM for {timeout} s") from None
+            raise AssertionError(f"processor ignored {sig.name} for {timeout} s") from None
         self._log.close()
         return code, time.monotonic() - started
 

@@ -553,6 +553,15 @@ def test_serve_refuses_in_one_line(tmp_path: Path) -> None:
         taken.close()
     status, said = serve(config, "--listen", "nowhere")
     assert status == 2 and "HOST:PORT" in said
+    # --listen "" used to mean serve.listen; here one it refuses, never one it serves on.
+    exposed = make_config(tmp_path / "exposed", config.database_url, listen="0.0.0.0:8620")
+    for empty in ("", " "):
+        status, said = serve(exposed, "--listen", empty)
+        assert status == 2
+        assert said.splitlines()[-1] == (
+            f"sparklem serve: error: argument --listen: {empty!r} is not HOST:PORT "
+            "(port 1-65535), e.g. 127.0.0.1:8620"
+        )
     status, said = serve(config, "--help")
     assert status == 0 and "--listen HOST:PORT" in said and "loopback only" in said
     (tmp_path / "audit").mkdir()

@@ -14,7 +14,7 @@ import pytest
 import sparklem_plugins.pu_workload as pu_workload
 import sparklem_plugins.temperature as temperature
 
-from sparklem_core import Message
+from sparklem_core import Message, commands
 from sparklem_core.settings.validation import plugin_settings
 
 KIB = 1024
@@ -85,6 +85,21 @@ def test_temperature_without_sensors_returns_none_and_says_so_once(
     said = [r for r in caplog.records if "no readable sensor" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.INFO
     assert str(tmp_path / "thermal") in said[0].getMessage()
+
+
+@pytest.mark.parametrize("prog, enroll", [("sparklem-agent", "sparklem-enroll"),
+                                          ("main.py", "python3 gen_config.py")])  # fmt: skip
+def test_temperature_without_sensors_names_the_enrol_command_the_user_has(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    prog: str, enroll: str,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(commands, "_checkout", False)  # restored after the test
+    commands.invoked_as(prog)
+    settings = {"thermal_root": str(tmp_path / "t"), "hwmon_root": str(tmp_path / "h")}
+    with caplog.at_level(logging.INFO):
+        assert temperature.sparklem_collect(settings=settings) is None
+    (said,) = [r.getMessage() for r in caplog.records if "no readable sensor" in r.getMessage()]
+    assert f"(other paths: {enroll} --set temperature.thermal_root=PATH)" in said
 
 
 # --- pu_workload --------------------------------------------------------------------------

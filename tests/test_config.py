@@ -348,6 +348,38 @@ def test_cli_help_mentions_commands_and_environment(tmp_path: Path) -> None:
     assert "--config" in cli(tmp_path, "run", "--help").stdout
 
 
+def test_cli_help_says_what_prune_does(tmp_path: Path) -> None:
+    out = cli(tmp_path, "--help").stdout
+    assert "prune     delete, once, the rows their table's retention no longer keeps" in out
+
+
+ENROL_AS_SCRIPT = "import sys; from sparklem_core.admin.cli import main; sys.exit(main())"
+
+
+# A checkout's entry points pass their file name as prog; the console scripts
+# (sparklem_core.cli:main, sparklem_core.admin.cli:main) do not.
+@pytest.mark.parametrize(
+    "argv, enroll",
+    [
+        ([str(MAIN), "plugins"], "python3 gen_config.py"),
+        ([str(PROJECT_ROOT / "gen_config.py"), "--agent-id", "edge-1"], "python3 gen_config.py"),
+        (["-m", "sparklem_core.cli", "plugins"], "sparklem-enroll"),
+        (["-c", ENROL_AS_SCRIPT, "--agent-id", "edge-1"], "sparklem-enroll"),
+    ],
+)
+def test_a_setting_in_the_wrong_place_names_the_enrol_command_the_user_has(
+    tmp_path: Path, argv: list[str], enroll: str
+) -> None:
+    config = write(tmp_path, {"plugins": {"temperature": {"interval": 5}}})
+    result = subprocess.run(
+        [sys.executable, *argv, "--config", str(config)], cwd=tmp_path, env=cli_env(tmp_path),
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.endswith(f"it belongs in the agent's bundle ({enroll} --set)"), line
+
+
 def test_cli_unknown_config_key_exits_2_with_one_line(tmp_path: Path) -> None:
     config = write(tmp_path, {"kafka": {}, "bogus_key": 1}, name="bad.yaml")
     result = cli(tmp_path, "run", "--config", str(config))

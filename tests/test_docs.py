@@ -19,6 +19,7 @@ from sparklem_core.admin.scaffold import files, write_plugin
 from sparklem_core.db import plugin_tables
 from sparklem_core.db.store import Store
 from sparklem_core.plugin_host import PluginHost
+from sparklem_core.processor.consumer import CONSUMER_DEFAULTS
 from sparklem_core.settings.config import HttpSettings, ProcessorSettings
 from sparklem_core.settings.validation import plugin_settings
 from sparklem_core.testing.plugin import MakeHarness
@@ -440,3 +441,10 @@ def test_the_link_checker_sees_a_missing_file_and_heading(tmp_path: Path) -> Non
         encoding="utf-8",
     )
     assert broken_links(page) == ["docs/b.md: no such file", "docs/a.md#y: no such heading in a.md"]
+
+
+def test_the_configuration_page_names_the_consumers_kafka_defaults() -> None:
+    page = PROJECT_ROOT / "docs" / "configuration.md"
+    (row,) = [line for line in page.read_text().splitlines() if line.startswith("| `kafka.*`")]
+    missing = [f"{k}: {v}" for k, v in CONSUMER_DEFAULTS.items() if f"`{k}: {v}`" not in row]
+    assert missing == [], "docs/configuration.md's kafka.* row does not give these defaults"

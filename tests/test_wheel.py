@@ -162,6 +162,18 @@ def test_installed_commands_from_an_empty_directory(
     assert installed.site_files() == before  # nothing written into site-packages
 
 
+def test_installed_commands_hints_name_installed_commands(
+    installed: Installed, tmp_path: Path
+) -> None:
+    # A processor setting where an agent one belongs: the hint names the enrol command.
+    (tmp_path / "config.yaml").write_text("plugins: {temperature: {interval: 5}}\n")
+    for argv in (["sparklem", "plugins"], ["sparklem-enroll", "--agent-id", "edge-1"]):
+        done = installed.run(tmp_path, *argv)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.rstrip().endswith("the agent's bundle (sparklem-enroll --set)")
+        assert "gen_config" not in done.stderr
+
+
 # --- helpers ----------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sparklem_core import hookimpl
+from sparklem_core.commands import ENROLL, command
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,10 @@ def sparklem_collect(settings: Mapping[str, Any]) -> dict[str, Any] | None:
         _said_empty.add((thermal, hwmon))
         log.info(
             "temperature: no readable sensor in %s or %s, so no temperature readings are "
-            "sent (other paths: gen_config.py --set temperature.thermal_root=PATH)",
+            "sent (other paths: %s --set temperature.thermal_root=PATH)",
             thermal,
             hwmon,
+            command(ENROLL),
         )
     return None
 

@@ -27,6 +27,7 @@ from sparklem_core.admin.enrollment import (
     revoke,
     revoked_key_path,
 )
+from sparklem_core.commands import ENROLL, invoked_as
 from sparklem_core.db.enrollments import ENROLLED, REVOKED
 from sparklem_core.settings.config import (
     Config,
@@ -38,7 +39,7 @@ from sparklem_core.settings.config import (
 from sparklem_core.settings.validation import YamlRefused, load_yaml
 from sparklem_core.wire.bundle import BUNDLE_NAME, BundleError, read_passphrase_file
 
-PROG = "sparklem-enroll"
+PROG = ENROLL
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 
 
@@ -229,6 +230,7 @@ def _kafka_properties(items: list[str]) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run the command; returns its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    invoked_as(prog)  # hints name the commands this user has
     parser = build_parser(prog)
     parser.set_defaults(prog=prog)
     interactive = not argv

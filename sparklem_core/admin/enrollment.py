@@ -26,6 +26,7 @@ import yaml
 from Crypto.PublicKey import RSA
 
 from sparklem_core import wire
+from sparklem_core.commands import PROCESSOR, command
 from sparklem_core.files import UnusableFile, read_regular_file, write_atomic
 from sparklem_core.fleet.registry import (
     AGENTS_DIR,
@@ -247,7 +248,10 @@ def publish_enrollment(
     finally:
         store.dispose()
     if not published:
-        return f"{files_only} (the database has no {enrollments.TABLE} table: run sparklem init)"
+        return (
+            f"{files_only} (the database has no {enrollments.TABLE} table: "
+            f"run {command(PROCESSOR)} init)"
+        )
     return f"{state} in {certificates_text(config)} and in the database (every processor host)"
 
 

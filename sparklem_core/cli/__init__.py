@@ -27,13 +27,14 @@ from sparklem_core.cli import (
     tail,
 )
 from sparklem_core.cli.errors import EXIT_FAILURE, EXIT_USAGE, CommandError, known_failure
+from sparklem_core.commands import PROCESSOR, invoked_as
 from sparklem_core.settings.config import ConfigError, load_config
 from sparklem_core.settings.logs import add_log_level_argument, setup_logging
 from sparklem_core.settings.masking import mask_secrets
 
 log = logging.getLogger("sparklem")
 
-PROG = "sparklem"
+PROG = PROCESSOR
 #: In the order ``--help`` lists them.
 COMMANDS = (run, init, plugins, prune, redrive, agents, serve, tail, demo, dev_broker)
 
@@ -65,6 +66,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    invoked_as(prog)  # hints name the commands this user has
     parser = build_parser(prog)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from datetime import datetime
 
 
@@ -17,12 +18,15 @@ def port(value: str) -> int:
 
 
 def listen(value: str) -> str:
-    from sparklem_core.settings.config import check_listen
+    """serve's ``--listen``: ``HOST:PORT``; not ``""``, which only http.listen may be."""
+    from sparklem_core.settings.config import DEFAULT_SERVE_PORT, check_listen
 
-    try:
-        return check_listen(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    with contextlib.suppress(ValueError):
+        if value:
+            return check_listen(value)
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not HOST:PORT (port 1-65535), e.g. 127.0.0.1:{DEFAULT_SERVE_PORT}"
+    )
 
 
 def workers(value: str) -> int:

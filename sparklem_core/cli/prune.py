@@ -12,7 +12,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     parser = sub.add_parser(
         "prune",
         parents=[common],
-        help="delete rows older than retention: allows, once",
+        help="delete, once, the rows their table's retention no longer keeps",
         description="One pass of the pruner the processor runs in the background: delete, "
         "in small transactions, the rows each table's retention no longer keeps, and print "
         "how many per table. Skips (exit 0) if another processor is pruning now.",

@@ -54,6 +54,20 @@ _CLIENT_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.", "sock
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 # How often a processor that never held a partition says it still waits for the group.
 WAITING_LOG_EVERY_S = 10
+# The consumer's properties unless kafka.* in the config sets them.
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "auto.offset.reset": "earliest",  # a new group starts at the oldest reading
+    # Bound the prefetch queue (librdkafka's default is 64 MiB per consumer): a
+    # backlog of millions of records must not become resident memory.
+    "queued.max.messages.kbytes": 16384,
+    # librdkafka's 45 s makes each JoinGroup on Tansu 0.6 last half of it (22.5 s), longer
+    # than a stop waits for its rebalance (half of shutdown_timeout_s): the stopped processor
+    # then stays the group's leader and a restarted one waits for it. 6 s: Tansu answers a
+    # join in 3 s, a departed member is evicted in 6 s, and it is the least an Apache Kafka
+    # broker accepts by default (group.min.session.timeout.ms). Heartbeats: a third of it.
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 2000,
+}
 # A subscription pattern that no topic matches (a name has at least one character).
 _NO_TOPIC = "^$"
 _BROKER_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
@@ -225,10 +239,7 @@ class Processor:
 
     def _consumer_conf(self) -> dict[str, Any]:
         return {
-            "auto.offset.reset": "earliest",  # a new group starts at the oldest reading
-            # Bound the prefetch queue (librdkafka's default is 64 MiB per consumer): a
-            # backlog of millions of records must not become resident memory.
-            "queued.max.messages.kbytes": 16384,
+            **CONSUMER_DEFAULTS,
             **self.config.kafka,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,

@@ -19,6 +19,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
+from sparklem_core.commands import ENROLL, command
 from sparklem_core.plugin_api import DEFAULT_INTERVAL_S, SIDES, Manifest
 
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
@@ -185,7 +186,9 @@ def plugin_settings(
         misplaced = sorted(k for k in values if k in other and isinstance(k, str))
         if misplaced:
             home = (
-                "the agent's bundle (gen_config.py --set)" if side == "processor" else "config.yaml"
+                f"the agent's bundle ({command(ENROLL)} --set)"
+                if side == "processor"
+                else "config.yaml"
             )
             article = "an" if side == "agent" else "a"
             raise SchemaError(
