@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal
 
-import confluent_kafka
-from confluent_kafka import KafkaException
 from pydantic import AfterValidator, StringConstraints
 
 from sparklem_core.settings.masking import SECRET_NAME_RE
@@ -137,6 +135,8 @@ def property_table() -> dict[str, Property] | None:
 @cache
 def _library() -> ctypes.CDLL | None:
     """The librdkafka confluent-kafka uses (its wheel bundles one), else the system's."""
+    import confluent_kafka  # noqa: F401  # loads its librdkafka, which the maps then show
+
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:
             loaded = [line.split()[-1] for line in maps if "librdkafka" in line]
@@ -217,6 +217,11 @@ def _bad_value(prop: Property) -> str:
 
 
 def _throwaway(props: Mapping[str, Any], client: Client) -> None:
+    # Imported here, not at the top: every command loads the config module, and --help or
+    # plugins new need no Kafka client.
+    import confluent_kafka
+    from confluent_kafka import KafkaException
+
     conf = {k: v for k, v in props.items() if k != "bootstrap.servers"}
     conf.update({"security.protocol": "plaintext", "log_level": 0})
     if client == "consumer":
