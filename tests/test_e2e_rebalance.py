@@ -8,6 +8,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,10 @@ def test_a_processor_stopped_with_ctrl_c_gets_every_partition_when_started_again
             [processor],
         )
         print(f"start {cycle}: every partition after {time.monotonic() - started:.1f} s")
+        # The issue's bound, read from the processor's own log: from its first wait for an
+        # assignment to being assigned, the broker's join rounds and nothing else (before
+        # the 6 s session default, 24 s on a fresh group and forever after a restart).
+        assert join_seconds(processor.log()) <= 10, processor.log()[-3000:]
         code, took = processor.proc.stop(timeout=30, sig=signal.SIGINT)
         print(f"stop {cycle}: {took:.1f} s")
         assert code == 0
@@ -199,6 +204,19 @@ def test_a_processor_stopped_with_ctrl_c_gets_every_partition_when_started_again
         stopped = processor.log()
         assert "settled in" in stopped, stopped[-3000:]
         assert "did not settle" not in stopped and "did not close" not in stopped, stopped[-3000:]
+
+
+def join_seconds(log: str) -> float:
+    """Seconds from a processor's first "waiting for partition assignment" line to its first
+    assignment of partitions, by the log's own timestamps."""
+    stamp = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
+    waiting = re.search(stamp + r".*waiting for partition assignment", log, re.M)
+    assigned = re.search(
+        stamp + rf".*{re.escape(processor_log.name)}: assigned (?!nothing)", log, re.M
+    )
+    assert waiting and assigned, log[-3000:]
+    times = [datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f") for m in (waiting, assigned)]
+    return (times[1] - times[0]).total_seconds()
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
