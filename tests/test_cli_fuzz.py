@@ -43,10 +43,13 @@ def run_cli(*argv: str) -> tuple[int, str]:
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.one_of(words, noise))
+@example(name="-:")  # found by a fresh run: read as an option unless it follows "--"
 def test_plugins_new_writes_a_package_or_refuses_in_one_line(name: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "out"
-        status, err = run_cli("plugins", "new", name, "--dir", str(target))
+        # "--" first, as a user must for a name that starts with "-": the name itself is
+        # what is judged here, not argparse's reading of options.
+        status, err = run_cli("plugins", "new", "--dir", str(target), "--", name)
         if wire.PLUGIN_NAME_RE.fullmatch(name):
             assert status == 0, err
             assert (target / "pyproject.toml").is_file()
@@ -55,6 +58,12 @@ def test_plugins_new_writes_a_package_or_refuses_in_one_line(name: str) -> None:
             assert status == 2
             assert err.count("\n") == 1 and err.startswith("sparklem: plugin name ")
             assert not target.exists()
+
+
+def test_a_name_read_as_an_option_gets_argparse_usage_and_exit_2() -> None:
+    status, err = run_cli("plugins", "new", "-:")
+    assert status == 2
+    assert err.splitlines()[-1].startswith("sparklem plugins new: error: ")
 
 
 @pytest.fixture(scope="module")
