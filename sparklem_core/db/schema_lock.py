@@ -65,12 +65,16 @@ def schema_lock(
     with engine.connect() as conn:
         with _notice_if_slow():
             trans = _begin_locked(conn, timeout_s)
-        with trans:
-            try:
+        try:
+            with trans:
                 yield conn
-            finally:
-                if _is_mysql(conn) and not conn.invalidated:
-                    conn.execute(text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})"))
+        finally:
+            # MySQL's lock is the session's, not the transaction's: released only once the
+            # transaction has ended, or the next holder's snapshot may predate its commit
+            # (REPEATABLE READ) and write the same rows again.
+            if _is_mysql(conn) and not conn.invalidated:
+                conn.execute(text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})"))
+                conn.rollback()  # the statement above began one
 
 
 def _is_mysql(conn: Connection) -> bool:
