@@ -34,7 +34,7 @@ from api_env import (
 )
 from fastapi.testclient import TestClient
 from harness import loaded_packages
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from waiting import wait_for
 
@@ -696,3 +696,58 @@ def test_without_tokens_data_can_be_read_but_never_deleted(tmp_path: Path) -> No
             assert client.get("/api/v1/readings/temperature").json()["latest"]
     finally:
         store.dispose()
+
+
+# A recorded row as anyone able to write the database could leave it.
+NAMES = ["rejected_records", "sparklem_enrollments", HUMIDITY, "temperature_readings"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+declarations = st.fixed_dictionaries(
+    {
+        "time": st.sampled_from(["measured_at", "id", "nope"]),
+        "series": st.lists(st.sampled_from(["agent_id", "sensor", "room", "x"]), max_size=3),
+        "values": st.lists(st.sampled_from(["celsius", "relative_pct", "reason"]), max_size=3),
+    }
+)
+recorded_rows = st.tuples(
+    st.one_of(st.sampled_from(NAMES), st.text(max_size=80)),
+    st.text(max_size=40),
+    st.one_of(st.text(max_size=200), json_values.map(json.dumps), declarations.map(json.dumps)),
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(recorded_rows, max_size=4, unique_by=lambda r: r[0]))
+@example(
+    rows=[
+        ("rejected_records", "x", json.dumps({"time": "id", "series": ["agent_id"], "values": []}))
+    ]
+)
+def test_hostile_recorded_plugin_tables_never_break_serve_nor_expose_core_tables(
+    sqlite_app: TestClient, rows: list[tuple[str, str, str]]
+) -> None:
+    """Whatever sparklem_plugin_tables holds, /plugins answers, a core table never becomes a
+    plugin's, and the built-in plugins stay readable."""
+    store = humidity_store(sqlite_app.app.state.context.store.engine.url.render_as_string(False))
+    try:
+        store.create_schema()  # humidity_readings exists, and its row is recorded
+        table = store.metadata.tables["sparklem_plugin_tables"]
+        hostile = [
+            {"table_name": n, "plugin": p, "declaration": d, "recorded_at": T0}
+            for n, p, d in rows
+            if n != "temperature_readings"  # kept as the processor recorded it
+        ]
+        with store.engine.begin() as conn:
+            conn.execute(table.delete().where(table.c.plugin != "temperature"))
+            for row in hostile:
+                conn.execute(table.insert().values(row))
+    finally:
+        store.dispose()
+    answer = sqlite_app.get("/api/v1/plugins")
+    assert answer.status_code == 200, answer.text
+    listed = {t["table"] for tables in answer.json()["plugins"].values() for t in tables}
+    assert not listed & {"rejected_records", "sparklem_enrollments", "sparklem_plugin_tables"}
+    assert sqlite_app.get("/api/v1/readings/temperature").status_code == 200

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, MetaData, Table, select
-from sqlalchemy.exc import DBAPIError, NoSuchTableError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from sparklem_core.db.plugin_tables import RECORDED_TABLE, PluginTable
+from sparklem_core.db.schema import CORE_TABLES
 from sparklem_core.db.store import Store
 
 log = logging.getLogger(__name__)
@@ -138,16 +139,22 @@ class LiveCatalog:
 
 def _reflect(conn: Connection, name: str, plugin: str, text: str) -> PluginTable | None:
     """A recorded table as the database has it, with its recorded declaration; None (logged)
-    when the table or a declared column is missing, or the declaration is unreadable."""
+    when the table or a declared column is missing, or the row is not one the processors
+    write: the table is as hostile as any file, and may not make a core table readable."""
+    if name in CORE_TABLES:
+        log.warning("recorded plugin table %.64r is a core table: ignored", name)
+        return None
     try:
         doc = json.loads(text)
         time, series, values = doc["time"], tuple(doc["series"]), tuple(doc["values"])
+        if not all(isinstance(c, str) for c in (plugin, time, *series, *values)):
+            raise TypeError("names must be strings")
         table = Table(name, MetaData(), autoload_with=conn)
-    except (ValueError, KeyError, TypeError, NoSuchTableError) as exc:
-        log.warning("recorded plugin table %s not readable: %s", name, exc)
+    except (ValueError, KeyError, TypeError, RecursionError, SQLAlchemyError) as exc:
+        log.warning("recorded plugin table %.64r not readable: %.200s", name, exc)
         return None
     missing = [c for c in (time, *series, *values) if c not in table.c]
     if missing:
-        log.warning("recorded plugin table %s lacks column %s", name, missing[0])
+        log.warning("recorded plugin table %.64r lacks column %.64r", name, missing[0])
         return None
     return PluginTable(plugin, table, time, series, values)
