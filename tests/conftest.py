@@ -102,9 +102,19 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput["hypothesis_seed"] = node.config.getoption("hypothesis_seed")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def _seed_line(config: pytest.Config) -> str:
     seed = config.getoption("hypothesis_seed")
     return f"hypothesis seed: {seed} (draw the same examples again: --hypothesis-seed={seed})"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _seed_line(config)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """At the end too: ``-q`` (as .ci/run runs) prints no header."""
+    if not hasattr(config, "workerinput"):
+        terminalreporter.write_line(_seed_line(config))
 
 
 @pytest.fixture(autouse=True)
