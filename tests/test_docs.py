@@ -206,7 +206,7 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
     ]
     settings = plugin_settings(info.manifest, {})
     result = host.process(
-        info, Message("edge-1", "humidity", 3, sent, {"samples": samples}), settings
+        info, Message("edge-1", "humidity", 3, sent, {"samples": samples}, sent), settings
     )
     assert result.rows == {
         "humidity_readings": [
@@ -224,7 +224,7 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
     from sparklem_core import InvalidPayload
 
     with pytest.raises(InvalidPayload):
-        host.process(info, Message("edge-1", "humidity", 4, sent, {"samples": []}), settings)
+        host.process(info, Message("edge-1", "humidity", 4, sent, {"samples": []}, sent), settings)
 
     sensor = tmp_path / "iio:device0" / "in_humidityrelative_input"
     sensor.parent.mkdir()
