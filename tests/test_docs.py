@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import re
 import sys
@@ -147,6 +148,12 @@ def test_guide_testing_example_runs_against_the_generated_plugin(
     finally:  # the package lives in tmp_path: no later import may find it cached
         for name in [m for m in sys.modules if m.partition(".")[0] == "sparklem_humidity"]:
             del sys.modules[name]
+
+
+def test_guide_lists_every_field_of_message(guide: str) -> None:
+    section = guide[guide.index("### Message") : guide.index("### PluginResult")]
+    for field in dataclasses.fields(Message):
+        assert f"| `{field.name}` |" in section, f"the guide's Message table lacks {field.name}"
 
 
 def test_guide_covers_layout_types_and_entry_points(guide: str) -> None:
