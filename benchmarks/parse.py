@@ -297,7 +297,8 @@ class Bench:
         plugin_ms = None
         if isinstance(parsed, wire.Plaintext):
             info = self.host.loaded()[plugin]
-            message = Message(AGENT, plugin, parsed.seq, datetime.now(UTC), parsed.data)
+            now = datetime.now(UTC)
+            message = Message(AGENT, plugin, parsed.seq, now, parsed.data, now)
             settings = self.pipeline.plugin_settings[plugin]  # as the pipeline hands them
             plugin_ms = best_ms(
                 lambda: _rejected(self.host.process, info, message, settings), repeat

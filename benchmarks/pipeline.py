@@ -583,7 +583,8 @@ def run_naive(work: Workload, root: Path, count: int) -> Result:
         key = wire.unwrap_key(env.ek, server_keys[env.kid])  # no cache
         plain = wire.parse_plaintext(wire.decrypt(env, key))
         sent_at = datetime.fromtimestamp(plain.ts / 1000, UTC)
-        message = Message(env.agent, env.plugin, plain.seq, sent_at, plain.data)
+        received_at = datetime.now(UTC)
+        message = Message(env.agent, env.plugin, plain.seq, sent_at, plain.data, received_at)
         settings = setup.config.plugins[env.plugin]
         result = setup.plugins.process(plugins[env.plugin], message, settings)
         with engine.begin() as conn:

@@ -63,14 +63,16 @@ def sparklem_register_tables(register: RegisterTable) -> None:
 
 @hookspec(firstresult=True)
 def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginResult:
-    """Validate and normalize one message into rows. A pure function: no I/O.
+    """Validate and normalize one message into rows. A pure function: no I/O, no clock.
 
     Called by the processor for every authenticated, decrypted, non-duplicate
     message whose ``plugin`` member names this plugin, in stream order; maybe again
     for the same message after a database conflict.
 
     :param message: The :class:`~sparklem_core.Message`: agent id, ``seq``, send
-        time and the payload (``data``, a parsed JSON object as the agent sent it).
+        time, the payload (``data``, a parsed JSON object as the agent sent it) and
+        ``received_at``, when the processor received the record (aware UTC; a redriven
+        message keeps its first arrival): a row's arrival time, never ``datetime.now()``.
     :param settings: The plugin's processor-side settings from the processor config
         (``plugins.NAME``), checked against the manifest's declaration, defaults
         filled in.

@@ -119,6 +119,8 @@ class Message:
     seq: int
     sent_at: datetime  # the plaintext's ``ts``, UTC
     data: dict[str, Any]  # the plugin's payload, a parsed JSON object as the agent sent it
+    # When the processor received the record, UTC; a redriven record keeps its first arrival.
+    received_at: datetime
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ def write(path: Path, text: str) -> None:
 
 def process(plugin: Any, data: dict[str, Any]) -> Any:
     """Run a collected payload through the plugin's processor side."""
-    message = Message("edge-1", plugin.sparklem_manifest().name, 1, datetime.now(UTC), data)
+    now = datetime.now(UTC)
+    message = Message("edge-1", plugin.sparklem_manifest().name, 1, now, data, now)
     settings = plugin_settings(plugin.sparklem_manifest(), {})
     return plugin.sparklem_process(message=message, settings=settings)
 

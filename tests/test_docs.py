@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import re
 import sys
@@ -149,6 +150,12 @@ def test_guide_testing_example_runs_against_the_generated_plugin(
             del sys.modules[name]
 
 
+def test_guide_lists_every_field_of_message(guide: str) -> None:
+    section = guide[guide.index("### Message") : guide.index("### PluginResult")]
+    for field in dataclasses.fields(Message):
+        assert f"| `{field.name}` |" in section, f"the guide's Message table lacks {field.name}"
+
+
 def test_guide_covers_layout_types_and_entry_points(guide: str) -> None:
     for word in (
         "__init__.py",
@@ -206,7 +213,7 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
     ]
     settings = plugin_settings(info.manifest, {})
     result = host.process(
-        info, Message("edge-1", "humidity", 3, sent, {"samples": samples}), settings
+        info, Message("edge-1", "humidity", 3, sent, {"samples": samples}, sent), settings
     )
     assert result.rows == {
         "humidity_readings": [
@@ -224,7 +231,7 @@ def test_example_plugin_works(guide: str, tmp_path: Path) -> None:
     from sparklem_core import InvalidPayload
 
     with pytest.raises(InvalidPayload):
-        host.process(info, Message("edge-1", "humidity", 4, sent, {"samples": []}), settings)
+        host.process(info, Message("edge-1", "humidity", 4, sent, {"samples": []}, sent), settings)
 
     sensor = tmp_path / "iio:device0" / "in_humidityrelative_input"
     sensor.parent.mkdir()

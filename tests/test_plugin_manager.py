@@ -115,7 +115,8 @@ def by_key(host: PluginHost) -> dict[str, PluginInfo]:
 
 
 def message(plugin: str, data: dict | None = None) -> Message:
-    return Message("edge-1", plugin, 1, datetime(2026, 1, 1, tzinfo=UTC), data or {})
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return Message("edge-1", plugin, 1, at, data or {}, at)
 
 
 # --- loading -------------------------------------------------------------------------------

@@ -111,6 +111,17 @@ def test_protocol_example_gives_cpu_core_and_gpu_rows(process: Process) -> None:
         assert row["received_at"] is rows[0]["received_at"]
 
 
+def test_received_at_is_the_messages_never_the_clock(pu_workload: PluginHarness) -> None:
+    # Long before now: a plugin reading the clock would write today's time instead.
+    long_ago = datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
+    result = pu_workload.process(EXAMPLE, received_at=long_ago)
+    assert {row["received_at"] for row in result.rows["pu_workload_readings"]} == {long_ago}
+    outcome = pu_workload.send(EXAMPLE, received_at=long_ago)
+    stored = outcome.rows("pu_workload_readings")
+    assert len(stored) == 4  # cpu, two cores, one gpu
+    assert {row["received_at"].replace(tzinfo=UTC) for row in stored} == {long_ago}  # naive UTC
+
+
 def test_cpu_only_minimal(process: Process) -> None:
     (row,) = process({"cpu": {"percent": 0}})
     assert units([row]) == [("cpu", 0)]

@@ -50,7 +50,7 @@ def test_new_plugin_passes_its_own_tests_and_is_listed(
 
     tests = run(["-m", "pytest", "-q", "-p", KIT], target, target)
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "12 passed" in tests.stdout
+    assert "13 passed" in tests.stdout
 
     install_metadata(target, "humidity")
     listed = run([str(PROJECT_ROOT / "main.py"), "plugins"], tmp_path, target)

@@ -109,6 +109,17 @@ def test_ts_defaults_to_message_time_and_received_at_is_shared(process: Process)
     assert before <= first["received_at"] <= datetime.now(UTC)
 
 
+def test_received_at_is_the_messages_never_the_clock(temperature: PluginHarness) -> None:
+    # Long before now: a plugin reading the clock would write today's time instead.
+    long_ago = datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
+    result = temperature.process({"readings": [{"sensor": "a", "value": 1}]}, received_at=long_ago)
+    assert [row["received_at"] for row in rows(result)] == [long_ago]
+    outcome = temperature.send({"readings": [{"sensor": "a", "value": 1}]}, received_at=long_ago)
+    (row,) = outcome.rows("temperature_readings")
+    assert row["received_at"].replace(tzinfo=UTC) == long_ago  # SQLite: naive UTC
+    assert row["measured_at"].replace(tzinfo=UTC) == long_ago.replace(microsecond=789000)
+
+
 def test_bad_reading_is_rejected_and_siblings_are_stored(process: Process) -> None:
     bad = {"sensor": "broken", "value": "48.3"}
     result = process([{"sensor": "ok1", "value": 40}, bad, {"sensor": "ok2", "value": 41}])

@@ -102,6 +102,26 @@ def test_unknown_agent_then_enrolled_is_stored_and_leaves_the_quarantine(env: En
     assert again.duplicates == 1 and len(celsius(env)) == 1
 
 
+def test_a_redriven_row_keeps_the_time_its_record_was_first_received(env: Env) -> None:
+    # A whole message (its agent unknown) and a single refused reading of a stored message.
+    sent = now_ms(-3 * 3600)
+    quarantine(env, env.envelope(temperature(reading("a", 40.0)), seq=1, agent="edge-9", ts=sent))
+    both = temperature(reading("b", 41.0), reading("hot", 180.0))
+    quarantine(env, env.envelope(both, seq=1, ts=sent))
+    first = datetime.now(UTC).replace(microsecond=123456) - timedelta(hours=2)
+    with env.store.engine.begin() as conn:  # received two hours ago, redriven now
+        for table in (env.store.rejected, env.store.records):
+            conn.execute(update(table).values(received_at=first))
+    env.enroll("edge-9")
+    assert redrive(env, max_celsius=200).stored == 2
+    at = {  # SQLite and MariaDB hand times back naive: UTC
+        row["sensor"]: row["received_at"].replace(tzinfo=row["received_at"].tzinfo or UTC)
+        for row in keep(env, "temperature_readings")
+    }
+    assert (at["a"], at["hot"]) == (first, first)
+    assert at["b"] > first  # stored by the consumer when it came
+
+
 def test_setting_changed_stores_the_refused_reading_alone(env: Env) -> None:
     sent = temperature(reading("a", 40.0), reading("hot", 180.0), reading("b", 41.0))
     quarantine(env, env.envelope(sent, seq=1))

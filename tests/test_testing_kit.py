@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -61,6 +62,33 @@ def test_a_plugin_that_does_not_load_says_why(plugin_harness: MakeHarness) -> No
     broken.sparklem_manifest = sparklem_manifest  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="did not load: failed: ValueError: plugin name"):
         plugin_harness(broken)
+
+
+def test_received_at_is_given_or_now(plugin_harness: MakeHarness) -> None:
+    harness = plugin_harness(temperature)
+    before = datetime.now(UTC)
+    (row,) = harness.process(READING).rows["temperature_readings"]
+    assert before <= row["received_at"] <= datetime.now(UTC)
+    # Any zone is handed to the plugin as UTC, as the processor hands it.
+    paris = datetime(2020, 6, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    (row,) = harness.process(READING, received_at=paris).rows["temperature_readings"]
+    assert row["received_at"] == paris and row["received_at"].tzinfo is UTC
+    # ts defaults to received_at: a message received long ago was not sent in its future.
+    outcome = harness.send(READING, received_at=paris)
+    assert outcome.stored and outcome.rejections == []
+    (row,) = outcome.rows("temperature_readings")
+    assert row["measured_at"] == row["received_at"] == datetime(2020, 6, 1, 12, 0)  # naive UTC
+    # The harness's next record is received now again.
+    (row,) = harness.send(READING).rows("temperature_readings")
+    assert row["received_at"].replace(tzinfo=UTC) >= before
+
+
+def test_a_naive_received_at_is_refused(plugin_harness: MakeHarness) -> None:
+    harness = plugin_harness(temperature)
+    with pytest.raises(ValueError, match="has no time zone: give an aware datetime"):
+        harness.process(READING, received_at=datetime(2020, 6, 1))
+    with pytest.raises(ValueError, match="has no time zone"):
+        harness.send(READING, received_at=datetime(2020, 6, 1))
 
 
 def test_the_pytest_plugin_starts_and_imports_no_server() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, Float, Index, Integer, String
@@ -103,7 +102,7 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
         "agent_id": message.agent_id,
         "seq": message.seq,
         "measured_at": message.sent_at,
-        "received_at": datetime.now(UTC),
+        "received_at": message.received_at,
     }
     rows: list[dict[str, Any]] = []
     if cpu is not None:

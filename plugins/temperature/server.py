@@ -74,7 +74,6 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
     if not 1 <= len(readings) <= MAX_READINGS:
         raise InvalidPayload(f"'readings' must hold 1 to {MAX_READINGS} items, not {len(readings)}")
     low, high = settings["min_celsius"], settings["max_celsius"]
-    received_at = datetime.now(UTC)
 
     result = PluginResult()
     for reading in readings:
@@ -89,7 +88,7 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
             "sensor": sensor,
             "celsius": celsius,
             "measured_at": measured_at or message.sent_at,
-            "received_at": received_at,
+            "received_at": message.received_at,
         }
         result.add_row(TABLE, row)
     return result

@@ -134,6 +134,7 @@ def sparklem_register_tables(register: RegisterTable) -> None:
         Column("sensor", String(MAX_SENSOR_CHARS), nullable=False),
         Column("value", Float, nullable=False),
         Column("measured_at", DateTime(timezone=True), nullable=False),
+        Column("received_at", DateTime(timezone=True), nullable=False),
         # What retention and reads use: when, which series (one per agent and sensor), values.
         time="measured_at",
         series=("agent_id", "sensor"),
@@ -173,6 +174,8 @@ def _row(message: Message, sample: Any, highest: float) -> dict[str, Any]:
         "sensor": sensor,
         "value": float(value),
         "measured_at": message.sent_at,
+        # The processor's arrival time: sparklem_process is pure and never reads the clock.
+        "received_at": message.received_at,
     }
 '''
 
@@ -217,6 +220,7 @@ agent does and stores them as the processor does, in a fresh SQLite database.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -236,6 +240,12 @@ def test_a_sample_is_stored(plugin: PluginHarness) -> None:
     assert outcome.stored and outcome.rejections == []
     (row,) = outcome.rows(TABLE)
     assert (row["agent_id"], row["sensor"], row["value"]) == ("edge-1", "s1", 21.5)
+
+
+def test_a_row_keeps_the_time_the_processor_received_it(plugin: PluginHarness) -> None:
+    received = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    result = plugin.process({"samples": [{"sensor": "s1", "value": 1}]}, received_at=received)
+    assert [row["received_at"] for row in result.rows[TABLE]] == [received]
 
 
 def test_a_bad_sample_is_refused_alone(plugin: PluginHarness) -> None:

@@ -137,6 +137,8 @@ class Pipeline:
         self._offsets: dict[PartitionKey, tuple[int, str | None]] = {}
         self.session_key = lru_cache(maxsize=settings.key_cache_size)(self._unwrap)
         self._tracebacks_logged: set[tuple[type[BaseException], str]] = set()
+        #: When a batch of records is received (their ``Message.received_at``), aware UTC.
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def forget_state(self) -> None:
         """Drop cached marks (after a rebalance or a conflict): reread from the database."""
@@ -159,7 +161,7 @@ class Pipeline:
         that lost its data), so it is new, not a redelivery.
         """
         batch, stats = Batch(), Stats(Counter(r.topic for r in records))
-        now = datetime.now(UTC)
+        now = self.clock()
         self._load_offsets({(r.topic, r.partition) for r in records})
         envelopes = [self.envelope(r) for r in records]
         self._load_seqs({(e.agent, e.plugin) for e in envelopes if isinstance(e, wire.Envelope)})
@@ -269,7 +271,7 @@ class Pipeline:
         kept = batch.records.get(RecordKey(record.topic, record.partition, record.offset))
         # Rows are only made of messages whose signature verified.
         authenticated = kept.authenticated if kept is not None else bool(batch.rows)
-        self._reject(refused, stats, record, envelope, rejected, datetime.now(UTC), authenticated)
+        self._reject(refused, stats, record, envelope, rejected, self.clock(), authenticated)
         return refused, stats
 
     def committed(self, batch: Batch) -> None:
@@ -332,7 +334,7 @@ class Pipeline:
         narrow: Narrow | None,
     ) -> None:
         """A new message: its plugin's rows, each checked, and its refused readings."""
-        message = Message(env.agent, env.plugin, plain.seq, sent_at(plain), plain.data)
+        message = Message(env.agent, env.plugin, plain.seq, sent_at(plain), plain.data, now)
         if narrow is not None:
             message = narrow(message)
         try:

@@ -157,17 +157,36 @@ class PluginHarness:
         agent: str = "edge-1",
         seq: int | None = None,
         ts: int | None = None,
+        received_at: datetime | None = None,
     ) -> Outcome:
-        """Seal ``data`` as :meth:`seal` does and store it as the processor does."""
-        return self.send_record(self.seal(data, agent=agent, seq=seq, ts=ts))
+        """Seal ``data`` as :meth:`seal` does and store it as the processor does.
 
-    def send_record(self, value: bytes | None) -> Outcome:
-        """Store one record value, whatever its bytes, on the plugin's topic."""
+        ``received_at``: when the processor receives it (default: now); ``ts`` then
+        defaults to it, so that the message is not sent in the future.
+        """
+        if received_at is not None and ts is None:
+            ts = int(_utc(received_at).timestamp() * 1000)
+        value = self.seal(data, agent=agent, seq=seq, ts=ts)
+        return self.send_record(value, received_at=received_at)
+
+    def send_record(self, value: bytes | None, *, received_at: datetime | None = None) -> Outcome:
+        """Store one record value, whatever its bytes, on the plugin's topic.
+
+        ``received_at`` (timezone-aware): when the processor receives it, the
+        ``Message.received_at`` the plugin gets; default: now.
+        """
+        clock = self.pipeline.clock
+        at = None if received_at is None else _utc(received_at)
         before = {t: len(self.rows(t)) for t in self.tables}
         seen = len(self.rejections())
         record = Record(self.pipeline.topics[self.manifest.name], 0, self._offset, value)
         self._offset += 1
-        _batch, stats = self.writer.write([record])
+        if at is not None:
+            self.pipeline.clock = lambda: at
+        try:
+            _batch, stats = self.writer.write([record])
+        finally:
+            self.pipeline.clock = clock
         return Outcome(
             stats,
             {t: self.rows(t)[before[t] :] for t in self.tables},
@@ -199,13 +218,17 @@ class PluginHarness:
         agent: str = "edge-1",
         seq: int = 1,
         sent_at: datetime | None = None,
+        received_at: datetime | None = None,
     ) -> PluginResult:
         """Call ``sparklem_process`` directly: the plugin's result, before the core's checks.
 
         ``settings`` replace the harness's processor-side settings for this call.
+        ``sent_at`` and ``received_at`` (timezone-aware: the message's times) default to now.
         """
         checked = self.settings if settings is None else self.checked(settings)
-        message = Message(agent, self.manifest.name, seq, sent_at or datetime.now(UTC), dict(data))
+        now = datetime.now(UTC)
+        received = now if received_at is None else _utc(received_at)
+        message = Message(agent, self.manifest.name, seq, sent_at or now, dict(data), received)
         return self.host.process(self.info, message, checked)
 
     def checked(self, settings: Mapping[str, Any], side: str = "processor") -> dict[str, Any]:
@@ -219,3 +242,10 @@ class PluginHarness:
         """
         bundled = {"topic": self.manifest.topic, **(settings or {})}
         return self.host.collect(self.info, self.checked(bundled, "agent"))
+
+
+def _utc(at: datetime) -> datetime:
+    """``at`` in UTC, as the processor hands times to plugins; a naive time is refused."""
+    if at.tzinfo is None:
+        raise ValueError(f"{at.isoformat()} has no time zone: give an aware datetime (UTC)")
+    return at.astimezone(UTC)
