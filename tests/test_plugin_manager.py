@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import shutil
 import subprocess
 import sys
 import textwrap
+import typing
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +17,8 @@ import pytest
 import yaml
 from harness import ROOT as PROJECT_ROOT
 
-from sparklem_core import Message, PluginResult
+from sparklem_core import Message, PluginResult, RegisterTable
+from sparklem_core.db.plugin_tables import declare
 from sparklem_core.db.store import Store
 from sparklem_core.plugin_host import ENTRY_POINT_GROUP, PluginHost, PluginInfo
 from sparklem_core.settings.validation import plugin_settings
@@ -341,6 +344,20 @@ def test_process_must_return_a_plugin_result(tmp_path: Path, uid: str) -> None:
     host = PluginHost(tmp_path)
     with pytest.raises(TypeError, match="not PluginResult"):
         host.process(host.loaded()[f"r_{uid}"], message(f"r_{uid}"), {})
+
+
+# --- traps refused at load ------------------------------------------------------------------
+
+
+def test_register_table_is_typed_like_the_stores() -> None:
+    """What plugins are handed is the store's register_table with its owner bound."""
+    assert typing.Protocol in RegisterTable.__bases__
+    ours = list(inspect.signature(RegisterTable.__call__).parameters.values())[1:]
+    stores = list(inspect.signature(Store.register_table).parameters.values())[2:]
+    assert ours == stores
+    assert [p.name for p in ours] == ["name", "columns", "time", "series", "values"]
+    keywords = list(inspect.signature(declare).parameters.values())[2:]
+    assert [(p.name, p.default) for p in keywords] == [(p.name, p.default) for p in ours[2:]]
 
 
 # --- built-ins and entry points ----------------------------------------------------------------
