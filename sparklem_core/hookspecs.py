@@ -19,6 +19,8 @@ from sparklem_core import PROJECT_NAME
 from sparklem_core.plugin_api import Manifest, Message, PluginResult, RegisterTable
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: Every hook's name starts with it; a plugin's function so named must be a hook.
+HOOK_PREFIX = f"{PROJECT_NAME}_"
 
 # -------------------------------------------------------------------------
 # Both sides
@@ -67,7 +69,8 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
 
     Called by the processor for every authenticated, decrypted, non-duplicate
     message whose ``plugin`` member names this plugin, in stream order; maybe again
-    for the same message after a database conflict.
+    for the same message after a database conflict. Required of a plugin that
+    registers tables or declares processor settings (it fails to load otherwise).
 
     :param message: The :class:`~sparklem_core.Message`: agent id, ``seq``, send
         time and the payload (``data``, a parsed JSON object as the agent sent it).
@@ -104,4 +107,4 @@ def sparklem_collect(settings: Mapping[str, Any]) -> dict[str, Any] | None:
 
 PROCESSOR_HOOKS = ("sparklem_manifest", "sparklem_register_tables", "sparklem_process")
 AGENT_HOOKS = ("sparklem_manifest", "sparklem_collect")
-ALL_HOOKS: tuple[str, ...] = tuple(name for name in list(globals()) if name.startswith("sparklem_"))
+ALL_HOOKS: tuple[str, ...] = tuple(name for name in list(globals()) if name.startswith(HOOK_PREFIX))
