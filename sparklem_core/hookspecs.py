@@ -2,7 +2,8 @@
 
 A plugin is a module (or any object) with functions named after these hooks and
 decorated with ``sparklem_core.hookimpl``. Each plugin is called on its own: the core
-never hands one plugin's messages to another, so no hook needs to check a name.
+never hands one plugin's messages to another, so no hook needs to check a name, and no
+hook is ``firstresult``: the host calls one plugin's implementation and takes its result.
 A hook function may accept fewer of the arguments below, never others (pluggy passes
 them by name). docs/writing-plugins.md documents every hook and argument here
 (tests/test_docs.py keeps the two in step).
@@ -27,7 +28,7 @@ HOOK_PREFIX = f"{PROJECT_NAME}_"
 # -------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@hookspec
 def sparklem_manifest() -> Manifest:
     """Describe the plugin. The one hook every plugin must implement.
 
@@ -63,7 +64,7 @@ def sparklem_register_tables(register: RegisterTable) -> None:
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginResult:
     """Validate and normalize one message into rows. A pure function: no I/O.
 
@@ -91,7 +92,7 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
 # -------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@hookspec
 def sparklem_collect(settings: Mapping[str, Any]) -> dict[str, Any] | None:
     """Collect one payload on the device.
 

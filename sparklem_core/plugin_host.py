@@ -201,13 +201,15 @@ class PluginHost:
     # --- calling ---------------------------------------------------------------
 
     def _call(self, module: ModuleType, hook: str, **kwargs: Any) -> Any:
-        """Call one hook of one plugin only (pluggy's subset caller, cached)."""
+        """Call one hook of one plugin only (pluggy's subset caller, cached): its result,
+        or None when it returned None or does not implement the hook."""
         caller = self._callers.get((id(module), hook))
         if caller is None:
             others = [p for p in self.pm.get_plugins() if p is not module]
             caller = self.pm.subset_hook_caller(hook, remove_plugins=others)
             self._callers[(id(module), hook)] = caller
-        return caller(**kwargs)
+        # No hook is firstresult: pluggy answers a list without the None results.
+        return next(iter(caller(**kwargs)), None)
 
     def loaded(self) -> dict[str, PluginInfo]:
         return {i.name: i for i in self.infos if i.ok}

@@ -453,6 +453,26 @@ def test_processor_settings_without_process_fail_the_plugin(tmp_path: Path, uid:
     assert host.collect(host.loaded()[agent_only], {"interval": 7}) == {"interval": 7}
 
 
+def test_single_plugin_hooks_are_not_firstresult(tmp_path: Path, uid: str) -> None:
+    """Called across plugins, each hook answers for every plugin; the host takes one's."""
+    a, b = f"a_{uid}", f"b_{uid}"
+    make_plugin(tmp_path, a)
+    make_plugin(tmp_path, b)
+    none = f"none_{uid}"
+    nothing = PLUGIN.format(name=none, tables=())
+    nothing = nothing.replace('    return {"from"', '    return None\n    return {"from"')
+    make_plugin(tmp_path, none, source=nothing)
+    host = PluginHost(tmp_path, enabled=lambda key: key not in BUILTINS)
+    assert {m.name for m in host.pm.hook.sparklem_manifest()} == {a, b, none}
+    assert len(host.pm.hook.sparklem_process(message=message(a), settings={})) == 3
+    collected = host.pm.hook.sparklem_collect(settings={})
+    assert sorted(c["from"] for c in collected) == [a, b]  # pluggy leaves out None
+    loaded = host.loaded()
+    assert host.collect(loaded[a], {}) == {"from": a, "settings": {}}
+    assert host.collect(loaded[none], {}) is None
+    assert isinstance(host.process(loaded[b], message(b), {}), PluginResult)
+
+
 def test_register_table_is_typed_like_the_stores() -> None:
     """What plugins are handed is the store's register_table with its owner bound."""
     assert typing.Protocol in RegisterTable.__bases__
