@@ -2,7 +2,8 @@
 
 A plugin is a module (or any object) with functions named after these hooks and
 decorated with ``sparklem_core.hookimpl``. Each plugin is called on its own: the core
-never hands one plugin's messages to another, so no hook needs to check a name.
+never hands one plugin's messages to another, so no hook needs to check a name, and no
+hook is ``firstresult``: the host calls one plugin's implementation and takes its result.
 A hook function may accept fewer of the arguments below, never others (pluggy passes
 them by name). docs/writing-plugins.md documents every hook and argument here
 (tests/test_docs.py keeps the two in step).
@@ -19,13 +20,15 @@ from sparklem_core import PROJECT_NAME
 from sparklem_core.plugin_api import Manifest, Message, PluginResult, RegisterTable
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: Every hook's name starts with it; a plugin's function so named must be a hook.
+HOOK_PREFIX = f"{PROJECT_NAME}_"
 
 # -------------------------------------------------------------------------
 # Both sides
 # -------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@hookspec
 def sparklem_manifest() -> Manifest:
     """Describe the plugin. The one hook every plugin must implement.
 
@@ -61,13 +64,14 @@ def sparklem_register_tables(register: RegisterTable) -> None:
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginResult:
     """Validate and normalize one message into rows. A pure function: no I/O, no clock.
 
     Called by the processor for every authenticated, decrypted, non-duplicate
     message whose ``plugin`` member names this plugin, in stream order; maybe again
-    for the same message after a database conflict.
+    for the same message after a database conflict. Required of a plugin that
+    registers tables or declares processor settings (it fails to load otherwise).
 
     :param message: The :class:`~sparklem_core.Message`: agent id, ``seq``, send
         time, the payload (``data``, a parsed JSON object as the agent sent it) and
@@ -90,7 +94,7 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
 # -------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@hookspec
 def sparklem_collect(settings: Mapping[str, Any]) -> dict[str, Any] | None:
     """Collect one payload on the device.
 
@@ -106,4 +110,4 @@ def sparklem_collect(settings: Mapping[str, Any]) -> dict[str, Any] | None:
 
 PROCESSOR_HOOKS = ("sparklem_manifest", "sparklem_register_tables", "sparklem_process")
 AGENT_HOOKS = ("sparklem_manifest", "sparklem_collect")
-ALL_HOOKS: tuple[str, ...] = tuple(name for name in list(globals()) if name.startswith("sparklem_"))
+ALL_HOOKS: tuple[str, ...] = tuple(name for name in list(globals()) if name.startswith(HOOK_PREFIX))

@@ -6,10 +6,11 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:  # the agent imports this module and never the database stack
     from sqlalchemy import Table
+    from sqlalchemy.schema import SchemaItem
 
 DEFAULT_INTERVAL_S = 30
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime holds
@@ -145,9 +146,25 @@ class PluginResult:
         self.rejected.append(RejectedReading(detail, reading))
 
 
-RegisterTable = Callable[..., "Table"]
-"""``register(name, *columns, time=..., series=(...), values=(...))`` as
-``sparklem_register_tables`` receives it: returns the Table."""
+class RegisterTable(Protocol):
+    """``register`` as ``sparklem_register_tables`` receives it: the store's
+    ``register_table`` with the plugin as owner (tests keep the two signatures equal)."""
+
+    def __call__(
+        self,
+        name: str,
+        *columns: SchemaItem,
+        time: str | None = None,
+        series: Sequence[str] = (),
+        values: Sequence[str] = (),
+    ) -> Table:
+        """Add the table ``name`` of ``columns`` (``Column``, ``Index``...) and return it.
+
+        ``time`` (required: omitted, the call raises) names its ``DateTime(timezone=True)``,
+        NOT NULL column a row is measured at; ``series`` the columns naming one series;
+        ``values`` the measured columns.
+        """
+        ...
 
 
 class InvalidPayload(ValueError):

@@ -136,6 +136,7 @@ class PluginHost:
         info.module, info.manifest, info.key = module, manifest, manifest.name
 
     def _register(self, key: str, module: ModuleType) -> Manifest:
+        self._refuse_undecorated_hooks(module)
         self.pm.register(module, name=f"{key}:{id(module)}")
         self._callers.clear()  # a subset caller would also call plugins registered later
         try:
@@ -145,21 +146,70 @@ class PluginHost:
                 raise TypeError("sparklem_manifest() must return a sparklem_core.Manifest")
             if not NAME_RE.fullmatch(manifest.name):
                 raise ValueError(f"plugin name {manifest.name!r} is not [a-z][a-z0-9_]{{0,63}}")
+            self._refuse_processor_side_without_process(module, manifest)
         except Exception:
             self.pm.unregister(module)
             raise
         return manifest
 
+    def _refuse_undecorated_hooks(self, module: ModuleType) -> None:
+        """pluggy ignores a function without ``@hookimpl``, whatever its name: refuse one
+        named like a hook rather than load a plugin whose hook is never called."""
+        for name in dir(module):
+            value = getattr(module, name)
+            if (
+                not name.startswith(hookspecs.HOOK_PREFIX)
+                or not callable(value)
+                or isinstance(value, type)
+                or self.pm.parse_hookimpl_opts(module, name) is not None
+            ):
+                continue
+            if name in hookspecs.ALL_HOOKS:
+                raise pluggy.PluginValidationError(
+                    module,
+                    f"{name} is not decorated with @hookimpl, so it would never be called:"
+                    " decorate it (from sparklem_core import hookimpl)",
+                )
+            raise pluggy.PluginValidationError(
+                module,
+                f"{name} is named like a hook but no hook has that name"
+                f" ({', '.join(hookspecs.ALL_HOOKS)}): fix the name, or rename a helper so it"
+                f" does not start with {hookspecs.HOOK_PREFIX}",
+            )
+
+    def _refuse_processor_side_without_process(
+        self, module: ModuleType, manifest: Manifest
+    ) -> None:
+        """Tables or processor settings without ``sparklem_process``: every message
+        would be quarantined as ``processing_error``."""
+        hooks = {caller.name for caller in self.pm.get_hookcallers(module) or ()}
+        if "sparklem_process" in hooks:
+            return
+        settings = [s.name for s in manifest.declared("processor")]
+        if "sparklem_register_tables" in hooks:
+            why = "it has sparklem_register_tables"
+        elif settings:
+            why = f"it declares processor settings ({', '.join(settings)})"
+        else:
+            return
+        raise pluggy.PluginValidationError(
+            module,
+            f"{why} but no sparklem_process, so the processor would refuse its every message:"
+            " add @hookimpl def sparklem_process(message, settings)",
+        )
+
     # --- calling ---------------------------------------------------------------
 
     def _call(self, module: ModuleType, hook: str, **kwargs: Any) -> Any:
-        """Call one hook of one plugin only (pluggy's subset caller, cached)."""
+        """Call one hook of one plugin only (pluggy's subset caller, cached): its result,
+        or None when it returned None or does not implement the hook."""
         caller = self._callers.get((id(module), hook))
         if caller is None:
             others = [p for p in self.pm.get_plugins() if p is not module]
             caller = self.pm.subset_hook_caller(hook, remove_plugins=others)
             self._callers[(id(module), hook)] = caller
-        return caller(**kwargs)
+        # No hook is firstresult: pluggy answers a list without the None results.
+        return next(iter(caller(**kwargs)), None)
 
     def loaded(self) -> dict[str, PluginInfo]:
         return {i.name: i for i in self.infos if i.ok}

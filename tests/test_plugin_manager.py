@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import shutil
 import subprocess
 import sys
 import textwrap
+import typing
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +17,8 @@ import pytest
 import yaml
 from harness import ROOT as PROJECT_ROOT
 
-from sparklem_core import Message, PluginResult
+from sparklem_core import Message, PluginResult, RegisterTable
+from sparklem_core.db.plugin_tables import declare
 from sparklem_core.db.store import Store
 from sparklem_core.plugin_host import ENTRY_POINT_GROUP, PluginHost, PluginInfo
 from sparklem_core.settings.validation import plugin_settings
@@ -342,6 +345,144 @@ def test_process_must_return_a_plugin_result(tmp_path: Path, uid: str) -> None:
     host = PluginHost(tmp_path)
     with pytest.raises(TypeError, match="not PluginResult"):
         host.process(host.loaded()[f"r_{uid}"], message(f"r_{uid}"), {})
+
+
+# --- traps refused at load ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hook", ["sparklem_process", "sparklem_collect", "sparklem_register_tables"]
+)
+def test_hook_without_hookimpl_fails_the_plugin(tmp_path: Path, uid: str, hook: str) -> None:
+    """Undecorated, pluggy would never call it: every message would be quarantined."""
+    name = f"bare_{uid}"
+    source = PLUGIN.format(name=name, tables=()).replace(f"@hookimpl\ndef {hook}(", f"def {hook}(")
+    make_plugin(tmp_path, name, source=source)
+    make_plugin(tmp_path, f"zfine_{uid}")
+    host = PluginHost(tmp_path)
+    status = by_key(host)[name].status
+    assert status == (
+        f"failed: PluginValidationError: {hook} is not decorated with @hookimpl, so it would"
+        " never be called: decorate it (from sparklem_core import hookimpl)"
+    )
+    assert set(host.loaded()) == {f"zfine_{uid}", *BUILTINS}
+    assert all(name not in key for key, _ in host.pm.list_name_plugin())
+
+
+def test_undecorated_hook_imported_into_a_package_fails_it(tmp_path: Path, uid: str) -> None:
+    name = f"layout_{uid}"
+    path = make_full_layout_plugin(tmp_path, name)
+    server = path / "server.py"
+    server.write_text(
+        server.read_text().replace("@hookimpl\ndef sparklem_process", "def sparklem_process")
+    )
+    status = by_key(PluginHost(tmp_path))[name].status
+    assert status.startswith("failed: PluginValidationError: sparklem_process is not decorated")
+
+
+def test_undecorated_misspelled_hook_fails_the_plugin(tmp_path: Path, uid: str) -> None:
+    name = f"typo_{uid}"
+    source = PLUGIN.format(name=name, tables=()) + (
+        "\n\ndef sparklem_procss(message, settings):\n    return None\n"
+    )
+    make_plugin(tmp_path, name, source=source)
+    status = by_key(PluginHost(tmp_path))[name].status
+    assert status == (
+        "failed: PluginValidationError: sparklem_procss is named like a hook but no hook has"
+        " that name (sparklem_manifest, sparklem_register_tables, sparklem_process,"
+        " sparklem_collect): fix the name, or rename a helper so it does not start with sparklem_"
+    )
+
+
+def test_only_undecorated_functions_named_like_hooks_are_traps(tmp_path: Path, uid: str) -> None:
+    name = f"others_{uid}"
+    source = (
+        "import sparklem_core\n"
+        + PLUGIN.format(name=name, tables=())
+        + "\nsparklem_version = '1'\n\nclass sparklem_Thing:\n    pass\n\n"
+        "def helper():\n    return 1\n"
+    )
+    make_plugin(tmp_path, name, source=source)
+    assert by_key(PluginHost(tmp_path))[name].ok
+
+
+PROCESSOR_ONLY_BY_SETTINGS = """\
+from sparklem_core import Manifest, Setting, hookimpl
+
+
+@hookimpl
+def sparklem_manifest():
+    return Manifest(name={name!r}, version="1", settings=[Setting("limit", int, 3, "max")])
+"""
+
+
+def test_tables_without_process_fail_the_plugin(tmp_path: Path, uid: str) -> None:
+    name = f"noproc_{uid}"
+    source = PLUGIN.format(name=name, tables=(f"t_{uid}",)).replace(
+        "@hookimpl\ndef sparklem_process(", "def process("
+    )
+    make_plugin(tmp_path, name, source=source)
+    host = PluginHost(tmp_path)
+    assert by_key(host)[name].status == (
+        "failed: PluginValidationError: it has sparklem_register_tables but no sparklem_process,"
+        " so the processor would refuse its every message: add"
+        " @hookimpl def sparklem_process(message, settings)"
+    )
+    store = Store("sqlite://", "g")
+    host.register_tables(store.register_table, store.drop_registrations)
+    assert f"t_{uid}" not in store.metadata.tables
+    store.dispose()
+
+
+def test_processor_settings_without_process_fail_the_plugin(tmp_path: Path, uid: str) -> None:
+    name = f"settings_{uid}"
+    make_plugin(tmp_path, name, source=PROCESSOR_ONLY_BY_SETTINGS.format(name=name))
+    agent_only = f"agent_{uid}"  # agent settings and sparklem_collect only: fine
+    make_full_layout_plugin(tmp_path, agent_only)
+    server = tmp_path / agent_only / "server.py"
+    server.write_text(server.read_text().split("@hookimpl\ndef sparklem_process")[0])
+    (tmp_path / agent_only / "__init__.py").write_text(
+        "from .main import sparklem_collect\nfrom .server import sparklem_manifest\n"
+    )
+    host = PluginHost(tmp_path)
+    assert by_key(host)[name].status == (
+        "failed: PluginValidationError: it declares processor settings (limit) but no"
+        " sparklem_process, so the processor would refuse its every message: add"
+        " @hookimpl def sparklem_process(message, settings)"
+    )
+    assert by_key(host)[agent_only].ok
+    assert host.collect(host.loaded()[agent_only], {"interval": 7}) == {"interval": 7}
+
+
+def test_single_plugin_hooks_are_not_firstresult(tmp_path: Path, uid: str) -> None:
+    """Called across plugins, each hook answers for every plugin; the host takes one's."""
+    a, b = f"a_{uid}", f"b_{uid}"
+    make_plugin(tmp_path, a)
+    make_plugin(tmp_path, b)
+    none = f"none_{uid}"
+    nothing = PLUGIN.format(name=none, tables=())
+    nothing = nothing.replace('    return {"from"', '    return None\n    return {"from"')
+    make_plugin(tmp_path, none, source=nothing)
+    host = PluginHost(tmp_path, enabled=lambda key: key not in BUILTINS)
+    assert {m.name for m in host.pm.hook.sparklem_manifest()} == {a, b, none}
+    assert len(host.pm.hook.sparklem_process(message=message(a), settings={})) == 3
+    collected = host.pm.hook.sparklem_collect(settings={})
+    assert sorted(c["from"] for c in collected) == [a, b]  # pluggy leaves out None
+    loaded = host.loaded()
+    assert host.collect(loaded[a], {}) == {"from": a, "settings": {}}
+    assert host.collect(loaded[none], {}) is None
+    assert isinstance(host.process(loaded[b], message(b), {}), PluginResult)
+
+
+def test_register_table_is_typed_like_the_stores() -> None:
+    """What plugins are handed is the store's register_table with its owner bound."""
+    assert typing.Protocol in RegisterTable.__bases__
+    ours = list(inspect.signature(RegisterTable.__call__).parameters.values())[1:]
+    stores = list(inspect.signature(Store.register_table).parameters.values())[2:]
+    assert ours == stores
+    assert [p.name for p in ours] == ["name", "columns", "time", "series", "values"]
+    keywords = list(inspect.signature(declare).parameters.values())[2:]
+    assert [(p.name, p.default) for p in keywords] == [(p.name, p.default) for p in ours[2:]]
 
 
 # --- built-ins and entry points ----------------------------------------------------------------

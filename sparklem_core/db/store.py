@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.schema import SchemaItem
 
 from sparklem_core.db import read_tables
 from sparklem_core.db.batch import Batch
@@ -111,10 +112,12 @@ class Store:
         self,
         owner: str,
         name: str,
-        *columns: Any,
-        **declaration: Any,
+        *columns: SchemaItem,
+        time: str | None = None,
+        series: Sequence[str] = (),
+        values: Sequence[str] = (),
     ) -> Table:
-        """Add a plugin's table; ``declaration`` is :func:`~.plugin_tables.declare`'s keywords.
+        """Add a plugin's table; the keywords are :func:`~.plugin_tables.declare`'s.
 
         :class:`TableClash` if the name is taken, ``ValueError`` if the declaration does
         not fit the columns.
@@ -123,7 +126,7 @@ class Store:
             raise TableClash(f"table {name!r} is already registered by {self._owners[name]}")
         table = Table(name, self.metadata, *columns, **TABLE_OPTIONS)
         try:
-            declared = declare(owner, table, **declaration)
+            declared = declare(owner, table, time=time, series=series, values=values)
         except (TypeError, ValueError):
             self.metadata.remove(table)
             raise
