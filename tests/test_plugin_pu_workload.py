@@ -191,6 +191,15 @@ def broken(path: str, value: Any) -> dict[str, Any]:
         (broken("memory.used_bytes", 1.0), "used_bytes"),
         (broken("memory.total_bytes", True), "total_bytes"),
         (broken("memory.total_bytes", 2**63), "total_bytes"),
+        # Bounded to what a real device produces (issue 19): each of these, signed by one
+        # agent, made fleet-wide sums and averages fail before.
+        (broken("memory.total_bytes", 2**53 + 1), "total_bytes"),
+        (broken("gpus.0.mem_total_bytes", 2**63 - 1), "mem_total_bytes"),
+        (broken("cpu.load_avg", [0.5, 1.7e308, 0.7]), "load_avg"),
+        (broken("cpu.load_avg", [0.5, 2**22 + 1, 0.7]), "load_avg"),
+        (broken("gpus.0.temperature_c", 1.7e308), "temperature_c"),
+        (broken("gpus.0.temperature_c", 1000.5), "temperature_c"),
+        (broken("gpus.0.temperature_c", -273.2), "temperature_c"),
         (broken("memory.total_bytes", ...), "total_bytes"),
         (broken("memory", "8GiB"), "memory"),
         (broken("gpus.0.mem_used_bytes", 9 * GIB), "exceeds"),
@@ -217,3 +226,18 @@ def test_memory_is_checked_even_without_cpu(process: Process) -> None:
     with pytest.raises(InvalidPayload, match="exceeds"):
         process({"gpus": [GPU], "memory": {"used_bytes": 2, "total_bytes": 1}})
     assert units(process({"gpus": [GPU], "memory": MEMORY})) == [("gpu", 0)]
+
+
+def test_values_at_the_bounds_are_stored(pu_workload: PluginHarness) -> None:
+    """The bounds are inclusive: a device at the edge of them is stored, and every stored
+    value still sums in a double (2^53 bytes, loads up to 2^22, -273.15 to 1000 °C)."""
+    data = copy.deepcopy(EXAMPLE)
+    data["memory"] = {"used_bytes": 2**53, "total_bytes": 2**53}
+    data["cpu"]["load_avg"] = [0.0, float(2**22), 2**22]
+    data["gpus"][0].update(mem_used_bytes=0, mem_total_bytes=2**53, temperature_c=1000)
+    assert pu_workload.send(data).stored
+    data["gpus"][0]["temperature_c"] = -273.15
+    assert pu_workload.send(data).stored
+    rows = pu_workload.rows("pu_workload_readings")
+    assert max(r["mem_total_bytes"] or 0 for r in rows) == 2**53
+    assert max(r["load_15m"] or 0 for r in rows) == 2**22

@@ -42,8 +42,12 @@ TABLE = "pu_workload_readings"
 MAX_NAME_CHARS = 128
 MAX_CORES = 1024  # per_core items: generous for any CPU, and a bound on rows per message
 MAX_GPUS = 64
-MAX_BYTES = 2**63 - 1  # what a BIGINT holds
 MAX_INDEX = 2**31 - 1  # what an INTEGER holds
+# What a real device produces (PROTOCOL.md lets a plugin bound its values; docs/protocol.md
+# lists these). Wider values only break fleet-wide sums and averages for everyone.
+MAX_BYTES = 2**53  # 8 PiB; every byte count sums exactly in a double
+MAX_LOAD = 2**22  # Linux's PID_MAX_LIMIT: no more tasks can be runnable or waiting
+MIN_CELSIUS, MAX_CELSIUS = -273.15, 1000.0  # absolute zero; far above any silicon's limit
 
 
 @hookimpl
@@ -132,7 +136,9 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
             gpu, "mem_used_bytes", "mem_total_bytes", where
         )
         if "temperature_c" in gpu:
-            row["temperature_c"] = _number(gpu["temperature_c"], f"{where}.temperature_c", -273.15)
+            row["temperature_c"] = _number(
+                gpu["temperature_c"], f"{where}.temperature_c", MIN_CELSIUS, MAX_CELSIUS
+            )
         rows.append(row)
 
     return PluginResult(rows={TABLE: rows})
@@ -195,7 +201,7 @@ def _used_total(
     used, total = parent.get(used_key), parent.get(total_key)
     for key, value in ((used_key, used), (total_key, total)):
         if type(value) is not int or not 0 <= value <= MAX_BYTES:
-            raise InvalidPayload(f"'{what}.{key}' must be an integer >= 0")
+            raise InvalidPayload(f"'{what}.{key}' must be an integer in [0, 2^53]")
     if used > total:
         raise InvalidPayload(f"'{what}.{used_key}' {used} exceeds '{total_key}' {total}")
     return used, total
@@ -205,5 +211,5 @@ def _load_avg(value: Any) -> tuple[float, float, float]:
     if not isinstance(value, list) or len(value) != 3:
         raise InvalidPayload("'cpu.load_avg' must be a list of 3 numbers")
     loads = value
-    one, five, fifteen = (_number(x, "cpu.load_avg[]", low=0.0) for x in loads)
+    one, five, fifteen = (_number(x, "cpu.load_avg[]", 0.0, MAX_LOAD) for x in loads)
     return one, five, fifteen
