@@ -157,12 +157,15 @@ class RegisterTable(Protocol):
         time: str | None = None,
         series: Sequence[str] = (),
         values: Sequence[str] = (),
+        units: Mapping[str, str] | None = None,
     ) -> Table:
         """Add the table ``name`` of ``columns`` (``Column``, ``Index``...) and return it.
 
         ``time`` (required: omitted, the call raises) names its ``DateTime(timezone=True)``,
         NOT NULL column a row is measured at; ``series`` the columns naming one series;
-        ``values`` the measured columns.
+        ``values`` the measured columns; ``units`` a value column's unit, at most
+        16 characters (``"°C"``, ``"%"``: drawn 0-100, ``"B"``: bytes; ``""`` or absent:
+        none), which the read API lists and the dashboard draws by.
         """
         ...
 

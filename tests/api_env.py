@@ -50,6 +50,7 @@ def open_schema(config: Config) -> Store:
 
 HUMIDITY = "humidity_readings"
 ROOMS = ("lab", "store room")
+HUMIDITY_UNITS = {"relative_pct": "%", "dew_point_c": "°C"}
 
 
 def humidity_store(url: str) -> Store:
@@ -70,6 +71,7 @@ def humidity_store(url: str) -> Store:
         time="measured_at",
         series=("agent_id", "room"),
         values=("relative_pct", "dew_point_c"),
+        units=HUMIDITY_UNITS,
     )
     store.create_schema()
     return store

@@ -21,6 +21,7 @@ from api_env import (
     ADMIN_TOKEN,
     AGENTS,
     HUMIDITY,
+    HUMIDITY_UNITS,
     READ_TOKEN,
     T0,
     commit,
@@ -36,6 +37,7 @@ from fastapi.testclient import TestClient
 from harness import loaded_packages
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 from waiting import wait_for
 
 from sparklem_core import cli
@@ -511,7 +513,7 @@ def test_serve_learns_a_plugin_recorded_after_it_started(tmp_path: Path, databas
         assert client.get("/api/v1/plugins").json()["plugins"] == {
             **listed,
             "humidity": [{"table": HUMIDITY, "time": "measured_at", "series": ["agent_id", "room"],
-                          "values": ["relative_pct", "dew_point_c"]}],
+                          "values": ["relative_pct", "dew_point_c"], "units": HUMIDITY_UNITS}],
         }  # fmt: skip
         params = {"field": "relative_pct", "agg": "max", "group_by": "room"}
         groups = client.get("/api/v1/aggregate/humidity", params=params).json()["groups"]
@@ -522,6 +524,36 @@ def test_serve_learns_a_plugin_recorded_after_it_started(tmp_path: Path, databas
         assert {r["series"]["room"]: r["values"]["relative_pct"] for r in latest} == {
             "lab": 42.0, "store room": 62.0
         }  # fmt: skip
+
+
+def test_plugins_lists_the_declared_units(sqlite_app: TestClient) -> None:
+    listed = sqlite_app.get("/api/v1/plugins").json()["plugins"]
+    assert listed["temperature"][0]["units"] == {"celsius": "°C"}
+    assert listed["pu_workload"][0]["units"] == {
+        "utilization_pct": "%", "mem_used_bytes": "B", "mem_total_bytes": "B",
+        "load_1m": "", "load_5m": "", "load_15m": "", "temperature_c": "°C",
+    }  # fmt: skip
+
+
+def test_a_table_recorded_before_units_reads_without_them(sqlite_app: TestClient) -> None:
+    """A processor of an older version recorded no units: serve lists the table, unitless."""
+    store = humidity_store(sqlite_app.app.state.context.store.engine.url.render_as_string(False))
+    try:
+        table = store.metadata.tables["sparklem_plugin_tables"]
+        with store.engine.begin() as conn:
+            text = conn.execute(
+                select(table.c.declaration).where(table.c.table_name == HUMIDITY)
+            ).scalar_one()
+            older = {k: v for k, v in json.loads(text).items() if k != "units"}
+            conn.execute(
+                table.update()
+                .where(table.c.table_name == HUMIDITY)
+                .values(declaration=json.dumps(older))
+            )
+    finally:
+        store.dispose()
+    [listed] = sqlite_app.get("/api/v1/plugins").json()["plugins"]["humidity"]
+    assert listed["values"] == ["relative_pct", "dew_point_c"] and listed["units"] == {}
 
 
 # --- serve, the command ----------------------------------------------------------------------
@@ -705,12 +737,14 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=12,
 )
+UNITS = st.one_of(st.text(max_size=20), json_values)
 declarations = st.fixed_dictionaries(
     {
         "time": st.sampled_from(["measured_at", "id", "nope"]),
         "series": st.lists(st.sampled_from(["agent_id", "sensor", "room", "x"]), max_size=3),
         "values": st.lists(st.sampled_from(["celsius", "relative_pct", "reason"]), max_size=3),
-    }
+    },
+    optional={"units": json_values | st.dictionaries(st.sampled_from(["celsius", "x"]), UNITS)},
 )
 recorded_rows = st.tuples(
     st.one_of(st.sampled_from(NAMES), st.text(max_size=80)),

@@ -480,7 +480,7 @@ def test_register_table_is_typed_like_the_stores() -> None:
     ours = list(inspect.signature(RegisterTable.__call__).parameters.values())[1:]
     stores = list(inspect.signature(Store.register_table).parameters.values())[2:]
     assert ours == stores
-    assert [p.name for p in ours] == ["name", "columns", "time", "series", "values"]
+    assert [p.name for p in ours] == ["name", "columns", "time", "series", "values", "units"]
     keywords = list(inspect.signature(declare).parameters.values())[2:]
     assert [(p.name, p.default) for p in keywords] == [(p.name, p.default) for p in ours[2:]]
 

@@ -349,6 +349,11 @@ BAD_DECLARATIONS = {
     'time="measured_at", values=None': "values must be a tuple of column names, not None",
     'time="measured_at", values=("measured_at",)': "column 'measured_at' is declared twice",
     'time="measured_at", colour="red"': "unexpected keyword argument 'colour'",
+    f'{DECLARATION} units={{"gauge": "m"}}': "unit for 'gauge', which is not one of its values",
+    f'{DECLARATION} units={{"value": 1}}': "unit of 'value' must be a string of at most 16",
+    f'{DECLARATION} units={{"value": "x" * 17}}': "unit of 'value' must be a string of at most 16",
+    f'{DECLARATION} units={{"value": "m\\n"}}': "unit of 'value' holds the control character",
+    f'{DECLARATION} units="m"': "units must be a dict of value column to unit, not 'm'",
 }
 
 

@@ -88,6 +88,15 @@ def sparklem_register_tables(register: RegisterTable) -> None:
             "load_15m",
             "temperature_c",
         ),
+        units={
+            "utilization_pct": "%",
+            "mem_used_bytes": "B",
+            "mem_total_bytes": "B",
+            "load_1m": "",  # a count of runnable tasks: no unit
+            "load_5m": "",
+            "load_15m": "",
+            "temperature_c": "°C",
+        },
     )
 
 

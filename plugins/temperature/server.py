@@ -57,6 +57,7 @@ def sparklem_register_tables(register: RegisterTable) -> None:
         time="measured_at",
         series=("agent_id", "sensor"),
         values=("celsius",),
+        units={"celsius": "°C"},
     )
 
 

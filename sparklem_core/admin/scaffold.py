@@ -139,6 +139,8 @@ def sparklem_register_tables(register: RegisterTable) -> None:
         time="measured_at",
         series=("agent_id", "sensor"),
         values=("value",),
+        # The value's unit, on the dashboard: "°C", "%" (drawn 0-100), "B" (bytes); "": none.
+        units={"value": ""},
     )
 
 

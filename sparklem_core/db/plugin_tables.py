@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Column, Connection, DateTime, Index, Table, insert, select, update
 
+from sparklem_core.plugin_api import text_problem
+
 log = logging.getLogger(__name__)
 #: The core table :func:`record` writes: each plugin table's owner and declaration.
 RECORDED_TABLE = "sparklem_plugin_tables"
+MAX_UNIT_CHARS = 16
 
 
 class PluginTableRefused(RuntimeError):
@@ -43,6 +46,8 @@ class PluginTable:
     time: str  # the DateTime column a row is measured at
     series: tuple[str, ...]  # the columns naming one series (agent_id, sensor, ...)
     values: tuple[str, ...]  # the measured columns
+    # A value column's unit ("°C", "%", "B"); a column not in it has none.
+    units: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def name(self) -> str:
@@ -60,6 +65,7 @@ class PluginTable:
             "time": self.time,
             "series": list(self.series),
             "values": list(self.values),
+            "units": dict(self.units),
         }
 
 
@@ -83,6 +89,7 @@ def declare(
     time: str | None = None,
     series: Sequence[str] = (),
     values: Sequence[str] = (),
+    units: Mapping[str, str] | None = None,
 ) -> PluginTable:
     """Check a registration's declaration against its table; ``ValueError``, one line."""
     where = f"table {table.name!r}"
@@ -102,7 +109,27 @@ def declare(
     twice = next((n for n in named if named.count(n) > 1), None)
     if twice is not None:
         raise ValueError(f"{where}: column {twice!r} is declared twice among time, series, values")
-    return PluginTable(owner, table, time, series_t, values_t)
+    return PluginTable(owner, table, time, series_t, values_t, check_units(units, values_t, where))
+
+
+def check_units(units: object, values: Sequence[str], where: str) -> dict[str, str]:
+    """``units`` as a dict if each is a short text for one of ``values``; ``ValueError``."""
+    if units is None:
+        return {}
+    if not isinstance(units, Mapping):
+        raise ValueError(f"{where}: units must be a dict of value column to unit, not {units!r}")
+    for column, unit in units.items():
+        if column not in values:
+            raise ValueError(f"{where}: unit for {column!r}, which is not one of its values")
+        if not isinstance(unit, str) or len(unit) > MAX_UNIT_CHARS:
+            raise ValueError(
+                f"{where}: unit of {column!r} must be a string of at most {MAX_UNIT_CHARS} "
+                f"characters, not {unit!r:.40}"
+            )
+        problem = text_problem(unit)
+        if problem is not None:
+            raise ValueError(f"{where}: unit of {column!r} {problem}")
+    return dict(units)
 
 
 def record(conn: Connection, recorded: Table, tables: Iterable[PluginTable], now: datetime) -> None:

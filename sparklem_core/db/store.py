@@ -116,6 +116,7 @@ class Store:
         time: str | None = None,
         series: Sequence[str] = (),
         values: Sequence[str] = (),
+        units: Mapping[str, str] | None = None,
     ) -> Table:
         """Add a plugin's table; the keywords are :func:`~.plugin_tables.declare`'s.
 
@@ -126,7 +127,7 @@ class Store:
             raise TableClash(f"table {name!r} is already registered by {self._owners[name]}")
         table = Table(name, self.metadata, *columns, **TABLE_OPTIONS)
         try:
-            declared = declare(owner, table, time=time, series=series, values=values)
+            declared = declare(owner, table, time=time, series=series, values=values, units=units)
         except (TypeError, ValueError):
             self.metadata.remove(table)
             raise

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, MetaData, Table, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from sparklem_core.db.plugin_tables import RECORDED_TABLE, PluginTable
+from sparklem_core.db.plugin_tables import RECORDED_TABLE, PluginTable, check_units
 from sparklem_core.db.schema import CORE_TABLES
 from sparklem_core.db.store import Store
 
@@ -149,6 +149,7 @@ def _reflect(conn: Connection, name: str, plugin: str, text: str) -> PluginTable
         time, series, values = doc["time"], tuple(doc["series"]), tuple(doc["values"])
         if not all(isinstance(c, str) for c in (plugin, time, *series, *values)):
             raise TypeError("names must be strings")
+        units = check_units(doc.get("units"), values, "units")  # recorded before units: none
         table = Table(name, MetaData(), autoload_with=conn)
     except (ValueError, KeyError, TypeError, RecursionError, SQLAlchemyError) as exc:
         log.warning("recorded plugin table %.64r not readable: %.200s", name, exc)
@@ -157,4 +158,4 @@ def _reflect(conn: Connection, name: str, plugin: str, text: str) -> PluginTable
     if missing:
         log.warning("recorded plugin table %.64r lacks column %.64r", name, missing[0])
         return None
-    return PluginTable(plugin, table, time, series, values)
+    return PluginTable(plugin, table, time, series, values, units)
