@@ -57,9 +57,10 @@ def sparklem_register_tables(register: RegisterTable) -> None:
         creates the table ``name`` from SQLAlchemy ``Column`` (and ``Index``...) objects
         in the processor's metadata and returns the ``Table``. ``time`` names its
         ``DateTime(timezone=True)``, NOT NULL column a row is measured at; ``series`` the
-        columns naming one series; ``values`` the measured columns. It raises if the core
-        or another plugin already owns that name or the keywords do not fit the columns,
-        and the plugin then fails to load.
+        columns naming one series; ``values`` the measured columns; ``units`` (optional)
+        a value column's unit, at most 16 characters (``"°C"``, ``"%"``, ``"B"``). It
+        raises if the core or another plugin already owns that name or the keywords do
+        not fit the columns, and the plugin then fails to load.
     :return: Nothing.
     """
 

@@ -58,6 +58,15 @@ return Object.fromEntries(Object.entries(window.sparklem.charts)
     .map(([name, chart]) => [name, chart.snapshot()]));
 """
 
+#: Each chart's caption, and if drawn its y scale and y tick labels.
+AXES_JS = """
+return Object.fromEntries(Object.entries(window.sparklem.charts).map(([name, chart]) => [name, {
+  caption: chart.el.closest('figure').querySelector('figcaption').textContent,
+  y: chart.plot && [chart.plot.scales.y.min, chart.plot.scales.y.max],
+  ticks: chart.plot && chart.plot.axes[1]._values,
+}]));
+"""
+
 #: The page is done: the fleet drawn, and the charts of edge-1.
 DRAWN_JS = "return window.sparklem?.ready && window.sparklem.loaded === 'edge-1'"
 #: Each drawn chart's tick labels that would overlap: a label of several lines, an x label
@@ -321,6 +330,7 @@ def test_the_dashboard_shows_the_fleet_and_an_agents_charts_and_follows_the_stre
 
     assert charts(browser) == served.seeded.charts
     assert browser.execute_script(CROWDED_TICKS_JS) == []
+    check_units(browser.execute_script(AXES_JS))
     if not served.token:
         screenshot(browser, tmp_path, "dashboard.png")
 
@@ -357,6 +367,23 @@ def test_the_dashboard_shows_the_fleet_and_an_agents_charts_and_follows_the_stre
     }
     assert browser.execute_script(CROWDED_TICKS_JS) == []
     assert console_errors(browser) == []
+
+
+def check_units(axes: dict[str, dict[str, Any]]) -> None:
+    """Each chart is drawn by its column's declared unit (register(..., units=)), the
+    third-party humidity's too: "%" from 0 to 100, "B" in KiB..., others in the caption."""
+    humidity, pu = f"humidity/{HUMIDITY}", "pu_workload/pu_workload_readings"
+    assert axes[f"{humidity}/relative_pct"]["caption"] == "humidity: relative_pct (%)"
+    assert axes[f"{humidity}/relative_pct"]["y"] == [0, 100]
+    assert axes[f"{humidity}/dew_point_c"]["caption"] == "humidity: dew_point_c (°C)"
+    assert axes[f"{humidity}/dew_point_c"]["y"] != [0, 100]
+    assert axes[TEMPERATURE_CHART]["caption"] == "temperature: celsius (°C)"
+    assert axes[f"{pu}/utilization_pct"]["y"] == [0, 100]
+    assert axes[f"{pu}/load_1m"]["caption"] == "pu_workload: load_1m"  # declared unitless
+    for value in ("mem_used_bytes", "mem_total_bytes"):
+        assert axes[f"{pu}/{value}"]["caption"] == f"pu_workload: {value}"  # in the ticks
+        ticks = [t for t in axes[f"{pu}/{value}"]["ticks"] if t]
+        assert ticks and all(t.endswith(" GiB") for t in ticks), ticks
 
 
 #: Set before the page's own scripts: its /readings requests wait for releaseReadings().

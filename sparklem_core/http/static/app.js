@@ -16,9 +16,10 @@ const STREAM_WAIT_MS = 2000;
 const RAW_UP_TO_S = 3600; // longer ranges are drawn from /aggregate: one average a minute
 const CHART_HEIGHT = 220;
 const AXIS_FONT = "11px system-ui, sans-serif";
-// Value columns named by these conventions (docs/writing-plugins.md) get their own axis.
-const PERCENT_SUFFIX = "_pct"; // drawn from 0 to 100
-const BYTES_SUFFIX = "_bytes"; // ticks in KiB, MiB, GiB...
+// Units a plugin declares for a value column (register(..., units=)) that get their own
+// axis; any other unit is named in the chart's caption.
+const PERCENT = "%"; // drawn from 0 to 100
+const BYTES = "B"; // ticks in KiB, MiB, GiB...
 const BYTE_UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
 // Byte ticks fall on whole units: 1, 2, 5, 10, ... 500 of B, KiB, MiB...
 const BYTE_STEPS = BYTE_UNITS.flatMap((_, n) =>
@@ -32,10 +33,10 @@ class AuthNeeded extends Error {}
 
 /** One chart: points per series label, drawn by uPlot; snapshot() is the data behind it. */
 class Chart {
-  constructor(name, el, value) {
+  constructor(name, el, unit) {
     this.name = name;
     this.el = el;
-    this.value = value; // the value column: its name picks the y axis
+    this.unit = unit; // the value column's declared unit ("" for none): it picks the y axis
     this.series = new Map(); // label -> Map(time in s -> value)
     this.labels = [];
     this.data = [[]];
@@ -110,11 +111,11 @@ class Chart {
         height: CHART_HEIGHT,
         scales: {
           x: { time: true },
-          y: this.value.endsWith(PERCENT_SUFFIX) ? { range: [0, 100] } : {},
+          y: this.unit === PERCENT ? { range: [0, 100] } : {},
         },
         axes: [
           { font: AXIS_FONT, space: 70, size: 30, values: timeTicks },
-          this.value.endsWith(BYTES_SUFFIX)
+          this.unit === BYTES
             ? { font: AXIS_FONT, values: byteTicks, incrs: BYTE_STEPS, size: axisWidth }
             : { font: AXIS_FONT, values: numberTicks, size: axisWidth },
         ],
@@ -399,7 +400,7 @@ function agentFromHash() {
   return new URLSearchParams(location.hash.slice(1)).get("agent");
 }
 
-/** /plugins as Map(plugin -> [{table, series (without agent_id), values}]), checked. */
+/** /plugins as Map(plugin -> [{table, series (without agent_id), values, units}]), checked. */
 async function loadCatalog() {
   const body = await api("plugins");
   const catalog = new Map();
@@ -413,6 +414,8 @@ async function loadCatalog() {
         table: t.table,
         series: t.series.filter((s) => typeof s === "string" && s !== "agent_id"),
         values: t.values.filter((v) => typeof v === "string"),
+        units: new Map(Object.entries(isObject(t.units) ? t.units : {})
+          .filter(([, unit]) => typeof unit === "string")),
       }));
     if (usable.length) catalog.set(plugin, usable);
   }
@@ -440,14 +443,16 @@ function addCharts(plugin, loading) {
       const key = chartKey(plugin, table.table, value);
       const figure = document.createElement("figure");
       const caption = document.createElement("figcaption");
+      const unit = table.units.get(value) ?? "";
+      const named = unit && unit !== BYTES ? `${value} (${unit})` : value; // bytes: in the ticks
       caption.textContent = tables.length > 1
-        ? `${plugin} ${table.table}: ${value}` : `${plugin}: ${value}`;
+        ? `${plugin} ${table.table}: ${named}` : `${plugin}: ${named}`;
       const el = document.createElement("div");
       el.className = "chart";
       el.dataset.chart = key;
       figure.append(caption, el);
       $("charts").append(figure);
-      charts[key] = new Chart(key, el, value);
+      charts[key] = new Chart(key, el, unit);
       charts[key].loading = loading;
       charts[key].render();
     }
