@@ -421,7 +421,7 @@ def test_the_plugins_command_lists_declared_tables_and_refused_declarations(
         [TABLE, "measured_at", "agent_id,gauge", "value"],
     ]
     assert blocks["tables of temperature:"][1].split() == [
-        "temperature_readings", "measured_at", "agent_id,sensor", "celsius"
+        "temperature_readings", "measured_at", "agent_id,sensor", "celsius[°C]"
     ]  # fmt: skip
 
     bad = write_plugin(tmp_path / "bad", V1_COLUMNS, 'time="value",')

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sparklem_core.cli.errors import EXIT_USAGE, CommandError
 from sparklem_core.cli.table import print_table
 from sparklem_core.settings.config import Config
+
+if TYPE_CHECKING:
+    from sparklem_core.db.plugin_tables import PluginTable
 
 RESTART_NOTE = "A newly installed plugin is loaded at the next start of the processor (and agent)."
 
@@ -62,7 +66,7 @@ def run(config: Config | None, args: argparse.Namespace) -> int:
             print_table(
                 [("TABLE", "TIME", "SERIES", "VALUES")]
                 + [
-                    (t.name, t.time, ",".join(t.series) or "-", ",".join(t.values) or "-")
+                    (t.name, t.time, ",".join(t.series) or "-", values_with_units(t))
                     for t in declared
                 ],  # fmt: skip
                 indent="  ",
@@ -81,3 +85,9 @@ def new(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), EXIT_USAGE) from None
     print(f"wrote plugin {args.name} to {directory}; next: pip install -e '{directory}[test]'")
     return 0
+
+
+def values_with_units(table: PluginTable) -> str:
+    """``celsius[°C],load_1m``: each value column with its declared unit, if any."""
+    shown = [f"{v}[{table.units[v]}]" if table.units.get(v) else v for v in table.values]
+    return ",".join(shown) or "-"
