@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import sparklem_plugins.pu_workload as plugin
+from sparklem_plugins.pu_workload.server import MAX_CORES, MAX_GPUS, MAX_INDEX, MAX_NAME_CHARS
 
 from sparklem_core import InvalidPayload
 from sparklem_core.testing import PluginHarness
@@ -215,6 +216,14 @@ def broken(path: str, value: Any) -> dict[str, Any]:
         (broken("gpus.0.temperature_c", None), "temperature_c"),
         (broken("gpus", ["Orin"]), "gpus"),
         (broken("gpus", [GPU, GPU]), "twice"),
+        # Edges of the payload's declaration (issue 19: checked by msgspec since).
+        (broken("cpu.percent", float("nan")), "cpu.percent"),
+        (broken("cpu.percent", 10**400), "cpu.percent"),
+        (broken("cpu.per_core", [1.0] * (MAX_CORES + 1)), "cpu.per_core"),
+        (broken("gpus", [GPU | {"index": i} for i in range(MAX_GPUS + 1)]), "gpus"),
+        (broken("gpus.0.index", MAX_INDEX + 1), "index"),
+        (broken("gpus.0.index", 0.0), "index"),
+        (broken("gpus.0.name", "x" * (MAX_NAME_CHARS + 1)), "name"),
     ],
 )
 def test_invalid_payload_refuses_the_whole_message(data: Any, match: str, process: Process) -> None:

@@ -20,10 +20,12 @@ Rows, one per processing unit: ``cpu`` (index 0), ``core`` (index = position in
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
 from sqlalchemy import BigInteger, Column, DateTime, Float, Index, Integer, String
 
 from sparklem_core import (
@@ -48,6 +50,52 @@ MAX_INDEX = 2**31 - 1  # what an INTEGER holds
 MAX_BYTES = 2**53  # 8 PiB; every byte count sums exactly in a double
 MAX_LOAD = 2**22  # Linux's PID_MAX_LIMIT: no more tasks can be runnable or waiting
 MIN_CELSIUS, MAX_CELSIUS = -273.15, 1000.0  # absolute zero; far above any silicon's limit
+
+
+# The payload, declared once: msgspec checks types and bounds in C (issue 19). Numbers
+# are finite JSON numbers, never bools; byte counts are integers. ``UNSET`` marks an
+# optional member left out (``null`` is refused: it is not a number or an object).
+Percent = Annotated[float, Meta(ge=0.0, le=100.0)]
+Bytes = Annotated[int, Meta(ge=0, le=MAX_BYTES)]
+Load = Annotated[float, Meta(ge=0.0, le=MAX_LOAD)]
+Celsius = Annotated[float, Meta(ge=MIN_CELSIUS, le=MAX_CELSIUS)]
+
+
+class Cpu(Struct):
+    percent: Percent
+    per_core: Annotated[list[Percent], Meta(max_length=MAX_CORES)] = []
+    load_avg: tuple[Load, Load, Load] | UnsetType = UNSET
+
+
+class Memory(Struct):
+    used_bytes: Bytes
+    total_bytes: Bytes
+
+    def __post_init__(self) -> None:
+        if self.used_bytes > self.total_bytes:
+            raise ValueError(f"used_bytes {self.used_bytes} exceeds total_bytes {self.total_bytes}")
+
+
+class Gpu(Struct):
+    index: Annotated[int, Meta(ge=0, le=MAX_INDEX)]
+    name: str  # checked by check_text once the index is known, to name it in the refusal
+    util_percent: Percent
+    mem_used_bytes: Bytes
+    mem_total_bytes: Bytes
+    temperature_c: Celsius | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if self.mem_used_bytes > self.mem_total_bytes:
+            raise ValueError(
+                f"mem_used_bytes {self.mem_used_bytes} exceeds"
+                f" mem_total_bytes {self.mem_total_bytes}"
+            )
+
+
+class Payload(Struct):
+    cpu: Cpu | UnsetType = UNSET
+    memory: Memory | UnsetType = UNSET
+    gpus: Annotated[list[Gpu], Meta(max_length=MAX_GPUS)] = []
 
 
 @hookimpl
@@ -103,14 +151,14 @@ def sparklem_register_tables(register: RegisterTable) -> None:
 @hookimpl
 def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginResult:
     """Validate the whole payload, then emit the cpu, core and gpu rows (no settings used)."""
-    data = _object(message.data, "data")
-    cpu = _object(data["cpu"], "cpu") if "cpu" in data else None
-    memory = _object(data["memory"], "memory") if "memory" in data else None
-    gpus = _list(data["gpus"], "gpus", MAX_GPUS) if "gpus" in data else []
-    if cpu is None and not gpus:
+    try:
+        payload = msgspec.convert(message.data, Payload, strict=True)
+    except msgspec.ValidationError as error:
+        raise InvalidPayload(_refusal(str(error))) from None
+    cpu, memory, gpus = payload.cpu, payload.memory, payload.gpus
+    if cpu is UNSET and not gpus:
         raise InvalidPayload("at least one of 'cpu' and a non-empty 'gpus' is required")
 
-    mem_used, mem_total = _used_total(memory, "used_bytes", "total_bytes", "memory")
     common = {
         "agent_id": message.agent_id,
         "seq": message.seq,
@@ -118,36 +166,25 @@ def sparklem_process(message: Message, settings: Mapping[str, Any]) -> PluginRes
         "received_at": message.received_at,
     }
     rows: list[dict[str, Any]] = []
-    if cpu is not None:
-        row = _row(common, "cpu", 0, _percent(cpu.get("percent"), "cpu.percent"))
-        row.update(mem_used_bytes=mem_used, mem_total_bytes=mem_total)
-        if "load_avg" in cpu:
-            row["load_1m"], row["load_5m"], row["load_15m"] = _load_avg(cpu["load_avg"])
+    if cpu is not UNSET:
+        row = _row(common, "cpu", 0, cpu.percent)
+        if memory is not UNSET:
+            row.update(mem_used_bytes=memory.used_bytes, mem_total_bytes=memory.total_bytes)
+        if cpu.load_avg is not UNSET:
+            row["load_1m"], row["load_5m"], row["load_15m"] = cpu.load_avg
         rows.append(row)
-        per_core = _list(cpu["per_core"], "cpu.per_core", MAX_CORES) if "per_core" in cpu else []
-        for i, pct in enumerate(per_core):
-            rows.append(_row(common, "core", i, _percent(pct, f"cpu.per_core[{i}]")))
+        rows.extend(_row(common, "core", i, pct) for i, pct in enumerate(cpu.per_core))
 
     seen: set[int] = set()
-    for i, item in enumerate(gpus):
-        where = f"gpus[{i}]"
-        gpu = _object(item, where)
-        index = gpu.get("index")
-        if type(index) is not int or not 0 <= index <= MAX_INDEX:
-            raise InvalidPayload(f"'{where}.index' must be an integer >= 0")
-        if index in seen:
-            raise InvalidPayload(f"'{where}.index' {index} appears twice")
-        seen.add(index)
-        name = check_text(gpu.get("name"), f"{where}.name", MAX_NAME_CHARS)
-        row = _row(common, "gpu", index, _percent(gpu.get("util_percent"), f"{where}.util_percent"))
-        row["name"] = name
-        row["mem_used_bytes"], row["mem_total_bytes"] = _used_total(
-            gpu, "mem_used_bytes", "mem_total_bytes", where
-        )
-        if "temperature_c" in gpu:
-            row["temperature_c"] = _number(
-                gpu["temperature_c"], f"{where}.temperature_c", MIN_CELSIUS, MAX_CELSIUS
-            )
+    for i, gpu in enumerate(gpus):
+        if gpu.index in seen:
+            raise InvalidPayload(f"'gpus[{i}].index' {gpu.index} appears twice")
+        seen.add(gpu.index)
+        row = _row(common, "gpu", gpu.index, gpu.util_percent)
+        row["name"] = check_text(gpu.name, f"gpus[{i}].name", MAX_NAME_CHARS)
+        row["mem_used_bytes"], row["mem_total_bytes"] = gpu.mem_used_bytes, gpu.mem_total_bytes
+        if gpu.temperature_c is not UNSET:
+            row["temperature_c"] = gpu.temperature_c
         rows.append(row)
 
     return PluginResult(rows={TABLE: rows})
@@ -170,55 +207,19 @@ def _row(common: Mapping[str, Any], unit: str, index: int, utilization: float) -
     }
 
 
-def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):  # JSON objects arrive as dicts
-        raise InvalidPayload(f"'{what}' must be an object")
-    return value
+# Where msgspec's wording ("Expected `array` of length 3, got 2") says less than the protocol.
+_EXPECTED = {"cpu.load_avg": "must be a list of 3 numbers"}
+_MISSING = re.compile(r"Object missing required field `(\w+)`")
 
 
-def _list(value: Any, what: str, max_items: int) -> list[Any]:
-    if not isinstance(value, list):
-        raise InvalidPayload(f"'{what}' must be a list")
-    if len(value) > max_items:
-        raise InvalidPayload(f"'{what}' must hold at most {max_items} items, not {len(value)}")
-    return value
-
-
-def _number(value: Any, what: str, low: float = -math.inf, high: float = math.inf) -> float:
-    """A finite JSON number (not a bool) within [low, high], as a float."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidPayload(f"'{what}' must be a number")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond float range
-        number = math.inf
-    if not math.isfinite(number) or not low <= number <= high:
-        raise InvalidPayload(f"'{what}' must be a finite number in [{low:g}, {high:g}]")
-    return number
-
-
-def _percent(value: Any, what: str) -> float:
-    return _number(value, what, 0.0, 100.0)
-
-
-def _used_total(
-    parent: Mapping[str, Any] | None, used_key: str, total_key: str, what: str
-) -> tuple[int | None, int | None]:
-    """(used, total) byte counts: integers >= 0 with used <= total; (None, None) without parent."""
-    if parent is None:
-        return None, None
-    used, total = parent.get(used_key), parent.get(total_key)
-    for key, value in ((used_key, used), (total_key, total)):
-        if type(value) is not int or not 0 <= value <= MAX_BYTES:
-            raise InvalidPayload(f"'{what}.{key}' must be an integer in [0, 2^53]")
-    if used > total:
-        raise InvalidPayload(f"'{what}.{used_key}' {used} exceeds '{total_key}' {total}")
-    return used, total
-
-
-def _load_avg(value: Any) -> tuple[float, float, float]:
-    if not isinstance(value, list) or len(value) != 3:
-        raise InvalidPayload("'cpu.load_avg' must be a list of 3 numbers")
-    loads = value
-    one, five, fifteen = (_number(x, "cpu.load_avg[]", 0.0, MAX_LOAD) for x in loads)
-    return one, five, fifteen
+def _refusal(error: str) -> str:
+    """msgspec's ``<problem> - at `$.<path>``` as one line naming the member first."""
+    problem, _, at = error.partition(" - at `$")
+    path = at.rstrip("`").removeprefix(".") or "data"
+    if missing := _MISSING.fullmatch(problem):
+        path, problem = f"{path}.{missing[1]}".removeprefix("data."), "is required"
+    elif path in _EXPECTED:
+        problem = f"{_EXPECTED[path]} ({problem[0].lower()}{problem[1:]})"
+    else:
+        problem = f"{problem[0].lower()}{problem[1:]}"
+    return f"'{path}' {problem}"
