@@ -61,6 +61,12 @@ Load = Annotated[float, Meta(ge=0.0, le=MAX_LOAD)]
 Celsius = Annotated[float, Meta(ge=MIN_CELSIUS, le=MAX_CELSIUS)]
 
 
+def _within(used_name: str, used: int, total_name: str, total: int) -> None:
+    """Used bytes never above the total (msgspec reports the ValueError with its path)."""
+    if used > total:
+        raise ValueError(f"{used_name} {used} exceeds {total_name} {total}")
+
+
 class Cpu(Struct):
     percent: Percent
     per_core: Annotated[list[Percent], Meta(max_length=MAX_CORES)] = []
@@ -72,8 +78,7 @@ class Memory(Struct):
     total_bytes: Bytes
 
     def __post_init__(self) -> None:
-        if self.used_bytes > self.total_bytes:
-            raise ValueError(f"used_bytes {self.used_bytes} exceeds total_bytes {self.total_bytes}")
+        _within("used_bytes", self.used_bytes, "total_bytes", self.total_bytes)
 
 
 class Gpu(Struct):
@@ -85,11 +90,7 @@ class Gpu(Struct):
     temperature_c: Celsius | UnsetType = UNSET
 
     def __post_init__(self) -> None:
-        if self.mem_used_bytes > self.mem_total_bytes:
-            raise ValueError(
-                f"mem_used_bytes {self.mem_used_bytes} exceeds"
-                f" mem_total_bytes {self.mem_total_bytes}"
-            )
+        _within("mem_used_bytes", self.mem_used_bytes, "mem_total_bytes", self.mem_total_bytes)
 
 
 class Payload(Struct):
