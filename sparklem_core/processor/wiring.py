@@ -49,7 +49,7 @@ class Wiring:
 
     def registry(self) -> AgentRegistry:
         """The enrolled agents of ``certificates``, refreshed as the config says."""
-        return AgentRegistry(self.config.certificates, self.config.processor.registry_refresh_s)
+        return registry_of(self.config)
 
     def pipeline(
         self,
@@ -63,7 +63,7 @@ class Wiring:
             self.plugins,
             self.store,
             load_server_keys(self.config.certificates) if server_keys is None else server_keys,
-            registry or self.registry(),
+            registry,
         )
 
     def processor(self, pipeline: Pipeline) -> Processor:
@@ -96,14 +96,17 @@ def build_pipeline(
 ) -> Pipeline:
     """A :class:`Pipeline` as the processor runs one: ``config``'s processor settings, plugin
     settings and topics; the agents of ``config.certificates`` unless ``registry`` is given."""
-    if registry is None:
-        registry = AgentRegistry(config.certificates, config.processor.registry_refresh_s)
     return Pipeline(
         config.processor,
         server_keys,
-        registry,
+        registry_of(config) if registry is None else registry,
         plugins,
         config.plugins,
         store,
         topics=plugin_topics(config, plugins),
     )
+
+
+def registry_of(config: Config) -> AgentRegistry:
+    """The agents enrolled in ``config.certificates``, refreshed as the config says."""
+    return AgentRegistry(config.certificates, config.processor.registry_refresh_s)
